@@ -1,0 +1,53 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+PORT           ?= 3000
+SIMULATOR_PORT ?= 8081
+DEMO_API_KEY   ?= demo-key
+
+.PHONY: help venv test lint typecheck unit demo run bench clean
+
+help:
+	@echo "make demo   - install, then run the service against the bundled Scope3 simulator"
+	@echo "make test   - install, then run lint, type checks and the whole test suite"
+	@echo "make run    - serve real traffic (needs SCOPE3_API_TOKEN and API_KEYS)"
+	@echo "make bench  - run the benchmarks under bench/ (slow)"
+
+$(STAMP): setup.cfg setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check weighted_cache measure_service tests bench gunicorn.conf.py
+
+typecheck: $(STAMP)
+	$(BIN)/mypy weighted_cache
+	$(BIN)/mypy measure_service
+
+unit: $(STAMP)
+	$(BIN)/pytest -q
+
+test: lint typecheck unit
+
+demo: $(STAMP)
+	@PORT=$(PORT) SIMULATOR_PORT=$(SIMULATOR_PORT) DEMO_API_KEY=$(DEMO_API_KEY) \
+		$(BIN)/python -m measure_service.demo
+
+run: $(STAMP)
+	@test -n "$$SCOPE3_API_TOKEN" || { echo "make run: set SCOPE3_API_TOKEN"; exit 2; }
+	@test -n "$$API_KEYS" || { echo "make run: set API_KEYS (comma-separated client keys)"; exit 2; }
+	PORT=$(PORT) $(BIN)/gunicorn -c gunicorn.conf.py measure_service.wsgi:app
+
+bench: $(STAMP)
+	$(BIN)/python bench/hit_ratio.py
+	$(BIN)/python bench/throughput.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
