@@ -1,0 +1,464 @@
+"""The only code that speaks to Scope3: one HTTP client per worker for ``POST /v2/measure``.
+
+Retry policy, per call to :meth:`UpstreamClient.measure`:
+
+- connection errors, timeouts, 429 and 5xx are retried, at most ``retries`` times, with
+  exponential backoff and full jitter;
+- other 4xx are never retried (the same request would fail the same way); 401 and 403 also set
+  :attr:`UpstreamClient.auth_failure` for readiness;
+- a 2xx whose body is not JSON, or not Scope3's shape, is ``malformed`` and not retried: such an
+  answer comes from a proxy error page or an API change, and asking again doubles the load for
+  the same answer. It counts as a failure for the circuit breaker.
+
+``Retry-After`` (on 429 or 5xx) closes a per-client gate: no request leaves this client until it
+passes, whichever caller sends it. The token is kept in the session headers only, and is
+scrubbed from the upstream text that reaches a log line.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timezone
+from importlib import metadata
+from typing import Any, Literal
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ReadTimeoutError
+
+from measure_service import metrics
+from measure_service.backoff import Backoff
+from measure_service.breaker import CircuitBreaker
+
+_LOG = logging.getLogger(__name__)
+
+Outcome = Literal[
+    "http_4xx", "http_429", "http_5xx", "timeout", "connection_error", "malformed", "breaker_open"
+]
+_RETRYABLE: frozenset[str] = frozenset({"http_429", "http_5xx", "timeout", "connection_error"})
+
+# A refused token fails every request; one ERROR line a minute says so without flooding.
+AUTH_LOG_INTERVAL_S = 60.0
+# A Retry-After beyond this is clamped: a hostile or buggy header must not park a worker for days.
+MAX_RETRY_AFTER_S = 300.0
+MISSING_ROW_ERROR = "upstream answer did not include this row"
+_GENERIC_ROW_ERROR = "upstream reported an error for this row"
+_BODY_SNIPPET_CHARS = 200
+_CHUNK_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class RowResult:
+    """Upstream's answer for one row; ``error`` is set (and emissions are None) when it failed."""
+
+    total_emissions: float | None
+    inventory_coverage: str | None
+    error: str | None
+
+
+class UpstreamError(Exception):
+    """A call that produced no usable answer: retries exhausted, not retryable, or breaker open."""
+
+    def __init__(
+        self,
+        outcome: Outcome,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        """Carry the outcome label, the HTTP status if any, and upstream's Retry-After if any."""
+        super().__init__(message)
+        self.outcome: Outcome = outcome
+        self.status = status
+        self.retry_after = retry_after
+
+    def __repr__(self) -> str:
+        return (
+            f"UpstreamError(outcome={self.outcome!r}, status={self.status!r}, "
+            f"retry_after={self.retry_after!r}, message={str(self)!r})"
+        )
+
+
+class _Malformed(Exception):
+    """The answer's body is not Scope3's shape."""
+
+
+class _DeadlineExceeded(Exception):
+    """The body trickled in for longer than an honest answer takes."""
+
+
+def user_agent() -> str:
+    """The User-Agent sent upstream; the pid lets the simulator tell workers apart."""
+    try:
+        version = metadata.version("measure-cache")
+    except metadata.PackageNotFoundError:
+        version = "0.0.0"
+    return f"measure-cache/{version} (pid {os.getpid()})"
+
+
+def parse_retry_after(value: str | None, now_epoch: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date), else None."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return min(seconds, MAX_RETRY_AFTER_S) if math.isfinite(seconds) and seconds >= 0 else None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return min(max(0.0, when.timestamp() - now_epoch), MAX_RETRY_AFTER_S)
+
+
+class UpstreamClient:
+    """A Scope3 ``/v2/measure`` client with one pooled session, retries, a gate and a breaker."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        connect_timeout_s: float,
+        read_timeout_s: float,
+        pool_size: int,
+        retries: int = 2,
+        breaker: CircuitBreaker | None = None,
+        backoff: Backoff | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        """Build the client; ``wall_clock`` only turns an HTTP-date Retry-After into seconds."""
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")
+        if not isinstance(token, str):
+            raise TypeError("token must be a str")
+        if "\r" in token or "\n" in token:
+            raise ValueError("token must not contain line breaks")
+        for name, value in (("connect_timeout_s", connect_timeout_s),
+                            ("read_timeout_s", read_timeout_s)):
+            if (isinstance(value, bool) or not isinstance(value, (int, float))
+                    or not math.isfinite(value) or value <= 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
+            raise ValueError(f"pool_size must be an int >= 1, got {pool_size!r}")
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be an int >= 0, got {retries!r}")
+
+        self._base_url = base_url.rstrip("/")
+        self._url = self._base_url + "/v2/measure"
+        self._token = token
+        self._timeout = (float(connect_timeout_s), float(read_timeout_s))
+        self._pool_size = pool_size
+        self._retries = retries
+        self._breaker = breaker
+        self._backoff = backoff if backoff is not None else Backoff(0.1, 2.0)
+        self._clock = clock
+        self._sleep = sleep
+        self._wall_clock = wall_clock
+
+        self._lock = threading.Lock()
+        self._not_before = -math.inf
+        self._auth_failure: str | None = None
+        self._auth_logged_at = -math.inf
+
+        self._session = requests.Session()
+        # urllib3 retries are off: this class decides what to retry, and counts each attempt.
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+        self._session.headers.update({"User-Agent": user_agent(), "Accept": "application/json"})
+        if token:
+            self._session.headers["Authorization"] = f"Bearer {token}"
+
+    @property
+    def auth_failure(self) -> str | None:
+        """Why upstream refused our token (after a 401/403), or None; cleared by any 2xx."""
+        with self._lock:
+            return self._auth_failure
+
+    def measure(
+        self, rows: Sequence[Mapping[str, Any]], params: Mapping[str, str]
+    ) -> dict[str, RowResult]:
+        """Send ``rows`` upstream and return their results keyed by ``rowIdentifier``.
+
+        Rows are matched by ``rowIdentifier``, never by position. A requested row absent from
+        the answer gets a RowResult whose error says so; rows upstream added are ignored.
+        ``params`` (latest, framework) are forwarded; ``includeRows=true`` is always added.
+        Raises UpstreamError when retries are exhausted, the failure is not retryable, or the
+        breaker refuses the first attempt (``breaker_open``; a breaker that opens between
+        retries ends the call with the last real failure instead).
+        """
+        wanted = _row_identifiers(rows)
+        if not wanted:
+            return {}
+        body = {"rows": [dict(row) for row in rows]}
+        query = {**params, "includeRows": "true"}
+        last_error: UpstreamError | None = None
+        for attempt in range(self._retries + 1):
+            if last_error is not None:
+                self._sleep(self._backoff.delay(attempt - 1))
+            self._wait_for_gate()
+            if self._breaker is not None and not self._breaker.allow():
+                if last_error is not None:
+                    raise last_error
+                raise UpstreamError("breaker_open", "circuit breaker is open; upstream not called")
+            if last_error is not None:
+                metrics.UPSTREAM_RETRIES.inc()
+            try:
+                return self._attempt(body, query, wanted, attempt)
+            except UpstreamError as exc:
+                if exc.outcome not in _RETRYABLE:
+                    raise
+                last_error = exc
+        assert last_error is not None
+        raise last_error
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self._session.close()
+
+    def __repr__(self) -> str:
+        return f"UpstreamClient(base_url={self._base_url!r}, pool_size={self._pool_size})"
+
+    # --- one HTTP attempt ----------------------------------------------------------------------
+
+    def _attempt(
+        self, body: dict[str, Any], query: dict[str, str], wanted: frozenset[str], attempt: int
+    ) -> dict[str, RowResult]:
+        metrics.UPSTREAM_ROWS.inc(len(wanted))
+        metrics.UPSTREAM_BATCH_ROWS.observe(len(wanted))
+        started = self._clock()
+        log_fields: dict[str, Any] = {"attempt": attempt, "rows": len(wanted)}
+        metrics.UPSTREAM_IN_FLIGHT.inc()
+        try:
+            status, headers, content = self._post(body, query, started)
+        except (requests.Timeout, _DeadlineExceeded) as exc:
+            raise self._failure("timeout", "upstream timed out", log_fields, started) from exc
+        except requests.ConnectionError as exc:
+            if exc.args and isinstance(exc.args[0], ReadTimeoutError):
+                raise self._failure("timeout", "upstream timed out", log_fields, started) from exc
+            raise self._failure(
+                "connection_error", "could not reach upstream", log_fields, started
+            ) from exc
+        except requests.RequestException as exc:
+            raise self._failure(
+                "connection_error", f"upstream request failed ({type(exc).__name__})",
+                log_fields, started,
+            ) from exc
+        finally:
+            metrics.UPSTREAM_IN_FLIGHT.dec()
+            metrics.UPSTREAM_LATENCY.observe(max(0.0, self._clock() - started))
+
+        log_fields["upstream_status"] = status
+        if 200 <= status < 300:
+            try:
+                results = _parse_answer(content, wanted)
+            except _Malformed as exc:
+                log_fields["upstream_body"] = self._snippet(content)
+                raise self._failure(
+                    "malformed", f"upstream answered {status} with {exc}", log_fields, started,
+                    status=status,
+                ) from None
+            return self._success(results, log_fields, started)
+
+        retry_after = parse_retry_after(headers.get("Retry-After"), self._wall_clock())
+        if retry_after is not None and (status == 429 or status >= 500):
+            self._close_gate(retry_after)
+            log_fields["retry_after_s"] = retry_after
+        log_fields["upstream_body"] = self._snippet(content)
+        if status == 429:
+            raise self._failure(
+                "http_429", "upstream answered 429 (rate limited)", log_fields, started,
+                status=status, retry_after=retry_after,
+            )
+        if status >= 500:
+            raise self._failure(
+                "http_5xx", f"upstream answered {status}", log_fields, started,
+                status=status, retry_after=retry_after,
+            )
+        if status in (401, 403):
+            self._note_auth_failure(status, log_fields)
+        if 400 <= status < 500:
+            raise self._failure(
+                "http_4xx", f"upstream answered {status}", log_fields, started, status=status
+            )
+        # 1xx/3xx: redirects are not followed (a POST must not turn into a GET).
+        raise self._failure(
+            "malformed", f"upstream answered unexpected status {status}", log_fields, started,
+            status=status,
+        )
+
+    def _post(
+        self, body: dict[str, Any], query: dict[str, str], started: float
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        # The read timeout bounds each recv, not the whole body: a server trickling bytes could
+        # hold us forever, so the body also has an overall deadline.
+        deadline = started + self._timeout[0] + self._timeout[1]
+        with self._session.post(
+            self._url, params=query, json=body, timeout=self._timeout, stream=True,
+            allow_redirects=False,
+        ) as response:
+            chunks: list[bytes] = []
+            for chunk in response.iter_content(_CHUNK_BYTES):
+                chunks.append(chunk)
+                if self._clock() > deadline:
+                    raise _DeadlineExceeded
+            return response.status_code, response.headers, b"".join(chunks)
+
+    # --- outcomes ------------------------------------------------------------------------------
+
+    def _success(
+        self, results: dict[str, RowResult], log_fields: dict[str, Any], started: float
+    ) -> dict[str, RowResult]:
+        row_errors = sum(1 for result in results.values() if result.error is not None)
+        outcome = "row_error" if row_errors else "ok"
+        metrics.UPSTREAM_REQUESTS.labels(outcome=outcome).inc()
+        if self._breaker is not None:
+            self._breaker.record_success()
+        with self._lock:
+            self._auth_failure = None
+        _LOG.debug(
+            "upstream answered",
+            extra={**log_fields, "upstream_outcome": outcome, "row_errors": row_errors,
+                   "elapsed_ms": self._elapsed_ms(started)},
+        )
+        return results
+
+    def _failure(
+        self,
+        outcome: Outcome,
+        message: str,
+        log_fields: dict[str, Any],
+        started: float,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> UpstreamError:
+        metrics.UPSTREAM_REQUESTS.labels(outcome=outcome).inc()
+        if self._breaker is not None:
+            # A plain 4xx means upstream is up and answering; only its health trips the breaker.
+            if outcome == "http_4xx":
+                self._breaker.record_success()
+            else:
+                self._breaker.record_failure()
+        _LOG.warning(
+            "upstream request failed: %s",
+            message,
+            extra={**log_fields, "upstream_outcome": outcome,
+                   "will_retry": outcome in _RETRYABLE and log_fields["attempt"] < self._retries,
+                   "elapsed_ms": self._elapsed_ms(started)},
+        )
+        return UpstreamError(outcome, message, status=status, retry_after=retry_after)
+
+    def _note_auth_failure(self, status: int, log_fields: dict[str, Any]) -> None:
+        now = self._clock()
+        with self._lock:
+            self._auth_failure = f"upstream refused the API token (HTTP {status})"
+            should_log = now - self._auth_logged_at >= AUTH_LOG_INTERVAL_S
+            if should_log:
+                self._auth_logged_at = now
+        if should_log:
+            _LOG.error(
+                "upstream refused the API token; check SCOPE3_API_TOKEN",
+                extra={**log_fields, "upstream_outcome": "http_4xx"},
+            )
+
+    # --- Retry-After gate ----------------------------------------------------------------------
+
+    def _close_gate(self, seconds: float) -> None:
+        with self._lock:
+            self._not_before = max(self._not_before, self._clock() + seconds)
+
+    def _wait_for_gate(self) -> None:
+        # Loop: another caller may push the gate further while we sleep.
+        while True:
+            with self._lock:
+                remaining = self._not_before - self._clock()
+            if remaining <= 0:
+                return
+            self._sleep(remaining)
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def _snippet(self, content: bytes) -> str:
+        text = content[:_BODY_SNIPPET_CHARS * 4].decode("utf-8", errors="replace")
+        text = text[:_BODY_SNIPPET_CHARS]
+        return text.replace(self._token, "[redacted]") if self._token else text
+
+    def _elapsed_ms(self, started: float) -> float:
+        return round((self._clock() - started) * 1000.0, 3)
+
+
+def _row_identifiers(rows: Iterable[Mapping[str, Any]]) -> frozenset[str]:
+    seen: set[str] = set()
+    for index, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise TypeError(f"rows[{index}] must be a mapping")
+        identifier = row.get("rowIdentifier")
+        if not isinstance(identifier, str) or not identifier:
+            raise ValueError(f"rows[{index}].rowIdentifier must be a non-empty str")
+        if identifier in seen:
+            raise ValueError(f"rows[{index}].rowIdentifier {identifier!r} is not unique")
+        seen.add(identifier)
+    return frozenset(seen)
+
+
+def _parse_answer(content: bytes, wanted: frozenset[str]) -> dict[str, RowResult]:
+    try:
+        document = json.loads(content)
+    except (ValueError, UnicodeDecodeError):
+        raise _Malformed("a body that is not JSON") from None
+    if not isinstance(document, dict) or not isinstance(document.get("rows"), list):
+        raise _Malformed("no 'rows' list")
+    results: dict[str, RowResult] = {}
+    for item in document["rows"]:
+        if not isinstance(item, dict) or not isinstance(item.get("rowIdentifier"), str):
+            raise _Malformed("a row without a string 'rowIdentifier'")
+        identifier = item["rowIdentifier"]
+        if identifier in wanted and identifier not in results:
+            results[identifier] = _parse_row(item)
+    for identifier in wanted - results.keys():
+        results[identifier] = RowResult(None, None, MISSING_ROW_ERROR)
+    return results
+
+
+def _parse_row(item: Mapping[str, Any]) -> RowResult:
+    emissions = item.get("totalEmissions")
+    if emissions is not None and (
+        isinstance(emissions, bool)
+        or not isinstance(emissions, (int, float))
+        or not math.isfinite(emissions)
+    ):
+        raise _Malformed("a row whose 'totalEmissions' is not a finite number")
+    coverage = item.get("inventoryCoverage")
+    if coverage is not None and not isinstance(coverage, str):
+        raise _Malformed("a row whose 'inventoryCoverage' is not a string")
+    error = item.get("error")
+    if error is None:
+        return RowResult(None if emissions is None else float(emissions), coverage, None)
+    if isinstance(error, dict):
+        message = error.get("message")
+        text = message if isinstance(message, str) and message else _GENERIC_ROW_ERROR
+    elif isinstance(error, str):
+        text = error or _GENERIC_ROW_ERROR
+    else:
+        raise _Malformed("a row whose 'error' is neither an object nor a string")
+    return RowResult(None, coverage, text)
