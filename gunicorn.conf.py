@@ -1,0 +1,118 @@
+"""gunicorn settings for measure_service: gevent workers, JSON logs on stdout, env-driven.
+
+Run: ``gunicorn -c gunicorn.conf.py measure_service.wsgi:app``. The service's own variables
+(see ``measure_service.config.Config``) are validated here, in the master, so a bad value stops
+the start with one clear message instead of a crash loop of workers.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import tempfile
+from typing import Any
+
+from measure_service.config import Config, ConfigError
+
+try:
+    _config = Config.from_env()
+except ConfigError as exc:
+    raise SystemExit(f"measure_service: bad configuration: {exc}") from None
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SystemExit(f"measure_service: {name} must be an integer, got {raw!r}") from None
+    if value < 1:
+        raise SystemExit(f"measure_service: {name} must be >= 1, got {value}")
+    return value
+
+
+# HOST exists so tests and local runs can stay on loopback; containers keep 0.0.0.0.
+bind = f"{os.environ.get('HOST', '0.0.0.0')}:{_config.port}"
+workers = _env_int("WEB_CONCURRENCY", multiprocessing.cpu_count())
+# gevent: a worker serves many requests while their misses wait on upstream.
+worker_class = "gevent"
+# Concurrent connections per worker; beyond it gunicorn stops accepting, which bounds memory.
+worker_connections = _env_int("WORKER_CONNECTIONS", 1000)
+# A worker that does not heartbeat for this long (a blocked hub) is killed and replaced.
+timeout = _env_int("GUNICORN_TIMEOUT", 30)
+# On SIGTERM, in-flight requests and fetches get this long to finish.
+graceful_timeout = _env_int("GUNICORN_GRACEFUL_TIMEOUT", 20)
+# Longer than a typical load balancer's idle timeout would cause resets; 5 s is below them all.
+keepalive = _env_int("GUNICORN_KEEPALIVE", 5)
+# Only the status atom is formatted: AccessFormatter emits the fields itself.
+access_log_format = "%(s)s"
+# Each worker builds its own app after the fork: its cache, connection pool and greenlets.
+preload_app = False
+# The control socket is an admin channel nobody here uses; leave no socket file behind.
+control_socket_disable = True
+
+# Several worker processes write one set of metrics: prometheus_client's multiprocess mode needs
+# a directory, set before any worker imports measure_service.metrics.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="measure-metrics-")
+
+_access_handlers = ["access"] if _config.access_log_rate > 0 else []
+logconfig_dict: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "json": {"()": "measure_service.logs.json_formatter"},
+        "access": {"()": "measure_service.logs.AccessFormatter"},
+    },
+    "filters": {
+        "trace": {"()": "measure_service.logs.TraceIdFilter"},
+        "sample": {"()": "measure_service.logs.SampleFilter", "rate": _config.access_log_rate},
+    },
+    "handlers": {
+        "error": {
+            "class": "logging.StreamHandler",
+            "formatter": "json",
+            "filters": ["trace"],
+            "stream": "ext://sys.stderr",
+        },
+        "access": {
+            "class": "logging.StreamHandler",
+            "formatter": "access",
+            "filters": ["sample"],
+            "stream": "ext://sys.stdout",
+        },
+    },
+    "root": {"level": "WARNING", "handlers": ["error"]},
+    "loggers": {
+        "gunicorn.error": {"level": "INFO", "handlers": ["error"], "propagate": False},
+        "gunicorn.access": {"level": "INFO", "handlers": _access_handlers, "propagate": False},
+    },
+}
+
+
+def on_starting(server: Any) -> None:
+    """Start each master run with an empty metrics directory: old files would add stale counts."""
+    directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    shutil.rmtree(directory, ignore_errors=True)
+    os.makedirs(directory, exist_ok=True)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Drop a dead worker's live gauges, so they stop counting in the sum."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """Stop the worker's background fetches and close its upstream connections cleanly."""
+    from flask import Flask
+
+    from measure_service.app import close_app
+
+    app = getattr(worker, "wsgi", None)
+    if isinstance(app, Flask):
+        close_app(app)

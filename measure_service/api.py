@@ -1,0 +1,239 @@
+"""The HTTP surface: POST /v2/measure, /healthcheck and /readyz, auth, trace ids, JSON errors.
+
+HTTP in and out only: validation lives in ``rows``, caching and fetching in ``fetcher``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, request
+from werkzeug.exceptions import HTTPException
+
+from measure_service import logs
+from measure_service.config import Config
+from measure_service.fetcher import Fetcher, Outcome
+from measure_service.rows import BodyError, Row, parse_body, parse_query, validate_row
+
+EXTENSION = "measure_service"
+STATUSES = ("hit", "fetched", "stale", "pending", "error", "unavailable", "invalid")
+_LOG = logging.getLogger(__name__)
+_JSON = "application/json"
+_INVALID = Outcome("invalid")
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What the views need from one app: its config, fetcher and a readiness probe.
+
+    ``not_ready`` returns why this worker cannot serve (for example upstream refused our token),
+    or None when it can.
+    """
+
+    config: Config
+    fetcher: Fetcher
+    not_ready: Callable[[], str | None]
+    auth_keys: tuple[bytes, ...]
+
+
+bp = Blueprint("measure", __name__)
+
+
+def _services() -> Services:
+    services: Services = current_app.extensions[EXTENSION]
+    return services
+
+
+def _json(document: Any, status: int = 200) -> Response:
+    body = json.dumps(document, separators=(",", ":"), allow_nan=False)
+    return Response(body, status=status, mimetype=_JSON)
+
+
+def _error(status: int, message: str) -> Response:
+    return _json({"error": message}, status)
+
+
+@bp.before_app_request
+def _start_trace() -> None:
+    g.trace_token = logs.set_trace_id(logs.trace_id_from_header(request.headers.get("X-Trace-Id")))
+    g.started = time.perf_counter()
+
+
+@bp.after_app_request
+def _finish_trace(response: Response) -> Response:
+    trace_id = logs.current_trace_id()
+    if trace_id is not None:
+        response.headers["X-Trace-Id"] = trace_id
+        request.environ[logs.ENVIRON_TRACE_ID] = trace_id
+    if _LOG.isEnabledFor(logging.DEBUG):
+        _LOG.debug(
+            "request handled",
+            extra={
+                "method": request.method,
+                "path": request.path,
+                "status": response.status_code,
+                "duration_ms": round((time.perf_counter() - g.get("started", 0.0)) * 1000, 3),
+                "rows": request.environ.get(logs.ENVIRON_ROWS),
+                "hits": request.environ.get(logs.ENVIRON_HITS),
+                "misses": request.environ.get(logs.ENVIRON_MISSES),
+            },
+        )
+    return response
+
+
+@bp.teardown_app_request
+def _end_trace(_exc: BaseException | None) -> None:
+    token = g.pop("trace_token", None)
+    if token is not None:
+        logs.reset_trace_id(token)
+
+
+@bp.app_errorhandler(HTTPException)
+def _http_error(exc: HTTPException) -> Response:
+    code = exc.code or 500
+    response = _error(code, exc.description or exc.name)
+    for name, value in exc.get_headers():
+        if name == "Allow":
+            response.headers[name] = value
+    return response
+
+
+@bp.app_errorhandler(Exception)
+def _unexpected_error(exc: Exception) -> Response:
+    # The stack trace goes to the log under the trace id, never to the client.
+    _LOG.exception("unhandled error")
+    return _error(500, "internal error")
+
+
+@bp.get("/healthcheck")
+def healthcheck() -> Response:
+    """Liveness: the process answers."""
+    config = _services().config
+    return _json(
+        {
+            "environment": config.env,
+            "service": config.service,
+            "version": config.version,
+            "status": "ok",
+        }
+    )
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    """Readiness: 200 once this worker can serve, else 503 with the reason."""
+    services = current_app.extensions.get(EXTENSION)
+    if services is None:
+        return _json({"status": "starting", "reason": "the worker is not set up yet"}, 503)
+    reason = services.not_ready()
+    if reason is not None:
+        return _json({"status": "unavailable", "reason": reason}, 503)
+    return _json({"status": "ready"})
+
+
+@bp.post("/v2/measure")
+def measure() -> Response:
+    """Answer every row from the cache or upstream, in request order."""
+    services = _services()
+    config = services.config
+    if not _authorised(services.auth_keys):
+        response = _error(401, "missing or invalid API key")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="measure"'
+        return response
+    if not _is_json(request.mimetype):
+        return _error(415, "Content-Type must be application/json")
+    body = _read_body(config.max_body_bytes)
+    if body is None:
+        return _error(413, f"body is larger than {config.max_body_bytes} bytes")
+    try:
+        params = parse_query(request.args)
+        raw_rows = parse_body(body, config.max_rows)
+    except BodyError as exc:
+        return _error(400, str(exc))
+
+    rows = [validate_row(raw, params) for raw in raw_rows]
+    wanted = [(row.key, row.cost) for row in rows if row.key is not None]
+    wait_s = config.wait_window_ms / 1000 if config.wait_for_missing else 0.0
+    lookup = services.fetcher.lookup(wanted, wait_s)
+
+    request.environ[logs.ENVIRON_ROWS] = len(rows)
+    request.environ[logs.ENVIRON_HITS] = lookup.hits
+    request.environ[logs.ENVIRON_MISSES] = lookup.misses
+    return _json(_document(rows, iter(lookup.outcomes)))
+
+
+def _document(rows: list[Row], outcomes: Any) -> dict[str, Any]:
+    coverage = dict.fromkeys(STATUSES, 0)
+    out_rows = []
+    total = 0.0
+    for row in rows:
+        outcome = _INVALID if row.key is None else next(outcomes)
+        coverage[outcome.status] += 1
+        item: dict[str, Any] = {
+            "rowIdentifier": row.row_identifier,
+            "propertyName": row.property_name,
+            "utcDateTime": row.date,
+            "weight": row.weight,
+            "totalEmissions": None,
+            "status": outcome.status,
+        }
+        entry = outcome.entry
+        if row.error is not None:
+            item["error"] = {"message": row.error}
+        elif entry is not None:
+            if entry.error is not None:
+                item["error"] = {"message": entry.error}
+            else:
+                item["totalEmissions"] = entry.total_emissions
+                item["inventoryCoverage"] = entry.inventory_coverage
+                if entry.total_emissions is not None:
+                    total += entry.total_emissions
+        out_rows.append(item)
+    return {
+        "requestId": logs.current_trace_id(),
+        "totalEmissions": total,
+        "rows": out_rows,
+        "coverage": {"rows": len(rows), **coverage},
+    }
+
+
+def _authorised(keys: tuple[bytes, ...]) -> bool:
+    if not keys:
+        return True  # AUTH_DISABLED=true; Config refuses an empty key list otherwise
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return False
+    presented = token.strip().encode()
+    # Compare against every key, without stopping early, so timing says nothing about which.
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(presented, key)
+    return matched
+
+
+def _is_json(mimetype: str) -> bool:
+    return mimetype == _JSON or (mimetype.startswith("application/") and mimetype.endswith("+json"))
+
+
+def _read_body(limit: int) -> bytes | None:
+    """The body, or None when it is over ``limit`` (by Content-Length or by what was read)."""
+    length = request.content_length
+    if length is not None and length > limit:
+        return None
+    # A chunked body has no Content-Length: read at most one byte past the limit to detect excess.
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = request.stream.read(limit + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return None if size > limit else b"".join(chunks)

@@ -1,0 +1,106 @@
+"""The application factory: builds one Flask app with its own cache, upstream client and fetcher.
+
+Nothing happens at import time. Under gunicorn (``preload_app = False``) each worker calls
+:func:`create_app` after the fork, so every worker owns its cache, connection pool and greenlets.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from flask import Flask
+
+from measure_service import api, logs
+from measure_service.breaker import CircuitBreaker
+from measure_service.config import Config
+from measure_service.fetcher import Cache, Entry, Fetcher, FetcherSettings, Upstream
+from measure_service.rows import RowKey
+from measure_service.upstream import UpstreamClient
+from weighted_cache import Cache as WeightedCache
+
+
+def create_app(
+    config: Config | None = None,
+    *,
+    upstream: Upstream | None = None,
+    cache: Cache | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> Flask:
+    """Build the app from ``config`` (default: the environment).
+
+    ``upstream`` and ``cache`` replace the real Scope3 client and cache (tests pass fakes);
+    ``clock`` dates cache entries.
+    """
+    config = Config.from_env() if config is None else config
+    logs.configure_logging(config.log_level)
+    app = Flask(__name__)
+    services, closers = _build_services(config, upstream, cache, clock)
+    app.extensions[api.EXTENSION] = services
+    app.extensions[_CLOSERS] = closers
+    app.register_blueprint(api.bp)
+    register_extensions(app)
+    return app
+
+
+def register_extensions(app: Flask) -> None:
+    """Attach optional add-ons (the /metrics exporter goes here) to a fully built app."""
+
+
+def close_app(app: Flask) -> None:
+    """Stop the app's background fetches and close its upstream connections (worker exit)."""
+    app.extensions.pop(api.EXTENSION, None)
+    for close in app.extensions.pop(_CLOSERS, ()):
+        close()
+
+
+_CLOSERS = "measure_service.closers"
+
+
+def _build_services(
+    config: Config, upstream: Upstream | None, cache: Cache | None, clock: Callable[[], float]
+) -> tuple[api.Services, list[Callable[[], None]]]:
+    """The services of one app, and what to close at exit (in order: fetches first)."""
+    closers: list[Callable[[], None]] = []
+    breaker: CircuitBreaker | None = None
+    not_ready: Callable[[], str | None] = _always_ready
+    if upstream is None:
+        breaker = CircuitBreaker(config.breaker_failures, config.breaker_cooldown_s)
+        client = UpstreamClient(
+            config.scope3_api_url,
+            config.scope3_api_token,
+            connect_timeout_s=config.upstream_connect_timeout_ms / 1000,
+            read_timeout_s=config.upstream_timeout_ms / 1000,
+            pool_size=config.upstream_concurrency,
+            retries=config.upstream_retries,
+            breaker=breaker,
+        )
+        upstream = client
+        closers.append(client.close)
+
+        def not_ready() -> str | None:
+            failure = client.auth_failure
+            return None if failure is None else f"upstream refused our API token: {failure}"
+
+    if cache is None:
+        owned: WeightedCache[RowKey, Entry] = WeightedCache(config.cache_max_cost, clock=clock)
+        closers.append(owned.close)
+        cache = owned
+    settings = FetcherSettings(
+        ttl_s=config.cache_ttl_seconds,
+        stale_s=config.cache_stale_seconds,
+        error_ttl_s=config.error_ttl,
+        batch_window_s=config.upstream_batch_window_ms / 1000,
+        batch_rows=config.upstream_batch_rows,
+        max_pending_rows=config.max_pending_rows,
+        concurrency=config.upstream_concurrency,
+    )
+    fetcher = Fetcher(cache, upstream, settings, breaker=breaker, clock=clock)
+    closers.insert(0, fetcher.close)
+    keys = tuple(key.encode() for key in config.api_keys)
+    services = api.Services(config=config, fetcher=fetcher, not_ready=not_ready, auth_keys=keys)
+    return services, closers
+
+
+def _always_ready() -> str | None:
+    return None

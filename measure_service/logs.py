@@ -1,0 +1,162 @@
+"""JSON logs with a per-request trace id carried by a contextvar, including into greenlets.
+
+Application lines and gunicorn's access lines share the field names in :data:`FIELDS`, so one
+query finds every line of a request.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import random
+import re
+import sys
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import gevent
+from pythonjsonlogger.json import JsonFormatter
+
+# Field names shared by application and access log lines.
+FIELDS = (
+    "timestamp", "level", "trace_id", "method", "path", "status", "duration_ms", "rows", "hits",
+    "misses",
+)
+LOGGER_NAME = "measure_service"
+# Keys a view stores in the WSGI environ so gunicorn's access line can report them.
+ENVIRON_TRACE_ID = "measure.trace_id"
+ENVIRON_ROWS = "measure.rows"
+ENVIRON_HITS = "measure.hits"
+ENVIRON_MISSES = "measure.misses"
+
+# gunicorn names an environ value "{key}e" among its access log atoms.
+_ATOM_TRACE_ID = "{" + ENVIRON_TRACE_ID + "}e"
+_ATOM_ROWS = "{" + ENVIRON_ROWS + "}e"
+_ATOM_HITS = "{" + ENVIRON_HITS + "}e"
+_ATOM_MISSES = "{" + ENVIRON_MISSES + "}e"
+
+_TRACE_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("trace_id", default=None)
+_VALID_TRACE_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+def trace_id_from_header(value: str | None) -> str:
+    """The client's trace id if it is a safe token, else a new random one (uuid4 hex)."""
+    if value is not None and _VALID_TRACE_ID.fullmatch(value):
+        return value
+    return uuid.uuid4().hex
+
+
+def set_trace_id(trace_id: str) -> contextvars.Token[str | None]:
+    """Make ``trace_id`` the current one; pass the token to :func:`reset_trace_id` when done."""
+    return _TRACE_ID.set(trace_id)
+
+
+def reset_trace_id(token: contextvars.Token[str | None]) -> None:
+    """Restore the trace id that was current before :func:`set_trace_id`."""
+    _TRACE_ID.reset(token)
+
+
+def current_trace_id() -> str | None:
+    """The trace id of the request being handled here, if any."""
+    return _TRACE_ID.get()
+
+
+def spawn(func: Callable[..., Any], *args: Any) -> gevent.Greenlet:
+    """Start ``func`` in a greenlet that sees a copy of the caller's contextvars (its trace id).
+
+    A new greenlet otherwise starts with an empty context, and its log lines would lose the id.
+    """
+    return gevent.spawn(contextvars.copy_context().run, func, *args)
+
+
+class TraceIdFilter(logging.Filter):
+    """Adds ``trace_id`` to every record passing through the handler it is attached to."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Stamp the record with the current trace id; never drops a record."""
+        if not hasattr(record, "trace_id"):
+            record.trace_id = _TRACE_ID.get()
+        return True
+
+
+class SampleFilter(logging.Filter):
+    """Lets through a random fraction ``rate`` of records (access log sampling)."""
+
+    def __init__(self, rate: float = 1.0, rand: Callable[[], float] = random.random) -> None:
+        """Keep a record with probability ``rate`` (0 keeps none, 1 keeps all)."""
+        super().__init__()
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"rate must be in 0..1, got {rate!r}")
+        self._rate = rate
+        self._rand = rand
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """True for the sampled records."""
+        return self._rate >= 1.0 or (self._rate > 0.0 and self._rand() < self._rate)
+
+
+def json_formatter() -> JsonFormatter:
+    """The formatter of application lines: timestamp, level, logger, message, trace_id, extras."""
+    return JsonFormatter(
+        "%(levelname)s %(name)s %(message)s %(trace_id)s",
+        rename_fields={"levelname": "level", "name": "logger"},
+        timestamp="timestamp",
+    )
+
+
+class AccessFormatter(JsonFormatter):
+    """Formats gunicorn's access records (whose args are its atoms) with the shared field names."""
+
+    def __init__(self) -> None:
+        """The field list is fixed: :data:`FIELDS` plus ``remote_addr``."""
+        super().__init__(
+            "%(levelname)s", rename_fields={"levelname": "level"}, timestamp="timestamp"
+        )
+
+    def add_fields(
+        self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
+        """Turn the atoms into fields instead of printing the format string."""
+        super().add_fields(log_data, record, message_dict)
+        log_data.pop("message", None)
+        atoms = record.args if isinstance(record.args, Mapping) else {}
+        log_data["trace_id"] = _atom(atoms, _ATOM_TRACE_ID)
+        log_data["method"] = _atom(atoms, "m")
+        log_data["path"] = _atom(atoms, "U")
+        log_data["status"] = _as_int(_atom(atoms, "s"))
+        micros = _atom(atoms, "D")
+        log_data["duration_ms"] = micros / 1000 if isinstance(micros, int) else None
+        log_data["rows"] = _as_int(_atom(atoms, _ATOM_ROWS))
+        log_data["hits"] = _as_int(_atom(atoms, _ATOM_HITS))
+        log_data["misses"] = _as_int(_atom(atoms, _ATOM_MISSES))
+        log_data["remote_addr"] = _atom(atoms, "h")
+
+
+def configure_logging(level: str) -> logging.Logger:
+    """Send the ``measure_service`` loggers to stdout as JSON lines at ``level``; idempotent."""
+    logger = logging.getLogger(LOGGER_NAME)
+    for handler in list(logger.handlers):
+        if getattr(handler, "_measure_service", False):
+            logger.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stdout)
+    handler._measure_service = True  # type: ignore[attr-defined]
+    handler.setFormatter(json_formatter())
+    handler.addFilter(TraceIdFilter())
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+    return logger
+
+
+def _atom(atoms: Mapping[str, Any], name: str) -> Any:
+    value = atoms.get(name)
+    return None if value == "-" else value
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None
