@@ -1,0 +1,79 @@
+"""Belady's optimum and the replay bookkeeping of bench/hit_ratio.py, on tiny inputs."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Hashable, Sequence
+from functools import cache
+
+import hit_ratio
+import pytest
+from traces import Trace
+
+
+def _exhaustive_optimum(keys: Sequence[Hashable], capacity: int) -> int:
+    """Most hits any policy can get: try every bypass/eviction choice on every miss."""
+
+    @cache
+    def best(i: int, held: frozenset[Hashable]) -> int:
+        if i == len(keys):
+            return 0
+        key = keys[i]
+        if key in held:
+            return 1 + best(i + 1, held)
+        options = [best(i + 1, held)]  # bypass
+        if len(held) < capacity:
+            options.append(best(i + 1, held | {key}))
+        else:
+            options.extend(best(i + 1, (held - {victim}) | {key}) for victim in held)
+        return max(options)
+
+    return best(0, frozenset())
+
+
+def test_belady_keeps_the_keys_needed_soonest() -> None:
+    # a b c a b d a b c at capacity 2: keeping a and b gives 4 hits; c and d are never worth it.
+    assert hit_ratio.belady_hits(list("abcabdabc"), 2) == 4
+
+
+def test_belady_evicts_the_key_used_farthest_ahead() -> None:
+    # a b c a c b at capacity 2: c evicts b (next use farthest), then a and c hit.
+    assert hit_ratio.belady_hits(list("abcacb"), 2) == 2
+
+
+def test_belady_misses_only_cold_keys_when_everything_fits() -> None:
+    keys = [1, 2, 3, 1, 2, 3, 4, 1]
+    assert hit_ratio.belady_hits(keys, 4) == len(keys) - 4
+
+
+def test_belady_with_no_capacity_never_hits() -> None:
+    assert hit_ratio.belady_hits([1, 1, 1], 0) == 0
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_belady_matches_an_exhaustive_search_on_short_random_sequences(seed: int) -> None:
+    rng = random.Random(seed)
+    keys = [rng.randrange(5) for _ in range(11)]
+    capacity = rng.randrange(1, 4)
+    assert hit_ratio.belady_hits(keys, capacity) == _exhaustive_optimum(keys, capacity)
+
+
+def test_lru_counts_an_object_larger_than_the_cache_as_an_uncached_miss() -> None:
+    trace = Trace("w", [(1, 10), (1, 10), (2, 3), (2, 3)], [10, 10, 3, 3])
+    tally = hit_ratio.replay_lru(trace, 5)
+    assert (tally.hits, tally.cost_hit, tally.cost_requested) == (1, 3, 26)
+
+
+def test_byte_hit_ratio_weights_hits_by_cost() -> None:
+    tally = hit_ratio.Tally(accesses=4, hits=1, cost_requested=26, cost_hit=13)
+    assert (tally.hit_ratio, tally.byte_hit_ratio) == (25.0, 50.0)
+
+
+def test_a_point_below_ristretto_fails_even_above_the_reference_target() -> None:
+    row = hit_ratio.UnitRow("gli", 1000, 45.0, 11.0, 40.0, 53.0, (11.2, 40.0, 53.1))
+    assert row.verdict().startswith("FAIL")
+
+
+def test_a_point_within_one_of_the_better_reference_passes() -> None:
+    row = hit_ratio.UnitRow("zipf", 1000, 58.4, 50.0, 59.0, 66.0, (50.6, 59.3, 66.5))
+    assert row.verdict() == "pass"
