@@ -1,0 +1,150 @@
+"""CircuitBreaker: closed -> open -> half-open -> closed/open, driven by an injected clock."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import REGISTRY
+
+from measure_service.breaker import CircuitBreaker
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _breaker(threshold: int = 3, cooldown_s: float = 10.0) -> tuple[CircuitBreaker, _Clock]:
+    clock = _Clock()
+    return CircuitBreaker(threshold, cooldown_s, clock), clock
+
+
+def _fail(breaker: CircuitBreaker, times: int) -> None:
+    for _ in range(times):
+        breaker.record_failure()
+
+
+def _transitions(to: str) -> float:
+    value = REGISTRY.get_sample_value("measure_upstream_breaker_transitions_total", {"to": to})
+    return value or 0.0
+
+
+def test_a_new_breaker_is_closed_and_allows_calls() -> None:
+    breaker, _ = _breaker()
+    assert breaker.state == "closed"
+    assert breaker.allow()
+
+
+def test_it_stays_closed_below_the_failure_threshold() -> None:
+    breaker, _ = _breaker(threshold=3)
+    _fail(breaker, 2)
+    assert breaker.state == "closed"
+    assert breaker.allow()
+
+
+def test_it_opens_after_the_threshold_of_consecutive_failures() -> None:
+    breaker, _ = _breaker(threshold=3)
+    _fail(breaker, 3)
+    assert breaker.state == "open"
+    assert not breaker.allow()
+
+
+def test_a_success_resets_the_consecutive_failure_count() -> None:
+    breaker, _ = _breaker(threshold=3)
+    _fail(breaker, 2)
+    breaker.record_success()
+    _fail(breaker, 2)
+    assert breaker.state == "closed"
+
+
+def test_an_open_breaker_refuses_until_the_cooldown_passes() -> None:
+    breaker, clock = _breaker(cooldown_s=10.0)
+    _fail(breaker, 3)
+    clock.now += 9.99
+    assert not breaker.allow()
+    assert breaker.state == "open"
+
+
+def test_after_the_cooldown_it_is_half_open_and_allows_exactly_one_probe() -> None:
+    breaker, clock = _breaker(cooldown_s=10.0)
+    _fail(breaker, 3)
+    clock.now += 10.0
+    assert breaker.state == "half_open"
+    assert [breaker.allow() for _ in range(5)] == [True, False, False, False, False]
+
+
+def test_a_successful_probe_closes_the_breaker() -> None:
+    breaker, clock = _breaker()
+    _fail(breaker, 3)
+    clock.now += 10.0
+    assert breaker.allow()
+    breaker.record_success()
+    assert breaker.state == "closed"
+    assert breaker.allow()
+
+
+def test_a_failed_probe_reopens_it_for_another_cooldown() -> None:
+    breaker, clock = _breaker(cooldown_s=10.0)
+    _fail(breaker, 3)
+    clock.now += 10.0
+    assert breaker.allow()
+    breaker.record_failure()
+    assert breaker.state == "open"
+    clock.now += 9.0
+    assert not breaker.allow()
+    clock.now += 1.0
+    assert breaker.allow()
+
+
+def test_a_probe_that_never_reports_is_given_up_after_a_cooldown() -> None:
+    breaker, clock = _breaker(cooldown_s=10.0)
+    _fail(breaker, 3)
+    clock.now += 10.0
+    assert breaker.allow()
+    clock.now += 10.0
+    assert breaker.allow()
+
+
+def test_after_closing_it_needs_the_full_threshold_to_open_again() -> None:
+    breaker, clock = _breaker(threshold=3)
+    _fail(breaker, 3)
+    clock.now += 10.0
+    breaker.allow()
+    breaker.record_success()
+    _fail(breaker, 2)
+    assert breaker.state == "closed"
+
+
+def test_transitions_are_counted_by_target_state() -> None:
+    breaker, clock = _breaker()
+    before = {to: _transitions(to) for to in ("open", "half_open", "closed")}
+    _fail(breaker, 3)
+    clock.now += 10.0
+    breaker.allow()
+    breaker.record_success()
+    after = {to: _transitions(to) for to in ("open", "half_open", "closed")}
+    assert {to: after[to] - before[to] for to in after} == {"open": 1, "half_open": 1, "closed": 1}
+
+
+def test_the_open_gauge_follows_the_state() -> None:
+    breaker, clock = _breaker()
+    _fail(breaker, 3)
+    assert REGISTRY.get_sample_value("measure_upstream_breaker_open") == 1.0
+    clock.now += 10.0
+    breaker.allow()
+    breaker.record_success()
+    assert REGISTRY.get_sample_value("measure_upstream_breaker_open") == 0.0
+
+
+@pytest.mark.parametrize(
+    ("threshold", "cooldown_s", "named"),
+    [(0, 1.0, "failure_threshold"), (2.5, 1.0, "failure_threshold"),
+     (True, 1.0, "failure_threshold"), (3, 0, "cooldown_s"), (3, float("nan"), "cooldown_s")],
+)
+def test_bad_settings_raise_a_value_error_naming_the_argument(
+    threshold: int, cooldown_s: float, named: str
+) -> None:
+    with pytest.raises(ValueError, match=named):
+        CircuitBreaker(threshold, cooldown_s)
