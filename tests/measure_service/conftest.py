@@ -1,0 +1,79 @@
+"""Fakes for measure_service unit tests: a settable clock and an in-process upstream.
+
+The integration fixtures (real simulator and gunicorn) live in ``tests/conftest.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytest
+from gevent.event import Event
+
+from measure_service.upstream import RowResult, UpstreamError
+
+GRAMS_PER_IMPRESSION = 0.066
+
+
+class FakeClock:
+    """A clock that only moves when told to."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakeUpstream:
+    """Answers like Scope3 (an inventoryId without a dot is a row error), recording each call.
+
+    ``hold()`` keeps calls waiting until ``release()``; ``fail_with`` makes calls raise.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[dict[str, Any]], dict[str, str]]] = []
+        self.fail_with: UpstreamError | None = None
+        self._gate = Event()
+        self._gate.set()
+        self.started = Event()
+
+    @property
+    def rows_sent(self) -> list[dict[str, Any]]:
+        return [row for rows, _ in self.calls for row in rows]
+
+    def hold(self) -> None:
+        self._gate.clear()
+
+    def release(self) -> None:
+        self._gate.set()
+
+    def measure(
+        self, rows: Sequence[Mapping[str, Any]], params: Mapping[str, str]
+    ) -> dict[str, RowResult]:
+        self.calls.append(([dict(row) for row in rows], dict(params)))
+        self.started.set()
+        self._gate.wait()
+        if self.fail_with is not None:
+            raise self.fail_with
+        return {str(row["rowIdentifier"]): _answer(row) for row in rows}
+
+
+def _answer(row: Mapping[str, Any]) -> RowResult:
+    if "." not in row["inventoryId"]:
+        return RowResult(None, None, f"unknown inventory {row['inventoryId']}")
+    return RowResult(row["impressions"] * GRAMS_PER_IMPRESSION, "modeled", None)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def upstream() -> FakeUpstream:
+    return FakeUpstream()

@@ -1,0 +1,91 @@
+"""Config is read from the environment once, with errors that name the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from measure_service.config import Config, ConfigError, parse_access_log
+
+BASE = {"API_KEYS": "k1"}
+
+
+def test_defaults_match_the_documented_values() -> None:
+    config = Config.from_env(BASE)
+    assert (config.port, config.wait_window_ms, config.cache_ttl_seconds) == (3000, 45, 86_400)
+    assert (config.error_ttl, config.max_rows, config.max_body_bytes) == (300, 1000, 1024 * 1024)
+    assert (config.upstream_batch_window_ms, config.upstream_batch_rows) == (2.0, 500)
+    assert (config.max_pending_rows, config.upstream_retries) == (10_000, 2)
+    assert (config.breaker_failures, config.breaker_cooldown_s) == (5, 10.0)
+    assert config.cache_stale_seconds == 86_400
+    assert config.scope3_api_url == "https://api.scope3.com"
+    assert config.wait_for_missing is False
+
+
+def test_api_keys_are_split_on_commas_and_trimmed() -> None:
+    assert Config.from_env({"API_KEYS": " a, b ,,c"}).api_keys == ("a", "b", "c")
+
+
+def test_no_api_keys_refuses_to_start() -> None:
+    with pytest.raises(ConfigError, match="API_KEYS"):
+        Config.from_env({})
+
+
+def test_auth_disabled_allows_starting_without_keys() -> None:
+    assert Config.from_env({"AUTH_DISABLED": "true"}).api_keys == ()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PORT", "http"),
+        ("PORT", "70000"),
+        ("WAIT_FOR_MISSING", "maybe"),
+        ("WAIT_WINDOW_MS", "-1"),
+        ("CACHE_MAX_COST", "0"),
+        ("CACHE_TTL_SECONDS", "1.5"),
+        ("ERROR_TTL", "x"),
+        ("UPSTREAM_TIMEOUT_MS", "0"),
+        ("UPSTREAM_CONCURRENCY", "0"),
+        ("UPSTREAM_BATCH_WINDOW_MS", "nan"),
+        ("UPSTREAM_BATCH_ROWS", "0"),
+        ("UPSTREAM_RETRIES", "-1"),
+        ("MAX_PENDING_ROWS", "0"),
+        ("BREAKER_FAILURES", "0"),
+        ("BREAKER_COOLDOWN_S", "inf"),
+        ("MAX_ROWS", "0"),
+        ("MAX_BODY_BYTES", "10"),
+        ("LOG_LEVEL", "LOUD"),
+        ("SCOPE3_API_URL", "ftp://example.com"),
+        ("AUTH_DISABLED", "sometimes"),
+        ("ACCESS_LOG", "sample:2"),
+    ],
+)
+def test_a_bad_value_is_refused_with_a_message_naming_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Config.from_env({**BASE, name: value})
+
+
+def test_an_empty_variable_means_its_default() -> None:
+    assert Config.from_env({**BASE, "PORT": " "}).port == 3000
+
+
+def test_booleans_accept_common_spellings() -> None:
+    assert Config.from_env({**BASE, "WAIT_FOR_MISSING": "TRUE"}).wait_for_missing is True
+    assert Config.from_env({**BASE, "WAIT_FOR_MISSING": "0"}).wait_for_missing is False
+
+
+def test_the_upstream_url_loses_its_trailing_slash() -> None:
+    config = Config.from_env({**BASE, "SCOPE3_API_URL": "http://127.0.0.1:8081/"})
+    assert config.scope3_api_url == "http://127.0.0.1:8081"
+
+
+@pytest.mark.parametrize(
+    ("value", "rate"), [("off", 0.0), ("on", 1.0), ("sample:0.25", 0.25), ("SAMPLE:1", 1.0)]
+)
+def test_access_log_setting_becomes_a_sampling_rate(value: str, rate: float) -> None:
+    assert parse_access_log(value) == rate
+
+
+def test_repr_never_shows_the_upstream_token_or_keys() -> None:
+    config = Config.from_env({"API_KEYS": "client-secret", "SCOPE3_API_TOKEN": "upstream-secret"})
+    assert "secret" not in repr(config)

@@ -1,0 +1,238 @@
+"""The fetcher: cache answers, coalesced batched fetches, bounds, stale serving and waiting."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gevent
+import pytest
+from prometheus_client import REGISTRY
+
+from measure_service.fetcher import Entry, Fetcher, FetcherSettings, Lookup
+from measure_service.rows import QueryParams, RowKey
+from measure_service.upstream import UpstreamError
+from tests.measure_service.conftest import FakeClock, FakeUpstream
+from weighted_cache import Cache
+
+TTL_S = 100.0
+STALE_S = 50.0
+ERROR_TTL_S = 10.0
+WAIT_S = 5.0  # long enough never to run out in these tests: each returns when its rows resolve
+
+
+def key(inventory_id: str = "nytimes.com", **fields: Any) -> RowKey:
+    values: dict[str, Any] = {
+        "inventory_id": inventory_id, "date": "2024-10-30", "impressions": 1000,
+        "country": None, "region": None, "channel": None, "device_type": None, "network": None,
+        "framework": None, "latest": None,
+    }
+    values.update(fields)
+    return RowKey(**values)
+
+
+class Harness:
+    """A fetcher over a real cache, a fake upstream and a fake clock."""
+
+    def __init__(
+        self, upstream: FakeUpstream, clock: FakeClock, *, max_pending_rows: int = 1000,
+        breaker: Any = None,
+    ) -> None:
+        self.cache: Cache[RowKey, Entry] = Cache(10_000, clock=clock)
+        self.upstream = upstream
+        self.clock = clock
+        settings = FetcherSettings(
+            ttl_s=TTL_S, stale_s=STALE_S, error_ttl_s=ERROR_TTL_S, batch_window_s=0.0,
+            batch_rows=100, max_pending_rows=max_pending_rows, concurrency=2,
+        )
+        self.fetcher = Fetcher(self.cache, upstream, settings, breaker=breaker, clock=clock)
+
+    def lookup(self, *keys: RowKey, cost: int = 100, wait_s: float = WAIT_S) -> Lookup:
+        return self.fetcher.lookup([(k, cost) for k in keys], wait_s)
+
+    def statuses(self, *keys: RowKey, wait_s: float = WAIT_S) -> list[str]:
+        return [outcome.status for outcome in self.lookup(*keys, wait_s=wait_s).outcomes]
+
+
+class OpenBreaker:
+    state = "open"
+
+
+@pytest.fixture
+def harness(upstream: FakeUpstream, clock: FakeClock) -> Harness:
+    return Harness(upstream, clock)
+
+
+def counter(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_a_miss_waited_for_comes_back_fetched_with_its_value(harness: Harness) -> None:
+    outcome = harness.lookup(key()).outcomes[0]
+    assert outcome.status == "fetched"
+    assert outcome.entry is not None and outcome.entry.total_emissions == pytest.approx(66.0)
+
+
+def test_a_fetched_row_is_then_a_hit_without_calling_upstream(harness: Harness) -> None:
+    harness.lookup(key())
+    assert harness.statuses(key()) == ["hit"]
+    assert len(harness.upstream.calls) == 1
+
+
+def test_a_miss_without_a_wait_window_is_pending_and_still_fills_the_cache(
+    harness: Harness,
+) -> None:
+    assert harness.statuses(key(), wait_s=0) == ["pending"]
+    gevent.wait(timeout=1)  # let the background fetch run
+    assert harness.statuses(key(), wait_s=0) == ["hit"]
+
+
+def test_a_fetch_outliving_the_window_leaves_the_row_pending_then_fills_the_cache(
+    harness: Harness,
+) -> None:
+    harness.upstream.hold()
+    assert harness.statuses(key(), wait_s=0.01) == ["pending"]
+    harness.upstream.release()
+    gevent.wait(timeout=1)
+    assert harness.cache.get(key()) is not None
+
+
+def test_concurrent_misses_for_one_key_share_one_upstream_row(harness: Harness) -> None:
+    harness.upstream.hold()
+    before = counter("measure_upstream_coalesced_rows_total")
+    requests = [gevent.spawn(harness.statuses, key()) for _ in range(5)]
+    harness.upstream.started.wait(timeout=1)
+    harness.upstream.release()
+    assert [r.get(timeout=1) for r in requests] == [["fetched"]] * 5
+    assert len(harness.upstream.rows_sent) == 1
+    assert counter("measure_upstream_coalesced_rows_total") - before == 4
+
+
+def test_a_key_repeated_in_one_request_is_fetched_once(harness: Harness) -> None:
+    assert harness.statuses(key(), key()) == ["fetched", "fetched"]
+    assert len(harness.upstream.rows_sent) == 1
+
+
+def test_misses_from_several_requests_travel_in_one_batch(harness: Harness) -> None:
+    requests = [gevent.spawn(harness.statuses, key(f"site{n}.com")) for n in range(4)]
+    gevent.joinall(requests, timeout=1)
+    assert len(harness.upstream.calls) == 1
+    assert len(harness.upstream.rows_sent) == 4
+
+
+def test_rows_with_different_query_parameters_go_in_separate_batches(harness: Harness) -> None:
+    harness.lookup(key("a.com"), key("b.com", latest="true"), key("c.com", framework="gmsf"))
+    params = sorted(tuple(sorted(p.items())) for _, p in harness.upstream.calls)
+    assert params == [(), (("framework", "gmsf"),), (("latest", "true"),)]
+
+
+def test_rows_are_matched_back_by_identifier_not_position(harness: Harness) -> None:
+    outcomes = harness.lookup(key("a.com", impressions=1000), key("b.com", impressions=2000))
+    values = [o.entry.total_emissions for o in outcomes.outcomes if o.entry is not None]
+    assert values == [pytest.approx(66.0), pytest.approx(132.0)]
+
+
+def test_past_the_pending_limit_new_misses_are_unavailable(
+    upstream: FakeUpstream, clock: FakeClock
+) -> None:
+    harness = Harness(upstream, clock, max_pending_rows=2)
+    upstream.hold()
+    before = counter("measure_upstream_unavailable_rows_total", reason="queue_full")
+    lookup = harness.lookup(key("a.com"), key("b.com"), key("c.com"), wait_s=0)
+    assert [o.status for o in lookup.outcomes] == ["pending", "pending", "unavailable"]
+    assert counter("measure_upstream_unavailable_rows_total", reason="queue_full") - before == 1
+    upstream.release()
+
+
+def test_an_open_breaker_makes_misses_unavailable_at_once(
+    upstream: FakeUpstream, clock: FakeClock
+) -> None:
+    harness = Harness(upstream, clock, breaker=OpenBreaker())
+    assert harness.statuses(key()) == ["unavailable"]
+    gevent.wait(timeout=0.1)
+    assert upstream.calls == []
+
+
+def test_a_failed_fetch_is_unavailable_to_its_waiters_and_never_cached(
+    harness: Harness,
+) -> None:
+    harness.upstream.fail_with = UpstreamError("http_5xx", "boom", status=500)
+    assert harness.statuses(key()) == ["unavailable"]
+    harness.upstream.fail_with = None
+    assert harness.statuses(key()) == ["fetched"]
+
+
+def test_a_row_error_is_cached_for_the_error_ttl(harness: Harness) -> None:
+    assert harness.statuses(key("nodot")) == ["error"]
+    assert harness.statuses(key("nodot")) == ["error"]
+    assert len(harness.upstream.calls) == 1
+    harness.clock.advance(ERROR_TTL_S + 1)
+    assert harness.statuses(key("nodot")) == ["error"]
+    assert len(harness.upstream.calls) == 2
+
+
+def test_an_entry_past_its_ttl_is_served_stale_and_refreshed_once(harness: Harness) -> None:
+    harness.lookup(key())
+    harness.clock.advance(TTL_S + 1)
+    harness.upstream.hold()
+    assert harness.statuses(key(), key()) == ["stale", "stale"]
+    assert harness.statuses(key()) == ["stale"]
+    harness.upstream.release()
+    gevent.wait(timeout=1)
+    assert len(harness.upstream.calls) == 2
+    assert harness.statuses(key()) == ["hit"]
+
+
+def test_a_failed_refresh_keeps_serving_the_stale_value(harness: Harness) -> None:
+    harness.lookup(key())
+    harness.clock.advance(TTL_S + 1)
+    harness.upstream.fail_with = UpstreamError("timeout", "slow")
+    assert harness.statuses(key()) == ["stale"]
+    gevent.wait(timeout=1)
+    outcome = harness.lookup(key()).outcomes[0]
+    assert outcome.status == "stale"
+    assert outcome.entry is not None and outcome.entry.total_emissions == pytest.approx(66.0)
+
+
+def test_an_entry_past_ttl_plus_stale_is_a_miss(harness: Harness) -> None:
+    harness.lookup(key())
+    harness.clock.advance(TTL_S + STALE_S + 1)
+    assert harness.statuses(key()) == ["fetched"]
+    assert len(harness.upstream.calls) == 2
+
+
+def test_a_heavier_row_lowers_the_cost_of_a_cached_entry_keeping_its_expiry(
+    harness: Harness,
+) -> None:
+    harness.lookup(key(), cost=100)
+    harness.clock.advance(10)
+    remaining = harness.cache.ttl(key())
+    harness.lookup(key(), cost=10)
+    entry = harness.cache.get(key())
+    assert entry is not None and entry.cost == 10
+    assert harness.cache.ttl(key()) == pytest.approx(remaining)
+
+
+def test_the_lowest_cost_asked_while_in_flight_is_stored(harness: Harness) -> None:
+    harness.upstream.hold()
+    harness.lookup(key(), cost=100, wait_s=0)
+    heavier = gevent.spawn(harness.lookup, key(), cost=5)
+    gevent.sleep(0)
+    harness.upstream.release()
+    heavier.get(timeout=1)
+    entry = harness.cache.get(key())
+    assert entry is not None and entry.cost == 5
+
+
+def test_counts_report_rows_served_from_cache_and_misses(harness: Harness) -> None:
+    harness.lookup(key("a.com"))
+    lookup = harness.lookup(key("a.com"), key("b.com"))
+    assert (lookup.hits, lookup.misses) == (1, 1)
+
+
+def test_closing_fails_queued_fetches_so_no_waiter_hangs(harness: Harness) -> None:
+    harness.upstream.hold()
+    waiter = gevent.spawn(harness.statuses, key())
+    harness.upstream.started.wait(timeout=1)
+    harness.fetcher.close()
+    assert waiter.get(timeout=1) == ["unavailable"]
+    harness.upstream.release()
