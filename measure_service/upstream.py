@@ -295,10 +295,12 @@ class UpstreamClient:
                 status=status, retry_after=retry_after,
             )
         if status in (401, 403):
+            # Its own rate-limited ERROR line replaces the per-attempt warning.
             self._note_auth_failure(status, log_fields)
         if 400 <= status < 500:
             raise self._failure(
-                "http_4xx", f"upstream answered {status}", log_fields, started, status=status
+                "http_4xx", f"upstream answered {status}", log_fields, started, status=status,
+                log=status not in (401, 403),
             )
         # 1xx/3xx: redirects are not followed (a POST must not turn into a GET).
         raise self._failure(
@@ -351,6 +353,7 @@ class UpstreamClient:
         *,
         status: int | None = None,
         retry_after: float | None = None,
+        log: bool = True,
     ) -> UpstreamError:
         metrics.UPSTREAM_REQUESTS.labels(outcome=outcome).inc()
         if self._breaker is not None:
@@ -359,6 +362,8 @@ class UpstreamClient:
                 self._breaker.record_success()
             else:
                 self._breaker.record_failure()
+        if not log:
+            return UpstreamError(outcome, message, status=status, retry_after=retry_after)
         _LOG.warning(
             "upstream request failed: %s",
             message,
