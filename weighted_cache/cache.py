@@ -1,0 +1,467 @@
+"""The public cache: a thread- and gevent-safe weighted TinyLFU cache."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Hashable
+from typing import Any, Generic, TypeVar, cast, overload
+
+from .metrics import Metrics
+from .policy import Policy
+from .sketch import FrequencySketch
+from .store import Entry, Store
+from .ttl import ExpiryBuckets, Sweeper
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+D = TypeVar("D")
+
+_MISSING: Any = object()
+_READ_BUFFER = 64  # reads recorded per batch applied to the policy
+_SWEEP_PER_OP = 16  # expired entries reclaimed per write, bounding its work
+_MAX_DEFAULT_COUNTERS = 1 << 20
+
+_Callback = tuple[Callable[..., Any], tuple[Any, ...]]
+
+
+def _check_cost(cost: Any, name: str = "cost") -> float:
+    if type(cost) is int:
+        if cost < 0:
+            raise ValueError(f"{name} must be >= 0, got {cost}")
+        return cost
+    if isinstance(cost, bool) or not isinstance(cost, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(cost).__name__}")
+    if not (cost >= 0 and math.isfinite(cost)):
+        raise ValueError(f"{name} must be a finite number >= 0, got {cost}")
+    return cost
+
+
+def _check_ttl(ttl: Any, name: str = "ttl") -> float | None:
+    if ttl is None:
+        return None
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds or None, got {type(ttl).__name__}")
+    if not ttl > 0:  # also refuses NaN
+        raise ValueError(f"{name} must be > 0 seconds, got {ttl}")
+    return None if math.isinf(ttl) else float(ttl)
+
+
+def _unhashable(key: Any) -> TypeError:
+    return TypeError(f"key must be hashable, got {type(key).__name__}")
+
+
+class _Flight:
+    """One in-progress load that concurrent callers of the same key share."""
+
+    __slots__ = ("done", "error", "value")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+
+class Cache(Generic[K, V]):
+    """A bounded cache that admits by frequency (TinyLFU) and evicts by cost.
+
+    ``max_cost`` is the budget in the caller's own units (entries, bytes...).
+    Every ``set`` is applied before it returns; a new key may be refused when
+    the cache judges it worth less than what it would evict.  Callbacks run
+    after the cache's lock is released, so they may call back into the cache.
+
+    Options: ``num_counters`` sizes the frequency sketch (about 10x the number
+    of entries you expect), ``default_ttl`` applies to sets without ``ttl``,
+    ``on_evict(key, value, cost)`` fires when the cache drops an entry on its
+    own (capacity or expiry), ``on_reject(key, value, cost)`` when a set is
+    refused, ``on_exit(key, value)`` whenever any value leaves or is refused,
+    ``cost_fn(value)`` gives the cost when ``set`` gets none, ``clock``
+    returns seconds (monotonic by default), and ``sweep_interval`` starts a
+    background sweeper that reclaims expired entries every that many seconds.
+    """
+
+    def __init__(
+        self,
+        max_cost: int,
+        *,
+        num_counters: int | None = None,
+        default_ttl: float | None = None,
+        on_evict: Callable[[K, V, float], object] | None = None,
+        on_reject: Callable[[K, V, float], object] | None = None,
+        on_exit: Callable[[K, V], object] | None = None,
+        cost_fn: Callable[[V], float] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sweep_interval: float | None = None,
+    ) -> None:
+        max_cost = self._check_max_cost(max_cost)
+        if num_counters is None:
+            num_counters = min(10 * max(int(max_cost), 16), _MAX_DEFAULT_COUNTERS)
+        elif isinstance(num_counters, bool) or not isinstance(num_counters, int):
+            raise TypeError("num_counters must be an int")
+        elif num_counters <= 0:
+            raise ValueError(f"num_counters must be positive, got {num_counters}")
+        for name, fn in (("on_evict", on_evict), ("on_reject", on_reject),
+                         ("on_exit", on_exit), ("cost_fn", cost_fn), ("clock", clock)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{name} must be callable")
+        self._default_ttl = _check_ttl(default_ttl, "default_ttl")
+        self._on_evict = on_evict
+        self._on_reject = on_reject
+        self._on_exit = on_exit
+        self._cost_fn = cost_fn
+        self._clock = clock
+        # Looked up at construction so gevent's monkey-patching, if applied
+        # first, gives a cooperative lock.
+        self._lock = threading.Lock()
+        self._store = Store()
+        self._data = self._store.data
+        self._policy = Policy(max_cost, FrequencySketch(num_counters))
+        self._ttl = ExpiryBuckets()
+        self._metrics = Metrics()
+        self._reads: list[Entry] = []
+        self._flights: dict[Any, _Flight] = {}
+        self._sweeper = None if sweep_interval is None else Sweeper(self, sweep_interval)
+
+    @staticmethod
+    def _check_max_cost(max_cost: Any) -> int:
+        if isinstance(max_cost, bool) or not isinstance(max_cost, int):
+            raise TypeError(f"max_cost must be an int, got {type(max_cost).__name__}")
+        if max_cost <= 0:
+            raise ValueError(f"max_cost must be positive, got {max_cost}")
+        return max_cost
+
+    # -- reads ---------------------------------------------------------------
+
+    @overload
+    def get(self, key: K) -> V | None: ...
+    @overload
+    def get(self, key: K, default: D) -> V | D: ...
+
+    def get(self, key: K, default: Any = None) -> Any:
+        """Return the value for ``key``, or ``default`` if absent or expired."""
+        callbacks: list[_Callback] = []
+        with self._lock:
+            try:
+                entry = self._data.get(key)
+            except TypeError:
+                raise _unhashable(key) from None
+            if entry is None:
+                self._metrics.misses += 1
+                return default
+            if not entry.expire or entry.expire > self._clock():
+                self._metrics.hits += 1
+                reads = self._reads
+                reads.append(entry)
+                if len(reads) < _READ_BUFFER:
+                    return entry.value
+                default = entry.value
+                self._drain(callbacks)
+            else:
+                self._metrics.misses += 1
+                self._expire(entry, callbacks)
+        if callbacks:
+            self._run(callbacks)
+        return default
+
+    def __getitem__(self, key: K) -> V:
+        value = self.get(key, _MISSING)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        """Whether ``key`` holds a live value; does not count as a use."""
+        with self._lock:
+            try:
+                entry = self._data.get(key)
+            except TypeError:
+                raise _unhashable(key) from None
+            return entry is not None and (not entry.expire or entry.expire > self._clock())
+
+    def __len__(self) -> int:
+        """Number of live entries (expired ones are reclaimed first)."""
+        callbacks: list[_Callback] = []
+        with self._lock:
+            self._reclaim(self._ttl.pop_expired(self._clock(), None, exact=True), callbacks)
+            size = len(self._data)
+        self._run(callbacks)
+        return size
+
+    def ttl(self, key: K) -> float | None:
+        """Seconds until ``key`` expires, None if it never does.
+
+        Raises KeyError if the key is absent or already expired.
+        """
+        with self._lock:
+            try:
+                entry = self._data.get(key)
+            except TypeError:
+                raise _unhashable(key) from None
+            if entry is None:
+                raise KeyError(key)
+            if not entry.expire:
+                return None
+            remaining = entry.expire - self._clock()
+            if remaining > 0:
+                return remaining
+        raise KeyError(key)
+
+    # -- writes --------------------------------------------------------------
+
+    def set(self, key: K, value: V, cost: float | None = None, ttl: float | None = None) -> bool:
+        """Store ``value`` under ``key``; return False if it was refused.
+
+        ``cost`` defaults to ``cost_fn(value)`` or 1, ``ttl`` (seconds) to
+        ``default_ttl``.  Updating a present key always succeeds unless the
+        new cost exceeds ``max_cost`` (the old value is then removed too).
+        """
+        if cost is None:
+            cost = self._cost_fn(value) if self._cost_fn is not None else 1
+            cost = _check_cost(cost, "cost_fn(value)")
+        else:
+            cost = _check_cost(cost)
+        ttl = self._default_ttl if ttl is None else _check_ttl(ttl)
+        try:
+            hash(key)
+        except TypeError:
+            raise _unhashable(key) from None
+        callbacks: list[_Callback] = []
+        with self._lock:
+            stored = self._set(key, value, cost, ttl, callbacks)
+        if callbacks:
+            self._run(callbacks)
+        return stored
+
+    def _set(self, key: K, value: V, cost: float, ttl: float | None,
+             callbacks: list[_Callback]) -> bool:
+        if self._reads:
+            self._drain(callbacks)
+        now = self._clock() if ttl is not None or self._ttl else 0.0
+        if self._ttl:
+            self._reclaim(self._ttl.pop_expired(now, _SWEEP_PER_OP), callbacks)
+        expire = now + ttl if ttl is not None else 0.0
+        metrics = self._metrics
+        entry = self._data.get(key)
+        if entry is not None and entry.expire and entry.expire <= now:
+            self._expire(entry, callbacks)
+            entry = None
+        if cost > self._policy.max_cost:
+            if entry is not None:
+                self._discard(entry)
+                self._exit(entry, callbacks)
+            metrics.sets_rejected += 1
+            self._reject(key, value, cost, callbacks)
+            return False
+        if entry is not None:
+            old_value, old_cost = entry.value, entry.cost
+            if entry.expire != expire:
+                self._ttl.remove(entry)
+                entry.expire = expire
+                if expire:
+                    self._ttl.add(entry)
+            entry.value = value
+            self._store.recost(entry, cost)
+            metrics.keys_updated += 1
+            self._evicted(self._policy.update(entry, old_cost), callbacks)
+            if self._on_exit is not None and old_value is not value:
+                callbacks.append((self._on_exit, (key, old_value)))
+            return True
+        entry = Entry(key, value, cost, expire)
+        self._store.add(entry)
+        if expire:
+            self._ttl.add(entry)
+        out = self._policy.add(entry)
+        if out:
+            self._evicted(out, callbacks, entry)
+            if not entry.where:
+                metrics.sets_rejected += 1
+                self._reject(key, value, cost, callbacks)
+                return False
+        metrics.keys_added += 1
+        metrics.cost_added += cost
+        return True
+
+    def delete(self, key: K) -> bool:
+        """Remove ``key``; return whether a live value was removed."""
+        callbacks: list[_Callback] = []
+        with self._lock:
+            try:
+                entry = self._data.get(key)
+            except TypeError:
+                raise _unhashable(key) from None
+            if entry is None:
+                return False
+            live = not entry.expire or entry.expire > self._clock()
+            if live:
+                self._discard(entry)
+                self._exit(entry, callbacks)
+            else:
+                self._expire(entry, callbacks)
+        self._run(callbacks)
+        return live
+
+    def clear(self) -> None:
+        """Remove every entry (``on_exit`` fires for each) and all frequencies."""
+        callbacks: list[_Callback] = []
+        with self._lock:
+            self._reads = []
+            self._policy.clear()
+            self._ttl.clear()
+            for entry in self._store.clear():
+                self._exit(entry, callbacks)
+        self._run(callbacks)
+
+    def close(self) -> None:
+        """Stop the background sweeper, if any.  The cache stays usable."""
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None:
+            sweeper.stop()
+
+    # -- loading -------------------------------------------------------------
+
+    def get_or_load(self, key: K, loader: Callable[[], V],
+                    cost: float | Callable[[V], float] | None = None,
+                    ttl: float | None = None) -> V:
+        """Return the cached value, or call ``loader()`` once and cache it.
+
+        Concurrent callers for the same key (threads or greenlets) wait for
+        a single loader call and share its result; if it raises, they all
+        get the exception and nothing is cached.  ``cost`` may be a number
+        or a function of the loaded value.
+        """
+        value = self.get(key, _MISSING)
+        if value is not _MISSING:
+            return value
+        with self._lock:
+            flight = self._flights.get(key)
+            leader = flight is None
+            if flight is None:
+                entry = self._data.get(key)
+                if entry is not None and (not entry.expire or entry.expire > self._clock()):
+                    return cast(V, entry.value)
+                flight = self._flights[key] = _Flight()
+        if not leader:
+            flight.done.wait()
+            if flight.error is not None:
+                raise flight.error
+            return cast(V, flight.value)
+        try:
+            value = loader()
+            self.set(key, value, cost(value) if callable(cost) else cost, ttl)
+            flight.value = value
+        except BaseException as exc:
+            flight.error = exc
+            raise
+        finally:
+            with self._lock:
+                del self._flights[key]
+            flight.done.set()
+        return value
+
+    # -- capacity ------------------------------------------------------------
+
+    @property
+    def max_cost(self) -> int:
+        """The budget; assigning a smaller one evicts until it fits."""
+        return self._policy.max_cost
+
+    @max_cost.setter
+    def max_cost(self, max_cost: int) -> None:
+        max_cost = self._check_max_cost(max_cost)
+        callbacks: list[_Callback] = []
+        with self._lock:
+            if self._reads:
+                self._drain(callbacks)
+            self._evicted(self._policy.resize(max_cost), callbacks)
+        self._run(callbacks)
+
+    @property
+    def cost_used(self) -> float:
+        """Summed cost of the entries held, never above ``max_cost``."""
+        with self._lock:
+            return self._store.cost_used
+
+    @property
+    def metrics(self) -> Metrics:
+        """Live counters of hits, misses, admissions, evictions..."""
+        return self._metrics
+
+    # -- internals (all called with the lock held) ----------------------------
+
+    def _drain(self, callbacks: list[_Callback]) -> None:
+        """Apply buffered reads to the policy and reclaim some expired cost."""
+        reads, self._reads = self._reads, []
+        self._policy.record_hits(reads)
+        if self._ttl:
+            self._reclaim(self._ttl.pop_expired(self._clock(), _SWEEP_PER_OP), callbacks)
+
+    def _discard(self, entry: Entry) -> None:
+        self._policy.remove(entry)
+        self._ttl.remove(entry)
+        self._store.remove(entry)
+
+    def _expire(self, entry: Entry, callbacks: list[_Callback]) -> None:
+        self._discard(entry)
+        self._counted_expiry(entry, callbacks)
+
+    def _counted_expiry(self, entry: Entry, callbacks: list[_Callback]) -> None:
+        self._metrics.keys_expired += 1
+        if self._on_evict is not None:
+            callbacks.append((self._on_evict, (entry.key, entry.value, entry.cost)))
+        self._exit(entry, callbacks)
+
+    def _reclaim(self, expired: list[Entry], callbacks: list[_Callback]) -> None:
+        """Drop entries the expiry buckets already unfiled."""
+        for entry in expired:
+            self._policy.remove(entry)
+            self._store.remove(entry)
+            self._counted_expiry(entry, callbacks)
+
+    def _evicted(self, out: list[Entry], callbacks: list[_Callback],
+                 rejected: Entry | None = None) -> None:
+        metrics = self._metrics
+        for entry in out:
+            self._ttl.remove(entry)
+            self._store.remove(entry)
+            if entry is rejected:
+                continue
+            metrics.keys_evicted += 1
+            metrics.cost_evicted += entry.cost
+            if self._on_evict is not None:
+                callbacks.append((self._on_evict, (entry.key, entry.value, entry.cost)))
+            self._exit(entry, callbacks)
+
+    def _exit(self, entry: Entry, callbacks: list[_Callback]) -> None:
+        if self._on_exit is not None:
+            callbacks.append((self._on_exit, (entry.key, entry.value)))
+
+    def _reject(self, key: K, value: V, cost: float, callbacks: list[_Callback]) -> None:
+        if self._on_reject is not None:
+            callbacks.append((self._on_reject, (key, value, cost)))
+        if self._on_exit is not None:
+            callbacks.append((self._on_exit, (key, value)))
+
+    def _sweep_expired(self) -> None:
+        """Reclaim every expired entry now (used by the background sweeper)."""
+        callbacks: list[_Callback] = []
+        with self._lock:
+            self._reclaim(self._ttl.pop_expired(self._clock(), None, exact=True), callbacks)
+        self._run(callbacks)
+
+    @staticmethod
+    def _run(callbacks: list[_Callback]) -> None:
+        """Call collected callbacks outside the lock; re-raise the first error."""
+        error: BaseException | None = None
+        for fn, args in callbacks:
+            try:
+                fn(*args)
+            except Exception as exc:  # every callback runs even if one fails
+                if error is None:
+                    error = exc
+        if error is not None:
+            raise error
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(max_cost={self.max_cost}, "
+                f"cost_used={self._store.cost_used}, len={len(self._data)})")

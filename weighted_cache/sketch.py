@@ -1,0 +1,197 @@
+"""TinyLFU frequency estimation: a count-min sketch with a doorkeeper.
+
+Counters are saturating 4-bit values (0..15) held one per byte in a
+``bytearray``: Python cannot address nibbles cheaply, and a byte per counter
+keeps increments and the aging pass (one ``bytes.translate``) in C.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable
+
+_DEPTH = 4
+_MAX_COUNT = 15
+_DOOR = True
+_MASK64 = (1 << 64) - 1
+_MIX1 = 0x9E3779B97F4A7C15
+_MIX2 = 0xBF58476D1CE4E5B9
+# Aging divides every counter by two; a translation table does it in C.
+_HALVE = bytes(i >> 1 for i in range(256))
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(n - 1, 1).bit_length()
+
+
+def spread(key: Hashable) -> int:
+    """Mix ``hash(key)`` into 64 well-distributed bits.
+
+    Python hashes small ints to themselves, so the raw hash would put
+    neighbouring keys in neighbouring counters.
+    """
+    h = (hash(key) * _MIX1) & _MASK64
+    h ^= h >> 31
+    h = (h * _MIX2) & _MASK64
+    return h ^ (h >> 29)
+
+
+class Doorkeeper:
+    """A bloom filter that absorbs the first sighting of each key.
+
+    One-hit wonders then never reach the count-min table, which keeps its
+    counters for keys that repeat.  It holds about 8 bits per expected key
+    (three probes), which keeps false positives near 3% when full.
+    """
+
+    __slots__ = ("_bits", "_mask")
+
+    def __init__(self, expected: int) -> None:
+        nbits = _next_pow2(max(expected, 64) * 8)
+        self._bits = bytearray(nbits >> 3)
+        self._mask = nbits - 1
+
+    def __contains__(self, h: int) -> bool:
+        m = self._mask
+        bits = self._bits
+        i, j, k = h & m, (h >> 21) & m, (h >> 42) & m
+        return bool(
+            bits[i >> 3] >> (i & 7) & 1
+            and bits[j >> 3] >> (j & 7) & 1
+            and bits[k >> 3] >> (k & 7) & 1
+        )
+
+    def add(self, h: int) -> bool:
+        """Record ``h``; return True if it was (probably) already present."""
+        m = self._mask
+        bits = self._bits
+        present = True
+        for i in (h & m, (h >> 21) & m, (h >> 42) & m):
+            byte = bits[i >> 3]
+            bit = 1 << (i & 7)
+            if not byte & bit:
+                bits[i >> 3] = byte | bit
+                present = False
+        return present
+
+    def clear(self) -> None:
+        """Forget every key."""
+        self._bits = bytearray(len(self._bits))
+
+
+class FrequencySketch:
+    """Estimates how often each key was seen recently.
+
+    After ``sample_size`` recorded increments every counter is halved and the
+    doorkeeper is cleared, so old popularity fades (TinyLFU's reset).
+    """
+
+    __slots__ = ("_door", "_mask", "_table", "_width", "additions", "sample_size")
+
+    def __init__(self, num_counters: int) -> None:
+        if num_counters <= 0:
+            raise ValueError("num_counters must be positive")
+        self._width = _next_pow2(num_counters)
+        self._mask = self._width - 1
+        self._table = bytearray(self._width * _DEPTH)
+        self.sample_size = max(num_counters, 16)
+        self._door = Doorkeeper(self.sample_size)
+        self.additions = 0
+
+    @property
+    def width(self) -> int:
+        """Counters per row."""
+        return self._width
+
+    def _slots(self, h: int) -> tuple[int, int, int, int]:
+        # Double hashing: row i probes a + i*b, offset into its own row.
+        m = self._mask
+        w = self._width
+        a = h & m
+        b = (h >> 32) | 1
+        return a, ((a + b) & m) + w, ((a + 2 * b) & m) + 2 * w, ((a + 3 * b) & m) + 3 * w
+
+    def estimate(self, key: Hashable) -> int:
+        """Return the estimated recent frequency of ``key`` (0..16)."""
+        h = spread(key)
+        t = self._table
+        i, j, k, n = self._slots(h)
+        count = min(t[i], t[j], t[k], t[n])
+        return count + 1 if _DOOR and h in self._door else count
+
+    def increment(self, key: Hashable, times: int = 1) -> None:
+        """Record ``times`` sightings of ``key``."""
+        h = spread(key)
+        if _DOOR and not self._door.add(h):
+            times -= 1
+            self.additions += 1
+            if times <= 0:
+                self._maybe_age()
+                return
+        t = self._table
+        i, j, k, n = self._slots(h)
+        # Conservative update: raise only counters at the minimum, which
+        # limits overestimation from collisions.
+        low = min(t[i], t[j], t[k], t[n])
+        if low < _MAX_COUNT:
+            new = min(low + times, _MAX_COUNT)
+            for s in (i, j, k, n):
+                if t[s] < new:
+                    t[s] = new
+            self.additions += times
+        self._maybe_age()
+
+    def increment_many(self, counts: Iterable[tuple[Hashable, int]]) -> None:
+        """Record ``(key, times)`` pairs; the batched, inlined form of increment.
+
+        Used for buffered reads of keys already in the cache, which the
+        doorkeeper has seen when they were written, so it is skipped here.
+        """
+        t = self._table
+        m = self._mask
+        w = self._width
+        top = _MAX_COUNT
+        added = 0
+        for key, times in counts:
+            h = (hash(key) * _MIX1) & _MASK64
+            h ^= h >> 31
+            h = (h * _MIX2) & _MASK64
+            h ^= h >> 29
+            a = h & m
+            b = (h >> 32) | 1
+            i = a
+            j = ((a + b) & m) + w
+            k = ((a + 2 * b) & m) + 2 * w
+            n = ((a + 3 * b) & m) + 3 * w
+            ti, tj, tk, tn = t[i], t[j], t[k], t[n]
+            low = min(ti, tj, tk, tn)
+            if low < top:
+                new = low + times
+                if new > top:
+                    new = top
+                if ti < new:
+                    t[i] = new
+                if tj < new:
+                    t[j] = new
+                if tk < new:
+                    t[k] = new
+                if tn < new:
+                    t[n] = new
+                added += times
+        self.additions += added
+        self._maybe_age()
+
+    def _maybe_age(self) -> None:
+        if self.additions >= self.sample_size:
+            self.age()
+
+    def age(self) -> None:
+        """Halve every counter and clear the doorkeeper."""
+        self._table = bytearray(self._table.translate(_HALVE))
+        self._door.clear()
+        self.additions //= 2
+
+    def clear(self) -> None:
+        """Forget all frequencies."""
+        self._table = bytearray(len(self._table))
+        self._door.clear()
+        self.additions = 0

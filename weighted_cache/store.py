@@ -1,0 +1,77 @@
+"""Where values live: a key -> entry mapping plus the running total of cost."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Any
+
+# Segment tags kept on each entry so the policy knows which queue holds it
+# without a dictionary lookup per queue.
+REMOVED = 0
+WINDOW = 1
+PROBATION = 2
+PROTECTED = 3
+
+
+class Entry:
+    """One cached value with its cost, absolute expiry time and policy segment.
+
+    ``expire`` is 0.0 for entries that never expire, so the read path can
+    skip the clock call with a single truth test.
+    """
+
+    __slots__ = ("cost", "expire", "key", "value", "where")
+
+    def __init__(self, key: Hashable, value: Any, cost: float, expire: float) -> None:
+        self.key = key
+        self.value = value
+        self.cost = cost
+        self.expire = expire
+        self.where = REMOVED
+
+    def __repr__(self) -> str:
+        return f"Entry(key={self.key!r}, cost={self.cost}, expire={self.expire})"
+
+
+class Store:
+    """Maps keys to entries and tracks the summed cost of what it holds.
+
+    The cache reads ``data`` directly on its hot path; every write goes
+    through ``add``/``remove``/``recost`` so that ``cost_used`` stays exact.
+    """
+
+    __slots__ = ("cost_used", "data")
+
+    def __init__(self) -> None:
+        self.data: dict[Hashable, Entry] = {}
+        self.cost_used: float = 0
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def get(self, key: Hashable) -> Entry | None:
+        """Return the entry for ``key`` (expired or not), or None."""
+        return self.data.get(key)
+
+    def add(self, entry: Entry) -> None:
+        """Insert a new entry; the key must not be present."""
+        self.data[entry.key] = entry
+        self.cost_used += entry.cost
+
+    def remove(self, entry: Entry) -> None:
+        """Drop ``entry`` if it is still the one stored under its key."""
+        if self.data.get(entry.key) is entry:
+            del self.data[entry.key]
+            self.cost_used -= entry.cost
+
+    def recost(self, entry: Entry, cost: float) -> None:
+        """Change the cost of a stored entry, keeping the total exact."""
+        self.cost_used += cost - entry.cost
+        entry.cost = cost
+
+    def clear(self) -> list[Entry]:
+        """Empty the store and return what it held."""
+        entries = list(self.data.values())
+        self.data.clear()
+        self.cost_used = 0
+        return entries

@@ -1,0 +1,148 @@
+"""Expiry bookkeeping: entries grouped into time buckets, plus a sweeper.
+
+Entries are filed under ``floor(expire / granularity)``.  A bucket whose
+whole interval lies in the past holds only expired entries, so reclaiming
+it needs no per-entry clock checks.  Normal cache operations pop a bounded
+number of such entries; an optional background sweeper does the rest.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Protocol
+
+from .store import Entry
+
+
+class ExpiryBuckets:
+    """Entries with a TTL, grouped by the time slot in which they expire."""
+
+    __slots__ = ("_buckets", "_count", "_granularity", "_heap")
+
+    def __init__(self, granularity: float = 1.0) -> None:
+        if not granularity > 0:
+            raise ValueError("granularity must be positive")
+        self._granularity = granularity
+        self._buckets: dict[int, set[Entry]] = {}
+        self._heap: list[int] = []  # bucket ids; stale ids are skipped lazily
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def _slot(self, expire: float) -> int:
+        return int(expire // self._granularity)
+
+    def add(self, entry: Entry) -> None:
+        """File ``entry`` under its expiry time (which must be set)."""
+        slot = self._slot(entry.expire)
+        bucket = self._buckets.get(slot)
+        if bucket is None:
+            bucket = self._buckets[slot] = set()
+            heapq.heappush(self._heap, slot)
+        bucket.add(entry)
+        self._count += 1
+
+    def remove(self, entry: Entry) -> None:
+        """Unfile ``entry``; a no-op if it has no expiry or is not filed."""
+        if not entry.expire:
+            return
+        slot = self._slot(entry.expire)
+        bucket = self._buckets.get(slot)
+        if bucket is not None and entry in bucket:
+            bucket.remove(entry)
+            self._count -= 1
+            if not bucket:
+                del self._buckets[slot]
+
+    def pop_expired(self, now: float, limit: int | None = None, exact: bool = False) -> list[Entry]:
+        """Remove and return up to ``limit`` entries that expired by ``now``.
+
+        Only buckets wholly in the past are drained unless ``exact`` is set,
+        in which case the current bucket is scanned entry by entry too.
+        """
+        out: list[Entry] = []
+        heap = self._heap
+        buckets = self._buckets
+        done = self._slot(now)  # buckets below this id are entirely expired
+        while heap and (limit is None or len(out) < limit):
+            slot = heap[0]
+            bucket = buckets.get(slot)
+            if bucket is None:
+                heapq.heappop(heap)
+                continue
+            if slot < done:
+                while bucket and (limit is None or len(out) < limit):
+                    out.append(bucket.pop())
+                if not bucket:
+                    del buckets[slot]
+                    heapq.heappop(heap)
+                continue
+            if exact and slot == done:
+                for entry in [e for e in bucket if e.expire <= now]:
+                    if limit is not None and len(out) >= limit:
+                        break
+                    bucket.remove(entry)
+                    out.append(entry)
+                if not bucket:
+                    del buckets[slot]
+            break
+        self._count -= len(out)
+        return out
+
+    def clear(self) -> None:
+        """Forget every entry."""
+        self._buckets.clear()
+        self._heap.clear()
+        self._count = 0
+
+
+class Sweepable(Protocol):
+    """What the background sweeper needs from a cache."""
+
+    def _sweep_expired(self) -> None: ...
+
+
+class Sweeper:
+    """Calls ``_sweep_expired`` on a cache every ``interval`` seconds.
+
+    It runs in a daemon thread that waits on an Event, so under gevent's
+    monkey-patching it becomes a greenlet and waits cooperatively.  It holds
+    the cache only weakly: an abandoned cache is collected and the thread
+    ends at its next tick.
+    """
+
+    def __init__(self, cache: Sweepable, interval: float) -> None:
+        if not interval > 0:
+            raise ValueError("sweep_interval must be positive")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=_run,
+            args=(weakref.ref(cache), self._stop, interval),
+            name="weighted_cache-sweeper",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the thread to finish and wait briefly for it."""
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=1.0)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the sweeper thread is still running."""
+        return self._thread.is_alive()
+
+
+def _run(ref: Callable[[], Sweepable | None], stop: threading.Event, interval: float) -> None:
+    while not stop.wait(interval):
+        cache = ref()
+        if cache is None:
+            return
+        cache._sweep_expired()
+        del cache
