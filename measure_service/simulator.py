@@ -20,6 +20,20 @@ In mode ``ok``, each request independently hangs, gets 500 or gets 429 with prob
 ``hang_rate``, ``error_rate`` and ``status_429_rate``, drawn from a random source seeded with
 ``--seed``. ``GET /_stats`` reports what arrived; ``POST /_reset`` clears it and restores the
 settings given on the command line.
+
+``GET /_stats`` answers::
+
+    {"requests": 12, "rows": 340, "rows_answered": 300,
+     "by_status": {"200": 10, "429": 2},      # HTTP status, or "hang"/"reset" (no answer)
+     "keys_truncated": false,                 # true once MAX_TRACKED_KEYS distinct keys are seen
+     "repeated_keys_by_agent": {"measure-cache/0.1.0 (pid 7)": 0},  # keys one agent sent twice+
+     "control": {"latency_ms": 100.0, ..., "mode": "ok"},
+     "rows_per_key": {"nytimes.com|2024-10-30|1000|US||web|pc||gmsf|": 2},   # omit: ?keys=0
+     "recent": [{"time": 1732780000.1, "user_agent": "...", "rows": 5, "status": "200"}],
+                                              # last RECENT_LOG_SIZE requests; omit: ?recent=0
+     "rows_per_key_by_agent": {"<agent>": {"<key>": 1}}}                    # only ?by_agent=1
+
+A key is :func:`row_key`: the fields that change the answer, joined with ``|``.
 """
 
 from __future__ import annotations
@@ -175,6 +189,9 @@ class Scope3Simulator:
         self._rows_answered = 0
         self._by_status: Counter[str] = Counter()
         self._rows_per_key: Counter[str] = Counter()
+        # Per User-Agent (one per service worker): "each key at most once per worker" checks.
+        self._rows_per_agent_key: Counter[tuple[str, str]] = Counter()
+        self._repeated_keys_by_agent: Counter[str] = Counter()
         self._keys_truncated = False
         self._recent: deque[dict[str, Any]] = deque(maxlen=RECENT_LOG_SIZE)
 
@@ -297,6 +314,9 @@ class Scope3Simulator:
             for key in keys:
                 if key in self._rows_per_key or len(self._rows_per_key) < MAX_TRACKED_KEYS:
                     self._rows_per_key[key] += 1
+                    self._rows_per_agent_key[agent, key] += 1
+                    if self._rows_per_agent_key[agent, key] == 2:
+                        self._repeated_keys_by_agent[agent] += 1
                 else:
                     self._keys_truncated = True
             self._recent.append(
@@ -314,10 +334,16 @@ class Scope3Simulator:
                 "rows_answered": self._rows_answered,
                 "by_status": dict(self._by_status),
                 "keys_truncated": self._keys_truncated,
+                "repeated_keys_by_agent": dict(self._repeated_keys_by_agent),
                 "control": dataclasses.asdict(self._faults),
             }
             if query.get("keys", ["1"])[-1] != "0":
                 document["rows_per_key"] = dict(self._rows_per_key)
+            if query.get("by_agent", ["0"])[-1] == "1":
+                by_agent: dict[str, dict[str, int]] = {}
+                for (agent, key), count in self._rows_per_agent_key.items():
+                    by_agent.setdefault(agent, {})[key] = count
+                document["rows_per_key_by_agent"] = by_agent
             if query.get("recent", ["1"])[-1] != "0":
                 document["recent"] = list(self._recent)
         return _json(start_response, 200, document)
@@ -345,6 +371,8 @@ class Scope3Simulator:
             self._requests = self._rows = self._rows_answered = 0
             self._by_status.clear()
             self._rows_per_key.clear()
+            self._rows_per_agent_key.clear()
+            self._repeated_keys_by_agent.clear()
             self._keys_truncated = False
             self._recent.clear()
             self._release_hangs()

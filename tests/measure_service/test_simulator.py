@@ -200,6 +200,17 @@ def test_stats_count_requests_rows_statuses_and_keys() -> None:
     }
 
 
+def test_stats_count_keys_repeated_by_one_agent_separately_for_each_agent() -> None:
+    app, _, _ = _simulator()
+    _measure(app, [_row("a")], agent="worker-1")
+    _measure(app, [_row("a")], agent="worker-2")
+    assert _stats(app)["repeated_keys_by_agent"] == {}
+    _measure(app, [_row("a")], agent="worker-2")
+    assert _stats(app)["repeated_keys_by_agent"] == {"worker-2": 1}
+    by_agent = _body(Client(app).get("/_stats?by_agent=1"))["rows_per_key_by_agent"]
+    assert by_agent == {"worker-1": {row_key(_row(), {}): 1}, "worker-2": {row_key(_row(), {}): 2}}
+
+
 def test_stats_log_recent_requests_with_arrival_agent_rows_and_status() -> None:
     app, _, _ = _simulator()
     _measure(app, [_row("a"), _row("b")], agent="measure-cache/1.0 (pid 42)")
@@ -219,10 +230,11 @@ def test_reset_clears_stats_and_restores_the_command_line_settings() -> None:
     app, _, _ = _simulator(error_rate=0.5)
     _control(app, mode="500", latency_ms=7)
     _measure(app, [_row()])
+    _measure(app, [_row()])
     assert Client(app).post("/_reset").status_code == 200
     stats = _stats(app)
     assert (stats["requests"], stats["rows"], stats["by_status"], stats["rows_per_key"],
-            stats["recent"]) == (0, 0, {}, {}, [])
+            stats["repeated_keys_by_agent"], stats["recent"]) == (0, 0, {}, {}, {}, [])
     assert stats["control"]["mode"] == "ok"
     assert stats["control"]["error_rate"] == 0.5
     assert stats["control"]["latency_ms"] == 0.0
