@@ -1,0 +1,171 @@
+from weighted_cache.policy import Policy
+from weighted_cache.sketch import FrequencySketch
+from weighted_cache.store import PROBATION, PROTECTED, REMOVED, WINDOW, Entry
+
+
+def make(max_cost: int = 100) -> Policy:
+    return Policy(max_cost, FrequencySketch(10 * max_cost))
+
+
+def fill(policy: Policy, keys, cost: int = 1) -> list[Entry]:
+    entries = []
+    for key in keys:
+        entry = Entry(key, key, cost, 0.0)
+        assert policy.add(entry) == []
+        entries.append(entry)
+    return entries
+
+
+def test_new_entries_start_in_the_window():
+    policy = make()
+    entry = Entry("a", 1, 1, 0.0)
+    policy.add(entry)
+    assert entry.where == WINDOW
+
+
+def test_window_overflow_moves_entries_to_probation_while_there_is_room():
+    policy = make()
+    entries = fill(policy, range(10))
+    assert entries[0].where == PROBATION
+    assert policy.total_cost == 10
+
+
+def test_a_read_promotes_a_probation_entry_to_protected():
+    policy = make()
+    entries = fill(policy, range(10))
+    policy.record_hits([entries[0]])
+    assert entries[0].where == PROTECTED
+
+
+def test_total_cost_never_exceeds_the_budget():
+    policy = make(50)
+    for key in range(500):
+        policy.add(Entry(key, key, key % 7 + 1, 0.0))
+        assert policy.total_cost <= 50
+
+
+def test_an_unpopular_candidate_is_rejected_when_full():
+    policy = make(10)
+    entries = fill(policy, range(10))
+    policy.record_hits(entries * 3)
+    newcomer = Entry("new", 0, 1, 0.0)
+    out = policy.add(newcomer)
+    assert newcomer in out and newcomer.where == REMOVED
+
+
+def test_a_popular_candidate_displaces_a_cold_victim():
+    policy = make(10)
+    fill(policy, range(10))
+    policy.sketch.increment("hot", 10)
+    hot = Entry("hot", 0, 1, 0.0)
+    out = policy.add(hot)
+    assert hot not in out and hot.where != REMOVED
+    assert len(out) == 1
+
+
+def test_a_costly_candidate_must_beat_the_sum_of_its_victims():
+    policy = make(10)
+    entries = fill(policy, range(10))
+    policy.record_hits(entries * 2)  # each resident now has frequency 3
+    policy.sketch.increment("big", 8)
+    big = Entry("big", 0, 5, 0.0)  # needs five victims, worth 15 together
+    assert big in policy.add(big)
+
+
+def test_a_costly_candidate_worth_more_than_its_victims_is_admitted():
+    policy = make(10)
+    fill(policy, range(10))
+    policy.sketch.increment("big", 14)
+    big = Entry("big", 0, 3, 0.0)
+    out = policy.add(big)
+    assert big.where != REMOVED
+    assert sum(e.cost for e in out) >= 3
+
+
+def test_on_equal_frequency_the_costlier_entry_leaves_first():
+    policy = make(10)
+    small = fill(policy, ["s1", "s2"], cost=1)
+    large = fill(policy, ["l1"], cost=4)
+    fill(policy, ["s3", "s4", "s5"], cost=1)
+    policy.sketch.increment("new", 10)
+    out = policy.add(Entry("new", 0, 2, 0.0))
+    assert large[0] in out
+    assert not any(e in out for e in small)
+
+
+def test_an_update_never_evicts_the_updated_entry():
+    policy = make(10)
+    entries = fill(policy, range(10))
+    target = entries[0]
+    target.cost = 6
+    out = policy.update(target, 1)
+    assert target not in out
+    assert policy.total_cost <= 10
+
+
+def test_removed_entries_leave_their_segment():
+    policy = make()
+    entries = fill(policy, range(5))
+    policy.remove(entries[2])
+    assert entries[2].where == REMOVED
+    assert policy.total_cost == 4
+
+
+def test_shrinking_the_budget_evicts_until_it_fits():
+    policy = make(20)
+    fill(policy, range(20))
+    out = policy.resize(5)
+    assert len(out) == 15
+    assert policy.total_cost <= 5
+
+
+def test_buffered_hits_count_towards_frequency():
+    policy = make()
+    entries = fill(policy, range(3))
+    before = policy.frequency(entries[1])
+    policy.record_hits([entries[1]] * 4)
+    assert policy.frequency(entries[1]) == before + 4
+
+
+def test_hits_on_removed_entries_are_ignored():
+    policy = make()
+    entries = fill(policy, range(3))
+    policy.remove(entries[0])
+    policy.record_hits([entries[0]])
+    assert entries[0].where == REMOVED
+    assert policy.total_cost == 2
+
+
+def test_window_grows_when_growing_it_raised_the_hit_rate():
+    policy = make(1000)
+    start = policy.window_max
+    policy._step = 100.0
+    policy._sample_period = 10
+    policy._prev_rate = 0.1
+    policy._sample_hits, policy._sample_misses = 5, 5
+    policy._climb()
+    assert policy.window_max == start + 100
+
+
+def test_window_shrinks_when_the_hit_rate_fell():
+    policy = make(1000)
+    policy.window_max = 300
+    policy._step = 100.0
+    policy._sample_period = 10
+    policy._prev_rate = 0.9
+    policy._sample_hits, policy._sample_misses = 5, 5
+    policy._climb()
+    assert policy.window_max == 200
+
+
+def test_replays_are_deterministic():
+    def run() -> list[object]:
+        policy = make(30)
+        kept = []
+        for i in range(2000):
+            key = (i * 7919) % 97
+            out = policy.add(Entry(key, key, 1 + key % 3, 0.0))
+            kept.append(tuple(sorted(str(e.key) for e in out)))
+        return kept
+
+    assert run() == run()

@@ -1,0 +1,83 @@
+from weighted_cache.sketch import Doorkeeper, FrequencySketch, spread
+
+
+def test_unseen_key_has_zero_frequency():
+    assert FrequencySketch(1024).estimate("never") == 0
+
+
+def test_first_sighting_is_held_by_the_doorkeeper():
+    sketch = FrequencySketch(1024)
+    sketch.increment("a")
+    assert sketch.estimate("a") == 1
+    assert sketch.additions == 1
+
+
+def test_repeated_sightings_raise_the_estimate():
+    sketch = FrequencySketch(1024)
+    for _ in range(5):
+        sketch.increment("a")
+    assert sketch.estimate("a") == 5
+
+
+def test_counters_saturate_at_fifteen_plus_doorkeeper():
+    sketch = FrequencySketch(1 << 16)
+    sketch.increment("hot", 100)
+    assert sketch.estimate("hot") == 16
+
+
+def test_batched_increments_match_single_ones():
+    one, many = FrequencySketch(4096), FrequencySketch(4096)
+    for key in range(50):
+        one.increment(key)
+        many.increment(key)
+        one.increment(key, 3)
+    many.increment_many([(key, 3) for key in range(50)])
+    assert [one.estimate(k) for k in range(50)] == [many.estimate(k) for k in range(50)]
+
+
+def test_aging_halves_counters_after_the_sample_size():
+    sketch = FrequencySketch(64)
+    sketch.increment("a", 9)  # 1 in the doorkeeper, 8 in the counters
+    before = sketch.estimate("a")
+    for key in range(1000, 1000 + sketch.sample_size):
+        sketch.increment(key)
+    assert sketch.estimate("a") <= before // 2
+
+
+def test_aging_clears_the_doorkeeper():
+    sketch = FrequencySketch(64)
+    sketch.increment("a")
+    sketch.age()
+    assert sketch.estimate("a") == 0
+
+
+def test_estimates_never_undercount_without_aging():
+    sketch = FrequencySketch(1 << 14)
+    for key in range(500):
+        sketch.increment(key, key % 7 + 1)
+    assert all(sketch.estimate(k) >= min(k % 7 + 1, 16) for k in range(500))
+
+
+def test_clear_forgets_everything():
+    sketch = FrequencySketch(256)
+    sketch.increment("a", 4)
+    sketch.clear()
+    assert sketch.estimate("a") == 0
+
+
+def test_doorkeeper_reports_only_what_was_added():
+    door = Doorkeeper(1000)
+    assert door.add(spread("x")) is False
+    assert door.add(spread("x")) is True
+    assert spread("y") not in door
+
+
+def test_spread_separates_neighbouring_integers():
+    assert len({spread(i) & 1023 for i in range(100)}) > 90
+
+
+def test_non_positive_width_is_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="num_counters"):
+        FrequencySketch(0)
