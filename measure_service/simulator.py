@@ -76,6 +76,7 @@ class _Event(Protocol):
 
 
 StartResponse = Callable[..., Any]
+_Handler = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,24 +195,24 @@ class Scope3Simulator:
         self._repeated_keys_by_agent: Counter[str] = Counter()
         self._keys_truncated = False
         self._recent: deque[dict[str, Any]] = deque(maxlen=RECENT_LOG_SIZE)
+        self._routes: dict[str, tuple[frozenset[str], _Handler]] = {
+            "/v2/measure": (frozenset({"POST"}), self._measure),
+            "/_stats": (frozenset({"GET"}), self._stats),
+            "/_control": (frozenset({"GET", "POST"}), self._control),
+            "/_reset": (frozenset({"POST"}), self._reset),
+        }
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         """Route one request."""
         path = environ.get("PATH_INFO", "")
-        method = environ.get("REQUEST_METHOD", "GET")
-        routes: dict[str, tuple[str, Callable[[dict[str, Any], StartResponse], Iterable[bytes]]]]
-        routes = {
-            "/v2/measure": ("POST", self._measure),
-            "/_stats": ("GET", self._stats),
-            "/_control": ("POST", self._control),
-            "/_reset": ("POST", self._reset),
-        }
-        if path not in routes:
+        route = self._routes.get(path)
+        if route is None:
             return _json(start_response, 404, {"message": f"no route {path}"})
-        allowed, handler = routes[path]
-        if method != allowed and not (path == "/_control" and method == "GET"):
-            return _json(start_response, 405, {"message": f"use {allowed} for {path}"},
-                         [("Allow", allowed)])
+        methods, handler = route
+        if environ.get("REQUEST_METHOD", "GET") not in methods:
+            allow = ", ".join(sorted(methods))
+            return _json(start_response, 405, {"message": f"use {allow} for {path}"},
+                         [("Allow", allow)])
         return handler(environ, start_response)
 
     # --- /v2/measure ---------------------------------------------------------------------------

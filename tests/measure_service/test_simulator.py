@@ -250,6 +250,11 @@ def test_control_changes_any_subset_of_the_settings() -> None:
     assert _body(response)["control"]["mode"] == "ok"
 
 
+def test_get_control_reports_the_current_settings() -> None:
+    app, _, _ = _simulator(error_rate=0.25)
+    assert _body(Client(app).get("/_control"))["control"]["error_rate"] == 0.25
+
+
 @pytest.mark.parametrize(
     ("changes", "named"),
     [({"speed": 1}, "speed"), ({"error_rate": 2}, "error_rate"), ({"latency_ms": -1}, "latency_ms"),
