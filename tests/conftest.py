@@ -12,7 +12,8 @@ Integration fixtures (any test under tests/ can use them; mark such tests ``inte
   ``log_lines()``, ``log_path``). ``env`` adds to or overrides :data:`SERVICE_ENV`.
 - ``module_processes``: the same, shared by one test module (start once, reuse).
 - ``simulator`` / ``service``: a module-wide pair with defaults (5 ms simulator, 1 worker,
-  ``WAIT_FOR_MISSING=true``); use fresh inventory ids per test, the cache is shared.
+  ``WAIT_FOR_MISSING=true`` with a 250 ms window); use fresh inventory ids per test, the cache
+  is shared. A test that changes the simulator with ``control()`` calls ``reset()`` after.
 
 Every process writes stdout and stderr to a file under pytest's tmp dir, which a failing test
 can read (``Service.log_lines()``); processes are always terminated, then killed if need be.
@@ -47,7 +48,9 @@ SERVICE_ENV = {
     "API_KEYS": API_KEY,
     "SCOPE3_API_TOKEN": UPSTREAM_TOKEN,
     "WAIT_FOR_MISSING": "true",
-    "WAIT_WINDOW_MS": "45",
+    # Generous, so that "fetched" does not depend on how loaded the machine is; the 45 ms
+    # figure itself is measured by bench/, not by tests.
+    "WAIT_WINDOW_MS": "250",
     "LOG_LEVEL": "INFO",
     "ACCESS_LOG": "on",
     "UPSTREAM_TIMEOUT_MS": "2000",
@@ -254,5 +257,5 @@ def simulator(module_processes: Processes) -> Simulator:
 
 @pytest.fixture(scope="module")
 def service(module_processes: Processes, simulator: Simulator) -> Service:
-    """One gevent worker in front of ``simulator``, waiting up to 45 ms for misses."""
+    """One gevent worker in front of ``simulator``, waiting up to 250 ms for misses."""
     return module_processes.service(simulator)

@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from measure_service.fetcher import Entry, Fetcher, FetcherSettings, Lookup
-from measure_service.rows import QueryParams, RowKey
+from measure_service.rows import RowKey
 from measure_service.upstream import UpstreamError
 from tests.measure_service.conftest import FakeClock, FakeUpstream
 from weighted_cache import Cache
