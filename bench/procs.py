@@ -65,6 +65,10 @@ class Server:
             return []
         return [int(pid) for pid in text.split()]
 
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time used so far by this process and its live children."""
+        return sum(_cpu_seconds(pid) for pid in [self.process.pid, *self.child_pids()])
+
     def log_tail(self, lines: int = 30) -> str:
         """The last ``lines`` lines this process wrote to stdout or stderr."""
         try:
@@ -72,6 +76,19 @@ class Server:
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    # Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    fields = stat.rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def wait_ready(server: Server, path: str, timeout_s: float = 30.0) -> None:
@@ -212,7 +229,8 @@ class Processes:
             sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
             "--bind", f"{LOOPBACK}:{port}", app,
         ]
-        full_env = {"PORT": str(port), "WEB_CONCURRENCY": str(workers), **(env or {})}
+        full_env = {"HOST": LOOPBACK, "PORT": str(port), "WEB_CONCURRENCY": str(workers),
+                    **(env or {})}
         server = self.start(name or app, argv, port=port, ready_path=ready_path, env=full_env)
         _wait_for_workers(server, workers, ready_path)
         return server

@@ -184,6 +184,19 @@ def alternate(rounds: int, targets: dict[str, Server],
     return results
 
 
+def with_cpu(server: Server, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``measure`` and add the server's CPU microseconds per answered request to its summary.
+
+    CPU per request does not depend on how much CPU other processes left to the server, so it
+    compares the two apps fairly on a busy machine, where req/s alone would not.
+    """
+    before = server.cpu_seconds()
+    summary = measure()
+    used = server.cpu_seconds() - before
+    summary["cpu_us_per_request"] = round(used * 1e6 / max(1, summary["requests"]), 1)
+    return summary
+
+
 def median_of(runs: list[dict[str, Any]], pick: Callable[[dict[str, Any]], float]) -> float:
     """Median of one figure over a target's rounds."""
     return float(statistics.median(pick(r) for r in runs))
@@ -233,11 +246,11 @@ def wait_for_drain(sim: Server, quiet_s: float = 1.0, timeout_s: float = 30.0) -
 
 
 def miss_path(gens: Generators, service: Server, sim: Server, *, workers: int,
-              connections: int, duration_s: float, work_dir: Path) -> dict[str, Any]:
+              connections: int, duration_s: float, upstream_latency_s: float,
+              work_dir: Path) -> dict[str, Any]:
     """Drive cold keys only; report what the service accepted and what reached upstream."""
-    nonce = uuid.uuid4().hex[:8]
     template_file = work_dir / "cold.json"
-    template_file.write_text(cold_body_template(nonce))
+    template_file.write_text(cold_body_template(uuid.uuid4().hex[:8]))
     http_json(sim.url + "/_reset", {})
     started = time.monotonic()
     with sampling(0.05, lambda: metric_total(service, "measure_upstream_in_flight")) as in_flight:
@@ -245,31 +258,88 @@ def miss_path(gens: Generators, service: Server, sim: Server, *, workers: int,
         during = upstream_totals(sim)
     drained = wait_for_drain(sim)
     drain_s = time.monotonic() - started
-    tallies = load["tallies"]
+    per_key = http_json(sim.url + "/_stats?recent=0").get("rows_per_key", {})
+    seconds = load["duration_s"]
+    statuses = load["tallies"]
     rows_offered = load["requests"] * ROWS_PER_REQUEST
-    # Spot-check that absorbed rows really landed in the cache: resend early cold bodies.
-    template = template_file.read_text()
-    check = [json.loads(template.replace("{seq}", str(seq))) for seq in range(20)]
-    rechecked = [status for body in check for status in row_statuses(service, body)]
+    rows_accepted = rows_offered - statuses.get("unavailable", 0)
+    upstream_rps = during["requests"] / seconds
     return {
-        "duration_s": load["duration_s"],
+        "duration_s": seconds,
         "requests": load["requests"],
         "rps": load["rps"],
         "failures": load["non_2xx"] + sum(load["errors"].values()),
         "latency_ms": load["latency_ms"],
-        "rows_offered_per_s": round(rows_offered / load["duration_s"], 1),
-        "row_statuses": tallies,
-        "rows_accepted_per_s": round(
-            (rows_offered - tallies.get("unavailable", 0)) / load["duration_s"], 1),
-        "upstream_rows_during_run_per_s": round(during["rows"] / load["duration_s"], 1),
-        "upstream_rows_total": drained["rows"],
-        "upstream_requests_total": drained["requests"],
+        "row_statuses": statuses,
+        "rows_offered_per_s": round(rows_offered / seconds, 1),
+        "rows_accepted_per_s": round(rows_accepted / seconds, 1),
+        "upstream_rows_during_run_per_s": round(during["rows"] / seconds, 1),
         "absorbed_rows_per_s_incl_drain": round(drained["rows"] / drain_s, 1),
+        "accepted_rows_fetched_share": round(drained["rows"] / max(1, rows_accepted), 4),
+        "keys_fetched_twice": sum(1 for n in per_key.values() if n > 1),
+        "upstream_requests_per_s": round(upstream_rps, 1),
         "rows_per_upstream_request": round(drained["rows"] / max(1, drained["requests"]), 1),
         "upstream_in_flight_peak": max(in_flight, default=None),
+        # Little's law: requests/s times the simulator's mean latency.
+        "upstream_in_flight_mean_est": round(upstream_rps * upstream_latency_s, 2),
         "upstream_in_flight_bound": UPSTREAM_CONCURRENCY * workers,
-        "recheck_hit_share": round(rechecked.count("hit") / len(rechecked), 3),
     }
+
+
+def profile_hit_path(gens: Generators, service: Server, *, connections: int,
+                     duration_s: float, out_dir: Path, top: int = 15) -> dict[str, Any]:
+    """Sample one service worker with py-spy while the hit path is saturated.
+
+    Runs after the measured runs, so the sampling never skews the figures above.
+    """
+    py_spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if py_spy is None:
+        return {"skipped": "py-spy not found: .venv/bin/pip install py-spy"}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    worker = service.child_pids()[0]
+    raw = out_dir / "hit-path.pyspy.txt"
+    argv = [py_spy, "record", "--pid", str(worker), "--duration", f"{duration_s:g}",
+            "--rate", "250", "--nonblocking", "--format", "raw", "--output", str(raw)]
+    with subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as spy:
+        time.sleep(0.5)  # let py-spy attach before the load starts
+        gens.saturate(service, connections=connections, duration_s=duration_s)
+        _, err = spy.communicate(timeout=duration_s + 30)
+    if spy.returncode != 0 or not raw.exists():
+        return {"skipped": f"py-spy failed: {err.decode(errors='replace')[-300:]}"}
+    own, inclusive, total = collapse(raw.read_text())
+    def share(counts: dict[str, int]) -> list[tuple[str, float]]:
+        ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
+        return [(name, round(100 * n / total, 1)) for name, n in ranked]
+    return {"worker_pid": worker, "samples": total, "raw_stacks": str(raw),
+            "self_pct": share(own), "inclusive_pct": share(inclusive)}
+
+
+def collapse(raw: str) -> tuple[dict[str, int], dict[str, int], int]:
+    """Self and inclusive sample counts per function from py-spy's raw (collapsed) stacks."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in raw.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = [_function_of(frame) for frame in stack.split(";")]
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+        for name in set(frames):
+            inclusive[name] = inclusive.get(name, 0) + count
+    return own, inclusive, total
+
+
+def _function_of(frame: str) -> str:
+    # "handle (gevent/pywsgi.py:123)" -> "handle (gevent/pywsgi.py)": lines split one function.
+    name, _, where = frame.partition(" (")
+    path = where.rstrip(")").rpartition(":")[0] or where.rstrip(")")
+    for marker in ("site-packages/", "/work/main/", "lib/python3"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+    return f"{name} ({path})"
 
 
 def service_env(sim: Server) -> dict[str, str]:
@@ -319,13 +389,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             gens.saturate(server, connections=args.connections, duration_s=2)
 
         _progress(f"saturation, {args.rounds} round(s) of {args.duration:g} s per target")
-        saturation = alternate(args.rounds, targets, lambda s: gens.saturate(
-            s, connections=args.connections, duration_s=args.duration))
+        saturation = alternate(args.rounds, targets, lambda s: with_cpu(s, lambda: gens.saturate(
+            s, connections=args.connections, duration_s=args.duration)))
         floor_rps = median_of(saturation["floor"], lambda r: r["rps"])
         rate = args.rate or floor_rps / 2
         _progress(f"fixed rate {rate:.0f} req/s, {args.rounds} round(s) per target")
-        fixed = alternate(args.rounds, targets, lambda s: gens.fixed_rate(
-            s, rate=rate, connections=args.connections, duration_s=args.duration))
+        fixed = alternate(args.rounds, targets, lambda s: with_cpu(s, lambda: gens.fixed_rate(
+            s, rate=rate, connections=args.connections, duration_s=args.duration)))
         misses_after = metric_total(service, "measure_cache_misses_total")
         still_hits = set(row_statuses(service, hot_body())) == {"hit"}
 
@@ -338,7 +408,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             _progress(f"miss path: {args.duration:g} s of cold keys")
             report["miss_path"] = miss_path(
                 gens, service, sim, workers=args.workers, connections=args.connections,
-                duration_s=args.duration, work_dir=work_dir)
+                duration_s=args.duration, upstream_latency_s=args.upstream_latency_ms / 1000,
+                work_dir=work_dir)
+        if args.profile:
+            _progress(f"profiling one service worker with py-spy for {args.duration:g} s")
+            report["profile"] = profile_hit_path(
+                gens, service, connections=args.connections, duration_s=args.duration,
+                out_dir=args.profile)
     report["machine"]["loadavg_after"] = os.getloadavg()
     return report
 
@@ -354,6 +430,9 @@ def _hit_path_report(saturation: dict[str, list[dict[str, Any]]],
             "fixed_p50_ms": median_of(fixed[name], lambda r: r["latency_ms"]["p50"]),
             "fixed_p99_ms": median_of(fixed[name], lambda r: r["latency_ms"]["p99"]),
             "fixed_achieved_rps": median_of(fixed[name], lambda r: r["rps"]),
+            "saturation_cpu_us_per_request": median_of(
+                saturation[name], lambda r: r["cpu_us_per_request"]),
+            "fixed_cpu_us_per_request": median_of(fixed[name], lambda r: r["cpu_us_per_request"]),
             "late_sends": sum(r["late_sends"] for r in fixed[name]),
             "failures": sum(r["non_2xx"] + sum(r["errors"].values())
                             for r in saturation[name] + fixed[name]),
@@ -363,6 +442,9 @@ def _hit_path_report(saturation: dict[str, list[dict[str, Any]]],
     figures["throughput_ratio"] = round(service["saturation_rps"] / floor["saturation_rps"], 3)
     figures["p99_ratio"] = round(service["fixed_p99_ms"] / max(floor["fixed_p99_ms"], 1e-9), 3)
     figures["p50_ratio"] = round(service["fixed_p50_ms"] / max(floor["fixed_p50_ms"], 1e-9), 3)
+    # What the throughput ratio would be if both apps had the CPU to themselves.
+    figures["cpu_throughput_ratio"] = round(
+        floor["saturation_cpu_us_per_request"] / service["saturation_cpu_us_per_request"], 3)
     figures["throughput_ok"] = figures["throughput_ratio"] >= THROUGHPUT_TARGET
     figures["p99_ok"] = figures["p99_ratio"] <= P99_TARGET
     return figures
@@ -385,6 +467,9 @@ def print_table(report: dict[str, Any]) -> None:
         (f"p50 ms at {hit['fixed_rate']:.0f} req/s", "fixed_p50_ms", hit["p50_ratio"]),
         (f"p99 ms at {hit['fixed_rate']:.0f} req/s", "fixed_p99_ms", hit["p99_ratio"]),
         ("achieved req/s at fixed rate", "fixed_achieved_rps", None),
+        ("worker CPU us/request, saturated", "saturation_cpu_us_per_request",
+         1 / hit["cpu_throughput_ratio"]),
+        ("worker CPU us/request, fixed rate", "fixed_cpu_us_per_request", None),
         ("late sends (generator behind)", "late_sends", None),
         ("failures (non-2xx + errors)", "failures", None),
     ]
@@ -395,17 +480,26 @@ def print_table(report: dict[str, Any]) -> None:
     print(f"\ntargets: throughput >= {THROUGHPUT_TARGET}x floor: "
           f"{verdict[hit['throughput_ok']]}; p99 <= {P99_TARGET}x floor: "
           f"{verdict[hit['p99_ok']]}")
+    print(f"throughput ratio implied by CPU per request (floor/service, machine-load "
+          f"independent): {hit['cpu_throughput_ratio']:.2f}x")
     print(f"hot body all hits after the runs: {hit['all_hits_after']}; cache misses counted "
           f"during them: {hit['cache_misses_during_hit_runs']}")
     miss = report.get("miss_path")
     if miss:
         print("\nmiss path (5 cold keys per request, WAIT_FOR_MISSING=false)")
-        for key in ("rps", "rows_offered_per_s", "rows_accepted_per_s",
-                    "upstream_rows_during_run_per_s", "absorbed_rows_per_s_incl_drain",
-                    "rows_per_upstream_request", "upstream_in_flight_peak",
-                    "upstream_in_flight_bound", "row_statuses", "failures", "latency_ms",
-                    "recheck_hit_share"):
-            print(f"  {key:<34}{miss[key]}")
+        for key, value in miss.items():
+            print(f"  {key:<34}{value}")
+    profile = report.get("profile")
+    if profile:
+        print("\nhit-path profile (py-spy, one worker, % of its samples)")
+        if "skipped" in profile:
+            print(f"  skipped: {profile['skipped']}")
+        else:
+            print(f"  {profile['samples']} samples; raw stacks in {profile['raw_stacks']}")
+            for title, key in (("self time", "self_pct"), ("inclusive", "inclusive_pct")):
+                print(f"  {title}:")
+                for name, pct in profile[key]:
+                    print(f"    {pct:5.1f}%  {name}")
     print(f"\nload average before/after: {report['machine']['loadavg_before']} / "
           f"{report['machine']['loadavg_after']}")
 
@@ -427,6 +521,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="saturation load generator (default: wrk when on PATH)")
     parser.add_argument("--upstream-latency-ms", type=float, default=100.0)
     parser.add_argument("--skip-miss", action="store_true", help="skip the miss-path run")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="after measuring, py-spy one service worker under saturation")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the report here")
     args = parser.parse_args(argv)
     for name in ("duration", "connections", "workers", "rounds"):
