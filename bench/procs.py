@@ -6,7 +6,7 @@ The whole API is one context manager, :class:`Processes`::
         sim = procs.simulator(latency_ms=100, token="t")
         svc = procs.gunicorn("measure_service.wsgi:app", env={"SCOPE3_API_URL": sim.url})
         ...  # drive svc.url
-    # every process started above is stopped here, even on an exception or Ctrl-C
+    # every process started above is stopped here, even on an exception, Ctrl-C or SIGTERM
 
 Each child runs in its own session (process group), so stopping it also stops whatever it forked
 (gunicorn's workers). Output goes to a log file under a private temporary directory; when a process
@@ -22,12 +22,14 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
@@ -142,6 +144,10 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 class Processes:
     """Starts servers on free loopback ports and stops all of them on exit, newest first."""
 
@@ -150,8 +156,12 @@ class Processes:
         self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="bench-procs-"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._servers: list[Server] = []
+        self._previous_sigterm: Any = None
 
     def __enter__(self) -> Processes:
+        if threading.current_thread() is threading.main_thread():
+            # A plain SIGTERM would end Python without running __exit__, orphaning the servers.
+            self._previous_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)
         return self
 
     def __exit__(
@@ -160,7 +170,11 @@ class Processes:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.stop_all()
+        try:
+            self.stop_all()
+        finally:
+            if self._previous_sigterm is not None:
+                signal.signal(signal.SIGTERM, self._previous_sigterm)
 
     def start(
         self,
