@@ -8,6 +8,7 @@ import logging
 
 import gevent
 import pytest
+from pythonjsonlogger.json import JsonFormatter
 
 from measure_service import logs
 
@@ -116,5 +117,6 @@ def test_a_sampling_rate_outside_zero_to_one_is_refused() -> None:
 def test_configuring_twice_leaves_one_handler() -> None:
     logs.configure_logging("DEBUG")
     logger = logs.configure_logging("INFO")
-    assert len(logger.handlers) == 1
+    ours = [h for h in logger.handlers if isinstance(h.formatter, JsonFormatter)]
+    assert len(ours) == 1
     assert logger.level == logging.INFO
