@@ -35,8 +35,15 @@ def create_app(
     config = Config.from_env() if config is None else config
     logs.configure_logging(config.log_level)
     app = Flask(__name__)
-    services, closers = _build_services(config, upstream, cache, clock)
+    closers: list[Callable[[], None]] = []
+    if cache is None:
+        built = _default_cache(config, clock)
+        closers.append(built.close)
+        cache = built
+    services, service_closers = _build_services(config, upstream, cache, clock)
+    closers[:0] = service_closers  # fetches stop before the cache closes
     app.extensions[api.EXTENSION] = services
+    app.extensions[CACHE_EXTENSION] = cache
     app.extensions[_CLOSERS] = closers
     app.register_blueprint(api.bp)
     register_extensions(app)
@@ -44,7 +51,11 @@ def create_app(
 
 
 def register_extensions(app: Flask) -> None:
-    """Attach optional add-ons (the /metrics exporter goes here) to a fully built app."""
+    """Attach optional add-ons (the /metrics exporter goes here) to a fully built app.
+
+    The app's cache is ``app.extensions[CACHE_EXTENSION]`` (its ``metrics.snapshot()``, ``len``
+    and ``cost_used`` feed the cache gauges).
+    """
 
 
 def close_app(app: Flask) -> None:
@@ -54,11 +65,16 @@ def close_app(app: Flask) -> None:
         close()
 
 
+CACHE_EXTENSION = "measure_service.cache"
 _CLOSERS = "measure_service.closers"
 
 
+def _default_cache(config: Config, clock: Callable[[], float]) -> WeightedCache[RowKey, Entry]:
+    return WeightedCache(config.cache_max_cost, clock=clock)
+
+
 def _build_services(
-    config: Config, upstream: Upstream | None, cache: Cache | None, clock: Callable[[], float]
+    config: Config, upstream: Upstream | None, cache: Cache, clock: Callable[[], float]
 ) -> tuple[api.Services, list[Callable[[], None]]]:
     """The services of one app, and what to close at exit (in order: fetches first)."""
     closers: list[Callable[[], None]] = []
@@ -82,10 +98,6 @@ def _build_services(
             failure = client.auth_failure
             return None if failure is None else f"upstream refused our API token: {failure}"
 
-    if cache is None:
-        owned: WeightedCache[RowKey, Entry] = WeightedCache(config.cache_max_cost, clock=clock)
-        closers.append(owned.close)
-        cache = owned
     settings = FetcherSettings(
         ttl_s=config.cache_ttl_seconds,
         stale_s=config.cache_stale_seconds,
