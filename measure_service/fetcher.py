@@ -201,7 +201,7 @@ class Fetcher:
                 outcomes[index] = Outcome("error" if entry.error is not None else "fetched", entry)
             else:
                 outcomes[index] = _UNAVAILABLE
-                refused["fetch_failed"] += 1
+                refused[_failure_reason(result.exception)] += 1
         _count(hits, stale, misses, coalesced, refused)
         return Lookup(outcomes, hits + stale, misses)
 
@@ -259,6 +259,7 @@ class Fetcher:
         keys = [key for key, _ in items]
         rows = [key.upstream_row(str(index)) for index, key in enumerate(keys)]
         settled: set[int] = set()
+        failure: BaseException = FetchFailed("the upstream fetch failed")
         try:
             answers = self._upstream.measure(rows, params.upstream())
             now = self._clock()
@@ -284,7 +285,11 @@ class Fetcher:
                 extra={"rows": len(rows), "params": params.upstream(), **_trace_ids(items)},
             )
         except UpstreamError as exc:
-            _LOG.warning(
+            failure = exc
+            # A refusal by the open breaker is expected while upstream is down: no warning each.
+            level = logging.DEBUG if exc.outcome == "breaker_open" else logging.WARNING
+            _LOG.log(
+                level,
                 "upstream batch failed: %s",
                 exc.outcome,
                 extra={"rows": len(rows), "outcome": exc.outcome, **_trace_ids(items)},
@@ -292,11 +297,17 @@ class Fetcher:
         except Exception:
             _LOG.exception("upstream batch crashed", extra={"rows": len(rows)})
         finally:
-            failure = FetchFailed("the upstream fetch failed")
             for index, key in enumerate(keys):
                 if index not in settled:
                     self._costs.pop(key, None)
                     self._flights.fail(key, failure)
+
+
+def _failure_reason(error: BaseException | None) -> str:
+    """The ``unavailable`` reason of a failed fetch: the breaker refused it, or it failed."""
+    if isinstance(error, UpstreamError) and error.outcome == "breaker_open":
+        return "breaker_open"
+    return "fetch_failed"
 
 
 def _trace_ids(items: list[tuple[RowKey, str | None]]) -> dict[str, list[str]]:

@@ -236,3 +236,10 @@ def test_closing_fails_queued_fetches_so_no_waiter_hangs(harness: Harness) -> No
     harness.fetcher.close()
     assert waiter.get(timeout=1) == ["unavailable"]
     harness.upstream.release()
+
+
+def test_a_fetch_refused_by_the_breaker_counts_as_breaker_open(harness: Harness) -> None:
+    harness.upstream.fail_with = UpstreamError("breaker_open", "open")
+    before = counter("measure_upstream_unavailable_rows_total", reason="breaker_open")
+    assert harness.statuses(key()) == ["unavailable"]
+    assert counter("measure_upstream_unavailable_rows_total", reason="breaker_open") - before == 1
