@@ -11,7 +11,6 @@ from collections.abc import Hashable, Iterable
 
 _DEPTH = 4
 _MAX_COUNT = 15
-_DOOR = True
 _MASK64 = (1 << 64) - 1
 _MIX1 = 0x9E3779B97F4A7C15
 _MIX2 = 0xBF58476D1CE4E5B9
@@ -90,7 +89,8 @@ class FrequencySketch:
     def __init__(self, num_counters: int) -> None:
         if num_counters <= 0:
             raise ValueError("num_counters must be positive")
-        self._width = _next_pow2(num_counters)
+        # num_counters counts every counter, over all rows.
+        self._width = _next_pow2(max(num_counters // _DEPTH, 16))
         self._mask = self._width - 1
         self._table = bytearray(self._width * _DEPTH)
         self.sample_size = max(num_counters, 16)
@@ -112,16 +112,24 @@ class FrequencySketch:
 
     def estimate(self, key: Hashable) -> int:
         """Return the estimated recent frequency of ``key`` (0..16)."""
-        h = spread(key)
+        # spread() and _slots() inlined: this runs for every admission.
+        h = (hash(key) * _MIX1) & _MASK64
+        h ^= h >> 31
+        h = (h * _MIX2) & _MASK64
+        h ^= h >> 29
         t = self._table
-        i, j, k, n = self._slots(h)
-        count = min(t[i], t[j], t[k], t[n])
-        return count + 1 if _DOOR and h in self._door else count
+        m = self._mask
+        w = self._width
+        a = h & m
+        b = (h >> 32) | 1
+        count = min(t[a], t[((a + b) & m) + w], t[((a + 2 * b) & m) + 2 * w],
+                    t[((a + 3 * b) & m) + 3 * w])
+        return count + 1 if h in self._door else count
 
     def increment(self, key: Hashable, times: int = 1) -> None:
         """Record ``times`` sightings of ``key``."""
         h = spread(key)
-        if _DOOR and not self._door.add(h):
+        if not self._door.add(h):
             times -= 1
             self.additions += 1
             if times <= 0:
