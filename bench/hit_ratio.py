@@ -230,17 +230,18 @@ class UnitRow:
     def target(self) -> tuple[float, str]:
         """The figure ours must reach, and where it comes from."""
         if self.reference is not None:
-            return max(self.reference[0], self.reference[1]) - TOLERANCE, "ref"
+            return round(max(self.reference[0], self.reference[1]) - TOLERANCE, 1), "ref"
         measured = max(self.lru, self.theine if self.theine is not None else 0.0)
-        return measured - TOLERANCE, "measured"
+        return round(measured - TOLERANCE, 1), "measured"
 
     def verdict(self) -> str:
         """pass, or FAIL with the shortfall; informational when judged on measured figures."""
         target, source = self.target()
-        shortfalls = [target - self.ours] if self.ours < target else []
+        ours = round(self.ours, 1)  # judged at the precision the figures are printed and given
+        shortfalls = [target - ours] if ours < target else []
         anchor = RISTRETTO.get((self.trace, self.size))
-        if anchor is not None and self.reference is not None and self.ours <= anchor:
-            shortfalls.append(anchor - self.ours)
+        if anchor is not None and self.reference is not None and ours <= anchor:
+            shortfalls.append(anchor - ours)
         if source == "measured":
             return "info ok" if not shortfalls else f"info below {max(shortfalls):.1f}"
         return "pass" if not shortfalls else f"FAIL -{max(shortfalls):.1f}"

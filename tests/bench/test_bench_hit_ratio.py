@@ -77,3 +77,13 @@ def test_a_point_below_ristretto_fails_even_above_the_reference_target() -> None
 def test_a_point_within_one_of_the_better_reference_passes() -> None:
     row = hit_ratio.UnitRow("zipf", 1000, 58.4, 50.0, 59.0, 66.0, (50.6, 59.3, 66.5))
     assert row.verdict() == "pass"
+
+
+def test_a_point_exactly_one_below_the_better_reference_passes() -> None:
+    row = hit_ratio.UnitRow("oltp", 2000, 43.9, 42.0, 45.0, 60.0, (42.5, 44.9, 60.4))
+    assert row.verdict() == "pass"
+
+
+def test_a_point_a_tenth_short_of_the_target_fails() -> None:
+    row = hit_ratio.UnitRow("oltp", 2000, 43.8, 42.0, 45.0, 60.0, (42.5, 44.9, 60.4))
+    assert row.verdict() == "FAIL -0.1"
