@@ -9,7 +9,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,7 +130,7 @@ def readyz() -> Response:
     """Readiness: 200 once this worker can serve, else 503 with the reason."""
     services = current_app.extensions.get(EXTENSION)
     if services is None:
-        return _json({"status": "starting", "reason": "the worker is not set up yet"}, 503)
+        return _json({"status": "unavailable", "reason": "the worker is starting or stopping"}, 503)
     reason = services.not_ready()
     if reason is not None:
         return _json({"status": "unavailable", "reason": reason}, 503)
@@ -168,7 +168,7 @@ def measure() -> Response:
     return _json(_document(rows, iter(lookup.outcomes)))
 
 
-def _document(rows: list[Row], outcomes: Any) -> dict[str, Any]:
+def _document(rows: list[Row], outcomes: Iterator[Outcome]) -> dict[str, Any]:
     coverage = dict.fromkeys(STATUSES, 0)
     out_rows = []
     total = 0.0

@@ -8,11 +8,11 @@ and does not affect the other rows.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 DEFAULT_IMPRESSIONS = 1000
@@ -89,9 +89,11 @@ class RowKey(NamedTuple):
         return row
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
-    """One request row after validation: a key to look up, or an error naming the bad field."""
+class Row(NamedTuple):
+    """One request row after validation: a key to look up, or an error naming the bad field.
+
+    A NamedTuple rather than a frozen dataclass: rows are built per request row, on the hit path.
+    """
 
     row_identifier: Any
     property_name: str | None
@@ -168,9 +170,11 @@ def validate_row(raw: Any, params: QueryParams) -> Row:
         inventory_id = _inventory_id(inventory)
         date = _date(fields.get("utcDatetime"))
         impressions = _impressions(fields.get("impressions"))
-        country, region, channel, device_type, network = (
-            _optional_text(field, fields.get(field)) for field in _OPTIONAL_TEXT
-        )
+        country = _optional_text("country", fields.get("country"))
+        region = _optional_text("region", fields.get("region"))
+        channel = _optional_text("channel", fields.get("channel"))
+        device_type = _optional_text("deviceType", fields.get("deviceType"))
+        network = _optional_text("network", fields.get("network"))
     except _RowError as exc:
         return Row(row_identifier, name, None, 0, None, str(exc))
     key = RowKey(
@@ -221,6 +225,12 @@ def _date(value: Any) -> str:
         raise _RowError("utcDatetime is required")
     if not isinstance(value, str):
         raise _RowError("utcDatetime must be a string")
+    return _normalise_date(value)
+
+
+# Requests repeat a handful of dates: parsing each spelling once saves most of a row's cost.
+@functools.lru_cache(maxsize=4096)
+def _normalise_date(value: str) -> str:
     match = _DATE.fullmatch(value.strip())
     if match is None:
         raise _RowError("utcDatetime must look like 2024-10-30, 20241030 or 2024/10/30")
