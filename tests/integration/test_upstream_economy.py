@@ -47,7 +47,8 @@ def test_concurrent_requests_for_the_same_cold_keys_fetch_each_key_once(
     rows = [cold() for _ in range(3)]
     sim.control(latency_ms=100)
     results = post_concurrently(service, [rows] * CONCURRENT_REQUESTS)
-    assert all(result == ["fetched"] * 3 for result in results)
+    # A request that arrives after the fetch landed is a hit; none is pending or lost.
+    assert all(set(result) <= {"fetched", "hit"} for result in results)
     assert sim.stats()["rows"] == 3
 
 
