@@ -3,6 +3,15 @@
 Run: ``gunicorn -c gunicorn.conf.py measure_service.wsgi:app``. The service's own variables
 (see ``measure_service.config.Config``) are validated here, in the master, so a bad value stops
 the start with one clear message instead of a crash loop of workers.
+
+Variables read only here:
+
+- ``HOST`` (``0.0.0.0``): bind address (tests use ``127.0.0.1``); the port is ``PORT``.
+- ``WEB_CONCURRENCY`` (number of cores): worker processes.
+- ``WORKER_CONNECTIONS`` (``1000``): concurrent connections per worker.
+- ``GUNICORN_TIMEOUT`` (``30``), ``GUNICORN_GRACEFUL_TIMEOUT`` (``20``),
+  ``GUNICORN_KEEPALIVE`` (``5``): seconds.
+- ``PROMETHEUS_MULTIPROC_DIR`` (a new temporary directory): where workers write metrics.
 """
 
 from __future__ import annotations

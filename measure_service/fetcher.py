@@ -170,7 +170,7 @@ class Fetcher:
                 else:
                     status = "stale"
                     stale += 1
-                    self._refresh(key, cost)
+                    self._refresh(key, min(cost, entry.cost))
                 hits += status != "stale"
                 if cost < entry.cost:
                     entry = self._lower_cost(key, entry, cost)
