@@ -1,1 +1,1 @@
-"""A caching proxy for Scope3's POST /v2/measure API, served by Flask under gunicorn gevent workers."""
+"""A caching proxy for Scope3's POST /v2/measure API, run by gunicorn with gevent workers."""
