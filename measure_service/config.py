@@ -43,7 +43,9 @@ class Config:
     - ``ERROR_TTL`` (``300``): seconds a row-level upstream error is cached.
     - ``UPSTREAM_TIMEOUT_MS`` (``5000``): read timeout of one upstream request.
     - ``UPSTREAM_CONNECT_TIMEOUT_MS`` (``1000``): connect timeout of one upstream request.
-    - ``UPSTREAM_CONCURRENCY`` (``8``): upstream requests in flight per worker (pool size).
+    - ``UPSTREAM_CONCURRENCY`` (``4``): upstream requests in flight per worker (pool size).
+      Small on purpose: misses wait for a free slot and pile into bigger batches, so more slots
+      mostly split batches into more requests (and Scope3 answers 429 under load).
     - ``UPSTREAM_BATCH_WINDOW_MS`` (``2``): how long misses are gathered into one upstream batch.
     - ``UPSTREAM_BATCH_ROWS`` (``500``): rows that close a batch at once.
     - ``UPSTREAM_RETRIES`` (``2``): retries of a failed upstream request (429, 5xx, network).
@@ -74,7 +76,7 @@ class Config:
     error_ttl: int = 300
     upstream_timeout_ms: int = 5_000
     upstream_connect_timeout_ms: int = 1_000
-    upstream_concurrency: int = 8
+    upstream_concurrency: int = 4
     upstream_batch_window_ms: float = 2.0
     upstream_batch_rows: int = 500
     upstream_retries: int = 2
@@ -120,7 +122,7 @@ class Config:
             error_ttl=r.integer("ERROR_TTL", 300, low=1),
             upstream_timeout_ms=r.integer("UPSTREAM_TIMEOUT_MS", 5_000, low=1),
             upstream_connect_timeout_ms=r.integer("UPSTREAM_CONNECT_TIMEOUT_MS", 1_000, low=1),
-            upstream_concurrency=r.integer("UPSTREAM_CONCURRENCY", 8, low=1, high=1024),
+            upstream_concurrency=r.integer("UPSTREAM_CONCURRENCY", 4, low=1, high=1024),
             upstream_batch_window_ms=r.number("UPSTREAM_BATCH_WINDOW_MS", 2.0, low=0, high=10_000),
             upstream_batch_rows=r.integer("UPSTREAM_BATCH_ROWS", 500, low=1, high=100_000),
             upstream_retries=r.integer("UPSTREAM_RETRIES", 2, low=0, high=10),

@@ -15,6 +15,7 @@ def test_defaults_match_the_documented_values() -> None:
     assert (config.error_ttl, config.max_rows, config.max_body_bytes) == (300, 1000, 1024 * 1024)
     assert (config.upstream_batch_window_ms, config.upstream_batch_rows) == (2.0, 500)
     assert (config.max_pending_rows, config.upstream_retries) == (10_000, 2)
+    assert config.upstream_concurrency == 4
     assert (config.breaker_failures, config.breaker_cooldown_s) == (5, 10.0)
     assert config.cache_stale_seconds == 86_400
     assert config.scope3_api_url == "https://api.scope3.com"
