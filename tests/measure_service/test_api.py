@@ -273,3 +273,20 @@ def test_the_upstream_token_never_appears_in_a_response(upstream: FakeUpstream) 
     ]
     assert all("upstream-secret-token" not in body for body in bodies)
     close_app(app)
+
+
+def test_without_a_config_the_factory_reads_the_environment(
+    monkeypatch: pytest.MonkeyPatch, upstream: FakeUpstream
+) -> None:
+    monkeypatch.setenv("API_KEYS", "env-key")
+    monkeypatch.setenv("SERVICE", "from-env")
+    app = create_app(upstream=upstream)
+    assert app.test_client().get("/healthcheck").get_json()["service"] == "from-env"
+    close_app(app)
+
+
+def test_readyz_is_503_once_the_app_is_closed(app: Flask, client: FlaskClient) -> None:
+    close_app(app)
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.get_json()["reason"]
