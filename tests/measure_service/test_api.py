@@ -185,7 +185,7 @@ def test_a_body_over_the_limit_gets_413(client: FlaskClient) -> None:
 def test_a_chunked_body_over_the_limit_gets_413(app: Flask) -> None:
     data = json.dumps({"rows": [site("a" * MAX_BODY)]}).encode()
     environ = EnvironBuilder(
-        path="/v2/measure", method="POST", data=data, headers=AUTH,
+        path="/v2/measure", method="POST", data=data, headers=list(AUTH.items()),
         content_type="application/json",
     ).get_environ()
     # What a server passes for a chunked body: no length, input terminated at its end.
