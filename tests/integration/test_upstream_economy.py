@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -126,3 +126,153 @@ def test_a_failed_refresh_keeps_serving_the_stale_value(
         assert statuses(service, [rows[1]]) == ["stale"]
         time.sleep(0.05)  # lets each refresh fail before the next request
     assert sim.stats()["requests"] >= 2  # refreshes were tried, and failed
+
+
+# --- Batches by query parameters, Retry-After, one refresh while upstream hangs -------------------
+# Where misses must pile up, the simulator hangs one request so that the only upstream slot stays
+# busy: what queues behind it is then known exactly, whatever the machine's speed.
+
+DEADLINE_S = 10.0
+
+
+def fresh_rows(count: int) -> list[dict[str, Any]]:
+    """Rows (with identifiers) for keys that no earlier request asked for."""
+    prefix = uuid.uuid4().hex[:10]
+    return [
+        {"inventoryId": f"{prefix}-{i}.com", "utcDatetime": "2024-10-30", "rowIdentifier": f"r{i}"}
+        for i in range(count)
+    ]
+
+
+def row_statuses(service: Service, rows: list[dict[str, Any]], query: str = "") -> list[str]:
+    """The per-row statuses for ``rows`` sent with ``query``."""
+    response = service.post(rows, query=query)
+    assert response.status_code == 200, response.text
+    return [row["status"] for row in response.json()["rows"]]
+
+
+def eventually(check: Callable[[], Any]) -> Any:
+    """Poll ``check`` until it returns something truthy; fail after a few seconds."""
+    deadline = time.monotonic() + DEADLINE_S
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.05)
+    pytest.fail(f"{check} never became true")
+
+
+def all_hits(service: Service, rows: list[dict[str, Any]], query: str = "") -> bool:
+    """True when every row is answered from the cache."""
+    return set(row_statuses(service, rows, query)) == {"hit"}
+
+
+def sends_per_key(simulator: Simulator, rows: list[dict[str, Any]]) -> list[int]:
+    """How many times the simulator received each row's key (whatever the query parameters)."""
+    per_key = simulator.stats()["rows_per_key"]
+    return [
+        sum(count for key, count in per_key.items() if key.startswith(row["inventoryId"] + "|"))
+        for row in rows
+    ]
+
+
+def single_slot_service(processes: Processes, simulator: Simulator) -> Service:
+    """One worker with one upstream slot, answering misses without waiting."""
+    return processes.service(simulator, env={
+        "UPSTREAM_CONCURRENCY": "1", "WAIT_FOR_MISSING": "false", "UPSTREAM_TIMEOUT_MS": "30000",
+    })
+
+
+def block_the_only_slot(service: Service, simulator: Simulator) -> None:
+    """Leave one upstream request hanging, so that new misses queue behind it."""
+    simulator.control(mode="hang")
+    assert row_statuses(service, fresh_rows(1)) == ["pending"]
+    eventually(lambda: simulator.stats()["requests"] == 1)
+
+
+def rows_per_request_after_the_blocker(simulator: Simulator) -> list[int]:
+    """Rows carried by each upstream request that followed the hanging one."""
+    return [entry["rows"] for entry in simulator.stats()["recent"][1:]]
+
+
+def test_misses_queued_behind_a_busy_upstream_leave_as_one_batch(
+    processes: Processes, sim: Simulator
+) -> None:
+    service = single_slot_service(processes, sim)
+    block_the_only_slot(service, sim)
+    bodies = [fresh_rows(5) for _ in range(10)]
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        answers = list(pool.map(lambda rows: row_statuses(service, rows), bodies))
+    assert answers == [["pending"] * 5] * 10
+
+    sim.control(mode="ok")
+    every_row = [row for rows in bodies for row in rows]
+    eventually(lambda: all_hits(service, every_row))
+    assert rows_per_request_after_the_blocker(sim) == [50]
+    assert sends_per_key(sim, every_row) == [1] * 50
+
+
+def test_rows_with_different_latest_or_framework_go_in_separate_batches(
+    processes: Processes, sim: Simulator
+) -> None:
+    service = single_slot_service(processes, sim)
+    block_the_only_slot(service, sim)
+    queries = ("", "?latest=true", "?framework=ghg-v1")
+    bodies = {query: fresh_rows(2) for query in queries}
+    for query, rows in bodies.items():
+        assert row_statuses(service, rows, query) == ["pending", "pending"]
+
+    sim.control(mode="ok")
+    for query, rows in bodies.items():
+        eventually(lambda q=query, r=rows: all_hits(service, r, q))
+    assert rows_per_request_after_the_blocker(sim) == [2, 2, 2]
+    per_key = sim.stats()["rows_per_key"]
+    # The simulator's key ends with the framework and latest its request carried.
+    for query, tail in zip(queries, ("|", "|true", "ghg-v1|"), strict=True):
+        for row in bodies[query]:
+            assert f"{row['inventoryId']}|2024-10-30|1000||||||{tail}" in per_key
+
+
+def test_after_a_429_no_request_leaves_the_worker_before_retry_after(
+    processes: Processes, sim: Simulator
+) -> None:
+    service = processes.service(sim, env={"UPSTREAM_RETRIES": "2", "WAIT_FOR_MISSING": "false"})
+    sim.control(mode="429", retry_after=1)
+    rate_limited = fresh_rows(3)
+    assert row_statuses(service, rate_limited) == ["pending"] * 3
+    eventually(lambda: sim.stats()["by_status"].get("429"))
+    sim.control(mode="ok")
+    asked_during_the_wait = fresh_rows(3)
+    row_statuses(service, asked_during_the_wait)
+
+    eventually(lambda: all_hits(service, rate_limited + asked_during_the_wait))
+    recent = sim.stats()["recent"]
+    refused_at = next(entry["time"] for entry in recent if entry["status"] == "429")
+    later = [entry["time"] - refused_at for entry in recent if entry["time"] > refused_at]
+    assert later and min(later) >= 1.0
+    assert sends_per_key(sim, rate_limited) == [2] * 3  # the 429, then the retry
+
+
+def test_with_upstream_hanging_every_stale_read_shares_one_refresh(
+    processes: Processes, sim: Simulator
+) -> None:
+    service = processes.service(sim, env={
+        "CACHE_TTL_SECONDS": "1", "UPSTREAM_TIMEOUT_MS": "30000", "UPSTREAM_RETRIES": "0",
+    })
+    rows = fresh_rows(2)
+    first = service.post(rows).json()["rows"]
+    assert [row["status"] for row in first] == ["fetched", "fetched"]
+    values = [row["totalEmissions"] for row in first]
+
+    sim.control(mode="hang")
+    eventually(lambda: row_statuses(service, rows) == ["stale", "stale"])
+    for _ in range(5):
+        answer = service.post(rows).json()["rows"]
+        assert [(r["status"], r["totalEmissions"]) for r in answer] == [
+            ("stale", value) for value in values
+        ]
+    assert sends_per_key(sim, rows) == [2, 2]  # the first fetch, then one refresh that hangs
+
+    sim.control(mode="ok")
+    eventually(lambda: all_hits(service, rows))
+    assert [row["totalEmissions"] for row in service.post(rows).json()["rows"]] == values
