@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -224,7 +225,7 @@ def test_rows_with_different_latest_or_framework_go_in_separate_batches(
 
     sim.control(mode="ok")
     for query, rows in bodies.items():
-        eventually(lambda q=query, r=rows: all_hits(service, r, q))
+        eventually(functools.partial(all_hits, service, rows, query))
     assert rows_per_request_after_the_blocker(sim) == [2, 2, 2]
     per_key = sim.stats()["rows_per_key"]
     # The simulator's key ends with the framework and latest its request carried.
