@@ -1,4 +1,4 @@
-"""Coalescing, batching, bounds, the breaker and stale serving, with real processes."""
+"""Coalescing, batching, bounds, Retry-After, the breaker and stale serving, with real processes."""
 
 from __future__ import annotations
 
