@@ -116,12 +116,13 @@ class Client:
         """Open the connection now (so a burst can start with every socket ready)."""
         self._conn.connect()
 
-    def call(self, method: str, path: str, document: Any = None, *, auth: bool = False) -> Reply:
-        """Send one request and read the whole answer."""
+    def call(self, method: str, path: str, document: Any = None, *,
+             token: str | None = None) -> Reply:
+        """Send one request (with ``Authorization: Bearer <token>`` if given); read the answer."""
         body = None if document is None else json.dumps(document).encode()
         headers = {"Content-Type": "application/json"}
-        if auth:
-            headers["Authorization"] = f"Bearer {API_KEY}"
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
         sent_at = time.time()
         started = time.perf_counter()
         try:
@@ -144,11 +145,11 @@ class Client:
 
 
 def call_once(port: int, method: str, path: str, document: Any = None, *,
-              auth: bool = False) -> Reply:
+              token: str | None = None) -> Reply:
     """One request on a new connection: gunicorn hands each connection to either worker."""
     client = Client(port)
     try:
-        return client.call(method, path, document, auth=auth)
+        return client.call(method, path, document, token=token)
     finally:
         client.close()
 
@@ -158,8 +159,8 @@ def measure(port: int, rows: list[dict[str, Any]], client: Client | None = None,
     """POST ``rows`` to the service's /v2/measure (on ``client``, else a new connection)."""
     path = "/v2/measure" + query
     if client is None:
-        return call_once(port, "POST", path, {"rows": rows}, auth=True)
-    return client.call("POST", path, {"rows": rows}, auth=True)
+        return call_once(port, "POST", path, {"rows": rows}, token=API_KEY)
+    return client.call("POST", path, {"rows": rows}, token=API_KEY)
 
 
 def row(inventory_id: str, row_id: str) -> dict[str, Any]:
@@ -310,6 +311,19 @@ def sample_worker(pid: int) -> WorkerSample | None:
     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
     return WorkerSample(time.time(), pid, int(fields["VmRSS"].split()[0]),
                         int(fields["Threads"]), fds)
+
+
+def workers_cpu_s(pids: list[int]) -> float:
+    """User plus system CPU seconds the processes have used so far (from /proc/<pid>/stat)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
 
 
 # --- background traffic for scenario 4 ---------------------------------------------------------
@@ -533,6 +547,10 @@ class Bench:
             fast = closed_loop(svc.port, (cold_rows(prefix, i * ROWS_PER_REQUEST,
                                                     ROWS_PER_REQUEST)
                                           for i in range(count)), connections=8)
+            # The same 8 clients asking for rows that are now cached: the machine's own tail.
+            hot = cold_rows(prefix, 0, ROWS_PER_REQUEST)
+            self._warm(svc.port, hot)
+            hits = closed_loop(svc.port, (hot for _ in range(count)), connections=8)
             self.fresh_upstream(latency_ms=200, jitter_ms=5)
             slow = closed_loop(svc.port, (cold_rows(prefix, (count + i) * ROWS_PER_REQUEST,
                                                     ROWS_PER_REQUEST)
@@ -553,7 +571,13 @@ class Bench:
                         f"{p99_ms:.1f} ms", len(latencies) == count and p99_ms <= 60)
         self.report.add(name, "200 ms upstream: cold rows pending", f"{fast_rows} (all)",
                         slow_statuses["pending"], slow_statuses["pending"] == fast_rows)
-        self.report.add(name, "simulator keep-alive round trip at 20 ms, median", "~20 ms",
+        hit_latencies = sorted(r.elapsed_s for r in hits if r.status == 200)
+        self.report.add(name, "all-hit requests, same 8 clients: p50 / p99", "-",
+                        f"{percentile(hit_latencies, 50) * 1000:.1f} / "
+                        f"{percentile(hit_latencies, 99) * 1000:.1f} ms", None)
+        self.report.add(name, "200 ms upstream: p50 response time", "-",
+                        f"{percentile(latencies, 50) * 1000:.1f} ms", None)
+        self.report.add(name, "simulator keep-alive round trip at 20 ms, median", "-",
                         f"{round_trip_ms:.1f} ms", None)
         self.report.details["wait_window"] = {
             "fast_statuses": dict(fast_statuses), "slow_statuses": dict(slow_statuses),
@@ -572,11 +596,14 @@ class Bench:
         body = {"rows": [{**r, "rowIdentifier": str(i)}
                          for i, r in enumerate(cold_rows("rt", 0, ROWS_PER_REQUEST))]}
         try:
-            times = sorted(client.call("POST", "/v2/measure", body).elapsed_s
-                           for _ in range(15))
+            replies = [client.call("POST", "/v2/measure", body, token=UPSTREAM_TOKEN)
+                       for _ in range(15)]
         finally:
             client.close()
         self.upstream.reset()
+        if any(reply.status != 200 for reply in replies):
+            raise RuntimeError("the simulator did not answer the round-trip probe with 200")
+        times = sorted(reply.elapsed_s for reply in replies)
         return times[len(times) // 2] * 1000
 
     # 4 ---------------------------------------------------------------------------------------
@@ -605,10 +632,15 @@ class Bench:
             misses.start()
 
             def hit_load() -> dict[str, Any]:
+                cpu_before = workers_cpu_s(pids)
                 result = run_closed(target, connections=sizes.hit_connections,
                                     duration_s=sizes.down_seconds, timeout_s=10,
                                     tally=STATUS_TALLY)
-                return result.summary()
+                summary = result.summary()
+                # CPU per request does not depend on what else the machine runs, unlike req/s.
+                summary["worker_cpu_us_per_request"] = round(
+                    (workers_cpu_s(pids) - cpu_before) / max(1, result.requests) * 1e6, 1)
+                return summary
 
             healthy_start = time.time()
             healthy = hit_load()
@@ -660,6 +692,10 @@ class Bench:
             self.report.add(name, f"{kind}: hit-path req/s vs best healthy "
                             f"({run['rps']:.0f} vs {best_healthy:.0f})", ">= 0.90x",
                             f"{ratio:.2f}x", ratio >= 0.9)
+        for kind, run in (("refused", refused_run), ("hang", hang_run)):
+            self.report.add(name, f"{kind}: worker CPU us per hit request vs healthy", "-",
+                            f"{run['worker_cpu_us_per_request']:.0f} vs "
+                            f"{healthy['worker_cpu_us_per_request']:.0f}", None)
         self.report.add(name, "5xx or failed answers (hits + misses)", "0",
                         hit_failures + miss_5xx, hit_failures + miss_5xx == 0)
         self.report.add(name, "worker RSS rise over the healthy run", "<= 10 MiB",
@@ -690,6 +726,7 @@ class Bench:
         self.report.add(name, "worker greenlet count", "flat",
                         "not exposed by the service", None)
         self.report.details["upstream_down"] = {
+            "hang_arrivals_per_worker_s": _hang_arrivals(hang_sim),
             "healthy": healthy, "refused": refused_run, "hang": hang_run,
             "healthy_again": healthy_again,
             "worker_rise": growth, "read_timeout_s": read_timeout_s,
@@ -885,6 +922,18 @@ def _per_agent_close(stats: dict[str, Any], recovered: float) -> dict[str, float
             arrivals.setdefault(entry["user_agent"], []).append(entry["time"])
     return {agent: round(sorted(times)[1] - recovered, 3)
             for agent, times in arrivals.items() if len(times) >= 2}
+
+
+def _hang_arrivals(stats: dict[str, Any]) -> dict[str, list[float]]:
+    """Per worker: when its hung upstream requests arrived, in seconds after the first one."""
+    hung = [e for e in stats.get("recent", []) if e["status"] == "hang"]
+    if not hung:
+        return {}
+    first = min(e["time"] for e in hung)
+    per_agent: dict[str, list[float]] = {}
+    for entry in sorted(hung, key=lambda e: e["time"]):
+        per_agent.setdefault(entry["user_agent"], []).append(round(entry["time"] - first, 3))
+    return {agent: times[:12] for agent, times in per_agent.items()}
 
 
 def _quiet_after_429(recent: list[dict[str, Any]], latency_s: float) -> float | None:
