@@ -32,6 +32,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import gevent
+import gevent.event
 import gevent.socket
 
 ERROR_KINDS = ("connect", "io", "timeout", "protocol")
@@ -100,6 +101,13 @@ class Result:
     offered_rate: float | None = None
     late_sends: int = 0
     tallies: Counter[str] = field(default_factory=Counter)
+    statuses: Counter[int] = field(default_factory=Counter)
+    started: int = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent and neither answered nor failed yet (read it mid-run)."""
+        return self.started - self.requests - sum(self.errors.values())
 
     @property
     def rps(self) -> float:
@@ -119,6 +127,7 @@ class Result:
             "non_2xx": self.non_2xx,
             "errors": {kind: self.errors[kind] for kind in ERROR_KINDS},
             "late_sends": self.late_sends,
+            "statuses": {str(code): n for code, n in sorted(self.statuses.items())},
             "latency_ms": {
                 f"p{q:g}": round(percentile(ordered, q) * 1000, 3) for q in (50, 90, 99, 99.9)
             },
@@ -243,6 +252,7 @@ class _Run:
         """Send the next request on ``conn``; charge its latency from ``started``."""
         result = self.result
         raw = next(self._requests)
+        result.started += 1
         try:
             with gevent.Timeout(self.timeout_s):
                 status, body = conn.exchange(raw)
@@ -257,6 +267,7 @@ class _Run:
         else:
             result.latencies_s.append(time.perf_counter() - started)
             result.requests += 1
+            result.statuses[status] += 1
             if not 200 <= status < 300:
                 result.non_2xx += 1
             elif self.tally is not None:
@@ -271,11 +282,12 @@ class _Run:
 
 def run_closed(target: Target, *, connections: int, duration_s: float,
                max_requests: int | None = None, timeout_s: float = 10.0,
-               tally: str | None = None) -> Result:
+               tally: str | None = None, stop: gevent.event.Event | None = None) -> Result:
     """Saturate ``target`` from ``connections`` connections for ``duration_s`` seconds.
 
     ``max_requests`` stops the run after that many attempts; ``tally`` is a regex with one
-    group, whose matches in 2xx bodies are counted (for example each row's status).
+    group, whose matches in 2xx bodies are counted (for example each row's status). Once
+    ``stop`` is set no new request is sent, and the run ends when those in flight are done.
     """
     _check_positive(connections=connections, duration_s=duration_s, timeout_s=timeout_s)
     result = Result(mode="closed", connections=connections, duration_s=0.0)
@@ -289,7 +301,7 @@ def run_closed(target: Target, *, connections: int, duration_s: float,
         try:
             for _ in tickets:
                 now = time.perf_counter()
-                if now >= deadline:
+                if now >= deadline or (stop is not None and stop.is_set()):
                     return
                 run.attempt(conn, now)
         finally:
@@ -302,11 +314,12 @@ def run_closed(target: Target, *, connections: int, duration_s: float,
 
 def run_open(target: Target, *, rate: float, duration_s: float, connections: int,
              max_requests: int | None = None, timeout_s: float = 10.0,
-             tally: str | None = None) -> Result:
+             tally: str | None = None, stop: gevent.event.Event | None = None) -> Result:
     """Offer ``rate`` requests per second for ``duration_s`` seconds, whatever the server does.
 
     Request ``i`` is due at ``start + i / rate``; its latency runs from then. ``connections``
     bounds the requests in flight: when all are busy, due requests queue and that wait counts.
+    Once ``stop`` is set no new request is sent.
     """
     _check_positive(rate=rate, connections=connections, duration_s=duration_s,
                     timeout_s=timeout_s)
@@ -328,6 +341,8 @@ def run_open(target: Target, *, rate: float, duration_s: float, connections: int
                     gevent.sleep(wait)
                 elif -wait > LATE_SEND_S:
                     result.late_sends += 1
+                if stop is not None and stop.is_set():
+                    return
                 run.attempt(conn, due)
         finally:
             conn.close()
