@@ -136,10 +136,19 @@ def parse_query(args: Mapping[str, str]) -> QueryParams:
 
 
 def parse_body(body: bytes, max_rows: int) -> list[Any]:
-    """Decode the JSON body and return its ``rows`` list; raise BodyError on a bad body."""
+    """Decode the JSON body and return its ``rows`` list; raise BodyError on a bad body.
+
+    Stricter than ``json.loads``: NaN, Infinity, numbers too large for a float and duplicate
+    keys are refused (RFC 8259 has no NaN, and with duplicates the meaning is ambiguous).
+    """
     try:
-        document = json.loads(body)
-    except (ValueError, RecursionError):
+        text = body.decode(json.detect_encoding(body), "surrogatepass")
+        document = _DECODER.decode(text)
+    except _NotJson as exc:
+        raise BodyError(f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BodyError("body is not valid JSON: nested too deeply") from None
+    except ValueError:
         raise BodyError("body is not valid JSON") from None
     if not isinstance(document, dict):
         raise BodyError("body must be a JSON object with a rows list")
@@ -186,6 +195,41 @@ def validate_row(raw: Any, params: QueryParams) -> Row:
 
 class _RowError(ValueError):
     """A field of one row is bad; the message names it."""
+
+
+class _NotJson(ValueError):
+    """The body parses only under Python's lenient JSON rules; the message says why."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise _NotJson(f"duplicate key {_quote(name)}")
+            seen.add(name)
+    return document
+
+
+def _refuse_constant(name: str) -> float:
+    raise _NotJson(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise _NotJson(f"number {_quote(text)} is too large")
+    return number
+
+
+def _quote(text: str) -> str:
+    return repr(text if len(text) <= 40 else text[:40] + "...")
+
+
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_unique_keys, parse_constant=_refuse_constant, parse_float=_finite_float
+)
 
 
 def _lookup(document: Mapping[str, Any], name: str) -> Any:
