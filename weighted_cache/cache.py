@@ -19,7 +19,7 @@ V = TypeVar("V")
 D = TypeVar("D")
 
 _MISSING: Any = object()
-_READ_BUFFER = 64  # reads recorded per batch applied to the policy
+_READ_BUFFER = 128  # reads recorded per batch applied to the policy
 _SWEEP_PER_OP = 16  # expired entries reclaimed per write, bounding its work
 _MAX_DEFAULT_COUNTERS = 1 << 20
 
@@ -140,7 +140,6 @@ class Cache(Generic[K, V]):
 
     def get(self, key: K, default: Any = None) -> Any:
         """Return the value for ``key``, or ``default`` if absent or expired."""
-        callbacks: list[_Callback] = []
         with self._lock:
             try:
                 entry = self._data.get(key)
@@ -156,9 +155,11 @@ class Cache(Generic[K, V]):
                 if len(reads) < _READ_BUFFER:
                     return entry.value
                 default = entry.value
+                callbacks: list[_Callback] = []
                 self._drain(callbacks)
             else:
                 self._metrics.misses += 1
+                callbacks = []
                 self._expire(entry, callbacks)
         if callbacks:
             self._run(callbacks)
@@ -236,6 +237,7 @@ class Cache(Generic[K, V]):
     def _set(self, key: K, value: V, cost: float, ttl: float | None,
              callbacks: list[_Callback]) -> bool:
         if self._reads:
+            # Apply pending reads first so admission sees current frequencies.
             self._drain(callbacks)
         now = self._clock() if ttl is not None or self._ttl else 0.0
         if self._ttl:
