@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from flask import Flask
 
-from measure_service import api, logs
+from measure_service import api, logs, openapi
 from measure_service.breaker import CircuitBreaker
 from measure_service.config import Config
 from measure_service.fetcher import Cache, Entry, Fetcher, FetcherSettings, Upstream
@@ -46,6 +46,7 @@ def create_app(
     app.extensions[CACHE_EXTENSION] = cache
     app.extensions[_CLOSERS] = closers
     app.register_blueprint(api.bp)
+    app.register_blueprint(openapi.bp)
     register_extensions(app)
     return app
 
