@@ -22,7 +22,15 @@ import shutil
 import tempfile
 from typing import Any
 
-from measure_service.config import Config, ConfigError
+# Several worker processes write one set of metrics: prometheus_client's multiprocess mode needs
+# one directory for all of them, set before anything imports prometheus_client (it picks its value
+# class at import). The workers inherit it; a directory made here is removed when the master exits.
+_OWN_METRICS_DIR: str | None = None
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    _OWN_METRICS_DIR = tempfile.mkdtemp(prefix="measure-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _OWN_METRICS_DIR
+
+from measure_service.config import Config, ConfigError  # noqa: E402
 
 try:
     _config = Config.from_env()
@@ -62,11 +70,6 @@ access_log_format = "%(s)s"
 preload_app = False
 # The control socket is an admin channel nobody here uses; leave no socket file behind.
 control_socket_disable = True
-
-# Several worker processes write one set of metrics: prometheus_client's multiprocess mode needs
-# a directory, set before any worker imports measure_service.metrics.
-if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="measure-metrics-")
 
 _access_handlers = ["access"] if _config.access_log_rate > 0 else []
 logconfig_dict: dict[str, Any] = {
@@ -110,10 +113,16 @@ def on_starting(server: Any) -> None:
 
 
 def child_exit(server: Any, worker: Any) -> None:
-    """Drop a dead worker's live gauges, so they stop counting in the sum."""
+    """Drop a dead worker's live gauges, so they stop counting in the sum (its counters stay)."""
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    """Remove the metrics directory if this master made it."""
+    if _OWN_METRICS_DIR is not None:
+        shutil.rmtree(_OWN_METRICS_DIR, ignore_errors=True)
 
 
 def worker_exit(server: Any, worker: Any) -> None:

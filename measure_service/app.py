@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from flask import Flask
 
-from measure_service import api, logs, openapi
+from measure_service import api, exporter, logs, openapi
 from measure_service.breaker import CircuitBreaker
 from measure_service.config import Config
 from measure_service.fetcher import Cache, Entry, Fetcher, FetcherSettings, Upstream
@@ -52,11 +52,13 @@ def create_app(
 
 
 def register_extensions(app: Flask) -> None:
-    """Attach optional add-ons (the /metrics exporter goes here) to a fully built app.
+    """Attach add-ons to a fully built app: the /metrics exporter and the cache metrics.
 
-    The app's cache is ``app.extensions[CACHE_EXTENSION]`` (its ``metrics.snapshot()``, ``len``
-    and ``cost_used`` feed the cache gauges).
+    The cache metrics read ``app.extensions[CACHE_EXTENSION]``; their refreshes stop first when
+    the app closes.
     """
+    stop_refreshing = exporter.install(app, app.extensions[CACHE_EXTENSION])
+    app.extensions[_CLOSERS].insert(0, stop_refreshing)
 
 
 def close_app(app: Flask) -> None:

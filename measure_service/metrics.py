@@ -6,11 +6,40 @@ and the app factory may run many times in one process (tests). Under gunicorn,
 every value here is written to the shared multiprocess directory and summed across workers.
 
 Hot paths increment once per request with a count (``inc(n)``), never once per row.
+
+prometheus_client picks its value class (in-memory or multiprocess files) when it is first
+imported, so this module must be imported before it. When no directory is set (a test process, a
+script), it makes a private one: every process then records metrics the way gunicorn workers do,
+and ``/metrics`` reads them the same way.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import atexit
+import os
+import shutil
+import tempfile
+
+
+def _ensure_multiprocess_dir() -> None:
+    """Point ``PROMETHEUS_MULTIPROC_DIR`` at a private directory when none is set."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    directory = tempfile.mkdtemp(prefix="measure-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    atexit.register(shutil.rmtree, directory, True)
+
+
+_ensure_multiprocess_dir()
+
+from prometheus_client import Counter, Gauge, Histogram, values  # noqa: E402
+
+if not getattr(values.ValueClass, "_multiprocess", False):
+    raise RuntimeError(
+        "prometheus_client was imported before measure_service.metrics without "
+        "PROMETHEUS_MULTIPROC_DIR set: its values would not reach /metrics. Set the variable, or "
+        "import measure_service.metrics first."
+    )
 
 # Latency buckets fine enough to read a 1 ms p50 and a 10 ms p99.
 FAST_BUCKETS = (

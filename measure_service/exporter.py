@@ -1,0 +1,127 @@
+"""The /metrics endpoint: HTTP metrics per route, the cache's own figures, summed over workers.
+
+prometheus_flask_exporter's ``GunicornInternalPrometheusMetrics`` serves ``/metrics`` from the
+app itself. Every worker writes its values to its own files in ``PROMETHEUS_MULTIPROC_DIR`` (see
+``metrics``), and a scrape, which reaches one worker, reads the files of all of them: counters and
+histograms add up, and the cache gauges are ``livesum``, so a worker's gauges leave the sum once
+gunicorn's ``child_exit`` hook marks it dead.
+
+HTTP metrics (``flask_http_request_duration_seconds`` by method, path and status, and
+``flask_http_request_total`` by method and status) leave out ``/metrics``, ``/healthcheck`` and
+``/readyz``: probes and scrapes would otherwise dominate the latency of an idle service. The
+``path`` label is the matched route (``/v2/measure``), or ``unmatched`` for a 404 or 405, so that
+hostile URLs cannot create new time series.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+from flask import Flask, Request
+
+from measure_service import metrics
+from weighted_cache import Cache as WeightedCache
+
+# Scrapes and probes are not traffic; /metrics itself is never tracked by the exporter.
+UNTRACKED_PATHS = ("/metrics", "/healthcheck", "/readyz")
+# How often each worker copies its cache's figures into its metric files.
+REFRESH_INTERVAL_S = 1.0
+_LOG = logging.getLogger(__name__)
+
+
+class CacheMetrics:
+    """Copies one cache's counters and size into this worker's Prometheus metrics.
+
+    Evictions and expirations are the growth of the cache's own counters since the last
+    :meth:`refresh`, so the hit path pays nothing for them.
+    """
+
+    def __init__(self, cache: WeightedCache[Any, Any]) -> None:
+        """Report ``cache``; counts it made before now are reported by the first refresh."""
+        self._cache = cache
+        self._evicted = 0.0
+        self._expired = 0.0
+
+    def refresh(self) -> None:
+        """Bring the gauges up to date and add new evictions and expirations to the counters."""
+        cache = self._cache
+        stats = cache.metrics
+        self._evicted = _add_growth(metrics.CACHE_EVICTIONS, stats.keys_evicted, self._evicted)
+        self._expired = _add_growth(metrics.CACHE_EXPIRATIONS, stats.keys_expired, self._expired)
+        metrics.CACHE_ENTRIES.set(len(cache))
+        metrics.CACHE_COST_USED.set(cache.cost_used)
+        metrics.CACHE_MAX_COST.set(cache.max_cost)
+
+
+def install(app: Flask, cache: object) -> Callable[[], None]:
+    """Serve ``/metrics`` from ``app``, record its HTTP metrics and, for a weighted_cache
+    ``cache``, keep the cache metrics current; returns the function that stops the refreshes.
+    """
+    # Imported here, after ``metrics`` has set up the multiprocess directory it needs.
+    from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
+
+    refresh: Callable[[], None] = _nothing
+    if isinstance(cache, WeightedCache):
+        refresh = CacheMetrics(cache).refresh
+        refresh()
+    # One exporter per app: each has its own registry, so many apps in one process (tests) do
+    # not collide, while the values they write all land in the same multiprocess files.
+    GunicornInternalPrometheusMetrics(
+        app,
+        group_by=_route,
+        buckets=metrics.FAST_BUCKETS,
+        excluded_paths=[f"^{path}$" for path in UNTRACKED_PATHS],
+        metrics_decorator=functools.partial(_refreshed_first, refresh),
+    )
+    if refresh is _nothing:
+        return _nothing
+    # Each worker must write its own gauges: a scrape only refreshes the worker it reaches.
+    refresher = gevent.spawn(_repeat, REFRESH_INTERVAL_S, refresh)
+    return functools.partial(refresher.kill, block=False)
+
+
+def _route(request: Request) -> str:
+    rule = request.url_rule
+    return rule.rule if rule is not None else "unmatched"
+
+
+# The exporter names the label after the function; dashboards group by "path".
+_route.__name__ = "path"
+
+
+def _add_growth(counter: Any, total: float, reported: float) -> float:
+    """Add to ``counter`` what ``total`` grew by since ``reported``; return the new baseline."""
+    if total > reported:
+        counter.inc(total - reported)
+    # The service never resets a cache's counters; if someone did, counting restarts from there.
+    return total
+
+
+def _refreshed_first(
+    refresh: Callable[[], None], view: Callable[..., Any]
+) -> Callable[..., Any]:
+    """Wrap the /metrics view so that the worker answering a scrape reports current figures."""
+
+    @functools.wraps(view)
+    def scrape(*args: Any, **kwargs: Any) -> Any:
+        refresh()
+        return view(*args, **kwargs)
+
+    return scrape
+
+
+def _repeat(interval_s: float, func: Callable[[], None]) -> None:
+    while True:
+        gevent.sleep(interval_s)
+        try:
+            func()
+        except Exception:
+            _LOG.exception("refreshing the cache metrics failed")
+
+
+def _nothing() -> None:
+    """No cache to report, nothing to stop."""
