@@ -282,15 +282,18 @@ class _Run:
 
 def run_closed(target: Target, *, connections: int, duration_s: float,
                max_requests: int | None = None, timeout_s: float = 10.0,
-               tally: str | None = None, stop: gevent.event.Event | None = None) -> Result:
+               tally: str | None = None, stop: gevent.event.Event | None = None,
+               result: Result | None = None) -> Result:
     """Saturate ``target`` from ``connections`` connections for ``duration_s`` seconds.
 
     ``max_requests`` stops the run after that many attempts; ``tally`` is a regex with one
     group, whose matches in 2xx bodies are counted (for example each row's status). Once
     ``stop`` is set no new request is sent, and the run ends when those in flight are done.
+    A ``result`` passed in is filled as the run goes, so another greenlet can read it mid-run.
     """
     _check_positive(connections=connections, duration_s=duration_s, timeout_s=timeout_s)
-    result = Result(mode="closed", connections=connections, duration_s=0.0)
+    if result is None:
+        result = Result(mode="closed", connections=connections, duration_s=0.0)
     run = _Run(target, result, timeout_s, tally)
     tickets = itertools.count() if max_requests is None else iter(range(max_requests))
     start = time.perf_counter()
