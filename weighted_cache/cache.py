@@ -48,6 +48,14 @@ def _check_ttl(ttl: Any, name: str = "ttl") -> float | None:
     return None if math.isinf(ttl) else float(ttl)
 
 
+def _hashable(key: Any) -> bool:
+    try:
+        hash(key)
+    except TypeError:
+        return False
+    return True
+
+
 def _unhashable(key: Any) -> TypeError:
     return TypeError(f"key must be hashable, got {type(key).__name__}")
 
@@ -218,33 +226,38 @@ class Cache(Generic[K, V]):
         new cost exceeds ``max_cost`` (the old value is then removed too).
         """
         if cost is None:
-            cost = self._cost_fn(value) if self._cost_fn is not None else 1
-            cost = _check_cost(cost, "cost_fn(value)")
-        else:
+            if self._cost_fn is None:
+                cost = 1
+            else:
+                cost = _check_cost(self._cost_fn(value), "cost_fn(value)")
+        elif type(cost) is not int or cost < 0:
             cost = _check_cost(cost)
         ttl = self._default_ttl if ttl is None else _check_ttl(ttl)
-        try:
-            hash(key)
-        except TypeError:
-            raise _unhashable(key) from None
         callbacks: list[_Callback] = []
         with self._lock:
-            stored = self._set(key, value, cost, ttl, callbacks)
+            try:
+                stored = self._set(key, value, cost, ttl, callbacks)
+            except TypeError:
+                # Only the first dict lookup can raise it, before any change.
+                if not _hashable(key):
+                    raise _unhashable(key) from None
+                raise
         if callbacks:
             self._run(callbacks)
         return stored
 
     def _set(self, key: K, value: V, cost: float, ttl: float | None,
              callbacks: list[_Callback]) -> bool:
+        entry = self._data.get(key)  # first, so an unhashable key fails before any change
         if self._reads:
             # Apply pending reads first so admission sees current frequencies.
             self._drain(callbacks)
-        now = self._clock() if ttl is not None or self._ttl else 0.0
-        if self._ttl:
+        now = self._clock() if ttl is not None or self._ttl.count else 0.0
+        if self._ttl.count:
             self._reclaim(self._ttl.pop_expired(now, _SWEEP_PER_OP), callbacks)
+            entry = self._data.get(key)  # the sweeps may have reclaimed it
         expire = now + ttl if ttl is not None else 0.0
         metrics = self._metrics
-        entry = self._data.get(key)
         if entry is not None and entry.expire and entry.expire <= now:
             self._expire(entry, callbacks)
             entry = None
@@ -395,7 +408,7 @@ class Cache(Generic[K, V]):
         """Apply buffered reads to the policy and reclaim some expired cost."""
         reads, self._reads = self._reads, []
         self._policy.record_hits(reads)
-        if self._ttl:
+        if self._ttl.count:
             self._reclaim(self._ttl.pop_expired(self._clock(), _SWEEP_PER_OP), callbacks)
 
     def _discard(self, entry: Entry) -> None:

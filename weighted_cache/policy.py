@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 
 from .sketch import FrequencySketch
 from .store import PROBATION, PROTECTED, REMOVED, WINDOW, Entry
@@ -41,6 +41,7 @@ _VICTIM_SAMPLE = 4  # probation-tail entries compared when costs differ
 _MAX_FREQ = 16  # a saturated counter plus the doorkeeper bit
 # Entries whose unwritten uses are held at once; bounds that table's memory.
 _PENDING_LIMIT = 16384
+_DEPARTED_BATCH = 32
 
 
 class Segment:
@@ -139,6 +140,7 @@ class Policy:
         # Uses not yet written to the sketch, per resident entry (see record_hits).
         self._pending: Counter[Entry] = Counter()
         self._pending_total = 0
+        self._departed: list[tuple[Hashable, int]] = []
         self._step = _STEP_SIGN * _STEP_PERCENT * max_cost
         self._filled = False
         self._first_cost: float = 0
@@ -172,12 +174,14 @@ class Policy:
             segment.clear()
         self._pending.clear()
         self._pending_total = 0
+        self._departed.clear()
         self.sketch.clear()
 
     # -- frequency -----------------------------------------------------------
 
     def _use(self, entry: Entry) -> None:
-        self._pending[entry] += 1
+        pending = self._pending
+        pending[entry] = pending.get(entry, 0) + 1  # skips Counter.__missing__
         self._pending_total += 1
         if len(self._pending) > _PENDING_LIMIT:
             self._write_back_all()
@@ -186,10 +190,18 @@ class Policy:
         times = self._pending.pop(entry, 0)
         if times:
             self._pending_total -= times
-            self.sketch.increment(entry.key, times)
+            # Departed entries are written in batches (one inlined loop in
+            # the sketch); until then their key reads a little low.
+            departed = self._departed
+            departed.append((entry.key, times))
+            if len(departed) >= _DEPARTED_BATCH:
+                self.sketch.increment_many(departed)
+                departed.clear()
 
     def _write_back_all(self) -> None:
-        self.sketch.increment_many([(e.key, n) for e, n in self._pending.items()])
+        self._departed.extend((e.key, n) for e, n in self._pending.items())
+        self.sketch.increment_many(self._departed)
+        self._departed.clear()
         self._pending.clear()
         self._pending_total = 0
 

@@ -20,7 +20,7 @@ from .store import Entry
 class ExpiryBuckets:
     """Entries with a TTL, grouped by the time slot in which they expire."""
 
-    __slots__ = ("_buckets", "_count", "_granularity", "_heap")
+    __slots__ = ("_buckets", "_granularity", "_heap", "count")
 
     def __init__(self, granularity: float = 1.0) -> None:
         if not granularity > 0:
@@ -28,10 +28,10 @@ class ExpiryBuckets:
         self._granularity = granularity
         self._buckets: dict[int, set[Entry]] = {}
         self._heap: list[int] = []  # bucket ids; stale ids are skipped lazily
-        self._count = 0
+        self.count = 0  # entries filed; an attribute so callers test it without a call
 
     def __len__(self) -> int:
-        return self._count
+        return self.count
 
     def _slot(self, expire: float) -> int:
         return int(expire // self._granularity)
@@ -44,17 +44,17 @@ class ExpiryBuckets:
             bucket = self._buckets[slot] = set()
             heapq.heappush(self._heap, slot)
         bucket.add(entry)
-        self._count += 1
+        self.count += 1
 
     def remove(self, entry: Entry) -> None:
         """Unfile ``entry``; a no-op if it has no expiry or is not filed."""
-        if not entry.expire:
+        if not entry.expire or not self.count:
             return
         slot = self._slot(entry.expire)
         bucket = self._buckets.get(slot)
         if bucket is not None and entry in bucket:
             bucket.remove(entry)
-            self._count -= 1
+            self.count -= 1
             if not bucket:
                 del self._buckets[slot]
 
@@ -90,14 +90,14 @@ class ExpiryBuckets:
                 if not bucket:
                     del buckets[slot]
             break
-        self._count -= len(out)
+        self.count -= len(out)
         return out
 
     def clear(self) -> None:
         """Forget every entry."""
         self._buckets.clear()
         self._heap.clear()
-        self._count = 0
+        self.count = 0
 
 
 class Sweepable(Protocol):
