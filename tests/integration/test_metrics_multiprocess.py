@@ -1,0 +1,162 @@
+"""/metrics of a real gunicorn with 2 gevent workers: counters add up over the workers, and a
+killed worker's live gauges leave the sum while its counts stay.
+
+Each worker writes its own files in ``PROMETHEUS_MULTIPROC_DIR``; reading one file shows what
+that worker alone recorded, which is how the tests know both workers served.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import requests
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import Processes, Service, Simulator
+
+pytestmark = pytest.mark.integration
+
+T = TypeVar("T")
+WORKERS = 2
+# The same rows in every request: each worker that served holds exactly these entries.
+ROWS = [
+    {"inventoryId": f"metrics-{i}.example.com", "utcDatetime": "2024-10-30", "rowIdentifier": i}
+    for i in range(4)
+]
+MAX_COST = 50_000
+MIN_REQUESTS = 40
+MAX_REQUESTS = 400
+DEADLINE_S = 15.0
+REQUEST_COUNT = "flask_http_request_duration_seconds_count"
+MEASURE_OK = {"method": "POST", "path": "/v2/measure", "status": "200"}
+
+
+def start(processes: Processes, metrics_dir: Path) -> Service:
+    simulator: Simulator = processes.simulator()
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "CACHE_MAX_COST": str(MAX_COST)}
+    return processes.service(simulator, env=env, workers=WORKERS)
+
+
+@pytest.fixture(scope="module")
+def metrics_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("prometheus")
+
+
+@pytest.fixture(scope="module")
+def two_workers(module_processes: Processes, metrics_dir: Path) -> Service:
+    """Shared by the tests that only add traffic the others do not count."""
+    return start(module_processes, metrics_dir)
+
+
+@pytest.fixture
+def doomed_dir(tmp_path: Path) -> Path:
+    return tmp_path / "prometheus"
+
+
+@pytest.fixture
+def doomed_workers(processes: Processes, doomed_dir: Path) -> Service:
+    """A service of its own, for a test that kills one of its workers."""
+    return start(processes, doomed_dir)
+
+
+def scrape(service: Service) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of one /metrics answer (from whichever worker took it)."""
+    response = service.get("/metrics")
+    response.raise_for_status()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def total(samples: dict[Any, float], name: str, **labels: str) -> float:
+    """The sum of ``name`` over every label set that includes ``labels``."""
+    wanted = set(labels.items())
+    return sum(value for (sample, tags), value in samples.items()
+               if sample == name and wanted <= tags)
+
+
+def per_worker(directory: Path, kind: str, name: str, **labels: str) -> dict[int, float]:
+    """``name`` as each worker recorded it in its own ``{kind}_{pid}.db`` file."""
+    found: dict[int, float] = {}
+    for path in directory.glob(f"{kind}_*.db"):
+        pid = int(path.stem.rsplit("_", 1)[1])
+        merged = MultiProcessCollector.merge([str(path)], accumulate=True)  # type: ignore[no-untyped-call]
+        for metric in merged:
+            for sample in metric.samples:
+                if sample.name == name and labels.items() <= sample.labels.items():
+                    found[pid] = found.get(pid, 0.0) + sample.value
+    return found
+
+
+def eventually(check: Callable[[], T | None]) -> T:
+    deadline = time.monotonic() + DEADLINE_S
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.05)
+    pytest.fail(f"{check} never became true")
+
+
+def post_until_both_workers_served(service: Service, metrics_dir: Path) -> int:
+    """Send rounds of 20 requests, 8 in parallel, until both workers served; return the count."""
+    sent = 0
+    with ThreadPoolExecutor(8) as pool:
+        while sent < MAX_REQUESTS:
+            statuses = list(pool.map(lambda _: service.post(ROWS).status_code, range(20)))
+            assert statuses == [200] * len(statuses)
+            sent += len(statuses)
+            served = per_worker(metrics_dir, "histogram", REQUEST_COUNT, **MEASURE_OK)
+            if sent >= MIN_REQUESTS and len(served) == WORKERS and all(served.values()):
+                return sent
+    pytest.fail(f"{MAX_REQUESTS} requests did not reach both workers")
+
+
+def replaced(samples: dict[Any, float]) -> dict[Any, float] | None:
+    """``samples`` once every worker, the replacement included, reports its cache budget."""
+    return samples if total(samples, "measure_cache_max_cost") == WORKERS * MAX_COST else None
+
+
+def test_request_and_row_counters_add_up_over_both_workers(
+    two_workers: Service, metrics_dir: Path
+) -> None:
+    sent = post_until_both_workers_served(two_workers, metrics_dir)
+    samples = scrape(two_workers)
+    assert total(samples, REQUEST_COUNT, **MEASURE_OK) == sent
+    assert total(samples, "flask_http_request_total", method="POST", status="200") == sent
+    rows = total(samples, "measure_cache_hits_total") + total(samples, "measure_cache_misses_total")
+    assert rows == sent * len(ROWS)
+
+
+def test_a_killed_workers_gauges_leave_the_sum_while_its_counts_stay(
+    doomed_workers: Service, doomed_dir: Path
+) -> None:
+    sent = post_until_both_workers_served(doomed_workers, doomed_dir)
+    # Every worker refreshes its own gauges each second.
+    held = WORKERS * len(ROWS)
+    eventually(lambda: total(scrape(doomed_workers), "measure_cache_entries") == held)
+    victim = next(iter(per_worker(doomed_dir, "gauge_livesum", "measure_cache_entries")))
+
+    os.kill(victim, signal.SIGKILL)
+
+    eventually(lambda: not (doomed_dir / f"gauge_livesum_{victim}.db").exists())
+    # The survivor holds the rows; the replacement worker starts empty.
+    after = eventually(lambda: replaced(scrape(doomed_workers)))
+    assert total(after, "measure_cache_entries") == len(ROWS)
+    assert total(after, REQUEST_COUNT, **MEASURE_OK) == sent
+
+
+def test_metrics_is_served_without_an_api_key(two_workers: Service) -> None:
+    response = requests.get(f"{two_workers.url}/metrics", timeout=10)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
