@@ -1,0 +1,212 @@
+"""Deploys under load: SIGTERM to the master, SIGHUP (reload), and SIGKILL of one worker.
+
+Real gunicorn (two gevent workers) in front of the simulator; a closed-loop load of
+``CONNECTIONS`` keep-alive connections runs in this process (``bench/loadgen.py``, gevent).
+Every request carries one new key, so it waits about ``UPSTREAM_MS`` for the upstream
+answer: at any moment nearly every connection has a request in flight inside a worker.
+
+A request fails when the connection errs (refused, reset, timeout), the answer is not 2xx, or
+the body is not the service's JSON (no ``requestId``).
+
+SIGTERM models a real deploy: the load balancer has stopped sending new requests to this
+instance (deregistered, or its readiness probe failed), then the instance gets SIGTERM. The
+load generator therefore stops issuing requests at the signal, and every request already in
+flight must be answered. A request that opened a new connection after the signal would be
+refused, since the master closes its listener first; that is a routing error, not a lost
+request.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import gevent
+import gevent.event
+import pytest
+
+from tests.conftest import API_KEY, Processes, Service
+
+pytestmark = pytest.mark.integration
+
+
+def _load_loadgen() -> ModuleType:
+    # bench/ holds scripts, not a package, so the module is loaded from its file.
+    path = Path(__file__).resolve().parents[2] / "bench" / "loadgen.py"
+    spec = importlib.util.spec_from_file_location("deploys_loadgen", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+loadgen = _load_loadgen()
+
+UPSTREAM_MS = 300
+CONNECTIONS = 16
+GRACEFUL_TIMEOUT_S = 10
+WORKERS = 2
+DEPLOY_ENV = {
+    # Long enough that every request waits for its fetch instead of answering "pending".
+    "WAIT_WINDOW_MS": "3000",
+    "GUNICORN_GRACEFUL_TIMEOUT": str(GRACEFUL_TIMEOUT_S),
+    "ACCESS_LOG": "off",
+}
+# Bounds on waiting for processes; generous, since the machine may be busy.
+PROCESS_DEADLINE_S = 30.0
+LOAD_SECONDS = 60.0  # upper bound only: every load here is stopped by its test
+
+
+class Load:
+    """A closed-loop load running in a greenlet until :meth:`stop`."""
+
+    def __init__(self, service: Service) -> None:
+        """Start ``CONNECTIONS`` connections sending one new key per request."""
+        template = (
+            '{"rows": [{"inventoryId": "deploy-' + uuid.uuid4().hex[:8]
+            + '-{seq}.example", "utcDatetime": "2024-10-30"}]}'
+        )
+        target = loadgen.Target.from_url(
+            service.url + "/v2/measure",
+            headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"},
+            body_template=template,
+        )
+        self.result = loadgen.Result(mode="closed", connections=CONNECTIONS, duration_s=0.0)
+        self._stop = gevent.event.Event()
+        self._greenlet = gevent.spawn(
+            loadgen.run_closed, target, connections=CONNECTIONS, duration_s=LOAD_SECONDS,
+            tally=r'"(requestId)"', stop=self._stop, result=self.result,
+        )
+
+    def wait_until_busy(self) -> None:
+        """Wait until every connection has been answered at least once and is busy again."""
+        _eventually(lambda: self.result.requests >= 2 * CONNECTIONS
+                    and self.result.in_flight == CONNECTIONS)
+
+    def stop(self) -> None:
+        """Send no new request; return when those in flight are answered or failed."""
+        self._stop.set()
+        self._greenlet.join(timeout=PROCESS_DEADLINE_S)
+        assert self._greenlet.dead, "the load did not end"
+
+    def failed(self) -> int:
+        """Requests that erred, were not 2xx, or whose body is not the service's JSON."""
+        result = self.result
+        not_json = result.requests - result.non_2xx - result.tallies["requestId"]
+        return sum(result.errors.values()) + result.non_2xx + not_json
+
+
+def _eventually(check: Callable[[], bool]) -> None:
+    # Polls with gevent.sleep so that the load's greenlets keep running meanwhile.
+    with gevent.Timeout(PROCESS_DEADLINE_S, AssertionError(f"{check} never became true")):
+        while not check():
+            gevent.sleep(0.02)
+
+
+def workers(service: Service) -> set[int]:
+    """Pids of the master's live worker processes."""
+    pid = service.process.pid
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return set()
+    return {int(child) for child in children}
+
+
+def client_connections(pid: int, port: int) -> int:
+    """Established TCP connections that process ``pid`` holds on local port ``port``."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            link = os.readlink(fd)
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[len("socket:["):-1])
+    count = 0
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port = int(fields[1].rsplit(":", 1)[1], 16)
+        if local_port == port and fields[3] == "01" and fields[9] in inodes:
+            count += 1
+    return count
+
+
+def start(processes: Processes) -> Service:
+    """Two gevent workers behind a simulator slow enough to keep requests in flight."""
+    simulator = processes.simulator(latency_ms=UPSTREAM_MS)
+    service = processes.service(simulator, env=DEPLOY_ENV, workers=WORKERS)
+    _eventually(lambda: len(workers(service)) == WORKERS)
+    return service
+
+
+def wait_for_exit(process: subprocess.Popen[bytes]) -> int:
+    """The exit code of ``process``, waited for without blocking the load's greenlets."""
+    _eventually(lambda: process.poll() is not None)
+    return process.returncode
+
+
+def test_sigterm_answers_every_request_in_flight_and_the_master_exits(
+    processes: Processes,
+) -> None:
+    service = start(processes)
+    load = Load(service)
+    load.wait_until_busy()
+    in_flight = load.result.in_flight
+    service.process.send_signal(signal.SIGTERM)
+    load.stop()
+
+    assert in_flight == CONNECTIONS
+    assert load.failed() == 0, load.result.summary()
+    assert load.result.started == load.result.requests
+    assert wait_for_exit(service.process) == 0
+    graceful_timeouts = [line for line in service.log_lines()
+                         if "graceful timeout" in str(line.get("message", "")).lower()]
+    assert graceful_timeouts == []
+
+
+def test_sighup_replaces_every_worker_without_a_failed_request(processes: Processes) -> None:
+    service = start(processes)
+    old_workers = workers(service)
+    load = Load(service)
+    load.wait_until_busy()
+    service.process.send_signal(signal.SIGHUP)
+    _eventually(lambda: not workers(service) & old_workers and len(workers(service)) == WORKERS)
+    answered_by_old_and_new = load.result.requests
+    # Proof that the new workers serve: more answers after every old worker has gone.
+    _eventually(lambda: load.result.requests >= answered_by_old_and_new + 2 * CONNECTIONS)
+    load.stop()
+
+    assert load.failed() == 0, load.result.summary()
+    assert service.process.poll() is None
+
+
+def test_sigkill_of_a_worker_loses_at_most_its_requests_in_flight(
+    processes: Processes,
+) -> None:
+    service = start(processes)
+    port = int(service.url.rsplit(":", 1)[1])
+    load = Load(service)
+    load.wait_until_busy()
+    victim = min(workers(service))
+    # Stopped, the worker can neither accept nor finish a request: its connections are final.
+    os.kill(victim, signal.SIGSTOP)
+    on_victim = client_connections(victim, port)
+    os.kill(victim, signal.SIGKILL)
+    _eventually(lambda: victim not in workers(service) and len(workers(service)) == WORKERS)
+    answered = load.result.requests
+    # Service continues: more answers once the replacement worker is up.
+    _eventually(lambda: load.result.requests >= answered + 2 * CONNECTIONS)
+    load.stop()
+
+    assert on_victim > 0
+    assert load.failed() <= on_victim, load.result.summary()
+    assert service.process.poll() is None
