@@ -223,7 +223,11 @@ class Policy:
         estimate meanwhile, so admission compares the same frequencies.
         """
         pending = self._pending
-        pending.update(reads)
+        if len(reads) > 16:
+            pending.update(reads)  # counts in C, after some fixed overhead
+        else:
+            for entry in reads:
+                pending[entry] = pending.get(entry, 0) + 1
         self._pending_total += len(reads)
         self._sample_hits += len(reads)
         window, protected = self.window, self.protected
@@ -257,7 +261,8 @@ class Policy:
         if (len(pending) > _PENDING_LIMIT
                 or self.sketch.additions + self._pending_total >= self.sketch.sample_size):
             self._write_back_all()
-        self._climb()
+        if self._sample_hits + self._sample_misses >= self._sample_period:
+            self._climb()
 
     def add(self, entry: Entry) -> list[Entry]:
         """Track a new entry; return the entries that must leave.
@@ -269,7 +274,8 @@ class Policy:
         self.window.append(entry)
         out: list[Entry] = []
         self._evict(entry, False, out)
-        self._climb()
+        if self._sample_hits + self._sample_misses >= self._sample_period:
+            self._climb()
         return out
 
     def update(self, entry: Entry, old_cost: float) -> list[Entry]:

@@ -124,7 +124,15 @@ class FrequencySketch:
         b = (h >> 32) | 1
         count = min(t[a], t[((a + b) & m) + w], t[((a + 2 * b) & m) + 2 * w],
                     t[((a + 3 * b) & m) + 3 * w])
-        return count + 1 if h in self._door else count
+        # Doorkeeper membership, inlined.
+        door = self._door
+        bits = door._bits
+        dm = door._mask
+        i, j, k = h & dm, (h >> 21) & dm, (h >> 42) & dm
+        if bits[i >> 3] >> (i & 7) & 1 and bits[j >> 3] >> (j & 7) & 1 \
+                and bits[k >> 3] >> (k & 7) & 1:
+            return count + 1
+        return count
 
     def increment(self, key: Hashable, times: int = 1) -> None:
         """Record ``times`` sightings of ``key``."""
