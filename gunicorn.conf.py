@@ -31,6 +31,7 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = _OWN_METRICS_DIR
 
 from measure_service.config import Config, ConfigError  # noqa: E402
+from measure_service.logs import sampled_access_logger  # noqa: E402
 
 try:
     _config = Config.from_env()
@@ -66,6 +67,8 @@ graceful_timeout = _env_int("GUNICORN_GRACEFUL_TIMEOUT", 20)
 keepalive = _env_int("GUNICORN_KEEPALIVE", 5)
 # Only the status atom is formatted: AccessFormatter emits the fields itself.
 access_log_format = "%(s)s"
+# ACCESS_LOG sampling happens before gunicorn builds a line, so skipped lines cost nothing.
+logger_class = sampled_access_logger(_config.access_log_rate)
 # Each worker builds its own app after the fork: its cache, connection pool and greenlets.
 preload_app = False
 # The control socket is an admin channel nobody here uses; leave no socket file behind.
@@ -81,7 +84,6 @@ logconfig_dict: dict[str, Any] = {
     },
     "filters": {
         "trace": {"()": "measure_service.logs.TraceIdFilter"},
-        "sample": {"()": "measure_service.logs.SampleFilter", "rate": _config.access_log_rate},
     },
     "handlers": {
         "error": {
@@ -93,7 +95,6 @@ logconfig_dict: dict[str, Any] = {
         "access": {
             "class": "logging.StreamHandler",
             "formatter": "access",
-            "filters": ["sample"],
             "stream": "ext://sys.stdout",
         },
     },

@@ -11,11 +11,11 @@ import logging
 import random
 import re
 import sys
-import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import gevent
+from gunicorn.glogging import Logger as GunicornLogger  # type: ignore[import-untyped]
 from pythonjsonlogger.json import JsonFormatter
 
 # Field names shared by application and access log lines.
@@ -41,10 +41,12 @@ _VALID_TRACE_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
 def trace_id_from_header(value: str | None) -> str:
-    """The client's trace id if it is a safe token, else a new random one (uuid4 hex)."""
+    """The client's trace id if it is a safe token, else a new random one (32 hex digits)."""
     if value is not None and _VALID_TRACE_ID.fullmatch(value):
         return value
-    return uuid.uuid4().hex
+    # 128 random bits like uuid4, from the Mersenne twister (reseeded in each forked worker)
+    # rather than os.urandom: a trace id must be unique, not secret, and this skips a syscall.
+    return f"{random.getrandbits(128):032x}"
 
 
 def set_trace_id(trace_id: str) -> contextvars.Token[str | None]:
@@ -93,7 +95,32 @@ class SampleFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         """True for the sampled records."""
+        return self.keep()
+
+    def keep(self) -> bool:
+        """Draw once: True for the sampled fraction of calls."""
         return self._rate >= 1.0 or (self._rate > 0.0 and self._rand() < self._rate)
+
+
+class SampledAccessLogger(GunicornLogger):  # type: ignore[misc]
+    """gunicorn's logger, deciding whether to keep an access line before building it.
+
+    gunicorn builds every access line's atoms (a dict of each header and environ entry) before
+    any logging filter sees the record; dropping 99% of the lines in a filter still paid for
+    them all, about 9% of a worker's CPU on the hit path. Use :func:`sampled_access_logger`.
+    """
+
+    sampler = SampleFilter(1.0)
+
+    def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
+        """Log the sampled fraction of requests (ACCESS_LOG); skip the rest before any work."""
+        if self.sampler.keep():
+            super().access(resp, req, environ, request_time)
+
+
+def sampled_access_logger(rate: float) -> type[SampledAccessLogger]:
+    """A logger class for gunicorn's ``logger_class`` keeping a fraction ``rate`` (0..1)."""
+    return type("SampledAccessLogger", (SampledAccessLogger,), {"sampler": SampleFilter(rate)})
 
 
 def json_formatter() -> JsonFormatter:
