@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from flask import Blueprint, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
@@ -51,7 +52,12 @@ def _services() -> Services:
 
 
 def _json(document: Any, status: int = 200) -> Response:
-    body = json.dumps(document, separators=(",", ":"), allow_nan=False)
+    try:
+        # orjson encodes a 5-row answer about 5x faster than json, the floor's encoder.
+        body = orjson.dumps(document)
+    except TypeError:
+        # It refuses integers beyond 64 bits, which a client's rowIdentifier may be.
+        body = json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
     return Response(body, status=status, mimetype=_JSON)
 
 
