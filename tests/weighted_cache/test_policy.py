@@ -169,3 +169,17 @@ def test_replays_are_deterministic():
         return kept
 
     assert run() == run()
+
+
+def test_varied_costs_widen_the_starting_window_once_full():
+    policy = make(1000)
+    for key in range(400):
+        policy.add(Entry(key, key, 1 + key % 5, 0.0))
+    assert policy.window_max >= 200
+
+
+def test_unit_costs_keep_the_one_percent_window_once_full():
+    policy = make(1000)
+    for key in range(1200):
+        policy.add(Entry(key, key, 1, 0.0))
+    assert policy.window_max <= 10
