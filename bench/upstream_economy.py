@@ -32,6 +32,7 @@ import http.client  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
+import re  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -136,7 +137,8 @@ class Client:
         try:
             answer = json.loads(raw) if raw else None
         except ValueError:
-            answer = None
+            # Not JSON (the Prometheus text of /metrics): keep the text.
+            answer = raw.decode("utf-8", errors="replace")
         return Reply(response.status, answer, sent_at, elapsed)
 
     def close(self) -> None:
@@ -391,6 +393,50 @@ def not_refused(reply: Reply) -> bool:
     return bool(reply.statuses()) and "unavailable" not in reply.statuses()
 
 
+class BreakerGauge:
+    """Polls ``measure_upstream_breaker_open`` on /metrics: the number of workers whose breaker
+    is open or half-open (a ``livesum`` gauge). ``readings`` stays empty when it is not exposed."""
+
+    NAME = "measure_upstream_breaker_open"
+
+    def __init__(self, port: int, interval_s: float, max_seconds: float) -> None:
+        """Poll ``127.0.0.1:port/metrics`` every ``interval_s``."""
+        self.readings: list[tuple[float, float]] = []
+        self._port = port
+        self._interval_s = interval_s
+        self._max = int(max_seconds / interval_s)
+        self._pattern = re.compile(rf"^{self.NAME}(?:{{[^}}]*}})? (\S+)$", re.MULTILINE)
+        self._stopped = gevent.event.Event()
+        self._loop = gevent.spawn(self._run)
+
+    def stop(self) -> None:
+        """Stop polling."""
+        self._stopped.set()
+        self._loop.join(timeout=5)
+
+    def _run(self) -> None:
+        client = Client(self._port)
+        try:
+            for _ in range(self._max):
+                at = time.time()
+                reply = client.call("GET", "/metrics")
+                if reply.status == 404:
+                    return
+                text = reply.document if isinstance(reply.document, str) else None
+                if text is not None:
+                    values = [float(v) for v in self._pattern.findall(text)]
+                    if values:
+                        self.readings.append((at, sum(values)))
+                if self._stopped.wait(timeout=self._interval_s):
+                    return
+        finally:
+            client.close()
+
+    def first(self, since: float, test: Callable[[float], bool]) -> float | None:
+        """Time of the first reading at or after ``since`` whose value passes ``test``."""
+        return next((at for at, value in self.readings if at >= since and test(value)), None)
+
+
 class Sampler:
     """Samples every worker every ``interval_s`` until stopped (bounded by ``max_seconds``)."""
 
@@ -629,6 +675,7 @@ class Bench:
         phase_budget = 4 * sizes.down_seconds + 4 * sizes.cooldown_s + 60
         misses = MissStream(svc.port, f"m{uuid.uuid4().hex[:8]}", sizes.miss_rate, phase_budget)
         sampler = Sampler(pids, 0.25, phase_budget)
+        gauge = BreakerGauge(svc.port, 0.1, phase_budget)
         try:
             self._warm(svc.port, hot)
             misses.start()
@@ -654,7 +701,7 @@ class Bench:
             refused_run = hit_load()
             self.upstream.start()
             refused_recovered = time.time()
-            refused_closed = self._wait_closed(misses, refused_recovered)
+            refused_closed = self._wait_closed(misses, gauge, refused_recovered)
             refused_sim = self.upstream.stats(keys="0")
 
             # Hanging: connections accepted, no answer.
@@ -663,13 +710,14 @@ class Bench:
             hang_run = hit_load()
             self.upstream.control(mode="ok")
             hang_recovered = time.time()
-            hang_closed = self._wait_closed(misses, hang_recovered)
+            hang_closed = self._wait_closed(misses, gauge, hang_recovered)
             hang_sim = self.upstream.stats(keys="0")
             # Healthy again, so that the baseline is not one unlucky run on a shared machine.
             healthy_again = hit_load()
         finally:
             misses.stop()
             sampler.stop()
+            gauge.stop()
             pids_after = svc.child_pids()
             stop(svc)
 
@@ -711,27 +759,41 @@ class Bench:
                         growth["threads"] <= 2 and growth["fds"] <= 20)
         self.report.add(name, "worker restarts", "0", len(set(pids) - set(pids_after)),
                         set(pids) == set(pids_after))
+        if gauge.readings:
+            # /metrics is exposed: its gauge says when every worker's breaker opened and closed.
+            for kind, fault in (("refused", refused_at), ("hang", hang_at)):
+                opened[kind] = (opened[kind][0], gauge.first(fault, lambda v: v >= WORKERS))
+            for kind, (recovered, _) in list(closed.items()):
+                closed[kind] = (recovered, gauge.first(recovered, lambda v: v == 0))
+        source = "/metrics" if gauge.readings else "row statuses"
         for kind in ("refused", "hang"):
             first_failure, open_at = opened[kind]
             if first_failure is None or open_at is None:
-                self.report.add(name, f"{kind}: breaker open after first failures", "<= 1 s",
-                                "never seen", False)
+                self.report.add(name, f"{kind}: all breakers open, after 1st failure ({source})",
+                                "<= 1 s", "never seen", False)
             else:
                 delay = open_at - first_failure
-                self.report.add(name, f"{kind}: breaker open after first failures", "<= 1 s",
-                                f"{delay:.2f} s", delay <= 1.0)
+                self.report.add(name, f"{kind}: all breakers open, after 1st failure ({source})",
+                                "<= 1 s", f"{delay:.2f} s", delay <= 1.0)
             recovered, closed_at = closed[kind]
             limit = sizes.cooldown_s + 1
             if closed_at is None:
-                self.report.add(name, f"{kind}: breaker closed after recovery",
+                self.report.add(name, f"{kind}: all breakers closed, after recovery ({source})",
                                 f"<= {limit:g} s", "never seen", False)
             else:
                 delay = closed_at - recovered
-                self.report.add(name, f"{kind}: breaker closed after recovery",
+                self.report.add(name, f"{kind}: all breakers closed, after recovery ({source})",
                                 f"<= {limit:g} s", f"{delay:.2f} s", delay <= limit)
         self.report.add(name, "worker greenlet count", "flat",
                         "not exposed by the service", None)
         self.report.details["upstream_down"] = {
+            "breaker_by_row_statuses": {
+                kind: {"open_s": _delay(start_of_run(misses.ordered(fault), refused, 5), first),
+                       "closed_s": _delay(_first_closed(misses, recovered), recovered)}
+                for kind, fault, first, recovered in (
+                    ("refused", refused_at, refused_at, refused_recovered),
+                    ("hang", hang_at, opened["hang"][0], hang_recovered))
+            },
             "hang_arrivals_per_worker_s": _hang_arrivals(hang_sim),
             "healthy": healthy, "refused": refused_run, "hang": hang_run,
             "healthy_again": healthy_again,
@@ -759,12 +821,17 @@ class Bench:
                 streak = 0
                 time.sleep(0.05)
 
-    def _wait_closed(self, misses: MissStream, since: float) -> float | None:
-        """When misses stopped being refused after ``since`` (None: not within the bound)."""
+    def _wait_closed(self, misses: MissStream, gauge: BreakerGauge,
+                     since: float) -> float | None:
+        """When misses stopped being refused after ``since`` (None: not within the bound).
+
+        With /metrics exposed, also wait until its gauge reads every breaker closed.
+        """
         deadline = time.monotonic() + self.sizes.cooldown_s + 6
         while time.monotonic() < deadline:
-            closed_at = start_of_run(misses.ordered(since), not_refused, 10)
-            if closed_at is not None:
+            closed_at = _first_closed(misses, since)
+            gauge_closed = not gauge.readings or gauge.first(since, lambda v: v == 0)
+            if closed_at is not None and gauge_closed:
                 return closed_at
             time.sleep(0.2)
         return None
@@ -930,6 +997,16 @@ def _per_agent_close(stats: dict[str, Any], recovered: float) -> dict[str, float
             for agent, times in arrivals.items() if len(times) >= 2}
 
 
+def _delay(at: float | None, since: float | None) -> float | None:
+    """Seconds from ``since`` to ``at``, or None when either is unknown."""
+    return None if at is None or since is None else round(at - since, 3)
+
+
+def _first_closed(misses: MissStream, since: float) -> float | None:
+    """Send time of the first of 10 answers in a row, after ``since``, with no refused row."""
+    return start_of_run(misses.ordered(since), not_refused, 10)
+
+
 def _spread_s(replies: list[Reply]) -> float:
     """Seconds from the first request sent to the last answer received."""
     answered = [r for r in replies if r.status]
@@ -1008,7 +1085,7 @@ def print_table(report: Report) -> None:
     meta = report.details["meta"]
     print(f"\nupstream economy, {meta['date']}, {meta['workers']} gevent workers, "
           f"simulator {meta['simulator']}, {meta['cpus']} CPUs")
-    widths = (16, 56, 14, 22)
+    widths = (16, 62, 14, 22)
     head = ("scenario", "figure", "target", "got")
     print("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + "  result")
     for fig in report.figures:
