@@ -181,7 +181,7 @@ def kill(server: Server, connections: int) -> dict[str, Any]:
     load = Load(server, connections)
     load.wait_until_busy()
     in_flight = load.result.in_flight
-    victim = min(server.child_pids())
+    victim = max(server.child_pids(), key=lambda pid: client_connections(pid, server.port))
     os.kill(victim, signal.SIGSTOP)
     on_victim = client_connections(victim, server.port)
     os.kill(victim, signal.SIGKILL)
