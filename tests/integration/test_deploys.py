@@ -101,7 +101,7 @@ class Load:
         """Requests that erred, were not 2xx, or whose body is not the service's JSON."""
         result = self.result
         not_json = result.requests - result.non_2xx - result.tallies["requestId"]
-        return sum(result.errors.values()) + result.non_2xx + not_json
+        return int(sum(result.errors.values()) + result.non_2xx + not_json)
 
 
 def _eventually(check: Callable[[], bool]) -> None:
