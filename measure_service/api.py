@@ -154,10 +154,10 @@ def measure() -> Response:
         return response
     if not _is_json(request.mimetype):
         return _error(415, "Content-Type must be application/json")
-    body = _read_body(config.max_body_bytes)
-    if body is None:
-        return _error(413, f"body is larger than {config.max_body_bytes} bytes")
     try:
+        body = _read_body(config.max_body_bytes)
+        if body is None:
+            return _error(413, f"body is larger than {config.max_body_bytes} bytes")
         params = parse_query(request.args)
         raw_rows = parse_body(body, config.max_rows)
     except BodyError as exc:
@@ -229,7 +229,10 @@ def _is_json(mimetype: str) -> bool:
 
 
 def _read_body(limit: int) -> bytes | None:
-    """The body, or None when it is over ``limit`` (by Content-Length or by what was read)."""
+    """The body, or None when it is over ``limit`` (by Content-Length or by what was read).
+
+    Raises BodyError when the body cannot be read.
+    """
     length = request.content_length
     if length is not None and length > limit:
         return None
@@ -237,7 +240,14 @@ def _read_body(limit: int) -> bytes | None:
     chunks: list[bytes] = []
     size = 0
     while size <= limit:
-        chunk = request.stream.read(limit + 1 - size)
+        try:
+            chunk = request.stream.read(limit + 1 - size)
+        except Exception:
+            # The server's reader raises its own types for broken chunked framing or a lost
+            # client; either way the body is unusable, and the client's fault.
+            raise BodyError(
+                "body could not be read (broken chunked encoding or cut short)"
+            ) from None
         if not chunk:
             break
         chunks.append(chunk)
