@@ -142,7 +142,7 @@ def parse_body(body: bytes, max_rows: int) -> list[Any]:
     keys are refused (RFC 8259 has no NaN, and with duplicates the meaning is ambiguous).
     """
     try:
-        text = body.decode(json.detect_encoding(body), "surrogatepass")
+        text = body.decode(json.detect_encoding(body))
         document = _DECODER.decode(text)
     except _NotJson as exc:
         raise BodyError(f"body is not valid JSON: {exc}") from None
