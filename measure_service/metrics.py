@@ -49,6 +49,17 @@ FAST_BUCKETS = (
 UPSTREAM_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.45, 0.6, 1.0, 2.0, 5.0, 10.0)
 BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 
+# --- HTTP (recorded by exporter.HttpMetrics; names as prometheus_flask_exporter's defaults) ------
+HTTP_LATENCY = Histogram(
+    "flask_http_request_duration_seconds",
+    "HTTP request duration in seconds, by method, route (path) and status.",
+    ["method", "path", "status"],
+    buckets=FAST_BUCKETS,
+)
+HTTP_REQUESTS = Counter(
+    "flask_http_request_total", "HTTP requests by method and status.", ["method", "status"]
+)
+
 # --- cache -------------------------------------------------------------------------------------
 CACHE_HITS = Counter("measure_cache_hits_total", "Rows answered from the cache (fresh).")
 CACHE_MISSES = Counter("measure_cache_misses_total", "Rows not in the cache.")
