@@ -5,6 +5,7 @@ HTTP in and out only: validation lives in ``rows``, caching and fetching in ``fe
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import logging
@@ -51,14 +52,26 @@ def _services() -> Services:
     return services
 
 
-def _json(document: Any, status: int = 200) -> Response:
+def _json(document: Any, status: int = 200, secret: str = "") -> Response:
     try:
         # orjson encodes a 5-row answer about 5x faster than json, the floor's encoder.
         body = orjson.dumps(document)
     except TypeError:
         # It refuses integers beyond 64 bits, which a client's rowIdentifier may be.
         body = json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
+    if secret:
+        # Upstream's own text (row error messages, coverage) reaches clients: our upstream
+        # token must not, even when upstream echoes it back.
+        escaped = _escaped(secret)
+        if escaped in body:
+            body = body.replace(escaped, b"[redacted]")
     return Response(body, status=status, mimetype=_JSON)
+
+
+@functools.lru_cache(maxsize=4)
+def _escaped(text: str) -> bytes:
+    """``text`` as it appears inside a JSON string that :func:`_json` wrote."""
+    return json.dumps(text, ensure_ascii=False)[1:-1].encode()
 
 
 def _error(status: int, message: str) -> Response:
@@ -171,7 +184,7 @@ def measure() -> Response:
     request.environ[logs.ENVIRON_ROWS] = len(rows)
     request.environ[logs.ENVIRON_HITS] = lookup.hits
     request.environ[logs.ENVIRON_MISSES] = lookup.misses
-    return _json(_document(rows, iter(lookup.outcomes)))
+    return _json(_document(rows, iter(lookup.outcomes)), secret=config.scope3_api_token)
 
 
 def _document(rows: list[Row], outcomes: Iterator[Outcome]) -> dict[str, Any]:
