@@ -436,16 +436,19 @@ class Cache(Generic[K, V]):
     def _evicted(self, out: list[Entry], callbacks: list[_Callback],
                  rejected: Entry | None = None) -> None:
         metrics = self._metrics
+        remove = self._store.remove
         for entry in out:
-            self._ttl.remove(entry)
-            self._store.remove(entry)
+            if entry.expire:
+                self._ttl.remove(entry)
+            remove(entry)
             if entry is rejected:
                 continue
             metrics.keys_evicted += 1
             metrics.cost_evicted += entry.cost
             if self._on_evict is not None:
                 callbacks.append((self._on_evict, (entry.key, entry.value, entry.cost)))
-            self._exit(entry, callbacks)
+            if self._on_exit is not None:
+                callbacks.append((self._on_exit, (entry.key, entry.value)))
 
     def _exit(self, entry: Entry, callbacks: list[_Callback]) -> None:
         if self._on_exit is not None:

@@ -269,7 +269,14 @@ class Policy:
 
         The returned list contains ``entry`` itself when admission refused it.
         """
-        self._use(entry)
+        if self.sketch.first_sighting(entry.key):
+            self.sketch.additions += 1  # the doorkeeper holds this use
+        else:
+            pending = self._pending
+            pending[entry] = pending.get(entry, 0) + 1
+            self._pending_total += 1
+            if len(pending) > _PENDING_LIMIT:
+                self._write_back_all()
         self._sample_misses += 1
         self.window.append(entry)
         out: list[Entry] = []
@@ -340,10 +347,14 @@ class Policy:
             self._on_first_fill()
         victims = self._select_victims(min(excess, cand.cost), keep)
         if victims is not None:
-            cand_freq = self.frequency(cand)
             if len(victims) == 1:
-                victim_freq = self.frequency(victims[0])
+                # frequency() inlined for the common single-victim case.
+                estimate, pending = self.sketch.estimate, self._pending.get
+                victim = victims[0]
+                cand_freq = min(estimate(cand.key) + pending(cand, 0), _MAX_FREQ)
+                victim_freq = min(estimate(victim.key) + pending(victim, 0), _MAX_FREQ)
             else:
+                cand_freq = self.frequency(cand)
                 victim_freq = sum(self.frequency(v) for v in victims)
             if cand_freq > victim_freq:
                 for victim in victims:

@@ -13,7 +13,6 @@ _DEPTH = 4
 _MAX_COUNT = 15
 _MASK64 = (1 << 64) - 1
 _MIX1 = 0x9E3779B97F4A7C15
-_MIX2 = 0xBF58476D1CE4E5B9
 # Aging divides every counter by two; a translation table does it in C.
 _HALVE = bytes(i >> 1 for i in range(256))
 
@@ -29,8 +28,6 @@ def spread(key: Hashable) -> int:
     neighbouring keys in neighbouring counters.
     """
     h = (hash(key) * _MIX1) & _MASK64
-    h ^= h >> 31
-    h = (h * _MIX2) & _MASK64
     return h ^ (h >> 29)
 
 
@@ -114,8 +111,6 @@ class FrequencySketch:
         """Return the estimated recent frequency of ``key`` (0..16)."""
         # spread() and _slots() inlined: this runs for every admission.
         h = (hash(key) * _MIX1) & _MASK64
-        h ^= h >> 31
-        h = (h * _MIX2) & _MASK64
         h ^= h >> 29
         t = self._table
         m = self._mask
@@ -156,11 +151,19 @@ class FrequencySketch:
             self.additions += times
         self._maybe_age()
 
+    def first_sighting(self, key: Hashable) -> bool:
+        """Let the doorkeeper see ``key``; True if this is its first sighting.
+
+        A first sighting is absorbed by the doorkeeper (it adds one to the
+        estimate); later ones are the caller's to count.
+        """
+        return not self._door.add(spread(key))
+
     def increment_many(self, counts: Iterable[tuple[Hashable, int]]) -> None:
         """Record ``(key, times)`` pairs; the batched, inlined form of increment.
 
-        Used for buffered reads of keys already in the cache, which the
-        doorkeeper has seen when they were written, so it is skipped here.
+        The doorkeeper is skipped: callers count only sightings after the
+        first (see ``first_sighting``).
         """
         t = self._table
         m = self._mask
@@ -169,8 +172,6 @@ class FrequencySketch:
         added = 0
         for key, times in counts:
             h = (hash(key) * _MIX1) & _MASK64
-            h ^= h >> 31
-            h = (h * _MIX2) & _MASK64
             h ^= h >> 29
             a = h & m
             b = (h >> 32) | 1
