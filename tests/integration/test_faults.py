@@ -1,0 +1,171 @@
+"""Upstream faults (the simulator's modes) never reach clients as 5xx, and hits keep flowing.
+
+One gevent worker in front of the simulator. For each fault mode, concurrent clients send
+requests mixing cached rows and new ones: every answer is a 200, every cached row is a ``hit``,
+and the worker's resources stay bounded: upstream requests in flight never exceed
+``UPSTREAM_CONCURRENCY``, open file descriptors stay within the connections in play, and the
+same worker process serves throughout. When the fault clears, new rows are fetched again.
+
+The service exposes no greenlet count; greenlets here are bounded by what holds them
+(connections, the fetch pool and the pending-row cap), which these measurements observe.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.conftest import Processes, Service, Simulator
+
+pytestmark = pytest.mark.integration
+
+MODES = ("hang", "500", "429", "malformed", "reset", "slow_body")
+CONCURRENCY = 2  # UPSTREAM_CONCURRENCY
+CLIENTS = 8
+REQUESTS_PER_MODE = 48
+COLD_ROWS_PER_REQUEST = 3
+MAX_PENDING_ROWS = 40
+# Client connections, upstream pool, simulator control calls, and the worker's own files.
+FD_HEADROOM = CLIENTS + CONCURRENCY + 16
+HOT = [{"inventoryId": f"hot{n}.example.com", "utcDatetime": "2024-10-30"} for n in range(4)]
+IN_FLIGHT = re.compile(r"^measure_upstream_in_flight(?:\{[^}]*\})? (\S+)$", re.MULTILINE)
+
+
+def cold() -> dict[str, Any]:
+    return {"inventoryId": f"{uuid.uuid4().hex[:12]}.com", "utcDatetime": "2024-10-30"}
+
+
+def worker_pids(master: int) -> set[int]:
+    """The pids of the gunicorn workers (children of ``master``)."""
+    children = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == master:
+            children.add(int(stat.parent.name))
+    return children
+
+
+def open_fds(pid: int) -> int:
+    return sum(1 for _ in Path(f"/proc/{pid}/fd").iterdir())
+
+
+def in_flight(service: Service) -> float:
+    """Upstream requests in flight now, from /metrics."""
+    values = IN_FLIGHT.findall(service.get("/metrics").text)
+    assert values, "/metrics has no measure_upstream_in_flight"
+    return sum(float(v) for v in values)
+
+
+@pytest.fixture(scope="module")
+def simulator(module_processes: Processes) -> Simulator:
+    return module_processes.simulator()
+
+
+@pytest.fixture(scope="module")
+def service(module_processes: Processes, simulator: Simulator) -> Service:
+    env = {
+        # A hang lasts until the simulator is reset; the breaker stays shut so that every
+        # burst reaches upstream (the breaker has its own tests).
+        "UPSTREAM_CONCURRENCY": str(CONCURRENCY), "UPSTREAM_TIMEOUT_MS": "3000",
+        "UPSTREAM_CONNECT_TIMEOUT_MS": "300", "MAX_PENDING_ROWS": str(MAX_PENDING_ROWS),
+        "BREAKER_FAILURES": "1000", "WAIT_WINDOW_MS": "150", "LOG_LEVEL": "WARNING",
+        "ACCESS_LOG": "off",
+    }
+    started = module_processes.service(simulator, env=env)
+    assert [row["status"] for row in started.post(HOT).json()["rows"]] == ["fetched"] * len(HOT)
+    return started
+
+
+@pytest.fixture(scope="module")
+def worker(service: Service) -> int:
+    (pid,) = worker_pids(service.process.pid)
+    return pid
+
+
+@pytest.fixture(scope="module")
+def baseline_fds(worker: int) -> int:
+    return open_fds(worker)
+
+
+@pytest.fixture
+def fault(request: pytest.FixtureRequest, simulator: Simulator) -> Iterator[str]:
+    mode: str = request.param
+    simulator.control(mode=mode)
+    yield mode
+    simulator.reset()
+
+
+def burst(service: Service) -> list[requests.Response]:
+    """Concurrent clients, each request two cached rows and some new ones."""
+    def one(_: int) -> requests.Response:
+        rows = [HOT[0], *(cold() for _ in range(COLD_ROWS_PER_REQUEST)), HOT[1]]
+        return service.post(rows)
+
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        return list(pool.map(one, range(REQUESTS_PER_MODE)))
+
+
+@pytest.mark.parametrize("fault", MODES, indirect=True)
+def test_under_an_upstream_fault_clients_get_200_and_hits_keep_being_served(
+    service: Service, fault: str
+) -> None:
+    responses = burst(service)
+    assert sorted({r.status_code for r in responses}) == [200]
+    for response in responses:
+        statuses = [row["status"] for row in response.json()["rows"]]
+        assert statuses[0] == statuses[-1] == "hit"
+        assert set(statuses[1:-1]) <= {"pending", "unavailable"}, statuses
+
+
+@pytest.mark.parametrize("fault", MODES, indirect=True)
+def test_under_an_upstream_fault_the_worker_stays_bounded(
+    service: Service, fault: str, worker: int, baseline_fds: int
+) -> None:
+    burst(service)
+    assert in_flight(service) <= CONCURRENCY
+    assert open_fds(worker) <= baseline_fds + FD_HEADROOM
+    assert worker_pids(service.process.pid) == {worker}
+
+
+@pytest.mark.parametrize("fault", ["hang"], indirect=True)
+def test_while_upstream_hangs_exactly_the_fetch_pool_is_in_flight(
+    service: Service, fault: str
+) -> None:
+    burst(service)
+    deadline = time.monotonic() + 5
+    while in_flight(service) != CONCURRENCY and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert in_flight(service) == CONCURRENCY
+
+
+@pytest.mark.parametrize("fault", ["hang"], indirect=True)
+def test_misses_beyond_the_pending_cap_are_unavailable_not_queued(
+    service: Service, fault: str
+) -> None:
+    rows = [cold() for _ in range(MAX_PENDING_ROWS * 2)]
+    statuses = [row["status"] for row in service.post(rows).json()["rows"]]
+    assert statuses.count("pending") <= MAX_PENDING_ROWS
+    assert statuses.count("unavailable") >= MAX_PENDING_ROWS
+
+
+def test_after_the_faults_clear_new_rows_are_fetched_again(
+    service: Service, simulator: Simulator
+) -> None:
+    simulator.reset()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if service.post([cold()]).json()["rows"][0]["status"] == "fetched":
+            return
+        time.sleep(0.1)
+    pytest.fail("no row was fetched within 10 s of the faults clearing")
