@@ -200,7 +200,7 @@ def test_a_bad_query_parameter_conforms_to_the_documented_400(client: FlaskClien
     assert_conforms(response, "POST", "/v2/measure")
 
 
-@pytest.mark.parametrize("path", ["/healthcheck", "/readyz"])
+@pytest.mark.parametrize("path", ["/healthcheck", "/readyz", "/metrics"])
 def test_probes_conform_to_the_spec(client: FlaskClient, path: str) -> None:
     response = client.get(path)
     assert response.status_code == 200
