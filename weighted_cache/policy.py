@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Hashable, Iterator
 
 from .sketch import FrequencySketch
-from .store import PROBATION, PROTECTED, REMOVED, WINDOW, Entry
+from .store import PROBATION, PROTECTED, PROTECTED_HOT, REMOVED, WINDOW, Entry
 
 _WINDOW_START = 0.01  # share of the budget the window starts with
 _WEIGHTED_WINDOW = 0.2  # the same when entry costs vary (see _on_first_fill)
@@ -132,7 +132,7 @@ class Policy:
         self.window = Segment(WINDOW)
         self.probation = Segment(PROBATION)
         self.protected = Segment(PROTECTED)
-        self._segments = (None, self.window, self.probation, self.protected)
+        self._segments = (None, self.window, self.probation, self.protected, self.protected)
         self.max_cost = max_cost
         self.window_max = int(max_cost * _WINDOW_START)
         self.protected_max = 0
@@ -231,24 +231,17 @@ class Policy:
         self._pending_total += len(reads)
         self._sample_hits += len(reads)
         window, protected = self.window, self.protected
-        # Reorder once per entry, most recently read last.  move_to_end is
-        # inlined for the protected queue, where most hits land.
-        p_head = protected.head
-        # Big batches are deduplicated first (in C); replaying duplicates in
-        # order gives the same final recency, so small ones skip that.
-        order = reversed(dict.fromkeys(reversed(reads))) if len(reads) > 16 else reads
-        for entry in order:
+        # Protected entries are only flagged: relinking one costs ~10
+        # attribute writes, so protected is kept in CLOCK order instead of
+        # strict LRU (a flagged entry reaching the head gets a second
+        # chance, see _demote_protected).  Window and probation hits are
+        # rarer and relink as usual.
+        for entry in reads:
             where = entry.where
             if where == PROTECTED:
-                last = p_head.prev
-                if last is not entry:
-                    before, after = entry.prev, entry.next
-                    before.next = after
-                    after.prev = before
-                    entry.prev = last
-                    entry.next = p_head
-                    last.next = entry
-                    p_head.prev = entry
+                entry.where = PROTECTED_HOT
+            elif where == PROTECTED_HOT:
+                continue
             elif where == WINDOW:
                 window.move_to_end(entry)
             elif where == PROBATION:
@@ -437,6 +430,10 @@ class Policy:
         protected, probation = self.protected, self.probation
         while protected.cost > self.protected_max and protected.count:
             entry = protected.head.next
+            if entry.where == PROTECTED_HOT:
+                entry.where = PROTECTED  # read since it was last passed: keep it
+                protected.move_to_end(entry)
+                continue
             protected.unlink(entry)
             probation.append(entry)
 

@@ -11,6 +11,7 @@ REMOVED = 0
 WINDOW = 1
 PROBATION = 2
 PROTECTED = 3
+PROTECTED_HOT = 4  # protected, and read since the CLOCK hand last passed it
 
 
 class Entry:
