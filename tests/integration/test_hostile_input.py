@@ -341,3 +341,23 @@ def test_line_breaks_in_a_trace_id_inject_no_header_and_no_log_line(
     for document in service.log_lines():
         trace_id = document.get("trace_id")
         assert trace_id is None or TRACE_ID.fullmatch(trace_id)
+
+
+# --- limits enforced by gunicorn itself (its own plain-text error pages, before the app) --------
+
+
+def test_an_oversized_header_gets_431(service: Service) -> None:
+    status, _, _ = Raw(service).measure(b"X-Padding: " + b"a" * 20_000 + b"\r\n", b"{}")
+    assert status == 431
+
+
+def test_an_oversized_request_line_gets_414(service: Service) -> None:
+    head = b"POST /v2/measure?framework=" + b"a" * 10_000 + b" HTTP/1.1\r\nHost: t\r\n"
+    status, _, _ = Raw(service).exchange(head, b"")
+    assert status == 414
+
+
+def test_an_unknown_transfer_coding_is_refused_before_the_app(service: Service) -> None:
+    # gunicorn answers 501 itself (RFC 9112 6.1); the app never sees the request.
+    status, _, _ = Raw(service).measure(b"Transfer-Encoding: gzip, chunked\r\n", chunked(b"{}"))
+    assert status in (400, 501)
