@@ -41,6 +41,14 @@ if not getattr(values.ValueClass, "_multiprocess", False):
         "import measure_service.metrics first."
     )
 
+# Every increment asks for the process id, to notice a fork, and os.getpid is a system call
+# (4 per hit request, 5% of its time in a profile). The id is kept here, renewed in a child.
+_PID = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
+values.ValueClass = values.MultiProcessValue(  # type: ignore[no-untyped-call]
+    process_identifier=lambda: _PID[0]
+)
+
 # Latency buckets fine enough to read a 1 ms p50 and a 10 ms p99.
 FAST_BUCKETS = (
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1,
