@@ -141,6 +141,9 @@ class Policy:
         self._pending: Counter[Entry] = Counter()
         self._pending_total = 0
         self._departed: list[tuple[Hashable, int]] = []
+        self._victim: Entry | None = None  # last single victim and its estimate
+        self._victim_base = 0
+        self._victim_version = -1
         self._step = _STEP_SIGN * _STEP_PERCENT * max_cost
         self._filled = False
         self._first_cost: float = 0
@@ -342,10 +345,19 @@ class Policy:
         if victims is not None:
             if len(victims) == 1:
                 # frequency() inlined for the common single-victim case.
-                estimate, pending = self.sketch.estimate, self._pending.get
+                sketch, pending = self.sketch, self._pending.get
                 victim = victims[0]
-                cand_freq = min(estimate(cand.key) + pending(cand, 0), _MAX_FREQ)
-                victim_freq = min(estimate(victim.key) + pending(victim, 0), _MAX_FREQ)
+                cand_freq = min(sketch.estimate(cand.key) + pending(cand, 0), _MAX_FREQ)
+                # Losing candidates leave the same victim in place, so its
+                # sketch estimate is reused until the counters change.  (A
+                # doorkeeper false positive appearing meanwhile is missed.)
+                if victim is self._victim and sketch.version == self._victim_version:
+                    base = self._victim_base
+                else:
+                    base = sketch.estimate(victim.key)
+                    self._victim, self._victim_base = victim, base
+                    self._victim_version = sketch.version
+                victim_freq = min(base + pending(victim, 0), _MAX_FREQ)
             else:
                 cand_freq = self.frequency(cand)
                 victim_freq = sum(self.frequency(v) for v in victims)

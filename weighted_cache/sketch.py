@@ -13,6 +13,8 @@ _DEPTH = 4
 _MAX_COUNT = 15
 _MASK64 = (1 << 64) - 1
 _MIX1 = 0x9E3779B97F4A7C15
+# Two multiply-xorshift rounds: one round measured 1.5 points worse on Zipf.
+_MIX2 = 0xBF58476D1CE4E5B9
 # Aging divides every counter by two; a translation table does it in C.
 _HALVE = bytes(i >> 1 for i in range(256))
 
@@ -28,6 +30,8 @@ def spread(key: Hashable) -> int:
     neighbouring keys in neighbouring counters.
     """
     h = (hash(key) * _MIX1) & _MASK64
+    h ^= h >> 31
+    h = (h * _MIX2) & _MASK64
     return h ^ (h >> 29)
 
 
@@ -81,7 +85,7 @@ class FrequencySketch:
     doorkeeper is cleared, so old popularity fades (TinyLFU's reset).
     """
 
-    __slots__ = ("_door", "_mask", "_table", "_width", "additions", "sample_size")
+    __slots__ = ("_door", "_mask", "_table", "_width", "additions", "sample_size", "version")
 
     def __init__(self, num_counters: int) -> None:
         if num_counters <= 0:
@@ -93,6 +97,8 @@ class FrequencySketch:
         self.sample_size = max(num_counters, 16)
         self._door = Doorkeeper(self.sample_size)
         self.additions = 0
+        # Bumped whenever counters change, so callers may reuse an estimate.
+        self.version = 0
 
     @property
     def width(self) -> int:
@@ -111,6 +117,8 @@ class FrequencySketch:
         """Return the estimated recent frequency of ``key`` (0..16)."""
         # spread() and _slots() inlined: this runs for every admission.
         h = (hash(key) * _MIX1) & _MASK64
+        h ^= h >> 31
+        h = (h * _MIX2) & _MASK64
         h ^= h >> 29
         t = self._table
         m = self._mask
@@ -149,6 +157,7 @@ class FrequencySketch:
                 if t[s] < new:
                     t[s] = new
             self.additions += times
+            self.version += 1
         self._maybe_age()
 
     def first_sighting(self, key: Hashable) -> bool:
@@ -172,6 +181,8 @@ class FrequencySketch:
         added = 0
         for key, times in counts:
             h = (hash(key) * _MIX1) & _MASK64
+            h ^= h >> 31
+            h = (h * _MIX2) & _MASK64
             h ^= h >> 29
             a = h & m
             b = (h >> 32) | 1
@@ -195,6 +206,7 @@ class FrequencySketch:
                     t[n] = new
                 added += times
         self.additions += added
+        self.version += 1
         self._maybe_age()
 
     def _maybe_age(self) -> None:
@@ -206,9 +218,11 @@ class FrequencySketch:
         self._table = bytearray(self._table.translate(_HALVE))
         self._door.clear()
         self.additions //= 2
+        self.version += 1
 
     def clear(self) -> None:
         """Forget all frequencies."""
         self._table = bytearray(len(self._table))
         self._door.clear()
         self.additions = 0
+        self.version += 1
