@@ -14,7 +14,8 @@ the probation tail: when the sampled costs differ, the entry with the least
 frequency per unit of cost goes first (ties: the costlier one), which is
 Ristretto's "sampled eviction that respects cost" confined to the LRU end.
 With equal costs plain LRU order stands, which measured better on the
-unit-cost traces.
+unit-cost traces.  Protected is kept in CLOCK order rather than strict LRU
+(hits set a flag instead of relinking), which keeps reads cheap.
 
 This module only decides; the cache owns the entries and calls it under
 its lock.  Nothing here blocks.

@@ -183,3 +183,13 @@ def test_unit_costs_keep_the_one_percent_window_once_full():
     for key in range(1200):
         policy.add(Entry(key, key, 1, 0.0))
     assert policy.window_max <= 10
+
+
+def test_a_protected_entry_read_again_gets_a_second_chance_before_demotion():
+    policy = make(10)
+    entries = fill(policy, range(10))
+    policy.record_hits(entries[:8])  # protected is now full (8 of 10)
+    policy.record_hits([entries[0]])  # the oldest protected entry is read again
+    policy.record_hits([entries[8]])  # one more promotion forces a demotion
+    assert entries[0].where != PROBATION
+    assert entries[1].where == PROBATION
