@@ -171,9 +171,11 @@ def hup(server: Server, connections: int) -> dict[str, Any]:
     load.stop()
     r = load.result
     return {"in_flight_at_signal": in_flight, "requests": r.requests + sum(r.errors.values()),
-            "failed": load.failed(), "workers_replaced_s": round(replaced_s, 2),
+            "failed": load.failed(), "errors": {k: v for k, v in r.errors.items() if v},
+            "statuses": dict(r.statuses), "workers_replaced_s": round(replaced_s, 2),
             "master_alive": server.process.poll() is None,
-            "ok": load.failed() == 0 and server.process.poll() is None}
+            "ok": load.failed() == 0 and server.process.poll() is None,
+            **({"log_tail": server.log_tail(40)} if load.failed() else {})}
 
 
 def kill(server: Server, connections: int) -> dict[str, Any]:

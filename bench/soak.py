@@ -88,6 +88,9 @@ class Sample:
     status_5xx: int
     upstream_calls: int
     upstream_500: int
+    interval_hit_pct: float
+    interval_p99_ms: float
+    interval_late_sends: int
 
 
 @dataclass
@@ -204,8 +207,9 @@ def soak(service: Server, sim: Server, keys: Sequence[int], make_target: TargetF
             stop.wait(COST_POLL_S)
 
     poller = gevent.spawn(poll_cost)
-    print(f"{'t_s':>6} {'rss_mb per worker':>26} {'cost_used/max':>14} {'requests':>9} "
-          f"{'failed':>6} {'5xx':>4} {'upstream':>8} {'up500':>6}", flush=True)
+    print(f"{'t_s':>6} {'rss_mb per worker':>26} {'cost_used/max':>16} {'requests':>9} "
+          f"{'failed':>6} {'5xx':>4} {'upstream':>8} {'up500':>6} {'hit%':>5} {'p99_ms':>8} "
+          f"{'late':>5}", flush=True)
     started = time.monotonic()
     try:
         for chunk in range(chunks):
@@ -215,7 +219,7 @@ def soak(service: Server, sim: Server, keys: Sequence[int], make_target: TargetF
                                     tally=STATUS_TALLY)
             _merge(total, part)
             record.samples.append(
-                _sample(service, sim, total, time.monotonic() - started, record))
+                _sample(service, sim, total, part, time.monotonic() - started, record))
     finally:
         stop.set()
         poller.join()
@@ -234,8 +238,9 @@ def _merge(total: loadgen.Result, part: loadgen.Result) -> None:
     total.latencies_s.extend(part.latencies_s)
 
 
-def _sample(service: Server, sim: Server, live: loadgen.Result, t_s: float,
-            record: Soak) -> Sample:
+def _sample(service: Server, sim: Server, live: loadgen.Result, part: loadgen.Result,
+            t_s: float, record: Soak) -> Sample:
+    """Observe the processes now; ``part`` is the interval just run, ``live`` the total."""
     pids = service.child_pids()
     record.worker_pids.update(pids)
     rss = {pid: value for pid in pids if (value := rss_mb(pid)) is not None}
@@ -246,13 +251,17 @@ def _sample(service: Server, sim: Server, live: loadgen.Result, t_s: float,
         max_cost=values.get("measure_cache_max_cost"), requests=live.requests,
         failed=_failed(live), status_5xx=_status_5xx(live), upstream_calls=calls,
         upstream_500=calls_500,
+        interval_hit_pct=round(100 * part.tallies["hit"] / max(1, sum(part.tallies.values())), 1),
+        interval_p99_ms=round(loadgen.percentile(sorted(part.latencies_s), 99) * 1000, 1),
+        interval_late_sends=part.late_sends,
     )
     rss_text = " ".join(f"{pid}:{mb:.1f}" for pid, mb in rss.items())
     cost_text = ("n/a" if sample.cost_used is None or not sample.max_cost
                  else f"{sample.cost_used / sample.max_cost:.3f}")
     print(f"{sample.t_s:>6.0f} {rss_text:>26} {cost_text:>16} {sample.requests:>9} "
           f"{sample.failed:>6} {sample.status_5xx:>4} {sample.upstream_calls:>8} "
-          f"{sample.upstream_500:>6}", flush=True)
+          f"{sample.upstream_500:>6} {sample.interval_hit_pct:>5} {sample.interval_p99_ms:>8} "
+          f"{sample.interval_late_sends:>5}", flush=True)
     return sample
 
 
