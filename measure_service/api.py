@@ -9,13 +9,12 @@ import functools
 import hmac
 import json
 import logging
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
 import orjson
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from measure_service import logs
@@ -77,41 +76,6 @@ def _escaped(text: str) -> bytes:
 
 def _error(status: int, message: str) -> Response:
     return _json({"error": message}, status)
-
-
-@bp.before_app_request
-def _start_trace() -> None:
-    g.trace_token = logs.set_trace_id(logs.trace_id_from_header(request.headers.get("X-Trace-Id")))
-    g.started = time.perf_counter()
-
-
-@bp.after_app_request
-def _finish_trace(response: Response) -> Response:
-    trace_id = logs.current_trace_id()
-    if trace_id is not None:
-        response.headers["X-Trace-Id"] = trace_id
-        request.environ[logs.ENVIRON_TRACE_ID] = trace_id
-    if _LOG.isEnabledFor(logging.DEBUG):
-        _LOG.debug(
-            "request handled",
-            extra={
-                "method": request.method,
-                "path": request.path,
-                "status": response.status_code,
-                "duration_ms": round((time.perf_counter() - g.get("started", 0.0)) * 1000, 3),
-                "rows": request.environ.get(logs.ENVIRON_ROWS),
-                "hits": request.environ.get(logs.ENVIRON_HITS),
-                "misses": request.environ.get(logs.ENVIRON_MISSES),
-            },
-        )
-    return response
-
-
-@bp.teardown_app_request
-def _end_trace(_exc: BaseException | None) -> None:
-    token = g.pop("trace_token", None)
-    if token is not None:
-        logs.reset_trace_id(token)
 
 
 @bp.app_errorhandler(HTTPException)

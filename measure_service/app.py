@@ -12,6 +12,7 @@ from collections.abc import Callable
 from flask import Flask
 
 from measure_service import api, exporter, logs, openapi
+from measure_service.bookkeeping import RequestBookkeeping
 from measure_service.breaker import CircuitBreaker
 from measure_service.config import Config
 from measure_service.fetcher import Cache, Entry, Fetcher, FetcherSettings, Upstream
@@ -48,6 +49,8 @@ def create_app(
     app.register_blueprint(api.bp)
     app.register_blueprint(openapi.bp)
     register_extensions(app)
+    routes = [rule.rule for rule in app.url_map.iter_rules() if not rule.arguments]
+    app.wsgi_app = RequestBookkeeping(app.wsgi_app, routes)  # type: ignore[method-assign]
     return app
 
 

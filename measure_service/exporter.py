@@ -1,4 +1,4 @@
-"""The /metrics endpoint, per-route HTTP metrics, and the cache's own figures, over all workers.
+"""The /metrics endpoint and the cache's own figures, summed over all workers.
 
 prometheus_flask_exporter's ``GunicornInternalPrometheusMetrics`` serves ``/metrics`` from the
 app itself. Every worker writes its values to its own files in ``PROMETHEUS_MULTIPROC_DIR`` (see
@@ -6,20 +6,15 @@ app itself. Every worker writes its values to its own files in ``PROMETHEUS_MULT
 histograms add up, and the cache gauges are ``livesum``, so a worker's gauges leave the sum once
 gunicorn's ``child_exit`` hook marks it dead.
 
-HTTP metrics keep the exporter's names (``flask_http_request_duration_seconds`` by method, path
-and status, ``flask_http_request_total`` by method and status) but are recorded by
-:class:`HttpMetrics`, a WSGI wrapper: the exporter's own Flask hooks cost about 40 us a request,
-a fifth of the hit path. They leave out ``/metrics``, ``/healthcheck`` and ``/readyz``: probes
-and scrapes are not traffic. The ``path`` label is one of the app's fixed routes, else
-``unmatched``, and an unusual method is ``other``, so hostile requests cannot create new series.
+The exporter's own HTTP metrics are off: its Flask hooks cost about 40 us a request, a fifth of
+the hit path. ``bookkeeping`` records the same names for a fraction of that.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -28,13 +23,9 @@ from flask import Flask
 from measure_service import metrics
 from weighted_cache import Cache as WeightedCache
 
-# Scrapes and probes are not traffic; /metrics itself is never tracked by the exporter.
-UNTRACKED_PATHS = ("/metrics", "/healthcheck", "/readyz")
 # How often each worker copies its cache's figures into its metric files.
 REFRESH_INTERVAL_S = 1.0
 _LOG = logging.getLogger(__name__)
-StartResponse = Callable[..., Any]
-WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 
 class CacheMetrics:
@@ -61,46 +52,9 @@ class CacheMetrics:
         metrics.CACHE_MAX_COST.set(cache.max_cost)
 
 
-class HttpMetrics:
-    """WSGI wrapper counting each request and timing it, by method, route and status."""
-
-    def __init__(self, app: WSGIApp, routes: Iterable[str]) -> None:
-        """Wrap ``app``; ``routes`` are the fixed paths it serves (others count as unmatched)."""
-        self._app = app
-        self._routes = frozenset(routes) - frozenset(UNTRACKED_PATHS)
-        self._untracked = frozenset(UNTRACKED_PATHS)
-        # Label children by (method, path, status): labels() costs more than the increment.
-        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
-
-    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        """Serve the request through the wrapped app and record it once it has answered."""
-        path = environ.get("PATH_INFO", "")
-        if path in self._untracked:
-            return self._app(environ, start_response)
-        started = time.perf_counter()
-        statuses: list[str] = []
-
-        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            statuses.append(status)
-            return start_response(status, headers, exc_info)
-
-        body = self._app(environ, start)
-        elapsed = time.perf_counter() - started
-        if statuses:
-            method = environ.get("REQUEST_METHOD", "")
-            route = path if path in self._routes else "unmatched"
-            key = (method if method in _METHODS else "other", route, statuses[-1][:3])
-            children = self._children.get(key)
-            if children is None:
-                children = self._children[key] = _children(key)
-            children[0].observe(elapsed)
-            children[1].inc()
-        return body
-
-
 def install(app: Flask, cache: object) -> Callable[[], None]:
-    """Serve ``/metrics`` from ``app``, record its HTTP metrics and, for a weighted_cache
-    ``cache``, keep the cache metrics current; returns the function that stops the refreshes.
+    """Serve ``/metrics`` from ``app`` and, for a weighted_cache ``cache``, keep the cache
+    metrics current; returns the function that stops the refreshes.
     """
     # Imported here, after ``metrics`` has set up the multiprocess directory it needs.
     from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
@@ -116,24 +70,11 @@ def install(app: Flask, cache: object) -> Callable[[], None]:
         export_defaults=False,
         metrics_decorator=functools.partial(_refreshed_first, refresh),
     )
-    routes = [rule.rule for rule in app.url_map.iter_rules() if not rule.arguments]
-    app.wsgi_app = HttpMetrics(app.wsgi_app, routes)  # type: ignore[method-assign]
     if refresh is _nothing:
         return _nothing
     # Each worker must write its own gauges: a scrape only refreshes the worker it reaches.
     refresher = gevent.spawn(_repeat, REFRESH_INTERVAL_S, refresh)
     return functools.partial(refresher.kill, block=False)
-
-
-_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-
-
-def _children(key: tuple[str, str, str]) -> tuple[Any, Any]:
-    method, route, status = key
-    return (
-        metrics.HTTP_LATENCY.labels(method, route, status),
-        metrics.HTTP_REQUESTS.labels(method, status),
-    )
 
 
 def _add_growth(counter: Any, total: float, reported: float) -> float:

@@ -15,7 +15,7 @@ from flask.testing import FlaskClient
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from measure_service import exporter
+from measure_service import bookkeeping, exporter
 from measure_service.app import close_app, create_app
 from measure_service.config import Config
 from tests.measure_service.conftest import FakeClock, FakeUpstream
@@ -110,7 +110,7 @@ def test_an_unknown_url_is_counted_as_unmatched_not_by_its_path(client: FlaskCli
     assert not any("page-7f3a" in str(labels) for _, labels in after)
 
 
-@pytest.mark.parametrize("path", exporter.UNTRACKED_PATHS)
+@pytest.mark.parametrize("path", bookkeeping.UNTRACKED_PATHS)
 def test_probes_and_scrapes_are_not_counted(client: FlaskClient, path: str) -> None:
     before = scrape(client)
     client.get(path)
