@@ -91,6 +91,8 @@ class Sample:
     interval_hit_pct: float
     interval_p99_ms: float
     interval_late_sends: int
+    upstream_outcomes: dict[str, float]
+    upstream_rows: float | None
 
 
 @dataclass
@@ -131,7 +133,8 @@ class Soak:
 
 
 def metrics(server: Server) -> dict[str, float]:
-    """Every unlabelled-or-summed sample on ``/metrics``, by name ({} when not served)."""
+    """Samples on ``/metrics``: each series as written, and each name summed over its labels
+    ({} when not served)."""
     try:
         with urllib.request.urlopen(server.url + "/metrics", timeout=5) as response:
             text = response.read().decode()
@@ -144,9 +147,12 @@ def metrics(server: Server) -> dict[str, float]:
         name_labels, _, value = line.rpartition(" ")
         name = name_labels.split("{", 1)[0]
         try:
-            totals[name] = totals.get(name, 0.0) + float(value)
+            number = float(value)
         except ValueError:
             continue
+        totals[name] = totals.get(name, 0.0) + number
+        if name_labels != name:
+            totals[name_labels] = number
     return totals
 
 
@@ -209,7 +215,7 @@ def soak(service: Server, sim: Server, keys: Sequence[int], make_target: TargetF
     poller = gevent.spawn(poll_cost)
     print(f"{'t_s':>6} {'rss_mb per worker':>26} {'cost_used/max':>16} {'requests':>9} "
           f"{'failed':>6} {'5xx':>4} {'upstream':>8} {'up500':>6} {'hit%':>5} {'p99_ms':>8} "
-          f"{'late':>5}", flush=True)
+          f"{'late':>5} {'up_timeouts':>11} {'up_rows':>8}", flush=True)
     started = time.monotonic()
     try:
         for chunk in range(chunks):
@@ -254,6 +260,12 @@ def _sample(service: Server, sim: Server, live: loadgen.Result, part: loadgen.Re
         interval_hit_pct=round(100 * part.tallies["hit"] / max(1, sum(part.tallies.values())), 1),
         interval_p99_ms=round(loadgen.percentile(sorted(part.latencies_s), 99) * 1000, 1),
         interval_late_sends=part.late_sends,
+        upstream_outcomes={
+            series.split('outcome="', 1)[1].split('"', 1)[0]: value
+            for series, value in values.items()
+            if series.startswith("measure_upstream_requests_total{")
+        },
+        upstream_rows=values.get("measure_upstream_rows_total"),
     )
     rss_text = " ".join(f"{pid}:{mb:.1f}" for pid, mb in rss.items())
     cost_text = ("n/a" if sample.cost_used is None or not sample.max_cost
@@ -261,7 +273,8 @@ def _sample(service: Server, sim: Server, live: loadgen.Result, part: loadgen.Re
     print(f"{sample.t_s:>6.0f} {rss_text:>26} {cost_text:>16} {sample.requests:>9} "
           f"{sample.failed:>6} {sample.status_5xx:>4} {sample.upstream_calls:>8} "
           f"{sample.upstream_500:>6} {sample.interval_hit_pct:>5} {sample.interval_p99_ms:>8} "
-          f"{sample.interval_late_sends:>5}", flush=True)
+          f"{sample.interval_late_sends:>5} {sample.upstream_outcomes.get('timeout', 0):>11.0f} "
+          f"{sample.upstream_rows or 0:>8.0f}", flush=True)
     return sample
 
 
