@@ -360,3 +360,13 @@ def test_an_oversized_request_line_gets_414(service: Service) -> None:
 def test_a_transfer_coding_other_than_chunked_gets_400(service: Service) -> None:
     status, _, _ = Raw(service).measure(b"Transfer-Encoding: gzip\r\n", b"{}")
     assert status == 400
+
+
+def test_line_breaks_in_the_path_stay_inside_one_json_log_line(service: Service) -> None:
+    marker = f"inject-{uuid.uuid4().hex}"
+    response = requests.get(f"{service.url}/nowhere%0d%0a{marker}%0a", timeout=10)
+    assert response.status_code == 404
+    assert "error" in response.json()
+    lines = [line for line in service.log_path.read_text(errors="replace").splitlines()
+             if marker in line]
+    assert lines and all(json.loads(line) for line in lines)
