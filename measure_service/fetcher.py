@@ -21,10 +21,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import gevent
 from gevent.event import AsyncResult
@@ -77,9 +76,12 @@ class Entry:
     cost: int
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """The answer for one row: its status and, when known, the cached entry."""
+class Outcome(NamedTuple):
+    """The answer for one row: its status and, when known, the cached entry.
+
+    A NamedTuple rather than a frozen dataclass: one is built per row on the hit path, and a
+    tuple is built about 3x faster.
+    """
 
     status: str
     entry: Entry | None = None
@@ -159,7 +161,7 @@ class Fetcher:
         outcomes: list[Outcome] = []
         waits: list[tuple[int, AsyncResult]] = []
         hits = stale = misses = coalesced = 0
-        refused: Counter[str] = Counter()
+        refused: dict[str, int] = {}  # a plain dict: a Counter costs ~1 us to build
         for key, cost in rows:
             entry = self._cache.get(key)
             if entry is not None:
@@ -184,7 +186,7 @@ class Fetcher:
             else:
                 reason = self._refusal()
                 if reason is not None:
-                    refused[reason] += 1
+                    refused[reason] = refused.get(reason, 0) + 1
                     outcomes.append(_UNAVAILABLE)
                     continue
                 result = self._start(key, cost)
@@ -201,7 +203,8 @@ class Fetcher:
                 outcomes[index] = Outcome("error" if entry.error is not None else "fetched", entry)
             else:
                 outcomes[index] = _UNAVAILABLE
-                refused[_failure_reason(result.exception)] += 1
+                reason = _failure_reason(result.exception)
+                refused[reason] = refused.get(reason, 0) + 1
         _count(hits, stale, misses, coalesced, refused)
         return Lookup(outcomes, hits + stale, misses)
 
@@ -316,7 +319,7 @@ def _trace_ids(items: list[tuple[RowKey, str | None]]) -> dict[str, list[str]]:
     return {"trace_ids": ids[:_MAX_TRACE_IDS_LOGGED]}
 
 
-def _count(hits: int, stale: int, misses: int, coalesced: int, refused: Counter[str]) -> None:
+def _count(hits: int, stale: int, misses: int, coalesced: int, refused: dict[str, int]) -> None:
     """Record one request's counts: one increment per metric, never one per row."""
     if hits:
         metrics.CACHE_HITS.inc(hits)
