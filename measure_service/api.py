@@ -126,7 +126,8 @@ def measure() -> Response:
     """Answer every row from the cache or upstream, in request order."""
     services = _services()
     config = services.config
-    if not _authorised(services.auth_keys):
+    environ = request.environ  # read once: each ``request.`` is a context-local lookup
+    if not _authorised(services.auth_keys, environ.get("HTTP_AUTHORIZATION", "")):
         response = _error(401, "missing or invalid API key")
         response.headers["WWW-Authenticate"] = 'Bearer realm="measure"'
         return response
@@ -137,7 +138,7 @@ def measure() -> Response:
         if body is None:
             return _error(413, f"body is larger than {config.max_body_bytes} bytes")
         # Most requests have no query string: skip building werkzeug's MultiDict for them.
-        params = parse_query(request.args) if request.environ.get("QUERY_STRING") else _NO_QUERY
+        params = parse_query(request.args) if environ.get("QUERY_STRING") else _NO_QUERY
         raw_rows = parse_body(body, config.max_rows)
     except BodyError as exc:
         return _error(400, str(exc))
@@ -147,9 +148,9 @@ def measure() -> Response:
     wait_s = config.wait_window_ms / 1000 if config.wait_for_missing else 0.0
     lookup = services.fetcher.lookup(wanted, wait_s)
 
-    request.environ[logs.ENVIRON_ROWS] = len(rows)
-    request.environ[logs.ENVIRON_HITS] = lookup.hits
-    request.environ[logs.ENVIRON_MISSES] = lookup.misses
+    environ[logs.ENVIRON_ROWS] = len(rows)
+    environ[logs.ENVIRON_HITS] = lookup.hits
+    environ[logs.ENVIRON_MISSES] = lookup.misses
     return _json(_document(rows, iter(lookup.outcomes)), secret=config.scope3_api_token)
 
 
@@ -188,10 +189,10 @@ def _document(rows: list[Row], outcomes: Iterator[Outcome]) -> dict[str, Any]:
     }
 
 
-def _authorised(keys: tuple[bytes, ...]) -> bool:
+def _authorised(keys: tuple[bytes, ...], header: str) -> bool:
+    """Whether the Authorization ``header`` carries one of ``keys`` as a bearer token."""
     if not keys:
         return True  # AUTH_DISABLED=true; Config refuses an empty key list otherwise
-    header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         return False
