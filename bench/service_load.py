@@ -500,6 +500,11 @@ def print_table(report: dict[str, Any]) -> None:
     for label, key, ratio in rows:
         ratio_text = "" if ratio is None else f"{ratio:.2f}x"
         print(f"{label:<40}{floor[key]:>12,.2f}{service[key]:>12,.2f}{ratio_text:>10}")
+    if report["rounds"] > 1:
+        for name in ("floor", "service"):
+            runs = hit[name]["runs"]["fixed_rate"]
+            p99s = ", ".join(f"{r['latency_ms']['p99']:.1f}" for r in runs)
+            print(f"{name} p99 ms at the fixed rate, each round: {p99s}")
     verdict = {True: "ok", False: "MISSED"}
     print(f"\ntargets: throughput >= {THROUGHPUT_TARGET}x floor: "
           f"{verdict[hit['throughput_ok']]}; p99 <= {P99_TARGET}x floor: "
