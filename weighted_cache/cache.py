@@ -255,7 +255,8 @@ class Cache(Generic[K, V]):
         now = self._clock() if ttl is not None or self._ttl.count else 0.0
         if self._ttl.count:
             self._reclaim(self._ttl.pop_expired(now, _SWEEP_PER_OP), callbacks)
-            entry = self._data.get(key)  # the sweeps may have reclaimed it
+        if entry is not None and not entry.where:
+            entry = None  # the drain's or the write's sweep reclaimed it
         expire = now + ttl if ttl is not None else 0.0
         metrics = self._metrics
         if entry is not None and entry.expire and entry.expire <= now:
@@ -283,7 +284,8 @@ class Cache(Generic[K, V]):
                 callbacks.append((self._on_exit, (key, old_value)))
             return True
         entry = Entry(key, value, cost, expire)
-        self._store.add(entry)
+        self._data[key] = entry  # Store.add, inlined on the miss path
+        self._store.cost_used += cost
         if expire:
             self._ttl.add(entry)
         out = self._policy.add(entry)

@@ -342,7 +342,18 @@ class Policy:
             return
         if not self._filled:
             self._on_first_fill()
-        victims = self._select_victims(min(excess, cand.cost), keep)
+        need = min(excess, cand.cost)
+        head = self.probation.head
+        first: Entry = head.next
+        nxt: Entry = first.next
+        if (first is not head and first is not keep and first.cost >= need
+                and (nxt is head or (nxt.cost == first.cost
+                                     and (nxt.next is head or nxt.next.cost == first.cost)))):
+            # Unit-cost fast path: the LRU entry suffices and its sampled
+            # neighbours cost the same, so the cost-aware ranking would agree.
+            victims: list[Entry] | None = [first]
+        else:
+            victims = self._select_victims(need, keep)
         if victims is not None:
             if len(victims) == 1:
                 # frequency() inlined for the common single-victim case.
@@ -392,14 +403,6 @@ class Policy:
         window.
         """
         head = self.probation.head
-        first: Entry = head.next
-        if first is not head and first is not keep and first.cost >= need:
-            # Unit-cost fast path: the LRU entry suffices and its sampled
-            # neighbours cost the same, so the cost-aware ranking would agree.
-            nxt = first.next
-            if nxt is head or (nxt.cost == first.cost
-                               and (nxt.next is head or nxt.next.cost == first.cost)):
-                return [first]
         chosen: list[Entry] = []
         freed: float = 0
         cursor = head.next

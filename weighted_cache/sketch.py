@@ -166,7 +166,10 @@ class FrequencySketch:
         A first sighting is absorbed by the doorkeeper (it adds one to the
         estimate); later ones are the caller's to count.
         """
-        return not self._door.add(spread(key))
+        h = (hash(key) * _MIX1) & _MASK64
+        h ^= h >> 31
+        h = (h * _MIX2) & _MASK64
+        return not self._door.add(h ^ (h >> 29))
 
     def increment_many(self, counts: Iterable[tuple[Hashable, int]]) -> None:
         """Record ``(key, times)`` pairs; the batched, inlined form of increment.

@@ -173,3 +173,15 @@ def test_sweeper_ends_when_its_cache_is_collected():
 def test_sweep_interval_must_be_positive():
     with pytest.raises(ValueError, match="sweep_interval"):
         Cache(10, sweep_interval=0)
+
+
+def test_rewriting_a_key_that_expired_while_reads_were_buffered_counts_one_expiry(clock):
+    exits = []
+    cache: Cache[str, int] = Cache(10, clock=clock, on_exit=lambda k, v: exits.append(v))
+    cache.set("a", 1, ttl=1)
+    cache.get("a")  # leaves a buffered read, applied by the next write
+    clock.advance(2)
+    assert cache.set("a", 2) is True
+    assert cache.metrics.keys_expired == 1
+    assert exits == [1]
+    assert cache.get("a") == 2
