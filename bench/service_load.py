@@ -9,12 +9,16 @@ a 5-row body is all hits, then measures, for the floor and the service in turn:
 2. p50/p99 at a fixed offered rate, half the floor's saturation rate (always the open-loop
    mode of ``bench/loadgen.py``: plain wrk has no rate mode, and latency is measured from when
    each request was due, so stalls are not hidden by coordinated omission);
-3. the miss path: cold rows per second the service absorbs (distinct cold keys,
-   ``WAIT_FOR_MISSING=false``), with upstream in-flight requests sampled against the bound.
+3. the workers' CPU time per request in both runs, which, unlike req/s, does not depend on
+   how much CPU other processes on the machine leave to the apps;
+4. the miss path: cold rows per second the service absorbs (distinct cold keys,
+   ``WAIT_FOR_MISSING=false``), with upstream in-flight requests sampled against the bound;
+5. with ``--profile DIR``, after all of that: py-spy samples of one saturated service worker.
 
 Every process it starts is stopped at the end. Run from the project root::
 
-    .venv/bin/python bench/service_load.py [--duration 10] [--connections 64] [--json out.json]
+    .venv/bin/python bench/service_load.py [--duration 10] [--connections 64] [--rounds 3]
+        [--json out.json] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -402,7 +406,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         service = targets["service"]
         warm(service, hot_body())
         misses_before = metric_total(service, "measure_cache_misses_total")
-        for name, server in targets.items():  # warm connections, JITs of caches, lazy imports
+        for name, server in targets.items():  # first-request costs: lazy imports, connection set-up
             _progress(f"warm-up load on {name}")
             gens.saturate(server, connections=args.connections, duration_s=2)
 
