@@ -6,12 +6,14 @@ and the worker's resources stay bounded: upstream requests in flight never excee
 ``UPSTREAM_CONCURRENCY``, open file descriptors stay within the connections in play, and the
 same worker process serves throughout. When the fault clears, new rows are fetched again.
 
-The service exposes no greenlet count; greenlets here are bounded by what holds them
-(connections, the fetch pool and the pending-row cap), which these measurements observe.
+The service exposes no greenlet count, so the live greenlets are counted in process (the same
+app and fetcher, a held fake upstream): they stop growing at the pending-row cap whatever the
+number of requests, and fall back to the baseline once upstream answers.
 """
 
 from __future__ import annotations
 
+import gc
 import re
 import time
 import uuid
@@ -20,12 +22,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import gevent
+import greenlet
 import pytest
 import requests
+from flask import Flask
 
+from measure_service.app import close_app, create_app
+from measure_service.config import Config
 from tests.conftest import Processes, Service, Simulator
+from tests.measure_service.conftest import FakeUpstream
 
-pytestmark = pytest.mark.integration
+live = pytest.mark.integration
 
 MODES = ("hang", "500", "429", "malformed", "reset", "slow_body")
 CONCURRENCY = 2  # UPSTREAM_CONCURRENCY
@@ -116,6 +124,7 @@ def burst(service: Service) -> list[requests.Response]:
         return list(pool.map(one, range(REQUESTS_PER_MODE)))
 
 
+@live
 @pytest.mark.parametrize("fault", MODES, indirect=True)
 def test_under_an_upstream_fault_clients_get_200_and_hits_keep_being_served(
     service: Service, fault: str
@@ -128,6 +137,7 @@ def test_under_an_upstream_fault_clients_get_200_and_hits_keep_being_served(
         assert set(statuses[1:-1]) <= {"pending", "unavailable"}, statuses
 
 
+@live
 @pytest.mark.parametrize("fault", MODES, indirect=True)
 def test_under_an_upstream_fault_the_worker_stays_bounded(
     service: Service, fault: str, worker: int, baseline_fds: int
@@ -138,6 +148,7 @@ def test_under_an_upstream_fault_the_worker_stays_bounded(
     assert worker_pids(service.process.pid) == {worker}
 
 
+@live
 @pytest.mark.parametrize("fault", ["hang"], indirect=True)
 def test_while_upstream_hangs_exactly_the_fetch_pool_is_in_flight(
     service: Service, fault: str
@@ -149,6 +160,7 @@ def test_while_upstream_hangs_exactly_the_fetch_pool_is_in_flight(
     assert in_flight(service) == CONCURRENCY
 
 
+@live
 @pytest.mark.parametrize("fault", ["hang"], indirect=True)
 def test_misses_beyond_the_pending_cap_are_unavailable_not_queued(
     service: Service, fault: str
@@ -159,6 +171,7 @@ def test_misses_beyond_the_pending_cap_are_unavailable_not_queued(
     assert statuses.count("unavailable") >= MAX_PENDING_ROWS
 
 
+@live
 def test_after_the_faults_clear_new_rows_are_fetched_again(
     service: Service, simulator: Simulator
 ) -> None:
@@ -169,3 +182,61 @@ def test_after_the_faults_clear_new_rows_are_fetched_again(
             return
         time.sleep(0.1)
     pytest.fail("no row was fetched within 10 s of the faults clearing")
+
+
+# --- greenlets, counted in process -------------------------------------------------------------
+
+
+def live_greenlets() -> int:
+    return sum(1 for o in gc.get_objects() if isinstance(o, greenlet.greenlet) and not o.dead)
+
+
+@pytest.fixture
+def held_upstream() -> Iterator[FakeUpstream]:
+    upstream = FakeUpstream()
+    upstream.hold()
+    yield upstream
+    upstream.release()
+    gevent.sleep(0.05)  # the released fetches finish here, not in the next test
+
+
+@pytest.fixture
+def app(held_upstream: FakeUpstream) -> Iterator[Flask]:
+    config = Config(
+        api_keys=("k",), wait_for_missing=False, upstream_concurrency=CONCURRENCY,
+        max_pending_rows=MAX_PENDING_ROWS, upstream_batch_window_ms=0.0,
+    )
+    application = create_app(config, upstream=held_upstream)
+    yield application
+    close_app(application)
+
+
+def send_misses(app: Flask, count: int, first: int = 0) -> None:
+    """``count`` requests of new rows, each with its own framework (so its own batch group)."""
+    client = app.test_client()
+    for n in range(first, first + count):
+        client.post(f"/v2/measure?framework=f{n}", json={"rows": [cold(), cold()]},
+                    headers={"Authorization": "Bearer k"})
+        gevent.sleep(0)  # let the batcher's greenlets start and block on upstream
+
+
+def test_greenlets_stop_growing_at_the_pending_cap_while_upstream_hangs(app: Flask) -> None:
+    baseline = live_greenlets()
+    send_misses(app, 100)
+    after_100 = live_greenlets()
+    send_misses(app, 300, first=100)
+    assert live_greenlets() <= after_100
+    assert after_100 <= baseline + MAX_PENDING_ROWS + CONCURRENCY
+
+
+def test_greenlets_fall_back_to_the_baseline_once_upstream_answers(
+    app: Flask, held_upstream: FakeUpstream
+) -> None:
+    baseline = live_greenlets()
+    send_misses(app, 100)
+    assert live_greenlets() > baseline
+    held_upstream.release()
+    deadline = time.monotonic() + 5
+    while live_greenlets() > baseline and time.monotonic() < deadline:
+        gevent.sleep(0.01)
+    assert live_greenlets() <= baseline
