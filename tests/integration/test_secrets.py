@@ -110,34 +110,38 @@ def echo_upstream() -> Iterator[str]:
     server.server_close()
 
 
-def post(service: Service, rows: list[dict[str, Any]], key: str | None = KEYS[0],
-         **kwargs: Any) -> requests.Response:
-    headers = {"Connection": "close", **kwargs.pop("headers", {})}
+def post(service: Service, rows: list[Any], key: str | None = KEYS[0]) -> requests.Response:
+    headers = {"Connection": "close"}
     if key is not None:
         headers["Authorization"] = f"Bearer {key}"
     return requests.post(f"{service.url}/v2/measure", json={"rows": rows}, headers=headers,
-                         timeout=10, **kwargs)
+                         timeout=10)
+
+
+def post_bytes(service: Service, body: bytes, content_type: str) -> requests.Response:
+    headers = {"Authorization": f"Bearer {KEYS[2]}", "Content-Type": content_type,
+               "Connection": "close"}
+    return requests.post(f"{service.url}/v2/measure", data=body, headers=headers, timeout=10)
 
 
 def run_client_paths(service: Service, out: list[requests.Response]) -> None:
     """Hits, misses, row errors, bad input, bad keys and the probes."""
     row = cold()
-    out += [post(service, [row]), post(service, [row]),
-            post(service, [{"inventoryId": f"nodot{uuid.uuid4().hex}", "utcDatetime": "20241030"}])]
-    out.append(post(service, [{"inventoryId": 5}]))
-    out.append(post(service, [], key=KEYS[1]))
+    out += [post(service, [row]), post(service, [row])]
+    unknown = {"inventoryId": f"nodot{uuid.uuid4().hex}", "utcDatetime": "20241030"}
+    out.append(post(service, [unknown]))
+    out += [post(service, [{"inventoryId": 5}]), post(service, [], key=KEYS[1])]
     for key in (None, "wrong", TOKEN, f"{TOKEN} "):
         out.append(post(service, [cold()], key=key))
-    out.append(requests.post(f"{service.url}/v2/measure", data=b"{bad",
-                             headers={"Authorization": f"Bearer {KEYS[2]}",
-                                      "Content-Type": "application/json"}, timeout=10))
-    out.append(requests.post(f"{service.url}/v2/measure", data=b"x" * (1024 * 1024 + 1),
-                             headers={"Authorization": f"Bearer {KEYS[0]}",
-                                      "Content-Type": "application/json"}, timeout=10))
-    out.append(requests.post(f"{service.url}/v2/measure", data=b"rows",
-                             headers={"Authorization": f"Bearer {KEYS[0]}"}, timeout=10))
-    for path in ("/healthcheck", "/readyz", "/metrics", "/openapi.json"):
-        out.append(requests.get(f"{service.url}{path}", timeout=10))
+    out.append(post_bytes(service, b"{bad", "application/json"))
+    out.append(post_bytes(service, b"x" * (1024 * 1024 + 1), "application/json"))
+    out.append(post_bytes(service, b"rows", "text/plain"))
+    out += probes(service)
+
+
+def probes(service: Service) -> list[requests.Response]:
+    return [requests.get(f"{service.url}{path}", timeout=10)
+            for path in ("/healthcheck", "/readyz", "/metrics", "/openapi.json")]
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +158,7 @@ def exercised(module_processes: Processes, echo_upstream: str) -> Exercised:
         simulator.reset()
     for kind in ECHOED:
         result.responses.append(post(echoed, [cold(f"{kind}-")]))
+    result.responses += probes(echoed)  # /readyz explains the 401
     result.responses.append(post(echoed, [cold()]))
     return result
 
