@@ -74,7 +74,8 @@ def install(app: Flask, cache: object) -> Callable[[], None]:
         return _nothing
     # Each worker must write its own gauges: a scrape only refreshes the worker it reaches.
     refresher = gevent.spawn(_repeat, REFRESH_INTERVAL_S, refresh)
-    return functools.partial(refresher.kill, block=False)
+    # Blocking: once the app is closed, its refresher is gone (no greenlet outlives close_app).
+    return functools.partial(refresher.kill, block=True, timeout=1.0)
 
 
 def _add_growth(counter: Any, total: float, reported: float) -> float:
