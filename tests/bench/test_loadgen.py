@@ -95,6 +95,12 @@ def test_non_2xx_answers_are_counted_apart_from_errors(server: WSGIServer) -> No
     assert (result.requests, result.non_2xx, sum(result.errors.values())) == (30, 10, 0)
 
 
+def test_non_2xx_answers_are_counted_by_status(server: WSGIServer) -> None:
+    result = loadgen.run_closed(_target(server, "/flaky"), connections=1, duration_s=30,
+                                max_requests=6)
+    assert result.summary()["statuses"] == {"200": 4, "500": 2}
+
+
 def test_open_loop_sends_rate_times_duration_requests(server: WSGIServer, app: TinyApp) -> None:
     result = loadgen.run_open(_target(server, "/ok"), rate=400, duration_s=0.1, connections=8)
     assert result.requests == len(app.bodies) == 40
