@@ -457,6 +457,7 @@ def _hit_path_report(saturation: dict[str, list[dict[str, Any]]],
             "fixed_cpu_us_per_request": median_of(fixed[name], lambda r: r["cpu_us_per_request"]),
             "late_sends": sum(r["late_sends"] for r in fixed[name]),
             "non_2xx": sum(r["non_2xx"] for r in saturation[name] + fixed[name]),
+            "non_2xx_by_status": _non_2xx_statuses(saturation[name] + fixed[name]),
             # wrk counts an answer slower than its 2 s timeout as an error.
             "client_errors": sum(sum(r["errors"].values())
                                  for r in saturation[name] + fixed[name]),
@@ -472,6 +473,16 @@ def _hit_path_report(saturation: dict[str, list[dict[str, Any]]],
     figures["throughput_ok"] = figures["throughput_ratio"] >= THROUGHPUT_TARGET
     figures["p99_ok"] = figures["p99_ratio"] <= P99_TARGET
     return figures
+
+
+def _non_2xx_statuses(runs: list[dict[str, Any]]) -> dict[str, int]:
+    # wrk reports only a count; loadgen reports each status.
+    counts: dict[str, int] = {}
+    for run in runs:
+        for code, n in run.get("statuses", {}).items():
+            if not code.startswith("2"):
+                counts[code] = counts.get(code, 0) + n
+    return counts
 
 
 def print_table(report: dict[str, Any]) -> None:
@@ -509,6 +520,10 @@ def print_table(report: dict[str, Any]) -> None:
             runs = hit[name]["runs"]["fixed_rate"]
             p99s = ", ".join(f"{r['latency_ms']['p99']:.1f}" for r in runs)
             print(f"{name} p99 ms at the fixed rate, each round: {p99s}")
+    for name in ("floor", "service"):
+        if hit[name]["non_2xx"]:
+            print(f"{name} non-2xx answers by status (loadgen runs only): "
+                  f"{hit[name]['non_2xx_by_status']}")
     verdict = {True: "ok", False: "MISSED"}
     print(f"\ntargets: throughput >= {THROUGHPUT_TARGET}x floor: "
           f"{verdict[hit['throughput_ok']]}; p99 <= {P99_TARGET}x floor: "
