@@ -87,7 +87,13 @@ def _build_services(
     breaker: CircuitBreaker | None = None
     not_ready: Callable[[], str | None] = _always_ready
     if upstream is None:
-        breaker = CircuitBreaker(config.breaker_failures, config.breaker_cooldown_s)
+        # Half the read timeout: far beyond a healthy answer, and soon enough that calls started
+        # after a hang's first timeouts count before they time out themselves.
+        breaker = CircuitBreaker(
+            config.breaker_failures,
+            config.breaker_cooldown_s,
+            overdue_after_s=config.upstream_timeout_ms / 2000,
+        )
         client = UpstreamClient(
             config.scope3_api_url,
             config.scope3_api_token,

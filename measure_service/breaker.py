@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Literal
 
@@ -16,7 +17,9 @@ State = Literal["closed", "open", "half_open"]
 class CircuitBreaker:
     """Closed, open and half-open, driven by the outcome of each upstream HTTP attempt.
 
-    - closed: every call is allowed; ``failure_threshold`` consecutive failures open it.
+    - closed: every call is allowed; ``failure_threshold`` consecutive failures open it. With
+      ``overdue_after_s``, once at least one call of the streak has failed, calls still
+      unanswered after that long count towards the threshold too (see :meth:`__init__`).
     - open: no call is allowed until ``cooldown_s`` has passed since it opened.
     - half_open: exactly one probe is allowed. Its success closes the breaker, its failure opens
       it for another cool-down. A probe whose outcome is never reported (its caller died) is
@@ -31,8 +34,19 @@ class CircuitBreaker:
         failure_threshold: int,
         cooldown_s: float,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        overdue_after_s: float | None = None,
     ) -> None:
-        """Open after ``failure_threshold`` failures in a row; probe again after ``cooldown_s``."""
+        """Open after ``failure_threshold`` failures in a row; probe again after ``cooldown_s``.
+
+        Why ``overdue_after_s``: a hung upstream fails calls only when their read timeout
+        ends, and no more calls than the connection pool holds can be out at once. With a
+        threshold above the pool size (5 failures, 4 connections), the last failures needed
+        come from calls started after the first timeouts, a whole timeout later. Counting
+        calls that are overdue (the app uses half the read timeout, far beyond a healthy
+        answer) lets those calls count before they time out. A call that answers is never
+        counted, and with no real failure in the streak slowness alone never opens it.
+        """
         if (
             isinstance(failure_threshold, bool)
             or not isinstance(failure_threshold, int)
@@ -46,6 +60,15 @@ class CircuitBreaker:
             or cooldown_s <= 0
         ):
             raise ValueError(f"cooldown_s must be a finite number > 0, got {cooldown_s!r}")
+        if overdue_after_s is not None and (
+            isinstance(overdue_after_s, bool)
+            or not isinstance(overdue_after_s, (int, float))
+            or not math.isfinite(overdue_after_s)
+            or overdue_after_s <= 0
+        ):
+            raise ValueError(
+                f"overdue_after_s must be a finite number > 0, got {overdue_after_s!r}"
+            )
         self._threshold = failure_threshold
         self._cooldown_s = float(cooldown_s)
         self._clock = clock
@@ -54,6 +77,12 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at = 0.0
         self._probe_started_at: float | None = None
+        self._overdue_after_s = overdue_after_s
+        # Start times of allowed calls not yet reported, oldest first. A report removes the
+        # oldest: when calls finish out of order, the ones left look younger than they are,
+        # so this can only count too few calls as overdue, never too many. The bound keeps a
+        # call whose caller died from growing it; more than the threshold is never needed.
+        self._out: deque[float] = deque(maxlen=failure_threshold)
 
     @property
     def state(self) -> State:
@@ -68,17 +97,20 @@ class CircuitBreaker:
             now = self._clock()
             self._advance(now)
             if self._state == "closed":
+                self._out.append(now)
                 return True
             if self._state == "open":
                 return False
             if self._probe_started_at is None or now - self._probe_started_at >= self._cooldown_s:
                 self._probe_started_at = now
+                self._out.append(now)
                 return True
             return False
 
     def record_success(self) -> None:
         """Report an upstream attempt that got an answer; closes the breaker whatever its state."""
         with self._lock:
+            self._forget_oldest_call()
             self._failures = 0
             if self._state != "closed":
                 self._transition("closed", self._clock())
@@ -86,6 +118,7 @@ class CircuitBreaker:
     def record_failure(self) -> None:
         """Report a failed upstream attempt; may open the breaker."""
         with self._lock:
+            self._forget_oldest_call()
             now = self._clock()
             self._advance(now)
             if self._state == "half_open":
@@ -95,12 +128,28 @@ class CircuitBreaker:
                 # A straggler that left before the breaker opened; the cool-down already runs.
                 return
             self._failures += 1
-            if self._failures >= self._threshold:
+            if self._failures + self._overdue(now) >= self._threshold:
                 self._transition("open", now)
 
     def _advance(self, now: float) -> None:
         if self._state == "open" and now - self._opened_at >= self._cooldown_s:
             self._transition("half_open", now)
+        elif (
+            self._state == "closed"
+            and self._failures
+            and self._failures + self._overdue(now) >= self._threshold
+        ):
+            self._transition("open", now)
+
+    def _overdue(self, now: float) -> int:
+        """Calls still out after ``overdue_after_s`` (0 without that setting)."""
+        if self._overdue_after_s is None:
+            return 0
+        return sum(1 for started in self._out if now - started >= self._overdue_after_s)
+
+    def _forget_oldest_call(self) -> None:
+        if self._out:
+            self._out.popleft()
 
     def _transition(self, to: State, now: float) -> None:
         self._state = to

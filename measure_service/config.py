@@ -52,6 +52,8 @@ class Config:
     - ``MAX_PENDING_ROWS`` (``10000``): rows waiting for upstream per worker; past it, misses
       are answered ``unavailable``.
     - ``BREAKER_FAILURES`` (``5``): consecutive failed upstream requests that open the breaker.
+      Once one has failed, requests still unanswered after half of ``UPSTREAM_TIMEOUT_MS``
+      count too: a hung upstream fails at most ``UPSTREAM_CONCURRENCY`` requests per timeout.
     - ``BREAKER_COOLDOWN_S`` (``10``): seconds the breaker stays open before one probe.
     - ``MAX_ROWS`` (``1000``): most rows in one request.
     - ``MAX_BODY_BYTES`` (``1048576``): largest request body.

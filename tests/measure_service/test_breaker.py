@@ -148,3 +148,73 @@ def test_bad_settings_raise_a_value_error_naming_the_argument(
 ) -> None:
     with pytest.raises(ValueError, match=named):
         CircuitBreaker(threshold, cooldown_s)
+
+
+@pytest.mark.parametrize("overdue_after_s", [0, -1.0, float("nan"), float("inf"), True])
+def test_a_bad_overdue_limit_raises_a_value_error_naming_it(overdue_after_s: float) -> None:
+    with pytest.raises(ValueError, match="overdue_after_s"):
+        CircuitBreaker(3, 1.0, overdue_after_s=overdue_after_s)
+
+
+# --- calls still out past the overdue limit (a hung upstream) -----------------------------------
+
+OVERDUE_S = 0.5
+
+
+def _timed_breaker(threshold: int = 3) -> tuple[CircuitBreaker, _Clock]:
+    clock = _Clock()
+    return CircuitBreaker(threshold, 10.0, clock, overdue_after_s=OVERDUE_S), clock
+
+
+def _start_calls(breaker: CircuitBreaker, count: int) -> None:
+    for _ in range(count):
+        assert breaker.allow()
+
+
+def test_once_a_call_has_failed_overdue_calls_count_towards_the_threshold() -> None:
+    breaker, clock = _timed_breaker(threshold=3)
+    _start_calls(breaker, 3)
+    clock.now += OVERDUE_S
+    breaker.record_failure()  # one failure and two calls still out past the limit
+    assert breaker.state == "open"
+
+
+def test_the_breaker_opens_when_enough_calls_become_overdue_after_a_failure() -> None:
+    breaker, clock = _timed_breaker(threshold=3)
+    _start_calls(breaker, 3)
+    breaker.record_failure()
+    assert breaker.state == "closed"
+    clock.now += OVERDUE_S
+    assert breaker.state == "open"
+
+
+def test_slow_calls_alone_never_open_the_breaker() -> None:
+    breaker, clock = _timed_breaker(threshold=3)
+    _start_calls(breaker, 5)
+    clock.now += 100 * OVERDUE_S
+    assert breaker.state == "closed"
+
+
+def test_calls_out_for_less_than_the_overdue_limit_do_not_count() -> None:
+    breaker, clock = _timed_breaker(threshold=3)
+    _start_calls(breaker, 3)
+    clock.now += OVERDUE_S * 0.9
+    breaker.record_failure()
+    assert breaker.state == "closed"
+
+
+def test_a_call_that_answered_is_not_counted_as_overdue() -> None:
+    breaker, clock = _timed_breaker(threshold=3)
+    _start_calls(breaker, 3)
+    clock.now += OVERDUE_S
+    breaker.record_success()
+    breaker.record_failure()  # one failure and one call still out
+    assert breaker.state == "closed"
+
+
+def test_without_an_overdue_limit_only_reported_failures_count() -> None:
+    breaker, clock = _breaker(threshold=3)
+    _start_calls(breaker, 3)
+    clock.now += 1000.0
+    breaker.record_failure()
+    assert breaker.state == "closed"
