@@ -470,6 +470,7 @@ def _hit_path_report(saturation: dict[str, list[dict[str, Any]]],
     # What the throughput ratio would be if both apps had the CPU to themselves.
     figures["cpu_throughput_ratio"] = round(
         floor["saturation_cpu_us_per_request"] / service["saturation_cpu_us_per_request"], 3)
+    figures["cpu_throughput_ok"] = figures["cpu_throughput_ratio"] >= THROUGHPUT_TARGET
     figures["throughput_ok"] = figures["throughput_ratio"] >= THROUGHPUT_TARGET
     figures["p99_ok"] = figures["p99_ratio"] <= P99_TARGET
     return figures
@@ -529,7 +530,8 @@ def print_table(report: dict[str, Any]) -> None:
           f"{verdict[hit['throughput_ok']]}; p99 <= {P99_TARGET}x floor: "
           f"{verdict[hit['p99_ok']]}")
     print(f"throughput ratio implied by CPU per request (floor/service, machine-load "
-          f"independent): {hit['cpu_throughput_ratio']:.2f}x")
+          f"independent): {hit['cpu_throughput_ratio']:.2f}x: "
+          f"{verdict[hit['cpu_throughput_ok']]}")
     print(f"hot body all hits after the runs: {hit['all_hits_after']}; cache misses counted "
           f"during them: {hit['cache_misses_during_hit_runs']}")
     miss = report.get("miss_path")
