@@ -118,6 +118,8 @@ class Cache(Generic[K, V]):
         self._on_reject = on_reject
         self._on_exit = on_exit
         self._cost_fn = cost_fn
+        # No callbacks to collect: new keys may take set()'s short path.
+        self._quiet = on_evict is None and on_reject is None and on_exit is None
         self._clock = clock
         # Looked up at construction so gevent's monkey-patching, if applied
         # first, gives a cooperative lock.
@@ -233,8 +235,42 @@ class Cache(Generic[K, V]):
         elif type(cost) is not int or cost < 0:
             cost = _check_cost(cost)
         ttl = self._default_ttl if ttl is None else _check_ttl(ttl)
-        callbacks: list[_Callback] = []
         with self._lock:
+            if ttl is None and self._quiet and not self._ttl.count:
+                try:
+                    entry = self._data.get(key)
+                except TypeError:
+                    raise _unhashable(key) from None
+                if entry is None and cost <= self._policy.max_cost:
+                    # _add_quietly, inlined: this is the miss path.
+                    reads = self._reads
+                    if reads:
+                        # Apply pending reads first so admission sees current frequencies.
+                        self._reads = []
+                        self._policy.record_hits(reads)
+                    entry = Entry(key, value, cost, 0.0)
+                    data = self._data
+                    store = self._store
+                    data[key] = entry
+                    store.cost_used += cost
+                    out = self._policy.add(entry)
+                    metrics = self._metrics
+                    if out:
+                        # Store.remove inlined; no entry has an expiry to unfile.
+                        for gone in out:
+                            if data.get(gone.key) is gone:
+                                del data[gone.key]
+                                store.cost_used -= gone.cost
+                            if gone is not entry:
+                                metrics.keys_evicted += 1
+                                metrics.cost_evicted += gone.cost
+                        if not entry.where:
+                            metrics.sets_rejected += 1
+                            return False
+                    metrics.keys_added += 1
+                    metrics.cost_added += cost
+                    return True
+            callbacks: list[_Callback] = []
             try:
                 stored = self._set(key, value, cost, ttl, callbacks)
             except TypeError:

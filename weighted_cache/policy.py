@@ -135,6 +135,7 @@ class Policy:
         self.protected = Segment(PROTECTED)
         self._segments = (None, self.window, self.probation, self.protected, self.protected)
         self.max_cost = max_cost
+        self.total_cost: float = 0  # cost of every entry tracked, candidates included
         self.window_max = int(max_cost * _WINDOW_START)
         self.protected_max = 0
         self._set_main()
@@ -156,11 +157,6 @@ class Policy:
 
     # -- bookkeeping -------------------------------------------------------
 
-    @property
-    def total_cost(self) -> float:
-        """Cost of every entry the policy tracks."""
-        return self.window.cost + self.probation.cost + self.protected.cost
-
     def _set_main(self) -> None:
         self.protected_max = int((self.max_cost - self.window_max) * _PROTECTED_SHARE)
 
@@ -169,6 +165,7 @@ class Policy:
         segment = self._segments[entry.where]
         if segment is not None:
             segment.unlink(entry)
+            self.total_cost -= entry.cost
         if self._pending:
             self._write_back(entry)
 
@@ -176,6 +173,7 @@ class Policy:
         """Forget every entry and all frequencies."""
         for segment in (self.window, self.probation, self.protected):
             segment.clear()
+        self.total_cost = 0
         self._pending.clear()
         self._pending_total = 0
         self._departed.clear()
@@ -193,14 +191,18 @@ class Policy:
     def _write_back(self, entry: Entry) -> None:
         times = self._pending.pop(entry, 0)
         if times:
-            self._pending_total -= times
-            # Departed entries are written in batches (one inlined loop in
-            # the sketch); until then their key reads a little low.
-            departed = self._departed
-            departed.append((entry.key, times))
-            if len(departed) >= _DEPARTED_BATCH:
-                self.sketch.increment_many(departed)
-                departed.clear()
+            self._depart(entry.key, times)
+
+    def _depart(self, key: Hashable, times: int) -> None:
+        """Queue the unwritten uses of an entry that left (or was refused)."""
+        self._pending_total -= times
+        # Departed entries are written in batches (one inlined loop in the
+        # sketch); until then their key reads a little low.
+        departed = self._departed
+        departed.append((key, times))
+        if len(departed) >= _DEPARTED_BATCH:
+            self.sketch.increment_many(departed)
+            departed.clear()
 
     def _write_back_all(self) -> None:
         self._departed.extend((e.key, n) for e, n in self._pending.items())
@@ -227,39 +229,50 @@ class Policy:
         estimate meanwhile, so admission compares the same frequencies.
         """
         pending = self._pending
-        if len(reads) > 16:
+        n = len(reads)
+        if n > 16:
             pending.update(reads)  # counts in C, after some fixed overhead
-        else:
             for entry in reads:
-                pending[entry] = pending.get(entry, 0) + 1
-        self._pending_total += len(reads)
-        self._sample_hits += len(reads)
-        window, protected = self.window, self.protected
-        # Protected entries are only flagged: relinking one costs ~10
-        # attribute writes, so protected is kept in CLOCK order instead of
-        # strict LRU (a flagged entry reaching the head gets a second
-        # chance, see _demote_protected).  Window and probation hits are
-        # rarer and relink as usual.
-        for entry in reads:
-            where = entry.where
-            if where == PROTECTED:
-                entry.where = PROTECTED_HOT
-            elif where == PROTECTED_HOT:
-                continue
-            elif where == WINDOW:
-                window.move_to_end(entry)
-            elif where == PROBATION:
-                self.probation.unlink(entry)
-                protected.append(entry)
-            else:
-                self._write_back(entry)  # left the cache after it was read
-        if protected.cost > self.protected_max:
-            self._demote_protected()
-        if (len(pending) > _PENDING_LIMIT
-                or self.sketch.additions + self._pending_total >= self.sketch.sample_size):
+                if entry.where == PROTECTED:
+                    entry.where = PROTECTED_HOT
+                elif entry.where != PROTECTED_HOT:
+                    self._reorder(entry)
+        else:
+            # Few reads (a write drains the buffer first): one loop, fewer calls.
+            get = pending.get
+            for entry in reads:
+                pending[entry] = get(entry, 0) + 1
+                if entry.where == PROTECTED:
+                    entry.where = PROTECTED_HOT
+                elif entry.where != PROTECTED_HOT:
+                    self._reorder(entry)
+        self._pending_total += n
+        self._sample_hits += n
+        if (self.sketch.additions + self._pending_total >= self.sketch.sample_size
+                or len(pending) > _PENDING_LIMIT):
             self._write_back_all()
         if self._sample_hits + self._sample_misses >= self._sample_period:
             self._climb()
+
+    def _reorder(self, entry: Entry) -> None:
+        """Refresh the recency of a read entry outside protected.
+
+        Protected entries are only flagged by record_hits: relinking one
+        costs ~10 attribute writes, so protected is kept in CLOCK order
+        instead of strict LRU (a flagged entry reaching the head gets a
+        second chance, see _demote_protected).  Window and probation hits
+        are rarer and relink as usual.
+        """
+        where = entry.where
+        if where == WINDOW:
+            self.window.move_to_end(entry)
+        elif where == PROBATION:
+            self.probation.unlink(entry)
+            self.protected.append(entry)
+            if self.protected.cost > self.protected_max:
+                self._demote_protected()
+        else:
+            self._write_back(entry)  # left the cache after it was read
 
     def add(self, entry: Entry) -> list[Entry]:
         """Track a new entry; return the entries that must leave.
@@ -275,9 +288,30 @@ class Policy:
             if len(pending) > _PENDING_LIMIT:
                 self._write_back_all()
         self._sample_misses += 1
-        self.window.append(entry)
+        window = self.window
+        # Segment.append, inlined: this runs for every miss.
+        head = window.head
+        last = head.prev
+        entry.prev = last
+        entry.next = head
+        last.next = entry
+        head.prev = entry
+        entry.where = WINDOW
+        cost = entry.cost
+        window.cost += cost
+        window.count += 1
+        self.total_cost += cost
         out: list[Entry] = []
-        self._evict(entry, False, out)
+        if window.cost > self.window_max or self.total_cost > self.max_cost:
+            cand: Entry = head.next
+            if (window.cost - cand.cost <= self.window_max
+                    and self.total_cost - cand.cost <= self.max_cost):
+                # One candidate leaves the window and then everything fits:
+                # _evict's loops reduce to this single admission.
+                window.unlink(cand)
+                self._admit(cand, None, out)
+            else:
+                self._evict(entry, False, out)
         if self._sample_hits + self._sample_misses >= self._sample_period:
             self._climb()
         return out
@@ -294,6 +328,7 @@ class Policy:
         entry.cost = old_cost
         segment.unlink(entry)
         entry.cost = new_cost
+        self.total_cost += new_cost - old_cost
         (self.protected if segment is self.probation else segment).append(entry)
         self._demote_protected()
         out: list[Entry] = []
@@ -333,7 +368,8 @@ class Policy:
             out.append(victim)
 
     def _admit(self, cand: Entry, keep: Entry | None, out: list[Entry]) -> None:
-        excess = self.total_cost + cand.cost - self.max_cost
+        # ``cand`` has left the window but still counts in total_cost.
+        excess = self.total_cost - self.max_cost
         if excess <= 0:
             self._first_cost = self._first_cost or cand.cost
             if cand.cost != self._first_cost:
@@ -359,7 +395,7 @@ class Policy:
                 # frequency() inlined for the common single-victim case.
                 sketch, pending = self.sketch, self._pending.get
                 victim = victims[0]
-                cand_freq = min(sketch.estimate(cand.key) + pending(cand, 0), _MAX_FREQ)
+                cand_freq = sketch.estimate(cand.key) + pending(cand, 0)
                 # Losing candidates leave the same victim in place, so its
                 # sketch estimate is reused until the counters change.  (A
                 # doorkeeper false positive appearing meanwhile is missed.)
@@ -369,7 +405,38 @@ class Policy:
                     base = sketch.estimate(victim.key)
                     self._victim, self._victim_base = victim, base
                     self._victim_version = sketch.version
-                victim_freq = min(base + pending(victim, 0), _MAX_FREQ)
+                victim_freq = base + pending(victim, 0)
+                if victim_freq > _MAX_FREQ:
+                    victim_freq = _MAX_FREQ
+                if cand_freq > victim_freq:
+                    if victim.where != PROBATION:
+                        self.remove(victim)
+                        out.append(victim)
+                        self.probation.append(cand)
+                        return
+                    # remove(victim) inlined for the usual probation victim.
+                    before, after = victim.prev, victim.next
+                    before.next = after
+                    after.prev = before
+                    victim.prev = victim.next = None
+                    victim.where = REMOVED
+                    probation = self.probation
+                    vcost = victim.cost
+                    probation.cost -= vcost
+                    probation.count -= 1
+                    self.total_cost -= vcost
+                    times = self._pending.pop(victim, 0)
+                    if times:
+                        self._depart(victim.key, times)
+                    out.append(victim)
+                    probation.append(cand)
+                    return
+                self.total_cost -= cand.cost
+                times = self._pending.pop(cand, 0)
+                if times:
+                    self._depart(cand.key, times)
+                out.append(cand)
+                return
             else:
                 cand_freq = self.frequency(cand)
                 victim_freq = sum(self.frequency(v) for v in victims)
@@ -379,7 +446,9 @@ class Policy:
                     out.append(victim)
                 self.probation.append(cand)
                 return
-        self.remove(cand)
+        self.total_cost -= cand.cost  # cand is in no segment: remove() would miss it
+        if self._pending:
+            self._write_back(cand)
         out.append(cand)
 
     def _on_first_fill(self) -> None:

@@ -11,10 +11,6 @@ from collections.abc import Hashable, Iterable
 
 _DEPTH = 4
 _MAX_COUNT = 15
-_MASK64 = (1 << 64) - 1
-_MIX1 = 0x9E3779B97F4A7C15
-# Two multiply-xorshift rounds: one round measured 1.5 points worse on Zipf.
-_MIX2 = 0xBF58476D1CE4E5B9
 # Aging divides every counter by two; a translation table does it in C.
 _HALVE = bytes(i >> 1 for i in range(256))
 
@@ -24,15 +20,14 @@ def _next_pow2(n: int) -> int:
 
 
 def spread(key: Hashable) -> int:
-    """Mix ``hash(key)`` into 64 well-distributed bits.
+    """Return 64 well-mixed bits for ``key`` (possibly negative).
 
     Python hashes small ints to themselves, so the raw hash would put
-    neighbouring keys in neighbouring counters.
+    neighbouring keys in neighbouring counters; hashing a 1-tuple runs the
+    key's hash through CPython's xxHash round, in C, for the price of one
+    tuple (far cheaper than mixing a 64-bit int in Python).
     """
-    h = (hash(key) * _MIX1) & _MASK64
-    h ^= h >> 31
-    h = (h * _MIX2) & _MASK64
-    return h ^ (h >> 29)
+    return hash((key,))
 
 
 class Doorkeeper:
@@ -106,27 +101,22 @@ class FrequencySketch:
         return self._width
 
     def _slots(self, h: int) -> tuple[int, int, int, int]:
-        # Double hashing: row i probes a + i*b, offset into its own row.
+        # Each row reads its own 15-bit slice of the hash (slices overlap
+        # for rows wider than 2^15), offset into the row's part of the table.
         m = self._mask
         w = self._width
-        a = h & m
-        b = (h >> 32) | 1
-        return a, ((a + b) & m) + w, ((a + 2 * b) & m) + 2 * w, ((a + 3 * b) & m) + 3 * w
+        return (h & m, ((h >> 15) & m) | w, ((h >> 30) & m) | (w << 1),
+                ((h >> 45) & m) | (w * 3))
 
     def estimate(self, key: Hashable) -> int:
         """Return the estimated recent frequency of ``key`` (0..16)."""
         # spread() and _slots() inlined: this runs for every admission.
-        h = (hash(key) * _MIX1) & _MASK64
-        h ^= h >> 31
-        h = (h * _MIX2) & _MASK64
-        h ^= h >> 29
+        h = hash((key,))
         t = self._table
         m = self._mask
         w = self._width
-        a = h & m
-        b = (h >> 32) | 1
-        count = min(t[a], t[((a + b) & m) + w], t[((a + 2 * b) & m) + 2 * w],
-                    t[((a + 3 * b) & m) + 3 * w])
+        count = min(t[h & m], t[((h >> 15) & m) | w], t[((h >> 30) & m) | (w << 1)],
+                    t[((h >> 45) & m) | (w * 3)])
         # Doorkeeper membership, inlined.
         door = self._door
         bits = door._bits
@@ -166,10 +156,31 @@ class FrequencySketch:
         A first sighting is absorbed by the doorkeeper (it adds one to the
         estimate); later ones are the caller's to count.
         """
-        h = (hash(key) * _MIX1) & _MASK64
-        h ^= h >> 31
-        h = (h * _MIX2) & _MASK64
-        return not self._door.add(h ^ (h >> 29))
+        # Doorkeeper.add, inlined: this runs for every miss.
+        h = hash((key,))
+        door = self._door
+        bits = door._bits
+        m = door._mask
+        first = False
+        i = h & m
+        byte = bits[i >> 3]
+        bit = 1 << (i & 7)
+        if not byte & bit:
+            bits[i >> 3] = byte | bit
+            first = True
+        i = (h >> 21) & m
+        byte = bits[i >> 3]
+        bit = 1 << (i & 7)
+        if not byte & bit:
+            bits[i >> 3] = byte | bit
+            first = True
+        i = (h >> 42) & m
+        byte = bits[i >> 3]
+        bit = 1 << (i & 7)
+        if not byte & bit:
+            bits[i >> 3] = byte | bit
+            first = True
+        return first
 
     def increment_many(self, counts: Iterable[tuple[Hashable, int]]) -> None:
         """Record ``(key, times)`` pairs; the batched, inlined form of increment.
@@ -179,20 +190,17 @@ class FrequencySketch:
         """
         t = self._table
         m = self._mask
-        w = self._width
+        w1 = self._width
+        w2 = w1 << 1
+        w3 = w1 * 3
         top = _MAX_COUNT
         added = 0
         for key, times in counts:
-            h = (hash(key) * _MIX1) & _MASK64
-            h ^= h >> 31
-            h = (h * _MIX2) & _MASK64
-            h ^= h >> 29
-            a = h & m
-            b = (h >> 32) | 1
-            i = a
-            j = ((a + b) & m) + w
-            k = ((a + 2 * b) & m) + 2 * w
-            n = ((a + 3 * b) & m) + 3 * w
+            h = hash((key,))
+            i = h & m
+            j = ((h >> 15) & m) | w1
+            k = ((h >> 30) & m) | w2
+            n = ((h >> 45) & m) | w3
             ti, tj, tk, tn = t[i], t[j], t[k], t[n]
             low = min(ti, tj, tk, tn)
             if low < top:
