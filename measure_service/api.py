@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import functools
 import hmac
+import io
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
 import orjson
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from measure_service import logs
@@ -28,6 +29,8 @@ _LOG = logging.getLogger(__name__)
 _JSON = "application/json"
 _INVALID = Outcome("invalid")
 _NO_QUERY = QueryParams(None, None)
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +56,10 @@ def _services() -> Services:
 
 
 def _json(document: Any, status: int = 200, secret: str = "") -> Response:
+    return Response(_encode(document, secret), status=status, mimetype=_JSON)
+
+
+def _encode(document: Any, secret: str = "") -> bytes:
     try:
         # orjson encodes a 5-row answer about 5x faster than json, the floor's encoder.
         body = orjson.dumps(document)
@@ -65,7 +72,7 @@ def _json(document: Any, status: int = 200, secret: str = "") -> Response:
         escaped = _escaped(secret)
         if escaped in body:
             body = body.replace(escaped, b"[redacted]")
-    return Response(body, status=status, mimetype=_JSON)
+    return body
 
 
 @functools.lru_cache(maxsize=4)
@@ -142,7 +149,14 @@ def measure() -> Response:
         raw_rows = parse_body(body, config.max_rows)
     except BodyError as exc:
         return _error(400, str(exc))
+    return Response(_answer(services, params, raw_rows, environ), mimetype=_JSON)
 
+
+def _answer(
+    services: Services, params: QueryParams, raw_rows: list[Any], environ: dict[str, Any]
+) -> bytes:
+    """The encoded 200 answer to a valid request; records the counts for the access log."""
+    config = services.config
     rows = [validate_row(raw, params) for raw in raw_rows]
     wanted = [(row.key, row.cost) for row in rows if row.key is not None]
     wait_s = config.wait_window_ms / 1000 if config.wait_for_missing else 0.0
@@ -151,7 +165,56 @@ def measure() -> Response:
     environ[logs.ENVIRON_ROWS] = len(rows)
     environ[logs.ENVIRON_HITS] = lookup.hits
     environ[logs.ENVIRON_MISSES] = lookup.misses
-    return _json(_document(rows, iter(lookup.outcomes)), secret=config.scope3_api_token)
+    return _encode(_document(rows, iter(lookup.outcomes)), config.scope3_api_token)
+
+
+class HotPath:
+    """WSGI wrapper answering the usual ``POST /v2/measure`` without Flask's per-request work.
+
+    Flask's request context, URL adapter, routing and Response objects cost about 90 us of a
+    5-row hit request; this does the same work as :func:`measure` with plain WSGI. Anything
+    unusual (auth failure, other content type, no or too large Content-Length, a query string,
+    a body that is not valid) goes to Flask, so every error answer comes from one place.
+    """
+
+    def __init__(self, app: Flask, flask_wsgi: WSGIApp) -> None:
+        """Serve ``app``'s hot route; hand everything else to ``flask_wsgi``."""
+        self._extensions = app.extensions
+        self._flask = flask_wsgi
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        """Answer a plain valid measure request here, or pass the request to Flask."""
+        services: Services | None = self._extensions.get(EXTENSION)
+        if (
+            services is None
+            or environ.get("PATH_INFO") != "/v2/measure"
+            or environ.get("REQUEST_METHOD") != "POST"
+            or environ.get("QUERY_STRING")
+            or not _authorised(services.auth_keys, environ.get("HTTP_AUTHORIZATION", ""))
+            or not _is_json(environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower())
+            or environ.get("HTTP_TRANSFER_ENCODING")
+        ):
+            return self._flask(environ, start_response)
+        length_text = environ.get("CONTENT_LENGTH", "")
+        if not length_text.isdigit() or int(length_text) > services.config.max_body_bytes:
+            return self._flask(environ, start_response)
+        body = b""
+        try:
+            body = environ["wsgi.input"].read(int(length_text))
+            raw_rows = parse_body(body, services.config.max_rows)
+        except Exception:
+            # Flask reads the body again (what could be read of it) and gives the error answer.
+            environ["wsgi.input"] = io.BytesIO(body)
+            return self._flask(environ, start_response)
+        try:
+            answer = _answer(services, _NO_QUERY, raw_rows, environ)
+            status = "200 OK"
+        except Exception:
+            # As _unexpected_error: the stack trace goes to the log, never to the client.
+            _LOG.exception("unhandled error")
+            answer, status = _encode({"error": "internal error"}), "500 INTERNAL SERVER ERROR"
+        start_response(status, [("Content-Type", _JSON), ("Content-Length", str(len(answer)))])
+        return [answer]
 
 
 def _document(rows: list[Row], outcomes: Iterator[Outcome]) -> dict[str, Any]:

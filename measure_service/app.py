@@ -50,7 +50,8 @@ def create_app(
     app.register_blueprint(openapi.bp)
     register_extensions(app)
     routes = [rule.rule for rule in app.url_map.iter_rules() if not rule.arguments]
-    app.wsgi_app = RequestBookkeeping(app.wsgi_app, routes)  # type: ignore[method-assign]
+    hot_path = api.HotPath(app, app.wsgi_app)
+    app.wsgi_app = RequestBookkeeping(hot_path, routes)  # type: ignore[method-assign]
     return app
 
 
