@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Hashable, Iterator
 
 from .sketch import FrequencySketch
-from .store import PROBATION, PROTECTED, PROTECTED_HOT, REMOVED, WINDOW, Entry
+from .store import PROBATION, PROTECTED, PROTECTED_HOT, REMOVED, WINDOW, WINDOW_NEW, Entry
 
 _WINDOW_START = 0.01  # share of the budget the window starts with
 _WEIGHTED_WINDOW = 0.2  # the same when entry costs vary (see _on_first_fill)
@@ -133,7 +133,8 @@ class Policy:
         self.window = Segment(WINDOW)
         self.probation = Segment(PROBATION)
         self.protected = Segment(PROTECTED)
-        self._segments = (None, self.window, self.probation, self.protected, self.protected)
+        self._segments = (None, self.window, self.probation, self.protected, self.protected,
+                          self.window)
         self.max_cost = max_cost
         self.total_cost: float = 0  # cost of every entry tracked, candidates included
         self.window_max = int(max_cost * _WINDOW_START)
@@ -264,7 +265,7 @@ class Policy:
         are rarer and relink as usual.
         """
         where = entry.where
-        if where == WINDOW:
+        if where in (WINDOW, WINDOW_NEW):
             self.window.move_to_end(entry)
         elif where == PROBATION:
             self.probation.unlink(entry)
@@ -279,14 +280,8 @@ class Policy:
 
         The returned list contains ``entry`` itself when admission refused it.
         """
-        if self.sketch.first_sighting(entry.key):
-            self.sketch.additions += 1  # the doorkeeper holds this use
-        else:
-            pending = self._pending
-            pending[entry] = pending.get(entry, 0) + 1
-            self._pending_total += 1
-            if len(pending) > _PENDING_LIMIT:
-                self._write_back_all()
+        # The sketch sees this use only when the entry leaves the window
+        # (see _admit): one hash then serves the sighting and the estimate.
         self._sample_misses += 1
         window = self.window
         # Segment.append, inlined: this runs for every miss.
@@ -296,7 +291,7 @@ class Policy:
         entry.next = head
         last.next = entry
         head.prev = entry
-        entry.where = WINDOW
+        entry.where = WINDOW_NEW
         cost = entry.cost
         window.cost += cost
         window.count += 1
@@ -308,8 +303,9 @@ class Policy:
                     and self.total_cost - cand.cost <= self.max_cost):
                 # One candidate leaves the window and then everything fits:
                 # _evict's loops reduce to this single admission.
+                fresh = cand.where == WINDOW_NEW
                 window.unlink(cand)
-                self._admit(cand, None, out)
+                self._admit(cand, None, out, fresh)
             else:
                 self._evict(entry, False, out)
         if self._sample_hits + self._sample_misses >= self._sample_period:
@@ -321,6 +317,8 @@ class Policy:
 
         The updated entry itself is never chosen to leave.
         """
+        if entry.where == WINDOW_NEW:
+            self.sketch.sight(entry.key)  # its insertion, before the update's own use
         self._use(entry)
         segment = self._segments[entry.where]
         assert segment is not None
@@ -354,11 +352,12 @@ class Policy:
         # Window overflow: its oldest entries become admission candidates.
         while window.cost > self.window_max and window.count:
             cand: Entry = window.head.next
+            fresh = cand.where == WINDOW_NEW
             window.unlink(cand)
             if cand is keep and keep_is_update:
                 self.probation.append(cand)
             else:
-                self._admit(cand, keep if keep_is_update else None, out)
+                self._admit(cand, keep if keep_is_update else None, out, fresh)
         # Still over budget (a grown update, a smaller max_cost): plain eviction.
         while self.total_cost > self.max_cost:
             victim = self._any_victim(keep)
@@ -367,8 +366,11 @@ class Policy:
             self.remove(victim)
             out.append(victim)
 
-    def _admit(self, cand: Entry, keep: Entry | None, out: list[Entry]) -> None:
+    def _admit(self, cand: Entry, keep: Entry | None, out: list[Entry], fresh: bool) -> None:
+        """Judge ``cand``, just out of the window; ``fresh`` if the sketch
+        has not yet seen its insertion."""
         # ``cand`` has left the window but still counts in total_cost.
+        seen = self.sketch.sight(cand.key) if fresh else -1
         excess = self.total_cost - self.max_cost
         if excess <= 0:
             self._first_cost = self._first_cost or cand.cost
@@ -395,7 +397,7 @@ class Policy:
                 # frequency() inlined for the common single-victim case.
                 sketch, pending = self.sketch, self._pending.get
                 victim = victims[0]
-                cand_freq = sketch.estimate(cand.key) + pending(cand, 0)
+                cand_freq = (seen if fresh else sketch.estimate(cand.key)) + pending(cand, 0)
                 # Losing candidates leave the same victim in place, so its
                 # sketch estimate is reused until the counters change.  (A
                 # doorkeeper false positive appearing meanwhile is missed.)
@@ -565,6 +567,8 @@ class Policy:
             window = self.window
             while window.cost > self.window_max and window.count:
                 entry = window.head.next
+                if entry.where == WINDOW_NEW:
+                    self.sketch.sight(entry.key)
                 window.unlink(entry)
                 self.probation.append(entry)
 

@@ -150,43 +150,69 @@ class FrequencySketch:
             self.version += 1
         self._maybe_age()
 
-    def first_sighting(self, key: Hashable) -> bool:
-        """Let the doorkeeper see ``key``; True if this is its first sighting.
+    def sight(self, key: Hashable) -> int:
+        """Record one sighting of ``key``; return its estimate, this one included.
 
-        A first sighting is absorbed by the doorkeeper (it adds one to the
-        estimate); later ones are the caller's to count.
+        The doorkeeper absorbs a first sighting; a later one raises the
+        counters.  One hash serves both the update and the estimate.  It
+        never ages the sketch itself: callers flush their own tallies first.
         """
-        # Doorkeeper.add, inlined: this runs for every miss.
         h = hash((key,))
         door = self._door
         bits = door._bits
-        m = door._mask
+        dm = door._mask
+        # Doorkeeper.add, unrolled: this runs once per miss.
         first = False
+        i = h & dm
+        byte = bits[i >> 3]
+        bit = 1 << (i & 7)
+        if not byte & bit:
+            bits[i >> 3] = byte | bit
+            first = True
+        i = (h >> 21) & dm
+        byte = bits[i >> 3]
+        bit = 1 << (i & 7)
+        if not byte & bit:
+            bits[i >> 3] = byte | bit
+            first = True
+        i = (h >> 42) & dm
+        byte = bits[i >> 3]
+        bit = 1 << (i & 7)
+        if not byte & bit:
+            bits[i >> 3] = byte | bit
+            first = True
+        t = self._table
+        m = self._mask
+        w = self._width
         i = h & m
-        byte = bits[i >> 3]
-        bit = 1 << (i & 7)
-        if not byte & bit:
-            bits[i >> 3] = byte | bit
-            first = True
-        i = (h >> 21) & m
-        byte = bits[i >> 3]
-        bit = 1 << (i & 7)
-        if not byte & bit:
-            bits[i >> 3] = byte | bit
-            first = True
-        i = (h >> 42) & m
-        byte = bits[i >> 3]
-        bit = 1 << (i & 7)
-        if not byte & bit:
-            bits[i >> 3] = byte | bit
-            first = True
-        return first
+        j = ((h >> 15) & m) | w
+        k = ((h >> 30) & m) | (w << 1)
+        n = ((h >> 45) & m) | (w * 3)
+        ti, tj, tk, tn = t[i], t[j], t[k], t[n]
+        low = min(ti, tj, tk, tn)
+        if first:
+            self.additions += 1
+            return low + 1
+        if low < _MAX_COUNT:
+            # Conservative update, as in increment.
+            low += 1
+            if ti < low:
+                t[i] = low
+            if tj < low:
+                t[j] = low
+            if tk < low:
+                t[k] = low
+            if tn < low:
+                t[n] = low
+            self.additions += 1
+            self.version += 1
+        return low + 1
 
     def increment_many(self, counts: Iterable[tuple[Hashable, int]]) -> None:
         """Record ``(key, times)`` pairs; the batched, inlined form of increment.
 
         The doorkeeper is skipped: callers count only sightings after the
-        first (see ``first_sighting``).
+        first (see ``sight``).
         """
         t = self._table
         m = self._mask

@@ -12,6 +12,7 @@ WINDOW = 1
 PROBATION = 2
 PROTECTED = 3
 PROTECTED_HOT = 4  # protected, and read since the CLOCK hand last passed it
+WINDOW_NEW = 5  # in the window; the sketch has not yet seen this insertion
 
 
 class Entry:

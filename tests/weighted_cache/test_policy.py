@@ -1,6 +1,6 @@
 from weighted_cache.policy import Policy
 from weighted_cache.sketch import FrequencySketch
-from weighted_cache.store import PROBATION, PROTECTED, REMOVED, WINDOW, Entry
+from weighted_cache.store import PROBATION, PROTECTED, REMOVED, Entry
 
 
 def make(max_cost: int = 100) -> Policy:
@@ -20,7 +20,7 @@ def test_new_entries_start_in_the_window():
     policy = make()
     entry = Entry("a", 1, 1, 0.0)
     policy.add(entry)
-    assert entry.where == WINDOW
+    assert entry in list(policy.window)
 
 
 def test_window_overflow_moves_entries_to_probation_while_there_is_room():
@@ -193,3 +193,10 @@ def test_a_protected_entry_read_again_gets_a_second_chance_before_demotion():
     policy.record_hits([entries[8]])  # one more promotion forces a demotion
     assert entries[0].where != PROBATION
     assert entries[1].where == PROBATION
+
+
+def test_the_sketch_sees_a_new_entry_when_it_leaves_the_window():
+    policy = make(100)  # a window of one entry
+    entries = fill(policy, range(3))
+    assert policy.sketch.estimate(entries[0].key) == 1
+    assert policy.sketch.estimate(entries[2].key) == 0  # still in the window

@@ -81,3 +81,16 @@ def test_non_positive_width_is_refused():
 
     with pytest.raises(ValueError, match="num_counters"):
         FrequencySketch(0)
+
+
+def test_a_first_sight_is_absorbed_by_the_doorkeeper():
+    sketch = FrequencySketch(1024)
+    assert sketch.sight("a") == 1
+    assert sketch.estimate("a") == 1
+
+
+def test_later_sights_raise_the_counters():
+    sketch = FrequencySketch(1024)
+    seen = [sketch.sight("a") for _ in range(3)]
+    assert seen == [1, 2, 3]
+    assert sketch.estimate("a") == 3
