@@ -1,6 +1,8 @@
-"""The HTTP surface: POST /v2/measure, /healthcheck and /readyz, auth, trace ids, JSON errors.
+"""The HTTP surface: POST /v2/measure, /healthcheck and /readyz, auth, JSON errors.
 
-HTTP in and out only: validation lives in ``rows``, caching and fetching in ``fetcher``.
+HTTP in and out only: validation lives in ``rows``, caching and fetching in ``fetcher``, trace
+ids and HTTP metrics in ``bookkeeping``. :class:`HotPath` answers the usual measure request
+without Flask; the Flask view answers the rest, and gives every error answer.
 """
 
 from __future__ import annotations
