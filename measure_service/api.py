@@ -198,7 +198,9 @@ class HotPath:
         ):
             return self._flask(environ, start_response)
         length_text = environ.get("CONTENT_LENGTH", "")
-        if not length_text.isdigit() or int(length_text) > services.config.max_body_bytes:
+        if not (length_text.isascii() and length_text.isdigit()) or (
+            int(length_text) > services.config.max_body_bytes
+        ):
             return self._flask(environ, start_response)
         body = b""
         try:
