@@ -159,7 +159,7 @@ class Cache(Generic[K, V]):
                 self._metrics.misses += 1
                 return default
             if not entry.expire or entry.expire > self._clock():
-                self._metrics.hits += 1
+                # A hit is counted when the read buffer is drained (see metrics).
                 reads = self._reads
                 reads.append(entry)
                 if len(reads) < _READ_BUFFER:
@@ -247,6 +247,7 @@ class Cache(Generic[K, V]):
                     if reads:
                         # Apply pending reads first so admission sees current frequencies.
                         self._reads = []
+                        self._metrics.hits += len(reads)
                         self._policy.record_hits(reads)
                     entry = Entry(key, value, cost, 0.0)
                     data = self._data
@@ -358,6 +359,7 @@ class Cache(Generic[K, V]):
         """Remove every entry (``on_exit`` fires for each) and all frequencies."""
         callbacks: list[_Callback] = []
         with self._lock:
+            self._metrics.hits += len(self._reads)
             self._reads = []
             self._policy.clear()
             self._ttl.clear()
@@ -437,7 +439,19 @@ class Cache(Generic[K, V]):
 
     @property
     def metrics(self) -> Metrics:
-        """Live counters of hits, misses, admissions, evictions..."""
+        """Counters of hits, misses, admissions, evictions..., current as of this call.
+
+        Hits are tallied when the read buffer is applied (every 128 reads, each
+        write, and each access to this property), which keeps a hit's cost
+        down; counters read later from the returned object may lag by the
+        hits made since.
+        """
+        callbacks: list[_Callback] = []
+        with self._lock:
+            if self._reads:
+                self._drain(callbacks)
+        if callbacks:
+            self._run(callbacks)
         return self._metrics
 
     # -- internals (all called with the lock held) ----------------------------
@@ -445,6 +459,7 @@ class Cache(Generic[K, V]):
     def _drain(self, callbacks: list[_Callback]) -> None:
         """Apply buffered reads to the policy and reclaim some expired cost."""
         reads, self._reads = self._reads, []
+        self._metrics.hits += len(reads)
         self._policy.record_hits(reads)
         if self._ttl.count:
             self._reclaim(self._ttl.pop_expired(self._clock(), _SWEEP_PER_OP), callbacks)

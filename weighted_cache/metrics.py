@@ -19,7 +19,9 @@ class Metrics:
     """Plain integer counters, updated by the cache under its lock.
 
     Reading a single counter is always safe; ``snapshot()`` gives a dict of
-    all of them plus the hit ``ratio``.
+    all of them plus the hit ``ratio``.  Hits are added in batches as the
+    cache applies its read buffer; ``Cache.metrics`` applies it first, so
+    counters read through that property are exact.
     """
 
     __slots__ = _FIELDS

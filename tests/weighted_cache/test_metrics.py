@@ -54,3 +54,11 @@ def test_cache_counts_evictions_with_their_cost():
         cache.set(key, key)
     cache.set(0, 0, cost=2)  # the update must push one other entry out
     assert (cache.metrics.keys_evicted, cache.metrics.cost_evicted) == (1, 1)
+
+
+def test_every_hit_is_counted_when_metrics_is_read():
+    cache: Cache[int, int] = Cache(1000)
+    cache.set(1, 1)
+    for _ in range(300):  # more than one read buffer's worth
+        cache.get(1)
+    assert cache.metrics.hits == 300
