@@ -19,6 +19,7 @@ A request fails when its connection errs, its answer is not 2xx, or its body has
 Run from the project root::
 
     .venv/bin/python bench/deploys.py [--rounds 3] [--connections 64] [--only term --only kill]
+    .venv/bin/python bench/deploys.py --only hup --rounds 40 --connections 128 --close
 """
 
 from __future__ import annotations
@@ -49,13 +50,17 @@ SCENARIOS = ("term", "term-undrained", "hup", "kill")
 class Load:
     """A closed-loop load of one new key per request, running in a greenlet until stopped."""
 
-    def __init__(self, server: Server, connections: int) -> None:
-        """Start ``connections`` keep-alive connections against ``server``."""
+    def __init__(self, server: Server, connections: int, *, close: bool = False) -> None:
+        """Start ``connections`` keep-alive connections against ``server`` (with ``close``, a
+        new connection for every request)."""
+        headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+        if close:
+            headers["Connection"] = "close"
         template = ('{"rows": [{"inventoryId": "deploy-' + uuid.uuid4().hex[:8]
                     + '-{seq}.example", "utcDatetime": "2024-10-30"}]}')
         target = loadgen.Target.from_url(
             server.url + "/v2/measure", body_template=template,
-            headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"})
+            headers=headers)
         self.connections = connections
         self.result = loadgen.Result(mode="closed", connections=connections, duration_s=0.0)
         self._stop = gevent.event.Event()
@@ -108,23 +113,28 @@ def client_connections(pid: int, port: int) -> int:
     return count
 
 
-def start(procs: Processes, upstream_ms: float) -> Server:
+def start(procs: Processes, upstream_ms: float, worker_class: str | None = None) -> Server:
     """Simulator and two gevent workers, as in tests/integration/test_deploys.py."""
     sim = procs.simulator(latency_ms=upstream_ms, jitter_ms=0)
-    return procs.gunicorn("measure_service.wsgi:app", workers=WORKERS, env={
+    env = {
         "API_KEYS": API_KEY, "SCOPE3_API_TOKEN": "deploy-upstream-token",
         "SCOPE3_API_URL": sim.url, "WAIT_FOR_MISSING": "true", "WAIT_WINDOW_MS": "3000",
         "GUNICORN_GRACEFUL_TIMEOUT": str(GRACEFUL_TIMEOUT_S), "ACCESS_LOG": "off",
-    })
+    }
+    if worker_class:
+        # gunicorn reads this after gunicorn.conf.py, so it overrides worker_class there.
+        env["GUNICORN_CMD_ARGS"] = f"--worker-class {worker_class}"
+    return procs.gunicorn("measure_service.wsgi:app", workers=WORKERS, env=env)
 
 
 def _graceful_timeouts(server: Server) -> int:
     return server.log_path.read_text(errors="replace").lower().count("graceful timeout")
 
 
-def term(server: Server, connections: int, *, drained: bool) -> dict[str, Any]:
+def term(server: Server, connections: int, *, drained: bool,
+         close: bool = False) -> dict[str, Any]:
     """SIGTERM the master under load; with ``drained``, send nothing after the signal."""
-    load = Load(server, connections)
+    load = Load(server, connections, close=close)
     load.wait_until_busy()
     in_flight, answered_before = load.result.in_flight, load.result.requests
     errors_before = sum(load.result.errors.values())
@@ -157,10 +167,10 @@ def term(server: Server, connections: int, *, drained: bool) -> dict[str, Any]:
     return figures
 
 
-def hup(server: Server, connections: int) -> dict[str, Any]:
+def hup(server: Server, connections: int, *, close: bool = False) -> dict[str, Any]:
     """SIGHUP under load; keep the load on until every worker is new and has served."""
     old = set(server.child_pids())
-    load = Load(server, connections)
+    load = Load(server, connections, close=close)
     load.wait_until_busy()
     in_flight = load.result.in_flight
     server.process.send_signal(signal.SIGHUP)
@@ -178,9 +188,9 @@ def hup(server: Server, connections: int) -> dict[str, Any]:
             **({"log_tail": server.log_tail(40)} if load.failed() else {})}
 
 
-def kill(server: Server, connections: int) -> dict[str, Any]:
+def kill(server: Server, connections: int, *, close: bool = False) -> dict[str, Any]:
     """SIGKILL one worker under load; the master must replace it and the load go on."""
-    load = Load(server, connections)
+    load = Load(server, connections, close=close)
     load.wait_until_busy()
     in_flight = load.result.in_flight
     victim = max(server.child_pids(), key=lambda pid: client_connections(pid, server.port))
@@ -207,6 +217,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--upstream-ms", type=float, default=300.0)
     parser.add_argument("--only", action="append", choices=SCENARIOS)
+    parser.add_argument("--close", action="store_true",
+                        help="a new connection per request (more accepts near a worker's stop)")
+    parser.add_argument("--worker-class", help="override gunicorn.conf.py's worker_class")
     parser.add_argument("--json", type=Path, help="write every round's figures here")
     return parser.parse_args(argv)
 
@@ -215,16 +228,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run each scenario ``--rounds`` times on fresh processes; exit 1 if a judged one fails."""
     args = _parse_args(argv)
     runs: dict[str, Callable[[Server], dict[str, Any]]] = {
-        "term": lambda s: term(s, args.connections, drained=True),
-        "term-undrained": lambda s: term(s, args.connections, drained=False),
-        "hup": lambda s: hup(s, args.connections),
-        "kill": lambda s: kill(s, args.connections),
+        "term": lambda s: term(s, args.connections, drained=True, close=args.close),
+        "term-undrained": lambda s: term(s, args.connections, drained=False, close=args.close),
+        "hup": lambda s: hup(s, args.connections, close=args.close),
+        "kill": lambda s: kill(s, args.connections, close=args.close),
     }
     report: dict[str, list[dict[str, Any]]] = {}
     for name in args.only or SCENARIOS:
         for round_no in range(1, args.rounds + 1):
             with Processes() as procs:
-                figures = runs[name](start(procs, args.upstream_ms))
+                figures = runs[name](start(procs, args.upstream_ms, args.worker_class))
             report.setdefault(name, []).append(figures)
             print(f"{name} #{round_no}: {json.dumps(figures)}", flush=True)
     if args.json:
