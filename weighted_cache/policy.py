@@ -398,6 +398,8 @@ class Policy:
                 sketch, pending = self.sketch, self._pending.get
                 victim = victims[0]
                 cand_freq = (seen if fresh else sketch.estimate(cand.key)) + pending(cand, 0)
+                if cand_freq > _MAX_FREQ:
+                    cand_freq = _MAX_FREQ
                 # Losing candidates leave the same victim in place, so its
                 # sketch estimate is reused until the counters change.  (A
                 # doorkeeper false positive appearing meanwhile is missed.)

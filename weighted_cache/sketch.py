@@ -92,7 +92,8 @@ class FrequencySketch:
         self.sample_size = max(num_counters, 16)
         self._door = Doorkeeper(self.sample_size)
         self.additions = 0
-        # Bumped whenever counters change, so callers may reuse an estimate.
+        # Bumped whenever counters change (sight() excepted, see there), so
+        # callers may reuse an estimate.
         self.version = 0
 
     @property
@@ -205,7 +206,8 @@ class FrequencySketch:
             if tn < low:
                 t[n] = low
             self.additions += 1
-            self.version += 1
+            # No version bump: these counters are the sighted key's own, and
+            # move another key's estimate only through a collision.
         return low + 1
 
     def increment_many(self, counts: Iterable[tuple[Hashable, int]]) -> None:
