@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -29,12 +30,14 @@ def app(upstream: FakeUpstream) -> Iterator[Flask]:
     close_app(application)
 
 
-def call(app: Flask, body: bytes, *, query: str = "", **headers: str) -> tuple[
-    str, dict[str, str], Any, dict[str, Any]
-]:
-    """Call the app as gunicorn does; return status, headers, decoded body and the environ."""
+def call(
+    app: Flask, body: bytes, *, query: str = "", flask_only: bool = False,
+    headers: dict[str, str] | None = None,
+) -> tuple[str, dict[str, str], Any, dict[str, Any]]:
+    """Call the app as gunicorn does (or only Flask's own WSGI app, which the hot path wraps);
+    return status, headers, decoded body and the environ."""
     sent: dict[str, str] = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
-    sent.update(headers)
+    sent.update(headers or {})
     environ = EnvironBuilder(
         path="/v2/measure", method="POST", query_string=query, data=body,
         headers=list(sent.items()),
@@ -44,7 +47,7 @@ def call(app: Flask, body: bytes, *, query: str = "", **headers: str) -> tuple[
     def start_response(status: str, header_list: list[tuple[str, str]], exc: Any = None) -> Any:
         answer.update(status=status, headers=dict(header_list))
 
-    wsgi: Any = app
+    wsgi: Any = functools.partial(Flask.wsgi_app, app) if flask_only else app
     data = b"".join(wsgi(environ, start_response))
     environ["test.body"] = data
     return answer["status"], answer["headers"], json.loads(data), environ
@@ -55,7 +58,7 @@ def rows_body(rows: Any) -> bytes:
 
 
 def test_a_valid_request_gets_rows_in_order_with_its_trace_id(app: Flask) -> None:
-    status, headers, document, _ = call(app, rows_body(ROWS), **{"X-Trace-Id": "hot-1"})
+    status, headers, document, _ = call(app, rows_body(ROWS), headers={"X-Trace-Id": "hot-1"})
     assert status.startswith("200")
     assert headers["Content-Type"] == "application/json"
     assert headers["X-Trace-Id"] == document["requestId"] == "hot-1"
@@ -63,14 +66,28 @@ def test_a_valid_request_gets_rows_in_order_with_its_trace_id(app: Flask) -> Non
     assert document["coverage"]["rows"] == 3
 
 
-def test_the_answer_is_the_same_with_and_without_a_query_string(app: Flask) -> None:
-    call(app, rows_body(ROWS))  # fetch both keys once, so that both answers are hits
-    call(app, rows_body(ROWS), query="latest=false")
-    _, _, plain, _ = call(app, rows_body(ROWS))
-    _, _, via_flask, _ = call(app, rows_body(ROWS), query="latest=false")  # Flask serves it
-    for document in (plain, via_flask):
+@pytest.mark.parametrize("query", ["", "latest=true&framework=f1"])
+def test_the_answer_is_the_one_the_flask_view_gives(app: Flask, query: str) -> None:
+    call(app, rows_body(ROWS), query=query)  # fetch once, so that both answers are hits
+    _, hot_headers, hot, _ = call(app, rows_body(ROWS), query=query)
+    _, flask_headers, via_flask, _ = call(app, rows_body(ROWS), query=query, flask_only=True)
+    for document in (hot, via_flask):
         del document["requestId"]
-    assert plain == via_flask
+    assert hot == via_flask
+    assert hot_headers["Content-Type"] == flask_headers["Content-Type"]
+
+
+def test_query_parameters_reach_upstream_from_the_hot_path(
+    app: Flask, upstream: FakeUpstream
+) -> None:
+    call(app, rows_body(ROWS[:1]), query="framework=f9&latest=TRUE")
+    assert upstream.calls[-1][1] == {"framework": "f9", "latest": "true"}
+
+
+def test_a_bad_query_string_gets_flasks_400(app: Flask) -> None:
+    status, _, document, _ = call(app, rows_body(ROWS), query="latest=maybe")
+    assert status.startswith("400")
+    assert "latest" in document["error"]
 
 
 def test_the_content_length_header_matches_the_body(app: Flask) -> None:
@@ -96,7 +113,9 @@ def test_a_bad_body_read_by_the_hot_path_still_gets_flasks_400(
 
 
 def test_a_wrong_key_gets_flasks_401(app: Flask) -> None:
-    status, headers, document, _ = call(app, rows_body(ROWS), Authorization="Bearer nope")
+    status, headers, document, _ = call(
+        app, rows_body(ROWS), headers={"Authorization": "Bearer nope"}
+    )
     assert status.startswith("401")
     assert "WWW-Authenticate" in headers and "error" in document
 
