@@ -162,8 +162,7 @@ def _answer(
     config = services.config
     rows = [validate_row(raw, params) for raw in raw_rows]
     wanted = [(row.key, row.cost) for row in rows if row.key is not None]
-    wait_s = config.wait_window_ms / 1000 if config.wait_for_missing else 0.0
-    lookup = services.fetcher.lookup(wanted, wait_s)
+    lookup = services.fetcher.lookup(wanted, config.wait_s)
 
     environ[logs.ENVIRON_ROWS] = len(rows)
     environ[logs.ENVIRON_HITS] = lookup.hits

@@ -119,6 +119,7 @@ def _build_services(
         batch_rows=config.upstream_batch_rows,
         max_pending_rows=config.max_pending_rows,
         concurrency=config.upstream_concurrency,
+        wait_s=config.wait_s,
     )
     fetcher = Fetcher(cache, upstream, settings, breaker=breaker, clock=clock)
     closers.insert(0, fetcher.close)

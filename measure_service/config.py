@@ -98,6 +98,11 @@ class Config:
                 "or AUTH_DISABLED=true to run without authentication"
             )
 
+    @property
+    def wait_s(self) -> float:
+        """How long a request waits for its misses: the window, or 0 without WAIT_FOR_MISSING."""
+        return self.wait_window_ms / 1000 if self.wait_for_missing else 0.0
+
     def __repr__(self) -> str:
         """Show every field except the secrets."""
         return f"Config(env={self.env!r}, service={self.service!r}, port={self.port}, ...)"

@@ -107,6 +107,9 @@ class FetcherSettings:
     batch_rows: int
     max_pending_rows: int
     concurrency: int
+    # How long requests wait for their misses (0: nobody waits); the batcher may hold a batch
+    # behind one in flight only when that cannot cost a waiting request its answer.
+    wait_s: float = 0.0
 
 
 class FetchFailed(Exception):
@@ -143,6 +146,7 @@ class Fetcher:
             window_s=settings.batch_window_s,
             max_items=settings.batch_rows,
             concurrency=settings.concurrency,
+            answer_within_s=settings.wait_s,
         )
 
     @property
