@@ -237,25 +237,26 @@ class Cache(Generic[K, V]):
         ttl = self._default_ttl if ttl is None else _check_ttl(ttl)
         with self._lock:
             if ttl is None and self._quiet and not self._ttl.count:
+                data = self._data
                 try:
-                    entry = self._data.get(key)
+                    entry = data.get(key)
                 except TypeError:
                     raise _unhashable(key) from None
-                if entry is None and cost <= self._policy.max_cost:
-                    # _add_quietly, inlined: this is the miss path.
+                policy = self._policy
+                if entry is None and cost <= policy.max_cost:
+                    # The miss path: a new key, no expiry anywhere, no callbacks.
+                    metrics = self._metrics
                     reads = self._reads
                     if reads:
                         # Apply pending reads first so admission sees current frequencies.
                         self._reads = []
-                        self._metrics.hits += len(reads)
-                        self._policy.record_hits(reads)
+                        metrics.hits += len(reads)
+                        policy.record_hits(reads)
                     entry = Entry(key, value, cost, 0.0)
-                    data = self._data
-                    store = self._store
                     data[key] = entry
+                    store = self._store
                     store.cost_used += cost
-                    out = self._policy.add(entry)
-                    metrics = self._metrics
+                    out = policy.add(entry)
                     if out:
                         # Store.remove inlined; no entry has an expiry to unfile.
                         for gone in out:

@@ -234,18 +234,20 @@ class Policy:
         if n > 16:
             pending.update(reads)  # counts in C, after some fixed overhead
             for entry in reads:
-                if entry.where == PROTECTED:
+                where = entry.where
+                if where == PROTECTED:
                     entry.where = PROTECTED_HOT
-                elif entry.where != PROTECTED_HOT:
+                elif where != PROTECTED_HOT:
                     self._reorder(entry)
         else:
             # Few reads (a write drains the buffer first): one loop, fewer calls.
             get = pending.get
             for entry in reads:
                 pending[entry] = get(entry, 0) + 1
-                if entry.where == PROTECTED:
+                where = entry.where
+                if where == PROTECTED:
                     entry.where = PROTECTED_HOT
-                elif entry.where != PROTECTED_HOT:
+                elif where != PROTECTED_HOT:
                     self._reorder(entry)
         self._pending_total += n
         self._sample_hits += n
@@ -304,7 +306,14 @@ class Policy:
                 # One candidate leaves the window and then everything fits:
                 # _evict's loops reduce to this single admission.
                 fresh = cand.where == WINDOW_NEW
-                window.unlink(cand)
+                # window.unlink(cand), inlined.
+                after = cand.next
+                head.next = after
+                after.prev = head
+                cand.prev = cand.next = None
+                cand.where = REMOVED
+                window.cost -= cand.cost
+                window.count -= 1
                 self._admit(cand, None, out, fresh)
             else:
                 self._evict(entry, False, out)
@@ -380,79 +389,65 @@ class Policy:
             return
         if not self._filled:
             self._on_first_fill()
-        need = min(excess, cand.cost)
+        need = excess if excess < cand.cost else cand.cost
         head = self.probation.head
-        first: Entry = head.next
-        nxt: Entry = first.next
-        if (first is not head and first is not keep and first.cost >= need
-                and (nxt is head or (nxt.cost == first.cost
-                                     and (nxt.next is head or nxt.next.cost == first.cost)))):
+        victim: Entry = head.next
+        nxt: Entry = victim.next
+        if (victim is not head and victim is not keep and victim.cost >= need
+                and (nxt is head or (nxt.cost == victim.cost
+                                     and (nxt.next is head or nxt.next.cost == victim.cost)))):
             # Unit-cost fast path: the LRU entry suffices and its sampled
             # neighbours cost the same, so the cost-aware ranking would agree.
-            victims: list[Entry] | None = [first]
+            # frequency() is inlined for both sides.
+            sketch, pending = self.sketch, self._pending
+            cand_freq = (seen if fresh else sketch.estimate(cand.key)) + pending.get(cand, 0)
+            if cand_freq > _MAX_FREQ:
+                cand_freq = _MAX_FREQ
+            # Losing candidates leave the same victim in place, so its
+            # sketch estimate is reused until the counters change.  (A
+            # doorkeeper false positive appearing meanwhile is missed.)
+            if victim is self._victim and sketch.version == self._victim_version:
+                base = self._victim_base
+            else:
+                base = sketch.estimate(victim.key)
+                self._victim, self._victim_base = victim, base
+                self._victim_version = sketch.version
+            victim_freq = base + pending.get(victim, 0)
+            if victim_freq > _MAX_FREQ:
+                victim_freq = _MAX_FREQ
+            if cand_freq > victim_freq:
+                # remove(victim) inlined: it is probation's LRU entry.
+                victim.prev = victim.next = None
+                victim.where = REMOVED
+                head.next = nxt
+                nxt.prev = head
+                probation = self.probation
+                vcost = victim.cost
+                probation.cost -= vcost
+                probation.count -= 1
+                self.total_cost -= vcost
+                times = pending.pop(victim, 0)
+                if times:
+                    self._depart(victim.key, times)
+                out.append(victim)
+                probation.append(cand)
+                return
         else:
             victims = self._select_victims(need, keep)
-        if victims is not None:
-            if len(victims) == 1:
-                # frequency() inlined for the common single-victim case.
-                sketch, pending = self.sketch, self._pending.get
-                victim = victims[0]
-                cand_freq = (seen if fresh else sketch.estimate(cand.key)) + pending(cand, 0)
-                if cand_freq > _MAX_FREQ:
-                    cand_freq = _MAX_FREQ
-                # Losing candidates leave the same victim in place, so its
-                # sketch estimate is reused until the counters change.  (A
-                # doorkeeper false positive appearing meanwhile is missed.)
-                if victim is self._victim and sketch.version == self._victim_version:
-                    base = self._victim_base
-                else:
-                    base = sketch.estimate(victim.key)
-                    self._victim, self._victim_base = victim, base
-                    self._victim_version = sketch.version
-                victim_freq = base + pending(victim, 0)
-                if victim_freq > _MAX_FREQ:
-                    victim_freq = _MAX_FREQ
-                if cand_freq > victim_freq:
-                    if victim.where != PROBATION:
+            if victims is not None:
+                cand_freq = seen if fresh else self.frequency(cand)
+                if fresh:
+                    cand_freq = min(cand_freq + self._pending.get(cand, 0), _MAX_FREQ)
+                if cand_freq > sum(self.frequency(v) for v in victims):
+                    for victim in victims:
                         self.remove(victim)
                         out.append(victim)
-                        self.probation.append(cand)
-                        return
-                    # remove(victim) inlined for the usual probation victim.
-                    before, after = victim.prev, victim.next
-                    before.next = after
-                    after.prev = before
-                    victim.prev = victim.next = None
-                    victim.where = REMOVED
-                    probation = self.probation
-                    vcost = victim.cost
-                    probation.cost -= vcost
-                    probation.count -= 1
-                    self.total_cost -= vcost
-                    times = self._pending.pop(victim, 0)
-                    if times:
-                        self._depart(victim.key, times)
-                    out.append(victim)
-                    probation.append(cand)
+                    self.probation.append(cand)
                     return
-                self.total_cost -= cand.cost
-                times = self._pending.pop(cand, 0)
-                if times:
-                    self._depart(cand.key, times)
-                out.append(cand)
-                return
-            else:
-                cand_freq = self.frequency(cand)
-                victim_freq = sum(self.frequency(v) for v in victims)
-            if cand_freq > victim_freq:
-                for victim in victims:
-                    self.remove(victim)
-                    out.append(victim)
-                self.probation.append(cand)
-                return
         self.total_cost -= cand.cost  # cand is in no segment: remove() would miss it
-        if self._pending:
-            self._write_back(cand)
+        times = self._pending.pop(cand, 0)
+        if times:
+            self._depart(cand.key, times)
         out.append(cand)
 
     def _on_first_fill(self) -> None:
