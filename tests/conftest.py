@@ -28,10 +28,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import requests
@@ -134,6 +134,23 @@ class Service:
             if isinstance(document, dict):
                 lines.append(document)
         return lines
+
+
+T = TypeVar("T")
+
+
+def eventually(check: Callable[[], T | None], timeout_s: float = 10.0) -> T:
+    """Poll ``check`` until it returns something truthy, and return that; fail after timeout_s.
+
+    For effects that land a moment after a response: log lines, metrics files, background fetches.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.02)
+    pytest.fail(f"{check} never became true within {timeout_s} s")
 
 
 class Processes:

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from tests.conftest import Processes, Service
+from tests.conftest import Processes, Service, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -367,6 +367,11 @@ def test_line_breaks_in_the_path_stay_inside_one_json_log_line(service: Service)
     response = requests.get(f"{service.url}/nowhere%0d%0a{marker}%0a", timeout=10)
     assert response.status_code == 404
     assert "error" in response.json()
-    lines = [line for line in service.log_path.read_text(errors="replace").splitlines()
-             if marker in line]
-    assert lines and all(json.loads(line) for line in lines)
+
+    def marked_lines() -> list[str]:
+        # The access line is written just after the response: poll rather than race it.
+        text = service.log_path.read_text(errors="replace")
+        return [line for line in text.splitlines() if marker in line]
+
+    lines = eventually(marked_lines)
+    assert all(json.loads(line) for line in lines)

@@ -9,22 +9,19 @@ from __future__ import annotations
 
 import os
 import signal
-import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import requests
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Processes, Service, Simulator
+from tests.conftest import Processes, Service, Simulator, eventually
 
 pytestmark = pytest.mark.integration
 
-T = TypeVar("T")
 WORKERS = 2
 # The same rows in every request: each worker that served holds exactly these entries.
 ROWS = [
@@ -34,7 +31,6 @@ ROWS = [
 MAX_COST = 50_000
 MIN_REQUESTS = 40
 MAX_REQUESTS = 400
-DEADLINE_S = 15.0
 REQUEST_COUNT = "flask_http_request_duration_seconds_count"
 MEASURE_OK = {"method": "POST", "path": "/v2/measure", "status": "200"}
 
@@ -97,15 +93,6 @@ def per_worker(directory: Path, kind: str, name: str, **labels: str) -> dict[int
                     found[pid] = found.get(pid, 0.0) + sample.value
     return found
 
-
-def eventually(check: Callable[[], T | None]) -> T:
-    deadline = time.monotonic() + DEADLINE_S
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.05)
-    pytest.fail(f"{check} never became true")
 
 
 def post_until_both_workers_served(service: Service, metrics_dir: Path) -> int:

@@ -11,29 +11,18 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import Processes, Service, Simulator
+from tests.conftest import Processes, Service, Simulator, eventually
 
 pytestmark = pytest.mark.integration
 
 WAIT_WINDOW_S = 0.25  # SERVICE_ENV's WAIT_WINDOW_MS
 SLOW_UPSTREAM_MS = 1000
-DEADLINE_S = 5.0
 
 
 def cold(**fields: Any) -> dict[str, Any]:
     """A row no earlier test has asked for."""
     return {"inventoryId": f"{uuid.uuid4().hex[:12]}.com", "utcDatetime": "2024-10-30", **fields}
 
-
-def eventually(check: Any) -> Any:
-    """Poll ``check`` until it returns something truthy; fail after a few seconds."""
-    deadline = time.monotonic() + DEADLINE_S
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.02)
-    pytest.fail(f"{check} never became true")
 
 
 @pytest.fixture

@@ -5,13 +5,13 @@ from __future__ import annotations
 import functools
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
-from tests.conftest import Processes, Service, Simulator
+from tests.conftest import Processes, Service, Simulator, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -133,7 +133,6 @@ def test_a_failed_refresh_keeps_serving_the_stale_value(
 # Where misses must pile up, the simulator hangs one request so that the only upstream slot stays
 # busy: what queues behind it is then known exactly, whatever the machine's speed.
 
-DEADLINE_S = 10.0
 
 
 def fresh_rows(count: int) -> list[dict[str, Any]]:
@@ -151,16 +150,6 @@ def row_statuses(service: Service, rows: list[dict[str, Any]], query: str = "") 
     assert response.status_code == 200, response.text
     return [row["status"] for row in response.json()["rows"]]
 
-
-def eventually(check: Callable[[], Any]) -> Any:
-    """Poll ``check`` until it returns something truthy; fail after a few seconds."""
-    deadline = time.monotonic() + DEADLINE_S
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.05)
-    pytest.fail(f"{check} never became true")
 
 
 def all_hits(service: Service, rows: list[dict[str, Any]], query: str = "") -> bool:
