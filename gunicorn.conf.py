@@ -79,8 +79,13 @@ logconfig_dict: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "json": {"()": "measure_service.logs.json_formatter"},
-        "access": {"()": "measure_service.logs.AccessFormatter"},
+        # gunicorn's own lines (errors, tracebacks) get the same token redaction as the app's.
+        "json": {
+            "()": "measure_service.logs.json_formatter", "secrets": [_config.scope3_api_token],
+        },
+        "access": {
+            "()": "measure_service.logs.AccessFormatter", "secrets": [_config.scope3_api_token],
+        },
     },
     "filters": {
         "trace": {"()": "measure_service.logs.TraceIdFilter"},

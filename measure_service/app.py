@@ -34,7 +34,7 @@ def create_app(
     ``clock`` dates cache entries.
     """
     config = Config.from_env() if config is None else config
-    logs.configure_logging(config.log_level)
+    logs.configure_logging(config.log_level, secrets=(config.scope3_api_token,))
     app = Flask(__name__)
     closers: list[Callable[[], None]] = []
     if cache is None:

@@ -11,7 +11,7 @@ import logging
 import random
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import gevent
@@ -35,6 +35,9 @@ _ATOM_TRACE_ID = "{" + ENVIRON_TRACE_ID + "}e"
 _ATOM_ROWS = "{" + ENVIRON_ROWS + "}e"
 _ATOM_HITS = "{" + ENVIRON_HITS + "}e"
 _ATOM_MISSES = "{" + ENVIRON_MISSES + "}e"
+
+# What a secret (the upstream token) is replaced with wherever it would be logged or returned.
+REDACTED = "[redacted]"
 
 _TRACE_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("trace_id", default=None)
 _VALID_TRACE_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -123,22 +126,45 @@ def sampled_access_logger(rate: float) -> type[SampledAccessLogger]:
     return type("SampledAccessLogger", (SampledAccessLogger,), {"sampler": SampleFilter(rate)})
 
 
-def json_formatter() -> JsonFormatter:
+class RedactingFormatter(JsonFormatter):
+    """A JSON formatter that removes ``secrets`` from the finished line.
+
+    The last step of every line, so no field, exception text or traceback can carry a secret
+    out, whichever call site logged it. Log lines are off the hit path, so the scan is cheap.
+    """
+
+    def __init__(self, *args: Any, secrets: Iterable[str] = (), **kwargs: Any) -> None:
+        """``secrets``: strings never to write (empty ones are ignored)."""
+        super().__init__(*args, **kwargs)
+        self._secrets = tuple(secret for secret in secrets if secret)
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The JSON line, with each secret replaced by :data:`REDACTED`."""
+        line = super().format(record)
+        for secret in self._secrets:
+            if secret in line:
+                line = line.replace(secret, REDACTED)
+        return line
+
+
+def json_formatter(secrets: Iterable[str] = ()) -> RedactingFormatter:
     """The formatter of application lines: timestamp, level, logger, message, trace_id, extras."""
-    return JsonFormatter(
+    return RedactingFormatter(
         "%(levelname)s %(name)s %(message)s %(trace_id)s",
         rename_fields={"levelname": "level", "name": "logger"},
         timestamp="timestamp",
+        secrets=secrets,
     )
 
 
-class AccessFormatter(JsonFormatter):
+class AccessFormatter(RedactingFormatter):
     """Formats gunicorn's access records (whose args are its atoms) with the shared field names."""
 
-    def __init__(self) -> None:
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
         """The field list is fixed: :data:`FIELDS` plus ``remote_addr``."""
         super().__init__(
-            "%(levelname)s", rename_fields={"levelname": "level"}, timestamp="timestamp"
+            "%(levelname)s", rename_fields={"levelname": "level"}, timestamp="timestamp",
+            secrets=secrets,
         )
 
     def add_fields(
@@ -160,15 +186,18 @@ class AccessFormatter(JsonFormatter):
         log_data["remote_addr"] = _atom(atoms, "h")
 
 
-def configure_logging(level: str) -> logging.Logger:
-    """Send the ``measure_service`` loggers to stdout as JSON lines at ``level``; idempotent."""
+def configure_logging(level: str, secrets: Iterable[str] = ()) -> logging.Logger:
+    """Send the ``measure_service`` loggers to stdout as JSON lines at ``level``; idempotent.
+
+    ``secrets`` never appear in a line (see :class:`RedactingFormatter`).
+    """
     logger = logging.getLogger(LOGGER_NAME)
     for handler in list(logger.handlers):
         if getattr(handler, "_measure_service", False):
             logger.removeHandler(handler)
     handler = logging.StreamHandler(sys.stdout)
     handler._measure_service = True  # type: ignore[attr-defined]
-    handler.setFormatter(json_formatter())
+    handler.setFormatter(json_formatter(secrets))
     handler.addFilter(TraceIdFilter())
     logger.addHandler(handler)
     logger.setLevel(level)

@@ -37,6 +37,7 @@ from urllib3.exceptions import ReadTimeoutError
 from measure_service import metrics
 from measure_service.backoff import Backoff
 from measure_service.breaker import CircuitBreaker
+from measure_service.logs import REDACTED
 
 _LOG = logging.getLogger(__name__)
 
@@ -270,7 +271,7 @@ class UpstreamClient:
         log_fields["upstream_status"] = status
         if 200 <= status < 300:
             try:
-                results = _parse_answer(content, wanted)
+                results = _parse_answer(content, wanted, self._redact)
             except _Malformed as exc:
                 log_fields["upstream_body"] = self._snippet(content)
                 raise self._failure(
@@ -405,8 +406,11 @@ class UpstreamClient:
 
     def _snippet(self, content: bytes) -> str:
         text = content[:_BODY_SNIPPET_CHARS * 4].decode("utf-8", errors="replace")
-        text = text[:_BODY_SNIPPET_CHARS]
-        return text.replace(self._token, "[redacted]") if self._token else text
+        return self._redact(text[:_BODY_SNIPPET_CHARS])
+
+    def _redact(self, text: str) -> str:
+        """``text`` without our token: upstream may echo it back in errors or bodies."""
+        return text.replace(self._token, REDACTED) if self._token and self._token in text else text
 
     def _elapsed_ms(self, started: float) -> float:
         return round((self._clock() - started) * 1000.0, 3)
@@ -426,7 +430,9 @@ def _row_identifiers(rows: Iterable[Mapping[str, Any]]) -> frozenset[str]:
     return frozenset(seen)
 
 
-def _parse_answer(content: bytes, wanted: frozenset[str]) -> dict[str, RowResult]:
+def _parse_answer(
+    content: bytes, wanted: frozenset[str], redact: Callable[[str], str]
+) -> dict[str, RowResult]:
     try:
         document = json.loads(content)
     except (ValueError, UnicodeDecodeError):
@@ -439,13 +445,14 @@ def _parse_answer(content: bytes, wanted: frozenset[str]) -> dict[str, RowResult
             raise _Malformed("a row without a string 'rowIdentifier'")
         identifier = item["rowIdentifier"]
         if identifier in wanted and identifier not in results:
-            results[identifier] = _parse_row(item)
+            results[identifier] = _parse_row(item, redact)
     for identifier in wanted - results.keys():
         results[identifier] = RowResult(None, None, MISSING_ROW_ERROR)
     return results
 
 
-def _parse_row(item: Mapping[str, Any]) -> RowResult:
+def _parse_row(item: Mapping[str, Any], redact: Callable[[str], str]) -> RowResult:
+    """One answer row; upstream's own text passes through ``redact`` (it may echo our token)."""
     emissions = item.get("totalEmissions")
     if emissions is not None and (
         isinstance(emissions, bool)
@@ -454,8 +461,10 @@ def _parse_row(item: Mapping[str, Any]) -> RowResult:
     ):
         raise _Malformed("a row whose 'totalEmissions' is not a finite number")
     coverage = item.get("inventoryCoverage")
-    if coverage is not None and not isinstance(coverage, str):
-        raise _Malformed("a row whose 'inventoryCoverage' is not a string")
+    if coverage is not None:
+        if not isinstance(coverage, str):
+            raise _Malformed("a row whose 'inventoryCoverage' is not a string")
+        coverage = redact(coverage)
     error = item.get("error")
     if error is None:
         return RowResult(None if emissions is None else float(emissions), coverage, None)
@@ -466,4 +475,4 @@ def _parse_row(item: Mapping[str, Any]) -> RowResult:
         text = error or _GENERIC_ROW_ERROR
     else:
         raise _Malformed("a row whose 'error' is neither an object nor a string")
-    return RowResult(None, coverage, text)
+    return RowResult(None, coverage, redact(text))

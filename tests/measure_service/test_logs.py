@@ -75,6 +75,21 @@ def test_application_lines_are_json_with_level_timestamp_and_trace_id() -> None:
     assert "timestamp" in line
 
 
+def test_a_secret_is_redacted_from_every_part_of_a_line_including_tracebacks() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.json_formatter(secrets=["s3cret-token"]))
+    logger = logging.getLogger("test.logs.redact")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        raise RuntimeError("upstream said s3cret-token")
+    except RuntimeError:
+        logger.exception("failed with s3cret-token", extra={"body": "s3cret-token"})
+    assert "s3cret-token" not in stream.getvalue()
+    assert logs.REDACTED in json.loads(stream.getvalue())["message"]
+
+
 def test_access_lines_carry_the_shared_field_names() -> None:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)

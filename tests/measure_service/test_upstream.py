@@ -156,6 +156,16 @@ def test_a_row_level_error_carries_upstream_message_and_no_emissions(
     assert results["a"].error is None
 
 
+def test_upstream_text_echoing_the_token_is_redacted_before_it_is_returned(
+    clock: _Clock, mocked: responses.RequestsMock
+) -> None:
+    echoed = {"rowIdentifier": "a", "inventoryCoverage": f"cov {TOKEN}",
+              "error": {"message": f"bad token {TOKEN}"}}
+    mocked.post(URL, json=_answer(echoed))
+    result = _client(clock).measure([_row("a")], {})["a"]
+    assert TOKEN not in f"{result.error} {result.inventory_coverage}"
+
+
 def test_an_answer_with_row_errors_is_counted_as_row_error(
     clock: _Clock, mocked: responses.RequestsMock
 ) -> None:
