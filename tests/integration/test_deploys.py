@@ -185,7 +185,9 @@ def test_sighup_replaces_every_worker_without_a_failed_request(processes: Proces
     _eventually(lambda: load.result.requests >= answered_by_old_and_new + 2 * CONNECTIONS)
     load.stop()
 
-    assert load.failed() == 0, load.result.summary()
+    # A loss logged with "Bad file descriptor" is gunicorn's listener race (bench/RELIABILITY.md).
+    races = service.log_path.read_text(errors="replace").count("Bad file descriptor")
+    assert load.failed() == 0, (load.result.summary(), f"Bad file descriptor lines: {races}")
     assert service.process.poll() is None
 
 
