@@ -141,7 +141,7 @@ def test_window_grows_when_growing_it_raised_the_hit_rate():
     start = policy.window_max
     policy._step = 100.0
     policy._sample_period = 10
-    policy._prev_rate = 0.1
+    policy._prev_rate = 0.46  # a small gain: the step decides the move
     policy._sample_hits, policy._sample_misses = 5, 5
     policy._climb()
     assert policy.window_max == start + 100
@@ -152,10 +152,32 @@ def test_window_shrinks_when_the_hit_rate_fell():
     policy.window_max = 300
     policy._step = 100.0
     policy._sample_period = 10
-    policy._prev_rate = 0.9
+    policy._prev_rate = 0.54
     policy._sample_hits, policy._sample_misses = 5, 5
     policy._climb()
     assert policy.window_max == 200
+
+
+def test_a_large_hit_rate_gain_moves_the_window_further_than_a_step():
+    policy = make(1000)
+    start = policy.window_max
+    policy._step = 10.0
+    policy._sample_period = 10
+    policy._prev_rate = 0.375  # +0.125: a move of 1.5 * 0.125 of the budget
+    policy._sample_hits, policy._sample_misses = 5, 5
+    policy._climb()
+    assert policy.window_max == start + 187
+
+
+def test_no_single_move_exceeds_a_third_of_the_budget():
+    policy = make(1000)
+    policy.window_max = 100
+    policy._step = -10.0  # the last move shrank the window
+    policy._sample_period = 10
+    policy._prev_rate = 1.0  # -0.5, as in a scan
+    policy._sample_hits, policy._sample_misses = 5, 5
+    policy._climb()
+    assert policy.window_max == 450
 
 
 def test_replays_are_deterministic():
