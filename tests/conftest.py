@@ -184,8 +184,12 @@ class Processes:
         *,
         env: Mapping[str, str] | None = None,
         workers: int = 1,
+        command: Sequence[str] | None = None,
     ) -> Service:
-        """Start gunicorn (gevent workers) against ``simulator``; wait until /readyz is 200."""
+        """Start gunicorn (gevent workers) against ``simulator``; wait until /readyz is 200.
+
+        ``command`` replaces the usual gunicorn command line (run from the project root).
+        """
         port = free_port()
         full_env = {**os.environ, **SERVICE_ENV, "WEB_CONCURRENCY": str(workers)}
         full_env.update(
@@ -197,7 +201,7 @@ class Processes:
         )
         full_env.update(env or {})
         log_path = self._log_path("service")
-        argv = [
+        argv = list(command) if command is not None else [
             sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
             "measure_service.wsgi:app",
         ]
