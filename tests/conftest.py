@@ -102,6 +102,11 @@ class Service:
     log_path: Path
     api_key: str | None = API_KEY
 
+    def worker_pids(self) -> set[int]:
+        """The pids of gunicorn's workers: the master's children, read from /proc."""
+        text = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text()
+        return {int(pid) for pid in text.split()}
+
     def post(
         self,
         rows: Sequence[Mapping[str, Any]],

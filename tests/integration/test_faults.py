@@ -51,18 +51,6 @@ def cold() -> dict[str, Any]:
     return {"inventoryId": f"{uuid.uuid4().hex[:12]}.com", "utcDatetime": "2024-10-30"}
 
 
-def worker_pids(master: int) -> set[int]:
-    """The pids of the gunicorn workers (children of ``master``)."""
-    children = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == master:
-            children.add(int(stat.parent.name))
-    return children
-
 
 def open_fds(pid: int) -> int:
     return sum(1 for _ in Path(f"/proc/{pid}/fd").iterdir())
@@ -97,7 +85,7 @@ def service(module_processes: Processes, simulator: Simulator) -> Service:
 
 @pytest.fixture(scope="module")
 def worker(service: Service) -> int:
-    (pid,) = worker_pids(service.process.pid)
+    (pid,) = service.worker_pids()
     return pid
 
 
@@ -145,7 +133,7 @@ def test_under_an_upstream_fault_the_worker_stays_bounded(
     burst(service)
     assert in_flight(service) <= CONCURRENCY
     assert open_fds(worker) <= baseline_fds + FD_HEADROOM
-    assert worker_pids(service.process.pid) == {worker}
+    assert service.worker_pids() == {worker}
 
 
 @live

@@ -13,7 +13,6 @@ import select
 import socket
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -29,18 +28,6 @@ MAX_ROWS = 1000  # the default MAX_ROWS
 TRACE_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
-def worker_pids(master: int) -> set[int]:
-    """The pids of the gunicorn workers (children of ``master``)."""
-    children = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == master:
-            children.add(int(stat.parent.name))
-    return children
-
 
 def row(**fields: Any) -> dict[str, Any]:
     return {"inventoryId": f"{uuid.uuid4().hex[:10]}.com", "utcDatetime": "2024-10-30", **fields}
@@ -53,7 +40,7 @@ def service(module_processes: Processes) -> Service:
 
 @pytest.fixture(scope="module")
 def workers(service: Service) -> set[int]:
-    pids = worker_pids(service.process.pid)
+    pids = service.worker_pids()
     assert len(pids) == 1
     return pids
 
@@ -65,7 +52,7 @@ def worker_stays_healthy(service: Service, workers: set[int]) -> Iterator[None]:
     response = service.post([row()])
     assert response.status_code == 200
     assert response.json()["rows"][0]["status"] in ("fetched", "pending")
-    assert worker_pids(service.process.pid) == workers
+    assert service.worker_pids() == workers
 
 
 def post(service: Service, body: bytes, content_type: str = "application/json",
