@@ -8,13 +8,15 @@ PORT           ?= 3000
 SIMULATOR_PORT ?= 8081
 DEMO_API_KEY   ?= demo-key
 
-.PHONY: help venv test lint typecheck unit demo run bench clean
+.PHONY: help venv test lint typecheck unit demo run bench bench-service fuzz soak clean
 
 help:
 	@echo "make demo   - install, then run the service against the bundled Scope3 simulator"
 	@echo "make test   - install, then run lint, type checks and the whole test suite"
 	@echo "make run    - serve real traffic (needs SCOPE3_API_TOKEN and API_KEYS)"
-	@echo "make bench  - run the benchmarks under bench/ (slow)"
+	@echo "make bench  - library benchmarks: hit ratios, throughput, memory (a few minutes)"
+	@echo "make bench-service - service benchmarks: load vs a Flask floor, upstream economy, deploys"
+	@echo "make fuzz   - large fuzz run (hypothesis + schemathesis); make soak - 10-minute soak"
 
 $(STAMP): setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +50,18 @@ run: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/hit_ratio.py
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/memory.py
+
+bench-service: $(STAMP)
+	$(BIN)/python bench/service_load.py
+	$(BIN)/python bench/upstream_economy.py
+	$(BIN)/python bench/deploys.py
+
+fuzz: $(STAMP)
+	bash bench/fuzz.sh
+
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
