@@ -55,8 +55,9 @@ def _env_int(name: str, default: int) -> int:
 # HOST exists so tests and local runs can stay on loopback; containers keep 0.0.0.0.
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{_config.port}"
 workers = _env_int("WEB_CONCURRENCY", multiprocessing.cpu_count())
-# gevent: a worker serves many requests while their misses wait on upstream.
-worker_class = "gevent"
+# gevent: a worker serves many requests while their misses wait on upstream. Our subclass adds
+# one fix: a connection accepted just as the worker stops is answered, not dropped (worker.py).
+worker_class = "measure_service.worker.GeventWorker"
 # Concurrent connections per worker; beyond it gunicorn stops accepting, which bounds memory.
 worker_connections = _env_int("WORKER_CONNECTIONS", 1000)
 # A worker that does not heartbeat for this long (a blocked hub) is killed and replaced.
