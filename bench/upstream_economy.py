@@ -51,6 +51,8 @@ from procs import LOOPBACK, Processes, Server, free_port, stop  # noqa: E402
 
 APP = "measure_service.wsgi:app"
 WORKERS = 2
+# Upstream slots per worker in scenario 4 (the service's default, set explicitly there).
+UPSTREAM_CONCURRENCY = 4
 API_KEY = "bench-key"
 UPSTREAM_TOKEN = "bench-upstream-token"
 SIM_LATENCY_MS = 100.0
@@ -393,14 +395,18 @@ def not_refused(reply: Reply) -> bool:
     return bool(reply.statuses()) and "unavailable" not in reply.statuses()
 
 
-class BreakerGauge:
-    """Polls ``measure_upstream_breaker_open`` on /metrics: the number of workers whose breaker
-    is open or half-open (a ``livesum`` gauge). ``readings`` stays empty when it is not exposed."""
+class GaugePoller:
+    """Polls one gauge on /metrics, summed over its series: by default
+    ``measure_upstream_breaker_open``, the number of workers whose breaker is open or half-open
+    (a ``livesum`` gauge). ``readings`` stays empty when it is not exposed."""
 
     NAME = "measure_upstream_breaker_open"
 
-    def __init__(self, port: int, interval_s: float, max_seconds: float) -> None:
-        """Poll ``127.0.0.1:port/metrics`` every ``interval_s``."""
+    def __init__(
+        self, port: int, interval_s: float, max_seconds: float, name: str = NAME
+    ) -> None:
+        """Poll ``127.0.0.1:port/metrics`` every ``interval_s`` for the gauge ``name``."""
+        self.NAME = name
         self.readings: list[tuple[float, float]] = []
         self._port = port
         self._interval_s = interval_s
@@ -664,6 +670,7 @@ class Bench:
         svc = self.service(
             WAIT_FOR_MISSING="false", BREAKER_COOLDOWN_S=str(sizes.cooldown_s),
             UPSTREAM_TIMEOUT_MS=str(int(read_timeout_s * 1000)),
+            UPSTREAM_CONCURRENCY=str(UPSTREAM_CONCURRENCY),
         )
         pids = svc.child_pids()
         hot = [row(f"hot{i}.example", f"h{i}") for i in range(ROWS_PER_REQUEST)]
@@ -675,7 +682,8 @@ class Bench:
         phase_budget = 4 * sizes.down_seconds + 4 * sizes.cooldown_s + 60
         misses = MissStream(svc.port, f"m{uuid.uuid4().hex[:8]}", sizes.miss_rate, phase_budget)
         sampler = Sampler(pids, 0.25, phase_budget)
-        gauge = BreakerGauge(svc.port, 0.1, phase_budget)
+        gauge = GaugePoller(svc.port, 0.1, phase_budget)
+        greenlets = GaugePoller(svc.port, 0.25, phase_budget, name="measure_background_greenlets")
         try:
             self._warm(svc.port, hot)
             misses.start()
@@ -718,6 +726,7 @@ class Bench:
             misses.stop()
             sampler.stop()
             gauge.stop()
+            greenlets.stop()
             pids_after = svc.child_pids()
             stop(svc)
 
@@ -784,8 +793,18 @@ class Bench:
                 delay = closed_at - recovered
                 self.report.add(name, f"{kind}: all breakers closed, after recovery ({source})",
                                 f"<= {limit:g} s", f"{delay:.2f} s", delay <= limit)
-        self.report.add(name, "worker greenlet count", "flat",
-                        "not exposed by the service", None)
+        if greenlets.readings:
+            # Flat: outages add at most the upstream slots' worth of hung fetches per worker.
+            healthy_top = max((v for at, v in greenlets.readings
+                               if healthy_start <= at <= healthy_end), default=0.0)
+            outage_top = max((v for at, v in greenlets.readings if at >= refused_at), default=0.0)
+            bound = healthy_top + WORKERS * UPSTREAM_CONCURRENCY
+            self.report.add(name, "background greenlets, healthy max / outage max (/metrics)",
+                            f"<= {bound:g}", f"{healthy_top:g} / {outage_top:g}",
+                            outage_top <= bound)
+        else:
+            self.report.add(name, "worker greenlet count", "flat",
+                            "not exposed by the service", None)
         self.report.details["upstream_down"] = {
             "breaker_by_row_statuses": {
                 kind: {"open_s": _delay(start_of_run(misses.ordered(fault), refused, 5), first),
@@ -821,7 +840,7 @@ class Bench:
                 streak = 0
                 time.sleep(0.05)
 
-    def _wait_closed(self, misses: MissStream, gauge: BreakerGauge,
+    def _wait_closed(self, misses: MissStream, gauge: GaugePoller,
                      since: float) -> float | None:
         """When misses stopped being refused after ``since`` (None: not within the bound).
 

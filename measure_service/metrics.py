@@ -126,6 +126,13 @@ BREAKER_TRANSITIONS = Counter(
     "measure_upstream_breaker_transitions_total", "Breaker state changes.", ["to"]
 )
 
+# --- worker ------------------------------------------------------------------------------------
+BACKGROUND_GREENLETS = Gauge(
+    "measure_background_greenlets",
+    "Background greenlets alive (batch flushes and upstream fetches); bounded, never per row.",
+    multiprocess_mode="livesum",
+)
+
 # --- wait window -------------------------------------------------------------------------------
 WAIT_OUTCOMES = Counter(
     "measure_wait_window_total",
