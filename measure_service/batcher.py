@@ -24,7 +24,7 @@ import gevent
 from gevent.event import Event
 from gevent.lock import BoundedSemaphore
 
-from measure_service.logs import spawn
+from measure_service.greenlets import spawn
 
 G = TypeVar("G", bound=Hashable)
 T = TypeVar("T")

@@ -14,11 +14,8 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import gevent
 from gunicorn.glogging import Logger as GunicornLogger  # type: ignore[import-untyped]
 from pythonjsonlogger.json import JsonFormatter
-
-from measure_service import metrics
 
 # Field names shared by application and access log lines.
 FIELDS = (
@@ -68,21 +65,6 @@ def current_trace_id() -> str | None:
     """The trace id of the request being handled here, if any."""
     return _TRACE_ID.get()
 
-
-def spawn(func: Callable[..., Any], *args: Any) -> gevent.Greenlet:
-    """Start ``func`` in a greenlet that sees a copy of the caller's contextvars (its trace id).
-
-    A new greenlet otherwise starts with an empty context, and its log lines would lose the id.
-    Every background greenlet starts here, so ``measure_background_greenlets`` counts them all.
-    """
-    greenlet = gevent.spawn(contextvars.copy_context().run, func, *args)
-    metrics.BACKGROUND_GREENLETS.inc()
-    greenlet.link(_greenlet_ended)
-    return greenlet
-
-
-def _greenlet_ended(_greenlet: gevent.Greenlet) -> None:
-    metrics.BACKGROUND_GREENLETS.dec()
 
 
 class TraceIdFilter(logging.Filter):

@@ -6,12 +6,10 @@ import io
 import json
 import logging
 
-import gevent
-import gevent.event
 import pytest
 from pythonjsonlogger.json import JsonFormatter
 
-from measure_service import logs, metrics
+from measure_service import logs
 
 
 def test_a_safe_client_trace_id_is_kept() -> None:
@@ -33,34 +31,7 @@ def test_set_and_reset_restore_the_previous_trace_id() -> None:
     logs.reset_trace_id(token)
 
 
-def test_a_spawned_greenlet_sees_the_spawners_trace_id() -> None:
-    token = logs.set_trace_id("req-1")
-    try:
-        seen = logs.spawn(logs.current_trace_id).get(timeout=1)
-    finally:
-        logs.reset_trace_id(token)
-    assert seen == "req-1"
 
-
-def test_spawned_greenlets_are_counted_while_alive_and_uncounted_after() -> None:
-    gauge = metrics.BACKGROUND_GREENLETS
-    before = gauge._value.get()
-    release = gevent.event.Event()
-    greenlet = logs.spawn(release.wait)
-    assert gauge._value.get() == before + 1
-    release.set()
-    greenlet.join()
-    gevent.sleep(0)  # links run on the hub's next turn
-    assert gauge._value.get() == before
-
-
-def test_a_plain_greenlet_does_not_see_it() -> None:
-    token = logs.set_trace_id("req-1")
-    try:
-        seen = gevent.spawn(logs.current_trace_id).get(timeout=1)
-    finally:
-        logs.reset_trace_id(token)
-    assert seen is None
 
 
 def capture(logger: logging.Logger) -> io.StringIO:
