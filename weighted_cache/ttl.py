@@ -42,7 +42,13 @@ class ExpiryBuckets:
         bucket = self._buckets.get(slot)
         if bucket is None:
             bucket = self._buckets[slot] = set()
-            heapq.heappush(self._heap, slot)
+            heap = self._heap
+            heapq.heappush(heap, slot)
+            # A bucket emptied by evictions leaves its id in the heap until that time comes (a
+            # day, for a day's TTL); rebuilding from the live buckets keeps the heap O(entries).
+            if len(heap) > 2 * len(self._buckets) + 64:
+                heap[:] = self._buckets
+                heapq.heapify(heap)
         bucket.add(entry)
         self.count += 1
 

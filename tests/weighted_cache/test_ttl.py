@@ -185,3 +185,12 @@ def test_rewriting_a_key_that_expired_while_reads_were_buffered_counts_one_expir
     assert cache.metrics.keys_expired == 1
     assert exits == [1]
     assert cache.get("a") == 2
+
+
+def test_the_slot_heap_stays_proportional_to_live_buckets_under_churn() -> None:
+    buckets = ExpiryBuckets(granularity=1.0)
+    for second in range(10_000):
+        entry = Entry(second, second, 1, float(second) + 86_400.0)
+        buckets.add(entry)
+        buckets.remove(entry)  # evicted long before it expires
+    assert len(buckets._heap) <= 2 * len(buckets._buckets) + 65
