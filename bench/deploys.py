@@ -38,7 +38,7 @@ from typing import Any
 import gevent
 import gevent.event
 import loadgen
-from procs import Processes, Server
+from procs import Processes, Server, client_connections
 
 API_KEY = "deploy-key"
 GRACEFUL_TIMEOUT_S = 10
@@ -93,24 +93,6 @@ def eventually(check: Callable[[], bool]) -> float:
             gevent.sleep(0.01)
     return time.monotonic() - started
 
-
-def client_connections(pid: int, port: int) -> int:
-    """Established TCP connections that ``pid`` holds on local port ``port``."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            link = os.readlink(fd)
-        except OSError:
-            continue
-        if link.startswith("socket:["):
-            inodes.add(link[len("socket:["):-1])
-    count = 0
-    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if (int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01"
-                and fields[9] in inodes):
-            count += 1
-    return count
 
 
 def start(procs: Processes, upstream_ms: float, worker_class: str | None = None) -> Server:

@@ -46,6 +46,25 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def client_connections(pid: int, port: int) -> int:
+    """Established TCP connections that ``pid`` holds on local port ``port``."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            link = os.readlink(fd)
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[len("socket:["):-1])
+    count = 0
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if (int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01"
+                and fields[9] in inodes):
+            count += 1
+    return count
+
+
 @dataclass
 class Server:
     """A started child process that serves HTTP on ``url``."""

@@ -21,6 +21,7 @@ can read (``Service.log_lines()``); processes are always terminated, then killed
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -31,6 +32,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any, TypeVar
 
 import pytest
@@ -142,6 +144,18 @@ class Service:
 
 
 T = TypeVar("T")
+
+
+def bench_module(name: str) -> ModuleType:
+    """Import ``bench/<name>.py`` (bench/ holds scripts, not a package), once per process."""
+    module_name = f"bench_{name}"
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, ROOT / "bench" / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]
 
 
 def eventually(check: Callable[[], T | None], timeout_s: float = 10.0) -> T:

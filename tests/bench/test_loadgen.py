@@ -2,30 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Iterable, Iterator
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import gevent
 import pytest
 from gevent.pywsgi import WSGIServer
 
+from tests.conftest import bench_module
 
-def _load_loadgen() -> ModuleType:
-    # bench/ holds scripts, not a package, so the module is loaded from its file.
-    path = Path(__file__).resolve().parents[2] / "bench" / "loadgen.py"
-    spec = importlib.util.spec_from_file_location("bench_loadgen", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-loadgen = _load_loadgen()
+loadgen = bench_module("loadgen")
 
 HIT_BODY = b'{"rows":[{"status":"hit"},{"status":"hit"},{"status":"pending"}]}'
 

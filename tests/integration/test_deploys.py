@@ -18,37 +18,24 @@ request.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 
 import gevent
 import gevent.event
 import pytest
 
-from tests.conftest import API_KEY, Processes, Service
+from tests.conftest import API_KEY, Processes, Service, bench_module
 
 pytestmark = pytest.mark.integration
 
 
-def _load_loadgen() -> ModuleType:
-    # bench/ holds scripts, not a package, so the module is loaded from its file.
-    path = Path(__file__).resolve().parents[2] / "bench" / "loadgen.py"
-    spec = importlib.util.spec_from_file_location("deploys_loadgen", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-loadgen = _load_loadgen()
+loadgen = bench_module("loadgen")
+client_connections = bench_module("procs").client_connections
 
 UPSTREAM_MS = 300
 CONNECTIONS = 16
@@ -120,24 +107,6 @@ def workers(service: Service) -> set[int]:
         return set()
     return {int(child) for child in children}
 
-
-def client_connections(pid: int, port: int) -> int:
-    """Established TCP connections that process ``pid`` holds on local port ``port``."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            link = os.readlink(fd)
-        except OSError:
-            continue
-        if link.startswith("socket:["):
-            inodes.add(link[len("socket:["):-1])
-    count = 0
-    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        local_port = int(fields[1].rsplit(":", 1)[1], 16)
-        if local_port == port and fields[3] == "01" and fields[9] in inodes:
-            count += 1
-    return count
 
 
 def start(processes: Processes) -> Service:
