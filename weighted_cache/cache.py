@@ -184,10 +184,7 @@ class Cache(Generic[K, V]):
     def __contains__(self, key: object) -> bool:
         """Whether ``key`` holds a live value; does not count as a use."""
         with self._lock:
-            try:
-                entry = self._data.get(key)
-            except TypeError:
-                raise _unhashable(key) from None
+            entry = self._find(key)
             return entry is not None and (not entry.expire or entry.expire > self._clock())
 
     def __len__(self) -> int:
@@ -205,10 +202,7 @@ class Cache(Generic[K, V]):
         Raises KeyError if the key is absent or already expired.
         """
         with self._lock:
-            try:
-                entry = self._data.get(key)
-            except TypeError:
-                raise _unhashable(key) from None
+            entry = self._find(key)
             if entry is None:
                 raise KeyError(key)
             if not entry.expire:
@@ -284,6 +278,16 @@ class Cache(Generic[K, V]):
             self._run(callbacks)
         return stored
 
+    def _find(self, key: object) -> Entry | None:
+        """The entry stored under ``key``, live or not; call under the lock.
+
+        ``get`` inlines this: it is the hot path, and a call costs more than the lookup.
+        """
+        try:
+            return self._data.get(key)
+        except TypeError:
+            raise _unhashable(key) from None
+
     def _set(self, key: K, value: V, cost: float, ttl: float | None,
              callbacks: list[_Callback]) -> bool:
         entry = self._data.get(key)  # first, so an unhashable key fails before any change
@@ -341,10 +345,7 @@ class Cache(Generic[K, V]):
         """Remove ``key``; return whether a live value was removed."""
         callbacks: list[_Callback] = []
         with self._lock:
-            try:
-                entry = self._data.get(key)
-            except TypeError:
-                raise _unhashable(key) from None
+            entry = self._find(key)
             if entry is None:
                 return False
             live = not entry.expire or entry.expire > self._clock()
