@@ -395,7 +395,32 @@ def not_refused(reply: Reply) -> bool:
     return bool(reply.statuses()) and "unavailable" not in reply.statuses()
 
 
-class GaugePoller:
+class _Poller:
+    """Calls ``_tick`` every ``interval_s`` in a greenlet until stopped (max_seconds at most)."""
+
+    def __init__(self, interval_s: float, max_seconds: float) -> None:
+        """Start polling."""
+        self._interval_s = interval_s
+        self._max = int(max_seconds / interval_s)
+        self._stopped = gevent.event.Event()
+        self._loop = gevent.spawn(self._run)
+
+    def stop(self) -> None:
+        """Stop polling."""
+        self._stopped.set()
+        self._loop.join(timeout=5)
+
+    def _run(self) -> None:
+        for _ in range(self._max):
+            if self._tick() is False or self._stopped.wait(timeout=self._interval_s):
+                return
+
+    def _tick(self) -> bool | None:
+        """One poll; False ends the polling."""
+        raise NotImplementedError
+
+
+class GaugePoller(_Poller):
     """Polls one gauge on /metrics, summed over its series: by default
     ``measure_upstream_breaker_open``, the number of workers whose breaker is open or half-open
     (a ``livesum`` gauge). ``readings`` stays empty when it is not exposed."""
@@ -408,66 +433,47 @@ class GaugePoller:
         """Poll ``127.0.0.1:port/metrics`` every ``interval_s`` for the gauge ``name``."""
         self.NAME = name
         self.readings: list[tuple[float, float]] = []
-        self._port = port
-        self._interval_s = interval_s
-        self._max = int(max_seconds / interval_s)
         self._pattern = re.compile(rf"^{self.NAME}(?:{{[^}}]*}})? (\S+)$", re.MULTILINE)
-        self._stopped = gevent.event.Event()
-        self._loop = gevent.spawn(self._run)
+        self._client = Client(port)
+        super().__init__(interval_s, max_seconds)
 
     def stop(self) -> None:
-        """Stop polling."""
-        self._stopped.set()
-        self._loop.join(timeout=5)
+        """Stop polling and close the connection."""
+        super().stop()
+        self._client.close()
 
-    def _run(self) -> None:
-        client = Client(self._port)
-        try:
-            for _ in range(self._max):
-                at = time.time()
-                reply = client.call("GET", "/metrics")
-                if reply.status == 404:
-                    return
-                text = reply.document if isinstance(reply.document, str) else None
-                if text is not None:
-                    values = [float(v) for v in self._pattern.findall(text)]
-                    if values:
-                        self.readings.append((at, sum(values)))
-                if self._stopped.wait(timeout=self._interval_s):
-                    return
-        finally:
-            client.close()
+    def _tick(self) -> bool | None:
+        at = time.time()
+        reply = self._client.call("GET", "/metrics")
+        if reply.status == 404:
+            return False
+        text = reply.document if isinstance(reply.document, str) else None
+        if text is not None:
+            values = [float(v) for v in self._pattern.findall(text)]
+            if values:
+                self.readings.append((at, sum(values)))
+        return None
 
     def first(self, since: float, test: Callable[[float], bool]) -> float | None:
         """Time of the first reading at or after ``since`` whose value passes ``test``."""
         return next((at for at, value in self.readings if at >= since and test(value)), None)
 
 
-class Sampler:
+class Sampler(_Poller):
     """Samples every worker every ``interval_s`` until stopped (bounded by ``max_seconds``)."""
 
     def __init__(self, pids: list[int], interval_s: float, max_seconds: float) -> None:
         """Watch ``pids``."""
         self.samples: list[WorkerSample] = []
         self._pids = pids
-        self._interval_s = interval_s
-        self._max = int(max_seconds / interval_s)
-        self._stopped = gevent.event.Event()
-        self._loop = gevent.spawn(self._run)
+        super().__init__(interval_s, max_seconds)
 
-    def stop(self) -> None:
-        """Stop sampling."""
-        self._stopped.set()
-        self._loop.join(timeout=5)
-
-    def _run(self) -> None:
-        for _ in range(self._max):
-            for pid in self._pids:
-                sample = sample_worker(pid)
-                if sample is not None:
-                    self.samples.append(sample)
-            if self._stopped.wait(timeout=self._interval_s):
-                return
+    def _tick(self) -> bool | None:
+        for pid in self._pids:
+            sample = sample_worker(pid)
+            if sample is not None:
+                self.samples.append(sample)
+        return None
 
     def growth(self, healthy: tuple[float, float], since: float) -> dict[str, float]:
         """Largest rise, over workers, from the highest sample during ``healthy`` (start, end)
