@@ -3,6 +3,12 @@
 A bad body (not JSON, no ``rows`` list, too many rows) raises :class:`BodyError` and becomes a 400.
 A bad row becomes an invalid :class:`Row` whose ``error`` names the field; it never goes upstream
 and does not affect the other rows.
+
+Every field a row may carry is forwarded upstream and is part of the key, except ``weight`` and
+``rowIdentifier`` (ours); any other field makes the row invalid, so that no client gets the
+answer to a question it did not ask. Text must be valid Unicode (no lone surrogates) without
+control characters, within the limits below. Values are normalised only where Scope3 gives the
+same answer: the README lists each normalisation.
 """
 
 from __future__ import annotations
@@ -18,8 +24,17 @@ from typing import Any, NamedTuple
 DEFAULT_IMPRESSIONS = 1000
 MAX_IMPRESSIONS = 10**12
 MAX_WEIGHT = 100
-MAX_TEXT = 256
 MAX_INVENTORY_ID = 512
+MAX_REGION = 64
+MAX_ROW_IDENTIFIER = 256
+# Longest utcDatetime spelling with room for surrounding spaces; checked before parsing.
+MAX_DATE_TEXT = 64
+# Scope3's enums (v2 data dictionary): values are matched in any case and forwarded lower-case.
+CHANNELS = frozenset(
+    {"app", "ctv-bvod", "digital-audio", "dooh", "olv", "social", "streaming-video", "web"}
+)
+DEVICE_TYPES = frozenset({"pc", "phone", "tablet", "tv", "smart-speaker"})
+NETWORKS = frozenset({"fixed", "mobile"})
 
 # Optional string fields that change the upstream answer, by their canonical (upstream) name.
 _OPTIONAL_TEXT = ("country", "region", "channel", "deviceType", "network")
@@ -35,6 +50,10 @@ _DATE = re.compile(
     r"(?:T(\d{2}):(\d{2}):(\d{2})(?:\.\d{1,9})?Z?)?"
 )
 _FRAMEWORK = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_COUNTRY = re.compile(r"[A-Za-z]{2}")
+# C0 and C1 controls, DEL, and lone surrogates (valid in JSON escapes, not encodable as UTF-8).
+_BAD_TEXT = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_QUERY_NAMES = ("latest", "framework")
 
 
 class BodyError(ValueError):
@@ -120,12 +139,28 @@ def weight_to_cost(weight: int) -> int:
 
 
 def parse_query(args: Mapping[str, str]) -> QueryParams:
-    """Validate ``latest`` (true/false) and ``framework`` (a short token); raise BodyError."""
+    """Validate ``latest`` (true/false) and ``framework`` (a short token); raise BodyError.
+
+    Any other parameter is refused: it would be dropped, and the client answered for another
+    question. ``latest=false`` is Scope3's default, so it is the same key as no ``latest``.
+    """
+    for name in args:
+        if name not in _QUERY_NAMES:
+            raise BodyError(
+                f"unknown query parameter {_quote(name)}: only latest and framework are accepted"
+            )
+    getlist = getattr(args, "getlist", None)
+    if getlist is not None:
+        for name in _QUERY_NAMES:
+            if len(getlist(name)) > 1:
+                raise BodyError(f"query parameter {name} is given more than once")
     latest = args.get("latest")
     if latest is not None:
         latest = latest.strip().lower()
         if latest not in ("true", "false"):
             raise BodyError("query parameter latest must be true or false")
+        if latest == "false":
+            latest = None
     framework = args.get("framework")
     if framework is not None:
         framework = framework.strip()
@@ -169,29 +204,41 @@ def validate_row(raw: Any, params: QueryParams) -> Row:
     """Validate one raw row; never raises, an invalid row carries ``error`` naming the field."""
     if not isinstance(raw, dict):
         return Row(None, None, None, 0, None, "row must be a JSON object")
-    fields = _canonical_fields(raw)
+    try:
+        fields = _canonical_fields(raw)
+    except _RowError as exc:
+        return Row(None, None, None, 0, None, str(exc))
     row_identifier = fields.get("rowIdentifier")
     if isinstance(row_identifier, bool) or not isinstance(row_identifier, (str, int, type(None))):
         return Row(None, None, None, 0, None, "rowIdentifier must be a string or an integer")
-    inventory = fields.get("inventoryId")
-    name = inventory.strip() if isinstance(inventory, str) else None
+    if isinstance(row_identifier, str) and (
+        len(row_identifier) > MAX_ROW_IDENTIFIER or _BAD_TEXT.search(row_identifier)
+    ):
+        return Row(
+            None, None, None, 0, None,
+            f"rowIdentifier must be at most {MAX_ROW_IDENTIFIER} characters, "
+            "without control characters or lone surrogates",
+        )
     try:
         weight = _weight(fields.get("weight"))
-        inventory_id = _inventory_id(inventory)
+        inventory_id = _inventory_id(fields.get("inventoryId"))
         date = _date(fields.get("utcDatetime"))
         impressions = _impressions(fields.get("impressions"))
-        country = _optional_text("country", fields.get("country"))
-        region = _optional_text("region", fields.get("region"))
-        channel = _optional_text("channel", fields.get("channel"))
-        device_type = _optional_text("deviceType", fields.get("deviceType"))
-        network = _optional_text("network", fields.get("network"))
+        country = _country(fields.get("country"))
+        region = _region(fields.get("region"))
+        channel = _choice("channel", fields.get("channel"), CHANNELS)
+        device_type = _choice("deviceType", fields.get("deviceType"), DEVICE_TYPES)
+        network = _choice("network", fields.get("network"), NETWORKS)
     except _RowError as exc:
+        inventory = fields.get("inventoryId")
+        # Echo the name only when it is valid text: an invalid one may be a megabyte long.
+        name = _echoable(inventory)
         return Row(row_identifier, name, None, 0, None, str(exc))
     key = RowKey(
         inventory_id, date, impressions, country, region, channel, device_type, network,
         params.framework, params.latest,
     )
-    return Row(row_identifier, name, date, weight, key, None)
+    return Row(row_identifier, fields["inventoryId"].strip(), date, weight, key, None)
 
 
 class _RowError(ValueError):
@@ -243,15 +290,48 @@ def _lookup(document: Mapping[str, Any], name: str) -> Any:
 
 
 def _canonical_fields(raw: Mapping[str, Any]) -> Mapping[str, Any]:
-    """Rename known fields to their canonical spelling, whatever case the client used."""
+    """Rename known fields to their canonical spelling, whatever case the client used.
+
+    Raises _RowError for a field that is not part of the contract, and for one given twice in
+    different cases (which one would count is a guess).
+    """
     if raw.keys() <= _CANONICAL_NAMES:
         return raw  # the usual row: nothing to rename, and lower-casing each name costs 2 us
     fields: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
     for field, value in raw.items():
         canonical = _CANONICAL.get(field.lower()) if isinstance(field, str) else None
-        if canonical is not None:
-            fields[canonical] = value
+        if canonical is None:
+            raise _RowError(
+                f"unknown field {_quote(str(field))}: not forwarded upstream, so the answer "
+                f"would ignore it; accepted fields: {', '.join(sorted(_CANONICAL_NAMES))}"
+            )
+        if canonical in fields:
+            raise _RowError(
+                f"{canonical} is given more than once "
+                f"(as {_quote(spelled[canonical])} and {_quote(field)})"
+            )
+        fields[canonical] = value
+        spelled[canonical] = field
     return fields
+
+
+def _echoable(value: Any) -> str | None:
+    """``value`` trimmed, when it is short clean text that can go back in an answer."""
+    if not isinstance(value, str) or len(value) > MAX_INVENTORY_ID or _BAD_TEXT.search(value):
+        return None
+    return value.strip()
+
+
+def _text(field: str, value: str, limit: int) -> str:
+    """``value`` trimmed, refused when too long or holding control characters or surrogates."""
+    if len(value) > limit:
+        raise _RowError(f"{field} must be at most {limit} characters")
+    if _BAD_TEXT.search(value):
+        raise _RowError(
+            f"{field} must not contain control characters or lone surrogates (not UTF-8)"
+        )
+    return value.strip()
 
 
 def _inventory_id(value: Any) -> str:
@@ -259,11 +339,9 @@ def _inventory_id(value: Any) -> str:
         raise _RowError("inventoryId is required")
     if not isinstance(value, str):
         raise _RowError("inventoryId must be a string")
-    text = value.strip().lower()
+    text = _text("inventoryId", value, MAX_INVENTORY_ID).lower()
     if not text:
         raise _RowError("inventoryId must not be empty")
-    if len(text) > MAX_INVENTORY_ID:
-        raise _RowError(f"inventoryId must be at most {MAX_INVENTORY_ID} characters")
     return text
 
 
@@ -272,10 +350,13 @@ def _date(value: Any) -> str:
         raise _RowError("utcDatetime is required")
     if not isinstance(value, str):
         raise _RowError("utcDatetime must be a string")
+    if len(value) > MAX_DATE_TEXT:
+        raise _RowError(f"utcDatetime must be at most {MAX_DATE_TEXT} characters")
     return _normalise_date(value)
 
 
 # Requests repeat a handful of dates: parsing each spelling once saves most of a row's cost.
+# Keys are at most MAX_DATE_TEXT characters, so the memo is bounded (about 1 MB when full).
 @functools.lru_cache(maxsize=4096)
 def _normalise_date(value: str) -> str:
     match = _DATE.fullmatch(value.strip())
@@ -322,11 +403,41 @@ def _whole_number(value: Any, field: str) -> int:
     raise _RowError(f"{field} must be an integer")
 
 
-def _optional_text(field: str, value: Any) -> str | None:
-    if value is None:
+def _optional_string(field: str, value: Any) -> str | None:
+    """A string field's value, or None when absent, null or empty (Scope3 reads all three alike)."""
+    if value is None or value == "":
         return None
     if not isinstance(value, str):
         raise _RowError(f"{field} must be a string or null")
-    if len(value) > MAX_TEXT:
-        raise _RowError(f"{field} must be at most {MAX_TEXT} characters")
     return value
+
+
+def _country(value: Any) -> str | None:
+    text = _optional_string("country", value)
+    if text is None:
+        return None
+    text = _text("country", text, MAX_REGION)
+    if not text:
+        return None
+    if not _COUNTRY.fullmatch(text):
+        raise _RowError("country must be a two-letter ISO 3166-1 code such as US")
+    return text.upper()
+
+
+def _region(value: Any) -> str | None:
+    text = _optional_string("region", value)
+    if text is None:
+        return None
+    return _text("region", text, MAX_REGION) or None
+
+
+def _choice(field: str, value: Any, allowed: frozenset[str]) -> str | None:
+    text = _optional_string(field, value)
+    if text is None:
+        return None
+    canonical = _text(field, text, MAX_REGION).lower()
+    if not canonical:
+        return None
+    if canonical not in allowed:
+        raise _RowError(f"{field} must be one of {', '.join(sorted(allowed))}")
+    return canonical

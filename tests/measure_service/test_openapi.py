@@ -28,7 +28,7 @@ from measure_service import openapi
 from measure_service.api import STATUSES
 from measure_service.app import close_app, create_app
 from measure_service.config import Config
-from measure_service.rows import QueryParams, validate_row
+from measure_service.rows import CHANNELS, DEVICE_TYPES, NETWORKS, QueryParams, validate_row
 from measure_service.upstream import UpstreamError
 from tests.measure_service.conftest import FakeUpstream
 
@@ -224,8 +224,10 @@ def _schema_valid_rows() -> st.SearchStrategy[dict[str, Any]]:
         optional={
             "impressions": st.integers(0, 10**12), "weight": st.integers(0, 100),
             "rowIdentifier": st.none() | st.text(max_size=10) | st.integers(),
-            "country": text, "region": text, "channel": text, "deviceType": text,
-            "network": text,
+            "country": st.none() | st.from_regex(r"\A *([A-Za-z]{2})? *\Z"), "region": text,
+            "channel": st.none() | st.sampled_from(sorted(CHANNELS)),
+            "deviceType": st.none() | st.sampled_from(sorted(DEVICE_TYPES)),
+            "network": st.none() | st.sampled_from(sorted(NETWORKS)),
         },
     ).filter(_is_schema_valid_row)
 

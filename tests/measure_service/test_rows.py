@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from measure_service.rows import (
     BodyError,
@@ -62,6 +64,23 @@ def test_field_names_are_matched_case_insensitively() -> None:
         ({"country": 1}, "country"),
         ({"deviceType": ["pc"]}, "deviceType"),
         ({"network": "n" * 300}, "network"),
+        ({"network": "satellite"}, "network"),
+        ({"channel": "television"}, "channel"),
+        ({"deviceType": "fridge"}, "deviceType"),
+        ({"country": "USA"}, "country"),
+        ({"country": "U1"}, "country"),
+        ({"region": "r" * 65}, "region"),
+        ({"inventoryId": "p1-\ud800.com"}, "inventoryId"),
+        ({"inventoryId": "nytimes.com\x00"}, "inventoryId"),
+        ({"inventoryId": "ny\ntimes.com"}, "inventoryId"),
+        ({"inventoryId": "nytimes.com\x85"}, "inventoryId"),
+        ({"region": "CA\udc00"}, "region"),
+        ({"region": "C\tA"}, "region"),
+        ({"utcDatetime": "2024-10-30" + " " * 100}, "utcDatetime"),
+        ({"rowIdentifier": "r\ud800"}, "rowIdentifier"),
+        ({"rowIdentifier": "r" * 257}, "rowIdentifier"),
+        ({"adFormat": "banner"}, "adFormat"),
+        ({"appStore": "apple-app-store"}, "appStore"),
         ({"rowIdentifier": {"id": 1}}, "rowIdentifier"),
     ],
 )
@@ -106,7 +125,7 @@ def test_weight_and_row_identifier_are_not_part_of_the_key() -> None:
     "change",
     [
         {"impressions": 2000}, {"country": "US"}, {"region": "CA"}, {"channel": "web"},
-        {"deviceType": "pc"}, {"network": "n1"}, {"utcDatetime": "2024-10-31"},
+        {"deviceType": "pc"}, {"network": "mobile"}, {"utcDatetime": "2024-10-31"},
     ],
 )
 def test_every_field_that_changes_the_answer_changes_the_key(change: dict[str, Any]) -> None:
@@ -182,3 +201,119 @@ def test_a_bad_query_parameter_raises_a_body_error_naming_it(
 ) -> None:
     with pytest.raises(BodyError, match=name):
         parse_query(args)
+
+
+def test_a_field_given_twice_in_different_cases_makes_the_row_invalid() -> None:
+    result = validate_row(row(country="US", Country="FR"), NO_PARAMS)
+    assert result.key is None
+    assert result.error is not None and "country is given more than once" in result.error
+
+
+def test_an_unknown_field_name_of_a_megabyte_is_quoted_short_in_the_error() -> None:
+    result = validate_row(row(**{"x" * 1_000_000: 1}), NO_PARAMS)
+    assert result.error is not None and len(result.error) < 400
+
+
+def test_an_invalid_row_does_not_echo_a_megabyte_inventory_id() -> None:
+    result = validate_row(row(inventoryId="x" * 1_000_000), NO_PARAMS)
+    assert result.key is None and result.property_name is None
+
+
+@pytest.mark.parametrize("spelling", ["US", "us", " US", "uS "])
+def test_country_case_and_surrounding_spaces_give_the_same_key(spelling: str) -> None:
+    assert validate_row(row(country=spelling), NO_PARAMS).key == validate_row(
+        row(country="US"), NO_PARAMS
+    ).key
+
+
+@pytest.mark.parametrize("field", ["country", "region", "channel", "deviceType", "network"])
+def test_an_empty_optional_field_is_the_same_key_as_an_absent_one(field: str) -> None:
+    plain = validate_row(GOOD, NO_PARAMS).key
+    assert validate_row(row(**{field: ""}), NO_PARAMS).key == plain
+    assert validate_row(row(**{field: None}), NO_PARAMS).key == plain
+
+
+@pytest.mark.parametrize(("field", "spelling", "canonical"), [
+    ("channel", " Web", "web"), ("deviceType", "PC", "pc"), ("network", "Mobile ", "mobile"),
+])
+def test_enum_values_are_forwarded_in_their_canonical_spelling(
+    field: str, spelling: str, canonical: str
+) -> None:
+    key = validate_row(row(**{field: spelling}), NO_PARAMS).key
+    assert key is not None and key.upstream_row("0")[field] == canonical
+
+
+def test_latest_false_is_the_same_key_as_no_latest() -> None:
+    assert parse_query({"latest": "false"}) == parse_query({})
+
+
+def test_an_unknown_query_parameter_is_refused_naming_it() -> None:
+    with pytest.raises(BodyError, match="includeRows"):
+        parse_query({"includeRows": "true"})
+
+
+def test_a_query_parameter_given_twice_is_refused() -> None:
+    from werkzeug.datastructures import MultiDict
+
+    with pytest.raises(BodyError, match="latest is given more than once"):
+        parse_query(MultiDict([("latest", "true"), ("latest", "false")]))
+
+
+def test_a_padded_date_is_refused_before_it_reaches_the_memo() -> None:
+    from measure_service.rows import _normalise_date
+
+    before = _normalise_date.cache_info().currsize
+    for n in range(50):
+        validate_row(row(utcDatetime="2024-10-30" + " " * (100 + n)), NO_PARAMS)
+    assert _normalise_date.cache_info().currsize == before
+
+
+# --- invariants ----------------------------------------------------------------------------
+
+FORWARDED = ("inventoryId", "utcDatetime", "impressions", "country", "region", "channel",
+             "deviceType", "network")
+_texts = st.text(
+    st.characters(codec=None, blacklist_categories=()), max_size=12
+) | st.sampled_from(["US", " us", "web", "PC", "mobile", "", "2024-10-30", "20241031", "CA"])
+_values = st.none() | st.integers(-5, 3000) | _texts
+_raw_rows = st.dictionaries(
+    st.sampled_from([*FORWARDED, "weight", "rowIdentifier", "adFormat", "Country"]), _values,
+    max_size=9,
+).map(lambda fields: {"inventoryId": "nytimes.com", "utcDatetime": "2024-10-30", **fields})
+
+
+@settings(max_examples=300, deadline=None)
+@given(_raw_rows)
+def test_any_accepted_row_encodes_to_utf8_and_round_trips_upstream(raw: dict[str, Any]) -> None:
+    result = validate_row(raw, NO_PARAMS)
+    if result.key is None:
+        return
+    sent = result.key.upstream_row("0")
+    wire = json.dumps(sent, ensure_ascii=False).encode("utf-8")
+    assert json.loads(wire.decode("utf-8")) == sent
+
+
+@settings(max_examples=300, deadline=None)
+@given(_raw_rows)
+def test_every_field_of_an_accepted_row_is_forwarded_or_is_ours(raw: dict[str, Any]) -> None:
+    result = validate_row(raw, NO_PARAMS)
+    if result.key is None:
+        return
+    sent = {name.lower() for name in result.key.upstream_row("0")}
+    for name, value in raw.items():
+        if name in ("weight", "rowIdentifier") or value is None:
+            continue
+        assert name.lower() in sent or (isinstance(value, str) and not value.strip())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(FORWARDED), _values, _values)
+def test_the_key_changes_exactly_when_the_forwarded_row_changes(
+    field: str, first: Any, second: Any
+) -> None:
+    a, b = validate_row(row(**{field: first}), NO_PARAMS), validate_row(
+        row(**{field: second}), NO_PARAMS
+    )
+    if a.key is None or b.key is None:
+        return
+    assert (a.key == b.key) == (a.key.upstream_row("0") == b.key.upstream_row("0"))
