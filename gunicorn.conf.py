@@ -75,17 +75,19 @@ preload_app = False
 # The control socket is an admin channel nobody here uses; leave no socket file behind.
 control_socket_disable = True
 
+_SECRET_VARIABLES = ["SCOPE3_API_TOKEN"]
 _access_handlers = ["access"] if _config.access_log_rate > 0 else []
 logconfig_dict: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
         # gunicorn's own lines (errors, tracebacks) get the same token redaction as the app's.
+        # The variable is named, not its value: gunicorn --print-config shows this dict.
         "json": {
-            "()": "measure_service.logs.json_formatter", "secrets": [_config.scope3_api_token],
+            "()": "measure_service.logs.json_formatter", "secret_variables": _SECRET_VARIABLES,
         },
         "access": {
-            "()": "measure_service.logs.AccessFormatter", "secrets": [_config.scope3_api_token],
+            "()": "measure_service.logs.AccessFormatter", "secret_variables": _SECRET_VARIABLES,
         },
     },
     "filters": {

@@ -12,7 +12,7 @@ import io
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 import orjson
@@ -40,13 +40,13 @@ class Services:
     """What the views need from one app: its config, fetcher and a readiness probe.
 
     ``not_ready`` returns why this worker cannot serve (for example upstream refused our token),
-    or None when it can.
+    or None when it can. The repr leaves out the client keys.
     """
 
     config: Config
     fetcher: Fetcher
     not_ready: Callable[[], str | None]
-    auth_keys: tuple[bytes, ...]
+    auth_keys: tuple[bytes, ...] = field(repr=False)
 
 
 bp = Blueprint("measure", __name__)

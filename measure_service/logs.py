@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
 import random
 import re
 import sys
@@ -139,24 +140,37 @@ class RedactingFormatter(JsonFormatter):
         return line
 
 
-def json_formatter(secrets: Iterable[str] = ()) -> RedactingFormatter:
-    """The formatter of application lines: timestamp, level, logger, message, trace_id, extras."""
+def json_formatter(
+    secrets: Iterable[str] = (), secret_variables: Iterable[str] = ()
+) -> RedactingFormatter:
+    """The formatter of application lines: timestamp, level, logger, message, trace_id, extras.
+
+    ``secret_variables`` names environment variables whose values are secrets too: a logging
+    configuration can then name them without holding them (gunicorn prints its settings).
+    """
     return RedactingFormatter(
         "%(levelname)s %(name)s %(message)s %(trace_id)s",
         rename_fields={"levelname": "level", "name": "logger"},
         timestamp="timestamp",
-        secrets=secrets,
+        secrets=(*secrets, *_values_of(secret_variables)),
     )
+
+
+def _values_of(variables: Iterable[str]) -> list[str]:
+    return [os.environ.get(name, "").strip() for name in variables]
 
 
 class AccessFormatter(RedactingFormatter):
     """Formats gunicorn's access records (whose args are its atoms) with the shared field names."""
 
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
-        """The field list is fixed: :data:`FIELDS` plus ``remote_addr``."""
+    def __init__(self, secrets: Iterable[str] = (), secret_variables: Iterable[str] = ()) -> None:
+        """The field list is fixed: :data:`FIELDS` plus ``remote_addr``.
+
+        ``secret_variables`` as for :func:`json_formatter`.
+        """
         super().__init__(
             "%(levelname)s", rename_fields={"levelname": "level"}, timestamp="timestamp",
-            secrets=secrets,
+            secrets=(*secrets, *_values_of(secret_variables)),
         )
 
     def add_fields(

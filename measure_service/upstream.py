@@ -53,6 +53,9 @@ MAX_RETRY_AFTER_S = 300.0
 MISSING_ROW_ERROR = "upstream answer did not include this row"
 _GENERIC_ROW_ERROR = "upstream reported an error for this row"
 _BODY_SNIPPET_CHARS = 200
+# Upstream's row error and coverage texts are cached and returned: a hostile answer must not
+# make them large.
+MAX_UPSTREAM_TEXT = 256
 _CHUNK_BYTES = 64 * 1024
 
 
@@ -405,15 +408,32 @@ class UpstreamClient:
     # --- helpers -------------------------------------------------------------------------------
 
     def _snippet(self, content: bytes) -> str:
-        text = content[:_BODY_SNIPPET_CHARS * 4].decode("utf-8", errors="replace")
-        return self._redact(text[:_BODY_SNIPPET_CHARS])
+        return redact_and_cut(content, self._token, _BODY_SNIPPET_CHARS)
 
     def _redact(self, text: str) -> str:
-        """``text`` without our token: upstream may echo it back in errors or bodies."""
-        return text.replace(self._token, REDACTED) if self._token and self._token in text else text
+        """``text`` without our token (upstream may echo it back), cut to a bounded length."""
+        return redact_and_cut(text, self._token, MAX_UPSTREAM_TEXT)
 
     def _elapsed_ms(self, started: float) -> float:
         return round((self._clock() - started) * 1000.0, 3)
+
+
+def redact_and_cut(content: bytes | str, secret: str, limit: int) -> str:
+    """At most ``limit`` characters of ``content`` with no part of ``secret`` left in them.
+
+    Redacts before cutting, so a secret across the cut is removed whole, and then drops a
+    trailing prefix of the secret (a secret that began at the cut, or arrived cut short).
+    """
+    if isinstance(content, bytes):
+        # A character takes at most 4 bytes: this decodes every character the cut can keep.
+        content = content[:(limit + len(secret)) * 4].decode("utf-8", errors="replace")
+    if not secret or secret[0] not in content:
+        return content[:limit]
+    text = content[:limit + len(secret)].replace(secret, REDACTED)[:limit]
+    for size in range(min(len(secret) - 1, len(text)), 0, -1):
+        if text.endswith(secret[:size]):
+            return text[:-size]
+    return text
 
 
 def _row_identifiers(rows: Iterable[Mapping[str, Any]]) -> frozenset[str]:

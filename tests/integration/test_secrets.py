@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import hmac
 import json
+import os
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -231,3 +235,15 @@ def test_the_presented_key_is_compared_with_every_key_in_constant_time(
                            headers={"Authorization": f"Bearer {presented}"})
     # Every key, even after a match: no early exit whose timing tells which key matched.
     assert set(compared) == {(presented.encode(), key.encode()) for key in KEYS}
+
+
+def test_gunicorns_printed_config_holds_no_token() -> None:
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "SCOPE3_API_TOKEN": TOKEN, "API_KEYS": ",".join(KEYS)}
+    printed = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--print-config",
+         "measure_service.wsgi:app"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=60, check=True,
+    )
+    assert "logconfig_dict" in printed.stdout
+    assert TOKEN not in printed.stdout + printed.stderr

@@ -290,3 +290,12 @@ def test_readyz_is_503_once_the_app_is_closed(app: Flask, client: FlaskClient) -
     response = client.get("/readyz")
     assert response.status_code == 503
     assert response.get_json()["reason"]
+
+
+def test_the_services_repr_shows_no_client_key(app: Flask) -> None:
+    from measure_service import api
+
+    services = app.extensions[api.EXTENSION]
+    assert services.auth_keys and all(
+        key.decode() not in repr(services) for key in services.auth_keys
+    )

@@ -119,3 +119,13 @@ def test_configuring_twice_leaves_one_handler() -> None:
     ours = [h for h in logger.handlers if isinstance(h.formatter, JsonFormatter)]
     assert len(ours) == 1
     assert logger.level == logging.INFO
+
+
+def test_a_formatter_given_a_variable_name_redacts_that_variables_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TEST_SECRET_TOKEN", "s3cr3t-value")
+    formatter = logs.json_formatter(secret_variables=["TEST_SECRET_TOKEN"])
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "echo s3cr3t-value", None, None)
+    record.trace_id = "t"
+    assert "s3cr3t-value" not in formatter.format(record)
