@@ -57,6 +57,9 @@ _BODY_SNIPPET_CHARS = 200
 # make them large.
 MAX_UPSTREAM_TEXT = 256
 _CHUNK_BYTES = 64 * 1024
+# An answer row with every breakdown is a few hundred bytes; error bodies are small.
+ANSWER_BASE_BYTES = 256 * 1024
+ANSWER_BYTES_PER_ROW = 16 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +101,15 @@ class _Malformed(Exception):
 
 class _DeadlineExceeded(Exception):
     """The body trickled in for longer than an honest answer takes."""
+
+
+class _TooLarge(Exception):
+    """The body is larger than an honest answer for the rows sent."""
+
+
+def answer_limit(rows: int) -> int:
+    """The most bytes read of an answer to ``rows`` rows: far above an honest answer."""
+    return ANSWER_BASE_BYTES + ANSWER_BYTES_PER_ROW * rows
 
 
 def user_agent() -> str:
@@ -256,6 +268,10 @@ class UpstreamClient:
             status, headers, content = self._post(body, query, started)
         except (requests.Timeout, _DeadlineExceeded) as exc:
             raise self._failure("timeout", "upstream timed out", log_fields, started) from exc
+        except _TooLarge as exc:
+            raise self._failure(
+                "malformed", f"upstream answer is over {exc.args[0]} bytes", log_fields, started
+            ) from None
         except requests.ConnectionError as exc:
             if exc.args and isinstance(exc.args[0], ReadTimeoutError):
                 raise self._failure("timeout", "upstream timed out", log_fields, started) from exc
@@ -318,13 +334,18 @@ class UpstreamClient:
         # The read timeout bounds each recv, not the whole body: a server trickling bytes could
         # hold us forever, so the body also has an overall deadline.
         deadline = started + self._timeout[0] + self._timeout[1]
+        limit = answer_limit(len(body["rows"]))
         with self._session.post(
             self._url, params=query, json=body, timeout=self._timeout, stream=True,
             allow_redirects=False,
         ) as response:
             chunks: list[bytes] = []
+            size = 0
             for chunk in response.iter_content(_CHUNK_BYTES):
                 chunks.append(chunk)
+                size += len(chunk)
+                if size > limit:
+                    raise _TooLarge(limit)
                 if self._clock() > deadline:
                     raise _DeadlineExceeded
             return response.status_code, response.headers, b"".join(chunks)

@@ -569,3 +569,16 @@ def test_a_hanging_upstream_is_a_timeout(simulator: str) -> None:
         _live_client(simulator, read_timeout_s=0.2).measure([_row("a")], {})
     assert caught.value.outcome == "timeout"
     _set_mode(simulator, "ok")
+
+
+def test_an_answer_larger_than_the_limit_for_its_rows_is_malformed_and_not_retried(
+    clock: _Clock, mocked: responses.RequestsMock
+) -> None:
+    from measure_service.upstream import answer_limit
+
+    padding = " " * answer_limit(1)
+    mocked.post(URL, body=json.dumps(_answer(_ok_row("a"))) + padding)
+    with pytest.raises(UpstreamError) as caught:
+        _client(clock).measure([_row("a")], {})
+    assert caught.value.outcome == "malformed"
+    assert len(mocked.calls) == 1
