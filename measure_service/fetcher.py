@@ -73,7 +73,7 @@ class Entry:
     inventory_coverage: str | None
     error: str | None
     fetched_at: float
-    cost: int
+    cost: float
 
 
 class Outcome(NamedTuple):
@@ -140,7 +140,7 @@ class Fetcher:
         self._clock = clock
         self._flights: SingleFlight[RowKey, Entry] = SingleFlight()
         # Lowest cost (highest weight) asked for each key in flight: the value is stored with it.
-        self._costs: dict[RowKey, int] = {}
+        self._costs: dict[RowKey, float] = {}
         self._batcher: Batcher[QueryParams, tuple[RowKey, str | None]] = Batcher(
             self._send,
             window_s=settings.batch_window_s,
@@ -154,7 +154,7 @@ class Fetcher:
         """Keys waiting for or being fetched from upstream."""
         return len(self._flights)
 
-    def lookup(self, rows: Sequence[tuple[RowKey, int]], wait_s: float = 0.0) -> Lookup:
+    def lookup(self, rows: Sequence[tuple[RowKey, float]], wait_s: float = 0.0) -> Lookup:
         """Answer each ``(key, cost)`` from the cache, fetching misses; wait up to ``wait_s``.
 
         Returns the moment the last miss resolves, or when ``wait_s`` runs out; the fetches go
@@ -227,18 +227,18 @@ class Fetcher:
             return "queue_full"
         return None
 
-    def _start(self, key: RowKey, cost: int) -> AsyncResult:
+    def _start(self, key: RowKey, cost: float) -> AsyncResult:
         result = self._flights.start(key)
         self._costs[key] = cost
         self._batcher.add(key.params, (key, current_trace_id()))
         return result
 
-    def _refresh(self, key: RowKey, cost: int) -> None:
+    def _refresh(self, key: RowKey, cost: float) -> None:
         """Start one background refresh of a stale key, unless one runs or none may start."""
         if key not in self._flights and self._refusal() is None:
             self._start(key, cost)
 
-    def _lower_cost(self, key: RowKey, entry: Entry, cost: int) -> Entry:
+    def _lower_cost(self, key: RowKey, entry: Entry, cost: float) -> Entry:
         """Re-store ``entry`` at the lower ``cost`` a heavier row asks for, keeping its expiry."""
         try:
             remaining = self._cache.ttl(key)

@@ -19,6 +19,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
+from sys import getsizeof, intern
 from typing import Any, NamedTuple
 
 DEFAULT_IMPRESSIONS = 1000
@@ -35,6 +36,15 @@ CHANNELS = frozenset(
 )
 DEVICE_TYPES = frozenset({"pc", "phone", "tablet", "tv", "smart-speaker"})
 NETWORKS = frozenset({"fixed", "mobile"})
+
+# A cached entry's cost is its weight's cost times its size in units of BYTES_PER_COST_UNIT, so
+# CACHE_MAX_COST bounds memory whatever the clients send. ENTRY_OVERHEAD_BYTES is what an entry
+# takes beyond its own text (cache record, sketch share, key tuple, value), as measured by
+# bench/limits.py; enum values, countries and dates are shared objects and count in it.
+BYTES_PER_COST_UNIT = 512
+ENTRY_OVERHEAD_BYTES = 400
+# Sizes are rounded up to eighths of a unit: costs stay few and exact in binary floating point.
+_SIZE_STEP = BYTES_PER_COST_UNIT // 8
 
 # Optional string fields that change the upstream answer, by their canonical (upstream) name.
 _OPTIONAL_TEXT = ("country", "region", "channel", "deviceType", "network")
@@ -54,6 +64,8 @@ _COUNTRY = re.compile(r"[A-Za-z]{2}")
 # C0 and C1 controls, DEL, and lone surrogates (valid in JSON escapes, not encodable as UTF-8).
 _BAD_TEXT = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _QUERY_NAMES = ("latest", "framework")
+# One object per enum value, shared by every key that holds it.
+_SHARED = {value: value for value in (*CHANNELS, *DEVICE_TYPES, *NETWORKS)}
 
 
 class BodyError(ValueError):
@@ -121,11 +133,19 @@ class Row(NamedTuple):
     weight: int
     key: RowKey | None
     error: str | None
+    # The cache cost of the row's entry: its weight's cost times its size (0 for invalid rows).
+    cost: float = 0.0
 
-    @property
-    def cost(self) -> int:
-        """The cache cost this row's weight asks for."""
-        return weight_to_cost(self.weight)
+
+def entry_cost(key: RowKey, weight: int) -> float:
+    """The cache cost of ``key``'s entry: ``weight_to_cost(weight)`` times its size in units."""
+    size = ENTRY_OVERHEAD_BYTES + getsizeof(key.inventory_id)
+    if key.region is not None:
+        size += getsizeof(key.region)
+    if key.framework is not None:
+        size += getsizeof(key.framework)
+    steps = -(-size // _SIZE_STEP)
+    return weight_to_cost(weight) * steps / 8
 
 
 def weight_to_cost(weight: int) -> int:
@@ -159,8 +179,7 @@ def parse_query(args: Mapping[str, str]) -> QueryParams:
         latest = latest.strip().lower()
         if latest not in ("true", "false"):
             raise BodyError("query parameter latest must be true or false")
-        if latest == "false":
-            latest = None
+        latest = "true" if latest == "true" else None
     framework = args.get("framework")
     if framework is not None:
         framework = framework.strip()
@@ -238,7 +257,10 @@ def validate_row(raw: Any, params: QueryParams) -> Row:
         inventory_id, date, impressions, country, region, channel, device_type, network,
         params.framework, params.latest,
     )
-    return Row(row_identifier, fields["inventoryId"].strip(), date, weight, key, None)
+    return Row(
+        row_identifier, fields["inventoryId"].strip(), date, weight, key, None,
+        entry_cost(key, weight),
+    )
 
 
 class _RowError(ValueError):
@@ -421,7 +443,8 @@ def _country(value: Any) -> str | None:
         return None
     if not _COUNTRY.fullmatch(text):
         raise _RowError("country must be a two-letter ISO 3166-1 code such as US")
-    return text.upper()
+    # At most 26 * 26 codes: sharing one object per code keeps them out of an entry's size.
+    return intern(text.upper())
 
 
 def _region(value: Any) -> str | None:
@@ -438,6 +461,7 @@ def _choice(field: str, value: Any, allowed: frozenset[str]) -> str | None:
     canonical = _text(field, text, MAX_REGION).lower()
     if not canonical:
         return None
-    if canonical not in allowed:
+    shared = _SHARED.get(canonical)
+    if shared is None or shared not in allowed:
         raise _RowError(f"{field} must be one of {', '.join(sorted(allowed))}")
-    return canonical
+    return shared

@@ -317,3 +317,32 @@ def test_the_key_changes_exactly_when_the_forwarded_row_changes(
     if a.key is None or b.key is None:
         return
     assert (a.key == b.key) == (a.key.upstream_row("0") == b.key.upstream_row("0"))
+
+
+def test_a_typical_weight_100_row_costs_one_unit() -> None:
+    assert validate_row(row(weight=100, country="US", channel="web"), NO_PARAMS).cost == 1.0
+
+
+def test_a_longer_inventory_id_costs_more_at_the_same_weight() -> None:
+    short = validate_row(row(weight=50), NO_PARAMS)
+    long = validate_row(row(weight=50, inventoryId="x" * 500 + ".com"), NO_PARAMS)
+    assert long.cost > short.cost
+
+
+def test_non_ascii_text_costs_by_the_memory_it_takes() -> None:
+    ascii_row = validate_row(row(region="r" * 64), NO_PARAMS)
+    wide_row = validate_row(row(region="\U0001f600" * 64), NO_PARAMS)
+    assert wide_row.cost > ascii_row.cost
+
+
+@settings(max_examples=200, deadline=None)
+@given(_raw_rows)
+def test_an_accepted_rows_cost_is_its_weights_cost_times_eighths_of_a_unit(
+    raw: dict[str, Any]
+) -> None:
+    result = validate_row(raw, NO_PARAMS)
+    if result.key is None:
+        assert result.cost == 0
+        return
+    units = result.cost / weight_to_cost(result.weight)
+    assert units >= 1 and (units * 8).is_integer()
