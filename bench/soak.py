@@ -104,14 +104,17 @@ class Soak:
     samples: list[Sample] = field(default_factory=list)
     cost_polls: list[tuple[float, float]] = field(default_factory=list)  # (used, max)
     worker_pids: set[int] = field(default_factory=set)
+    baseline_s: float | None = None  # default: BASELINE_FRACTION of the run
+    rss_limit: float = RSS_GROWTH_LIMIT
 
     def verdicts(self) -> dict[str, tuple[bool | None, str]]:
         """Each criterion: (passed, or None when it could not be measured; the figure)."""
         last = self.samples[-1]
-        baseline = next(s for s in self.samples if s.t_s >= BASELINE_FRACTION * self.duration_s)
+        from_s = BASELINE_FRACTION * self.duration_s if self.baseline_s is None else self.baseline_s
+        baseline = next(s for s in self.samples if s.t_s >= from_s)
         growth = {pid: last.rss_mb[pid] / baseline.rss_mb[pid] - 1
                   for pid in last.rss_mb if pid in baseline.rss_mb}
-        rss_ok = bool(growth) and max(growth.values()) < RSS_GROWTH_LIMIT
+        rss_ok = bool(growth) and max(growth.values()) < self.rss_limit
         rss_text = ", ".join(f"pid {pid}: {baseline.rss_mb[pid]:.1f} -> {last.rss_mb[pid]:.1f} MB "
                              f"({100 * g:+.1f}%)" for pid, g in growth.items())
         if self.cost_polls:
@@ -124,7 +127,8 @@ class Soak:
             cost = (None, "not measured: /metrics has no measure_cache_cost_used")
         replaced = len(self.worker_pids) - len(last.rss_mb)
         return {
-            "rss_growth_under_10pct": (rss_ok, rss_text or "no worker lived through the run"),
+            f"rss_growth_under_{100 * self.rss_limit:g}pct_from_{from_s / 60:g}_min": (
+                rss_ok, rss_text or "no worker lived through the run"),
             "cost_never_over_max": cost,
             "zero_5xx": (last.status_5xx == 0, f"{last.status_5xx} answers >= 500"),
             "zero_failed_requests": (last.failed == 0, f"{last.failed} connect/io/timeout"),
@@ -278,6 +282,33 @@ def _sample(service: Server, sim: Server, live: loadgen.Result, part: loadgen.Re
     return sample
 
 
+def print_growth(directory: Path, baseline_index: int, top: int = 12) -> None:
+    """For each worker, the allocation sites that grew most from snapshot ``baseline_index``
+    (or the first) to the last."""
+    import tracemalloc
+
+    by_pid: dict[str, list[Path]] = {}
+    for path in sorted(directory.glob("*.snap")):
+        by_pid.setdefault(path.name.partition("-")[0], []).append(path)
+    for pid, paths in by_pid.items():
+        if len(paths) < 2:
+            print(f"tracemalloc pid {pid}: fewer than two snapshots")
+            continue
+        first = paths[max(0, min(baseline_index, len(paths) - 2))]
+        ignore = [tracemalloc.Filter(False, tracemalloc.__file__)]
+        old = tracemalloc.Snapshot.load(str(first)).filter_traces(ignore)
+        new = tracemalloc.Snapshot.load(str(paths[-1])).filter_traces(ignore)
+        diff = new.compare_to(old, "lineno")
+        total = sum(stat.size_diff for stat in diff)
+        print(f"tracemalloc pid {pid}: {first.name} -> {paths[-1].name}: traced "
+              f"{sum(s.size for s in old.statistics('filename')) / 1e6:.2f} -> "
+              f"{sum(s.size for s in new.statistics('filename')) / 1e6:.2f} MB "
+              f"({total / 1e3:+.1f} kB); top growth:")
+        for stat in diff[:top]:
+            print(f"  {stat.size_diff / 1e3:+9.1f} kB {stat.count_diff:+7d} blocks  "
+                  f"{stat.traceback[0]}")
+
+
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=10.0, help="soak length (default 10)")
@@ -297,6 +328,15 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=128, help="open-loop bound")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", type=Path, help="write the samples and verdicts here")
+    parser.add_argument("--baseline-minute", type=float,
+                        help="RSS growth is judged from this minute (default: 20%% of the run)")
+    parser.add_argument("--rss-limit", type=float, default=RSS_GROWTH_LIMIT,
+                        help="largest RSS growth per worker, as a fraction (default 0.10)")
+    parser.add_argument("--tracemalloc", type=Path, metavar="DIR",
+                        help="serve bench.traced_app (tracemalloc on), snapshots into DIR, and "
+                             "print what grew between the baseline and the last snapshot")
+    parser.add_argument("--snapshot-minutes", type=float, default=2.0,
+                        help="minutes between tracemalloc snapshots (default 2)")
     args = parser.parse_args(argv)
     if args.quick:
         args.minutes, args.probe_seconds = 1.0, 5.0
@@ -322,7 +362,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                               extra_args=["--error-rate", str(args.error_rate),
                                           "--seed", str(args.seed)])
         env["SCOPE3_API_URL"] = sim.url
-        service = procs.gunicorn("measure_service.wsgi:app", env=env, workers=args.workers)
+        app = "measure_service.wsgi:app"
+        if args.tracemalloc is not None:
+            args.tracemalloc.mkdir(parents=True, exist_ok=True)
+            env["TRACEMALLOC_DIR"] = str(args.tracemalloc.resolve())
+            env["TRACEMALLOC_EVERY_S"] = str(args.snapshot_minutes * 60)
+            app = "bench.traced_app:app"
+        service = procs.gunicorn(app, env=env, workers=args.workers)
         headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
 
         def target(keys: Sequence[int]) -> loadgen.Target:
@@ -344,6 +390,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         record, result = soak(service, sim, keys, target, rate=rate, duration_s=duration_s,
                               connections=args.connections, rows=args.rows)
     summary = result.summary()
+    if args.baseline_minute is not None:
+        record.baseline_s = args.baseline_minute * 60
+    record.rss_limit = args.rss_limit
     verdicts = record.verdicts()
     print("load:", json.dumps({k: summary[k] for k in (
         "requests", "rps", "non_2xx", "statuses", "errors", "late_sends", "latency_ms",
@@ -351,6 +400,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, (passed, text) in verdicts.items():
         label = "n/a " if passed is None else ("PASS" if passed else "FAIL")
         print(f"{label} {name}: {text}")
+    if args.tracemalloc is not None:
+        baseline_s = record.baseline_s if record.baseline_s is not None else (
+            BASELINE_FRACTION * duration_s)
+        print_growth(args.tracemalloc, int(baseline_s // (args.snapshot_minutes * 60)) - 1)
     if args.json:
         args.json.write_text(json.dumps({
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
