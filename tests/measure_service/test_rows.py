@@ -346,3 +346,32 @@ def test_an_accepted_rows_cost_is_its_weights_cost_times_eighths_of_a_unit(
         return
     units = result.cost / weight_to_cost(result.weight)
     assert units >= 1 and (units * 8).is_integer()
+
+
+def test_a_duplicate_key_in_a_row_refuses_the_body() -> None:
+    with pytest.raises(BodyError, match="duplicate key 'country'"):
+        parse_body(b'{"rows": [{"country": "US", "country": "FR"}]}', max_rows=3)
+
+
+def test_rows_given_twice_in_different_cases_refuses_the_body() -> None:
+    with pytest.raises(BodyError, match="duplicate key 'rows'"):
+        parse_body(b'{"rows": [1], "Rows": [2]}', max_rows=3)
+
+
+def test_a_number_too_large_for_a_float_in_a_row_refuses_the_body() -> None:
+    with pytest.raises(BodyError, match="too large"):
+        parse_body(b'{"rows": [{"impressions": 1e999}]}', max_rows=3)
+
+
+def test_an_object_nested_in_a_row_field_makes_only_that_row_invalid() -> None:
+    raws = parse_body(b'{"rows": [{"inventoryId": {"a": 1, "a": 2}}, {"x": 1}]}', max_rows=3)
+    assert [validate_row(raw, NO_PARAMS).error for raw in raws] == [
+        "inventoryId must be a string", validate_row({"x": 1}, NO_PARAMS).error,
+    ]
+
+
+def test_a_row_with_more_pairs_than_fields_is_invalid_naming_an_unknown_field() -> None:
+    text = '{"rows": [{' + ",".join(f'"k{i}": 1' for i in range(5000)) + "}]}"
+    (raw,) = parse_body(text.encode(), max_rows=3)
+    error = validate_row(raw, NO_PARAMS).error
+    assert error is not None and "unknown field 'k0'" in error

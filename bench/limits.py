@@ -1,0 +1,413 @@
+"""Limits that hold whatever a client (or upstream) sends: figures 2, 3, 7 and 8 of issue 10.
+
+One function per scenario; each returns a dict with its figure, target and verdict:
+
+- ``padded_fields``   (2): 200 requests, each with ~1 MB of padding in one text field (every
+  field in turn, and unknown field names and values): the worker's RSS grows by at most 5 MiB.
+- ``cache_memory``    (3): a full cache of worst-case rows (longest fields, widest characters,
+  weight 100) uses at most 1.5x the memory of a full cache of typical rows, same settings;
+  also the measured bytes per cost unit.
+- ``token_echo``      (7): an upstream that echoes our token at every offset of its error
+  bodies and row errors (500, 429, 400, malformed 200, row error): no 4-character substring of
+  the token in any log line or answer.
+- ``hostile_bodies``  (8): 1 MB hostile bodies; CPU time per request, in process (parse and
+  validation) and in a real gunicorn worker (everything, from /proc); every 4xx is JSON.
+
+Processes run on free loopback ports and are stopped at the end. Run from the project root::
+
+    .venv/bin/python bench/limits.py [--scenarios padded_fields,cache_memory] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import http.client
+import json
+import os
+import random
+import sys
+import threading
+import time
+import tracemalloc
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from procs import LOOPBACK, Processes, Server
+
+from measure_service.fetcher import Entry
+from measure_service.rows import (
+    BYTES_PER_COST_UNIT,
+    BodyError,
+    QueryParams,
+    parse_body,
+    validate_row,
+)
+from weighted_cache import Cache
+
+API_KEY = "limits-key"
+MIB = 1 << 20
+GOOD = {"inventoryId": "nytimes.com", "utcDatetime": "2024-10-30"}
+NO_PARAMS = QueryParams(None, None)
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+def post(server: Server, body: bytes, timeout: float = 30.0) -> tuple[int, str, bytes]:
+    """POST ``body`` to /v2/measure; (status, content type, body)."""
+    conn = http.client.HTTPConnection(LOOPBACK, server.port, timeout=timeout)
+    try:
+        conn.request("POST", "/v2/measure", body=body, headers={
+            "Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"})
+        response = conn.getresponse()
+        return response.status, response.getheader("Content-Type", ""), response.read()
+    finally:
+        conn.close()
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def service(procs: Processes, upstream_url: str, **env: str) -> tuple[Server, int]:
+    """One gunicorn worker in front of ``upstream_url``; (server, worker pid)."""
+    full = {"API_KEYS": API_KEY, "SCOPE3_API_TOKEN": "limits-token", "SCOPE3_API_URL":
+            upstream_url, "ACCESS_LOG": "off", "LOG_LEVEL": "WARNING", **env}
+    server = procs.gunicorn("measure_service.wsgi:app", env=full, workers=1)
+    (pid,) = server.child_pids()
+    return server, pid
+
+
+def body_of(*rows: Any) -> bytes:
+    return json.dumps({"rows": list(rows)}).encode()
+
+
+def padded_rows(size: int) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(label, row) with about ``size`` characters of padding in one place, each place in turn."""
+    pad = " " * size
+    for field in ("inventoryId", "utcDatetime", "country", "region", "channel", "deviceType",
+                  "network"):
+        base = {"country": "US", "region": "CA", "channel": "web", "deviceType": "pc",
+                "network": "fixed"}.get(field, GOOD.get(field, ""))
+        yield f"{field} value", {**GOOD, field: base + pad}
+    yield "rowIdentifier value", {**GOOD, "rowIdentifier": "r" + pad}
+    yield "unknown field name", {**GOOD, "x" + pad: 1}
+    yield "unknown field value", {**GOOD, "adFormat": "banner" + pad}
+
+
+# --- figure 2 ------------------------------------------------------------------------------
+
+def padded_fields(procs: Processes, requests: int = 200, warmup: int = 30) -> dict[str, Any]:
+    """Worker RSS across ``requests`` requests with ~1 MB of padding in one text field each."""
+    sim = procs.simulator(latency_ms=5, jitter_ms=1)
+    server, pid = service(procs, sim.url, WAIT_FOR_MISSING="true")
+    kinds = list(padded_rows(MIB - 4096))
+    statuses: dict[int, int] = {}
+    invalid = 0
+
+    def send(i: int) -> None:
+        nonlocal invalid
+        # A distinct length each time: a memo keyed on the raw value would keep every one.
+        _, row = kinds[i % len(kinds)]
+        row = {name: (value[:len(value) - i % 997] if isinstance(value, str) else value)
+               for name, value in row.items()}
+        status, _, answer = post(server, body_of(row))
+        statuses[status] = statuses.get(status, 0) + 1
+        if status == 200:
+            invalid += json.loads(answer)["coverage"]["invalid"]
+
+    for i in range(warmup):
+        send(i)
+    before = rss_kib(pid)
+    for i in range(warmup, warmup + requests):
+        send(i)
+    gc_pause = 0.5
+    time.sleep(gc_pause)
+    after = rss_kib(pid)
+    growth_mib = (after - before) / 1024
+    return {
+        "figure": f"RSS {before / 1024:.1f} -> {after / 1024:.1f} MiB ({growth_mib:+.2f} MiB) "
+                  f"over {requests} requests after {warmup} warm-up; statuses {statuses}, "
+                  f"invalid rows {invalid}",
+        "target": "growth <= 5 MiB", "passed": growth_mib <= 5.0,
+        "kinds": [label for label, _ in kinds],
+    }
+
+
+# --- figure 3 ------------------------------------------------------------------------------
+
+def typical_row(i: int) -> dict[str, Any]:
+    return {"inventoryId": f"site{i}.example.com", "utcDatetime": "2024-10-30",
+            "impressions": 1000, "country": "US", "channel": "web", "deviceType": "pc",
+            "weight": 100}
+
+
+def worst_row(i: int) -> dict[str, Any]:
+    """Longest fields, 4-byte characters (CPython stores the whole string 4 bytes a char)."""
+    return {"inventoryId": "\U0001f600" * 500 + f"{i:012d}",
+            "utcDatetime": "2024-10-30T12:00:00.123456789Z", "impressions": 10**12 - i,
+            "country": "us", "region": "\U0001f600" * 63 + chr(0x4e00 + i % 1000),
+            "channel": "streaming-video", "deviceType": "smart-speaker", "network": "mobile",
+            "weight": 100}
+
+
+def fill(make: Callable[[int], dict[str, Any]], max_cost: int) -> dict[str, float]:
+    """Fill a cache of ``max_cost`` with rows from ``make`` (as the service would store them,
+    decoded from JSON) until it is full; traced bytes, entries and cost used."""
+    gc.collect()
+    tracemalloc.start()
+    start = tracemalloc.get_traced_memory()[0]
+    cache: Cache[Any, Entry] = Cache(max_cost)
+    i = 0
+    while cache.cost_used < max_cost * 0.999 and i < max_cost * 4:
+        (raw,) = parse_body(body_of(make(i)), 1)
+        row = validate_row(raw, NO_PARAMS)
+        assert row.key is not None, row.error
+        # The value as the fetcher builds it from upstream's parsed answer.
+        value = json.loads('{"c": "modeled"}')["c"]
+        cache.set(row.key, Entry(12.5 + i, value, None, float(i), row.cost), cost=row.cost)
+        i += 1
+    gc.collect()
+    used = tracemalloc.get_traced_memory()[0] - start
+    tracemalloc.stop()
+    return {"bytes": used, "entries": len(cache), "cost_used": cache.cost_used}
+
+
+def cache_memory(max_cost: int = 20_000) -> dict[str, Any]:
+    """Figure 3: memory of a full cache of worst-case rows over one of typical rows."""
+    typical = fill(typical_row, max_cost)
+    worst = fill(worst_row, max_cost)
+    ratio = worst["bytes"] / typical["bytes"]
+
+    def per_unit(m: dict[str, float]) -> float:
+        return m["bytes"] / m["cost_used"]
+
+    return {
+        "figure": f"max_cost {max_cost}: typical {typical['entries']} entries "
+                  f"{typical['bytes'] / MIB:.2f} MiB ({per_unit(typical):.0f} B/unit), worst "
+                  f"{worst['entries']} entries {worst['bytes'] / MIB:.2f} MiB "
+                  f"({per_unit(worst):.0f} B/unit); ratio {ratio:.2f}; "
+                  f"nominal unit {BYTES_PER_COST_UNIT} B",
+        "target": "ratio <= 1.5", "passed": ratio <= 1.5,
+        "typical": typical, "worst": worst,
+    }
+
+
+# --- figure 7 ------------------------------------------------------------------------------
+
+TOKEN_ALPHABET = "JQXZKV"
+FILLER_ALPHABET = "abcdefghijklmnopqrstuvwxyz ,.:"
+
+
+class _Echo(BaseHTTPRequestHandler):
+    """Answers with the token at ``offset`` in a filler text, as chosen by the inventoryId
+    ``<kind>-<offset>-<nonce>.com``: kinds 500, 429, 400, malformed, rowerror."""
+
+    token = ""
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", "0"))
+        rows = json.loads(self.rfile.read(length))["rows"]
+        kind, offset, _ = rows[0]["inventoryId"].split("-", 2)
+        rng = random.Random(offset)
+        filler = "".join(rng.choice(FILLER_ALPHABET) for _ in range(600))
+        text = filler[:int(offset)] + self.token + filler[int(offset):]
+        if kind == "rowerror":
+            document = {"rows": [{"rowIdentifier": row["rowIdentifier"], "totalEmissions": None,
+                                  "error": {"message": text}} for row in rows]}
+            self._send(200, json.dumps(document).encode())
+        elif kind == "malformed":
+            self._send(200, text.encode())
+        else:
+            self._send(int(kind), json.dumps({"message": text}).encode())
+
+    def _send(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        if status == 429:
+            self.send_header("Retry-After", "0")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def echo_upstream(token: str) -> Iterator[str]:
+    handler = type("Echo", (_Echo,), {"token": token})
+    server = ThreadingHTTPServer((LOOPBACK, 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{LOOPBACK}:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def token_echo(procs: Processes) -> dict[str, Any]:
+    """Figure 7: the token echoed at every offset around the cuts never leaks 4 characters."""
+    rng = random.Random(7)
+    token = "".join(rng.choice(TOKEN_ALPHABET) for _ in range(48))
+    grams = {token[i:i + 4] for i in range(len(token) - 3)}
+    offsets = sorted({*range(0, 300, 7), *range(140, 262)})
+    kinds = ("500", "429", "400", "malformed", "rowerror")
+    answers: list[bytes] = []
+    with echo_upstream(token) as url:
+        full = {"API_KEYS": API_KEY, "SCOPE3_API_TOKEN": token, "SCOPE3_API_URL": url,
+                "ACCESS_LOG": "on", "LOG_LEVEL": "DEBUG", "UPSTREAM_RETRIES": "0",
+                "BREAKER_FAILURES": "1000000", "WAIT_FOR_MISSING": "true",
+                "WAIT_WINDOW_MS": "2000"}
+        server = procs.gunicorn("measure_service.wsgi:app", env=full, workers=1)
+        for kind in kinds:
+            for offset in offsets:
+                row = {**GOOD, "inventoryId": f"{kind}-{offset}-{uuid.uuid4().hex[:8]}.com"}
+                answers.append(post(server, body_of(row))[2])
+        time.sleep(0.5)
+        lines = server.log_path.read_text(errors="replace").splitlines()
+    leaked_lines = [line for line in lines if any(g in line for g in grams)]
+    leaked_answers = [a for a in answers if any(g.encode() in a for g in grams)]
+    echoed = sum(1 for line in lines if "upstream_body" in line)
+    return {
+        "figure": f"{len(kinds)} kinds x {len(offsets)} offsets: {len(lines)} log lines "
+                  f"({echoed} with an upstream body), {len(answers)} answers; lines with a "
+                  f"4-char token substring: {len(leaked_lines)}, answers: {len(leaked_answers)}",
+        "target": "0 and 0", "passed": not leaked_lines and not leaked_answers and echoed > 0,
+        "examples": leaked_lines[:3],
+    }
+
+
+# --- figure 8 ------------------------------------------------------------------------------
+
+def hostile_texts() -> dict[str, str]:
+    """1 MB bodies built to make parsing or validation expensive."""
+    def pad(prefix: str, unit: str, suffix: str) -> str:
+        return prefix + unit * ((MIB - 200 - len(prefix) - len(suffix)) // len(unit)) + suffix
+
+    good = json.dumps(GOOD)
+    return {
+        "empty objects": pad('{"rows":[', "{},", "{}]}"),
+        "floats": pad('{"rows":[', "1.5,", "1]}"),
+        "small ints": pad('{"rows":[', "1,", "1]}"),
+        "4299-digit ints": pad('{"rows":[', "1" * 4299 + ",", "1]}"),
+        "short strings": pad('{"rows":[', '"aaaaaaaa",', '"a"]}'),
+        "objects nested in a row": pad('{"rows":[{"x":[', "{},", "{}]}]}"),
+        "one key repeated in a row": pad('{"rows":[{', '"k":1,', '"k2":1}]}'),
+        "distinct keys in a row": '{"rows":[{' + ",".join(
+            f"\"k{i}\":1" for i in range(MIB // 11)) + "}]}",
+        "distinct top-level keys": "{" + ",".join(
+            f"\"k{i}\":1" for i in range(MIB // 11)) + ',"rows":[1]}',
+        "deep nesting": '{"rows":' + "[" * (MIB // 2 - 10) + "]" * (MIB // 2 - 10) + "}",
+        "escaped characters": '{"rows":[{"inventoryId":"' + "\\u0041" * (MIB // 6 - 20)
+                              + '","utcDatetime":"2024-10-30"}]}',
+        "lone surrogates x1000": '{"rows":[' + ",".join(
+            ['{"inventoryId":"p1-\\ud800.com","utcDatetime":"2024-10-30"}'] * 1000) + "]"
+                                 + " " * (MIB - 62_000) + "}",
+        "1000 rows of 1 KB names": '{"rows":[' + ",".join(
+            '{"inventoryId":"' + "x" * 980 + '.com","utcDatetime":"2024-10-30"}'
+            for _ in range(1000)) + "]}",
+        "1000 good rows + spaces": '{"rows":[' + ",".join([good] * 1000) + "]"
+                                   + " " * (MIB - 70_000) + "}",
+        "one padded field": '{"rows":[{"inventoryId":"nytimes.com","utcDatetime":"2024-10-30'
+                            + " " * (MIB - 200) + '"}]}',
+        "not JSON at the end": pad('{"rows":[', "{},", "{}]") + "!",
+        "duplicate key at the end": pad('{"rows":[', "{},", '{"a":1,"a":2}]}'),
+    }
+
+
+def hostile_bodies(procs: Processes, repeats: int = 10) -> dict[str, Any]:
+    """Figure 8: CPU per 1 MB hostile body, in process and in a gunicorn worker."""
+    texts = hostile_texts()
+    too_big = [name for name, text in texts.items() if len(text.encode()) > MIB]
+    assert not too_big, f"over MAX_BODY_BYTES: {too_big}"
+    rows: dict[str, dict[str, Any]] = {}
+    for name, text in texts.items():
+        body = text.encode()
+        best = float("inf")
+        outcome = ""
+        for _ in range(5):
+            started = time.process_time()
+            try:
+                parsed = parse_body(body, 1000)
+                results = [validate_row(raw, NO_PARAMS) for raw in parsed]
+                outcome = f"200 ({sum(r.key is None for r in results)} invalid)"
+            except BodyError as exc:
+                outcome = f"400 {str(exc)[:40]}"
+            best = min(best, time.process_time() - started)
+        rows[name] = {"bytes": len(body), "in_process_ms": round(best * 1000, 1),
+                      "outcome": outcome}
+    sim = procs.simulator(latency_ms=5, jitter_ms=1)
+    server, pid = service(procs, sim.url)
+    non_json_4xx = 0
+    for name, text in texts.items():
+        body = text.encode()
+        post(server, body)  # warm: first-use allocations are not the per-request cost
+        before = cpu_s(pid)
+        statuses: set[int] = set()
+        for _ in range(repeats):
+            status, content_type, answer = post(server, body)
+            statuses.add(status)
+            if 400 <= status < 500 and not (
+                content_type.startswith("application/json") and "error" in json.loads(answer)
+            ):
+                non_json_4xx += 1
+        rows[name]["worker_ms"] = round((cpu_s(pid) - before) / repeats * 1000, 1)
+        rows[name]["statuses"] = sorted(statuses)
+    worst_worker = max(r["worker_ms"] for r in rows.values())
+    worst_process = max(r["in_process_ms"] for r in rows.values())
+    return {
+        "figure": f"worst in-process {worst_process} ms, worst worker {worst_worker} ms per "
+                  f"request (CPU, /proc ticks over {repeats} requests); non-JSON 4xx "
+                  f"{non_json_4xx}",
+        "target": "<= 30 ms; 0 non-JSON 4xx",
+        "passed": worst_worker <= 30 and non_json_4xx == 0,
+        "bodies": rows,
+    }
+
+
+SCENARIOS = ("cache_memory", "padded_fields", "token_echo", "hostile_bodies")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    results: dict[str, Any] = {}
+    print(f"load average {os.getloadavg()}", flush=True)
+    for name in args.scenarios.split(","):
+        if name == "cache_memory":
+            results[name] = cache_memory()
+        else:
+            with Processes() as procs:
+                results[name] = globals()[name](procs)
+        result = results[name]
+        print(f"{'PASS' if result['passed'] else 'FAIL'} {name}: {result['figure']} "
+              f"(target {result['target']})", flush=True)
+        if name == "hostile_bodies":
+            for body, row in result["bodies"].items():
+                print(f"    {body:28s} {row['bytes'] / MIB:5.2f} MB  in process "
+                      f"{row['in_process_ms']:6.1f} ms  worker {row['worker_ms']:6.1f} ms  "
+                      f"{row['statuses']}  {row['outcome']}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=str))
+    return 0 if all(r["passed"] for r in results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
