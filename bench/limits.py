@@ -38,8 +38,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from procs import LOOPBACK, Processes, Server
-
+from devtools.harness import LOOPBACK, Processes, Server
 from measure_service.fetcher import Entry
 from measure_service.rows import (
     BYTES_PER_COST_UNIT,

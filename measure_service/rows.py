@@ -21,7 +21,7 @@ import math
 import re
 from collections.abc import Mapping
 from sys import getsizeof, intern
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 DEFAULT_IMPRESSIONS = 1000
 MAX_IMPRESSIONS = 10**12
@@ -68,6 +68,11 @@ _BAD_TEXT = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _QUERY_NAMES = ("latest", "framework")
 # One object per enum value, shared by every key that holds it.
 _SHARED = {value: value for value in (*CHANNELS, *DEVICE_TYPES, *NETWORKS)}
+
+# What the service says about each row: the one vocabulary of the code, the answer's ``coverage``
+# and ``openapi.yaml`` (a test holds them equal). Meanings are in the README.
+RowStatus = Literal["hit", "fetched", "stale", "pending", "error", "unavailable", "invalid"]
+ROW_STATUSES: tuple[RowStatus, ...] = get_args(RowStatus)
 
 
 class BodyError(ValueError):
