@@ -35,7 +35,10 @@ except ConfigError as exc:
 
 
 # HOST exists so tests and local runs can stay on loopback; containers keep 0.0.0.0.
-bind = f"{_server.host}:{_config.port}"
+bind = [f"{_server.host}:{_config.port}"]
+if _config.metrics_port is not None:
+    # Its own listener, so that an operator can keep scrapes off the public network.
+    bind.append(f"{_server.host}:{_config.metrics_port}")
 workers = _server.web_concurrency
 # gevent: a worker serves many requests while their misses wait on upstream. Our subclass adds
 # one fix: a connection accepted just as the worker stops is answered, not dropped (worker.py).

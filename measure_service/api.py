@@ -326,3 +326,26 @@ def _is_json(mimetype: str) -> bool:
     return mimetype == _JSON or (mimetype.startswith("application/") and mimetype.endswith("+json"))
 
 
+class MetricsListener:
+    """WSGI wrapper giving ``/metrics`` its own port: served there, and only there.
+
+    gunicorn sets ``SERVER_PORT`` to the port of the listener that accepted the connection (not
+    from the Host header), so a client cannot reach one listener's routes through the other.
+    """
+
+    def __init__(self, app: WSGIApp, metrics_port: int, path: str = "/metrics") -> None:
+        """Serve ``path`` from ``app`` on ``metrics_port`` only; other routes on other ports."""
+        self._app = app
+        self._port = str(metrics_port)
+        self._path = path
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        """Pass the request on, or answer a JSON 404 when it came in on the wrong listener."""
+        on_metrics_port = environ.get("SERVER_PORT") == self._port
+        if on_metrics_port == (environ.get("PATH_INFO") == self._path):
+            return self._app(environ, start_response)
+        body = _encode({"error": "not found"})
+        headers = [("Content-Type", _JSON), ("Content-Length", str(len(body)))]
+        start_response("404 NOT FOUND", headers)
+        return [body]
+

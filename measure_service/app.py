@@ -51,9 +51,11 @@ def create_app(
     app.register_blueprint(api.bp)
     app.register_blueprint(openapi.bp)
     register_extensions(app)
-    measure = api.MeasureEndpoint(app.extensions, app.wsgi_app)
+    served: api.WSGIApp = api.MeasureEndpoint(app.extensions, app.wsgi_app)
+    if config.metrics_port is not None:
+        served = api.MetricsListener(served, config.metrics_port)
     routes = {path for _, path in served_routes(app)}
-    app.wsgi_app = RequestBookkeeping(measure, routes)  # type: ignore[method-assign]
+    app.wsgi_app = RequestBookkeeping(served, routes)  # type: ignore[method-assign]
     return app
 
 

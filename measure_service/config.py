@@ -122,6 +122,14 @@ def http_url(name: str, raw: str) -> str:
     return raw.rstrip("/")
 
 
+def optional_port(name: str, raw: str) -> int | None:
+    """A TCP port (1..65535), or None when empty (the feature is off)."""
+    if not raw:
+        return None
+    port: int = integer(1, 65535)(name, raw)
+    return port
+
+
 def comma_list(name: str, raw: str) -> tuple[str, ...]:
     """Comma-separated items, trimmed, empty ones dropped."""
     return tuple(item.strip() for item in raw.split(",") if item.strip())
@@ -190,7 +198,9 @@ class Config:
     )
     cache_max_cost: int = setting(
         "CACHE_MAX_COST", "10000000", integer(1),
-        "cost budget of the cache; a row costs 1..100 by weight.",
+        "cost budget of each worker's cache. A row costs `100 - weight` (1 for weight 100)"
+        " times its size in 512-byte units (a typical row is one unit), so a full cache holds"
+        " at most about `CACHE_MAX_COST` x 600 bytes, whatever clients send.",
     )
     cache_ttl_seconds: int = setting(
         "CACHE_TTL_SECONDS", "86400", integer(1), "age after which an entry is stale."
@@ -249,6 +259,12 @@ class Config:
         "longest time to receive a whole request body; a slower client gets 408 and the"
         " connection is closed.",
     )
+    metrics_port: int | None = setting(
+        "METRICS_PORT", "", optional_port,
+        "when set, `/metrics` is served on this port only (its own listener, bound on `HOST`)"
+        " and the public port answers 404 there.",
+        shown="off",
+    )
     log_level: str = setting(
         "LOG_LEVEL", "INFO", choice(*_LOG_LEVELS), "level of the application's JSON logs."
     )
@@ -264,6 +280,8 @@ class Config:
                 "API_KEYS is empty: set API_KEYS to comma-separated client keys, "
                 "or AUTH_DISABLED=true to run without authentication"
             )
+        if self.metrics_port is not None and self.metrics_port == self.port:
+            raise ConfigError(f"METRICS_PORT must differ from PORT ({self.port})")
 
     @property
     def wait_s(self) -> float:

@@ -116,3 +116,13 @@ def test_the_server_settings_are_read_from_the_environment() -> None:
 def test_a_bad_server_setting_names_its_variable() -> None:
     with pytest.raises(ConfigError, match="WORKER_CONNECTIONS"):
         ServerConfig.from_env({"WORKER_CONNECTIONS": "0"})
+
+
+def test_metrics_port_is_off_unless_set() -> None:
+    assert Config.from_env({"API_KEYS": "k"}).metrics_port is None
+    assert Config.from_env({"API_KEYS": "k", "METRICS_PORT": "9100"}).metrics_port == 9100
+
+
+def test_metrics_port_equal_to_port_is_refused_naming_it() -> None:
+    with pytest.raises(ConfigError, match="METRICS_PORT"):
+        Config.from_env({"API_KEYS": "k", "PORT": "3000", "METRICS_PORT": "3000"})
