@@ -68,6 +68,8 @@ _BAD_TEXT = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _QUERY_NAMES = ("latest", "framework")
 # One object per enum value, shared by every key that holds it.
 _SHARED = {value: value for value in (*CHANNELS, *DEVICE_TYPES, *NETWORKS)}
+# Country codes seen in their canonical spelling (at most 26 * 26): the usual row skips checks.
+_COUNTRIES: dict[str, str] = {}
 
 # What the service says about each row: the one vocabulary of the code, the answer's ``coverage``
 # and ``openapi.yaml`` (a test holds them equal). Meanings are in the README.
@@ -457,6 +459,9 @@ def _optional_string(field: str, value: Any) -> str | None:
 
 
 def _country(value: Any) -> str | None:
+    shared = _COUNTRIES.get(value) if value.__class__ is str else None
+    if shared is not None:
+        return shared  # the usual spelling: already checked and upper-cased
     text = _optional_string("country", value)
     if text is None:
         return None
@@ -466,7 +471,10 @@ def _country(value: Any) -> str | None:
     if not _COUNTRY.fullmatch(text):
         raise _RowError("country must be a two-letter ISO 3166-1 code such as US")
     # At most 26 * 26 codes: sharing one object per code keeps them out of an entry's size.
-    return intern(text.upper())
+    code = intern(text.upper())
+    if text == code:
+        _COUNTRIES[code] = code
+    return code
 
 
 def _region(value: Any) -> str | None:
@@ -477,6 +485,9 @@ def _region(value: Any) -> str | None:
 
 
 def _choice(field: str, value: Any, allowed: frozenset[str]) -> str | None:
+    shared = _SHARED.get(value) if value.__class__ is str else None
+    if shared is not None and shared in allowed:
+        return shared  # the usual spelling: exactly a canonical value
     text = _optional_string(field, value)
     if text is None:
         return None
