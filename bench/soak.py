@@ -298,6 +298,10 @@ def print_growth(directory: Path, baseline_index: int, top: int = 12) -> None:
             continue
         first = paths[max(0, min(baseline_index, len(paths) - 2))]
         ignore = [tracemalloc.Filter(False, tracemalloc.__file__)]
+        totals = [sum(stat.size for stat in tracemalloc.Snapshot.load(str(path))
+                      .filter_traces(ignore).statistics("filename")) / 1e6 for path in paths]
+        print(f"tracemalloc pid {pid}: traced MB per snapshot: "
+              + " ".join(f"{total:.2f}" for total in totals))
         old = tracemalloc.Snapshot.load(str(first)).filter_traces(ignore)
         new = tracemalloc.Snapshot.load(str(paths[-1])).filter_traces(ignore)
         diff = new.compare_to(old, "lineno")
