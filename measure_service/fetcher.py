@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,7 +38,6 @@ from measure_service.upstream import RowResult, UpstreamError
 _LOG = logging.getLogger(__name__)
 # Trace ids listed on a batch's log line; a 500-row batch must not make a 20 KB line.
 _MAX_TRACE_IDS_LOGGED = 20
-_MAX_EXPIRY_GRID_S = 60.0
 
 
 class Cache(Protocol):
@@ -278,9 +276,7 @@ class Fetcher:
                     answer.total_emissions, answer.inventory_coverage, answer.error, now, cost
                 )
                 settings = self._settings
-                ttl = expiry_aligned(
-                    now, settings.error_ttl_s if entry.error else settings.ttl_s + settings.stale_s
-                )
+                ttl = settings.error_ttl_s if entry.error else settings.ttl_s + settings.stale_s
                 if not self._cache.set(key, entry, cost=cost, ttl=ttl):
                     rejected += 1
                 settled.add(index)
@@ -308,20 +304,6 @@ class Fetcher:
                 if index not in settled:
                     self._costs.pop(key, None)
                     self._flights.fail(key, failure)
-
-
-def expiry_aligned(now: float, ttl: float) -> float:
-    """``ttl`` stretched so that the entry expires on a grid of ``ttl / 1000`` (at most a minute).
-
-    The cache files entries by the second they expire in, and a bucket's table never shrinks
-    while it holds an entry: with a day-long TTL, one bucket per second of uptime piles up
-    (bench/LIMITS.md, figure 9). On the grid, a minute of fetches shares one bucket, for at
-    most 0.1% more lifetime. Short TTLs (1000 s and less) are left as they are.
-    """
-    grid = min(ttl / 1000, _MAX_EXPIRY_GRID_S)
-    if grid <= 1:
-        return ttl
-    return math.ceil((now + ttl) / grid) * grid - now
 
 
 def _failure_reason(error: BaseException | None) -> str:

@@ -243,18 +243,3 @@ def test_a_fetch_refused_by_the_breaker_counts_as_breaker_open(harness: Harness)
     before = counter("measure_upstream_unavailable_rows_total", reason="breaker_open")
     assert harness.statuses(key()) == ["unavailable"]
     assert counter("measure_upstream_unavailable_rows_total", reason="breaker_open") - before == 1
-
-
-def test_long_lifetimes_expire_on_a_shared_grid() -> None:
-    from measure_service.fetcher import expiry_aligned
-
-    day = 86_400.0
-    ends = {1000.0 + t + expiry_aligned(1000.0 + t, day) for t in (0.5, 0.3, 7.9, 15.0, 19.5)}
-    assert len(ends) == 1
-    assert all(day <= expiry_aligned(1000.0 + t, day) < day + 60 for t in (0.0, 30.0))
-
-
-def test_short_lifetimes_are_not_stretched() -> None:
-    from measure_service.fetcher import expiry_aligned
-
-    assert expiry_aligned(1234.5, 300.0) == 300.0
