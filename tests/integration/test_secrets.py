@@ -237,9 +237,11 @@ def test_the_presented_key_is_compared_with_every_key_in_constant_time(
     assert set(compared) == {(presented.encode(), key.encode()) for key in KEYS}
 
 
-def test_gunicorns_printed_config_holds_no_token() -> None:
+def test_gunicorns_printed_config_holds_no_token(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "SCOPE3_API_TOKEN": TOKEN, "API_KEYS": ",".join(KEYS)}
+    # Its own metrics directory: the master would write into this process's otherwise.
+    env = {**os.environ, "SCOPE3_API_TOKEN": TOKEN, "API_KEYS": ",".join(KEYS),
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
     printed = subprocess.run(
         [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--print-config",
          "measure_service.wsgi:app"],
