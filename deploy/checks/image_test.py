@@ -59,8 +59,23 @@ HEALTHY_WITHIN_S = 10.0
 GRACEFUL_TIMEOUT_S = 20
 IN_FLIGHT_REQUESTS = 8
 IN_FLIGHT_UPSTREAM_LATENCY_MS = 2000
-# Some sandboxes refuse to raise these limits to podman's defaults; these suffice for the service.
-ULIMITS = ("--ulimit", "nofile=16384:16384", "--ulimit", "nproc=4096:4096")
+
+
+def _ulimits() -> tuple[str, ...]:
+    """podman raises nofile and nproc above the host's limits by default, which some sandboxes
+    refuse (runc: "error setting rlimits"); ask for what the service needs, within ours."""
+    import resource
+
+    limits = []
+    for name, wanted, kind in (("nofile", 16384, resource.RLIMIT_NOFILE),
+                               ("nproc", 4096, resource.RLIMIT_NPROC)):
+        hard = resource.getrlimit(kind)[1]
+        value = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        limits += ["--ulimit", f"{name}={value}:{value}"]
+    return tuple(limits)
+
+
+ULIMITS = _ulimits()
 # A machine behind a TLS-inspecting proxy trusts its CA on the host only: lend the host's bundle to
 # the build's RUN steps (a mount, so nothing of it lands in the image).
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
