@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -304,6 +305,7 @@ def run_checks(args: argparse.Namespace, work: Path, checks: Checks,
     # In flight for real: every row has reached upstream before the signal.
     wait_until(lambda: requests.get(f"{simulator}/_stats?keys=0&recent=0", timeout=5)
                .json()["rows"] >= 2 * IN_FLIGHT_REQUESTS, 20, "in-flight rows reaching upstream")
+    stop_wall = time.time()
     stop_started = time.monotonic()
     podman("stop", "--time", str(GRACEFUL_TIMEOUT_S + 10), container, timeout=120)
     stop_s = time.monotonic() - stop_started
@@ -313,7 +315,11 @@ def run_checks(args: argparse.Namespace, work: Path, checks: Checks,
     exit_code = podman("inspect", "--type", "container", "--format", "{{.State.ExitCode}}",
                        container).stdout.strip()
     last_answer_s = max(answered_at, default=stop_started) - stop_started
+    finished = podman("inspect", "--type", "container", "--format", "{{.State.FinishedAt}}",
+                      container).stdout.strip()
+    exited_s = _epoch(finished) - stop_wall
     checks.figures.update(stop_s=round(stop_s, 2), stop_exit_code=exit_code,
+                          exited_after_sigterm_s=round(exited_s, 2),
                           last_in_flight_answer_s=round(last_answer_s, 2),
                           in_flight=len(results), in_flight_failed=len(failed))
     checks.check(len(results) == IN_FLIGHT_REQUESTS and not failed,
@@ -322,10 +328,22 @@ def run_checks(args: argparse.Namespace, work: Path, checks: Checks,
                  + (f"; failed: {failed[:3]}" if failed else ""))
     checks.check(exit_code == "0" and stop_s < GRACEFUL_TIMEOUT_S,
                  f"SIGTERM ends the container, exit 0, within the {GRACEFUL_TIMEOUT_S} s grace",
-                 f"exit {exit_code} after {stop_s:.1f} s; the last request in flight was "
+                 f"exit {exit_code} {exited_s:.1f} s after SIGTERM, podman stop returned after "
+                 f"{stop_s:.1f} s; the last request in flight was "
                  f"answered after {last_answer_s:.1f} s, by an upstream taking "
                  f"{IN_FLIGHT_UPSTREAM_LATENCY_MS / 1000:.0f} s")
     checks.check(not _listening(port), "nothing listens on the service's port after the stop")
+
+
+def _epoch(podman_time: str) -> float:
+    """Seconds since the epoch of a podman time: ``2026-01-02 03:04:05.678 +0000 UTC``."""
+    import datetime
+
+    match = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(\.\d+)? ([+-]\d{4})", podman_time)
+    if match is None:
+        raise RuntimeError(f"unreadable time from podman: {podman_time!r}")
+    stamp = datetime.datetime.strptime(f"{match[1]} {match[3]}", "%Y-%m-%d %H:%M:%S %z")
+    return stamp.timestamp() + float(match[2] or 0)
 
 
 def _metric_values(text: str, names: tuple[str, ...]) -> dict[str, float]:
