@@ -7,7 +7,8 @@ on the host (host network, loopback only) and checks, in order:
 
 1. the image's config: a non-root ``USER``, the ``CMD`` and the ``HEALTHCHECK``;
 2. the ``HEALTHCHECK`` reports healthy within 10 s of ``podman run``;
-3. every process in the container runs as that user;
+3. every process in the container runs as that user, who cannot write to ``/app``, and the
+   runtime stage has no compiler;
 4. a row misses (fetched from upstream in the wait window), then the same row hits;
 5. the service's ``/metrics`` counted that hit and that miss;
 6. ``podman stop`` (SIGTERM) with requests in flight: each is answered in full, the container
@@ -253,6 +254,12 @@ def run_checks(args: argparse.Namespace, work: Path, checks: Checks,
                  f"{len(top)} processes as {sorted(users)}")
     uid = podman("exec", container, "id", "-u").stdout.strip()
     checks.figures["uid"] = uid
+    inside = podman("exec", container, "sh", "-c",
+                    "ls -A /app; command -v gcc cc || true; test -w /app && echo writable || true"
+                    ).stdout.split()
+    checks.check(inside == ["gunicorn.conf.py"],
+                 "/app holds only gunicorn.conf.py, read-only to the user; no compiler",
+                 f"found {inside}")
 
     # 4. A miss, then a hit: one keep-alive connection reaches one worker, hence one cache.
     row = measure_rows(f"image-test-{os.getpid()}", 1)
@@ -318,6 +325,7 @@ def run_checks(args: argparse.Namespace, work: Path, checks: Checks,
     finished = podman("inspect", "--type", "container", "--format", "{{.State.FinishedAt}}",
                       container).stdout.strip()
     exited_s = _epoch(finished) - stop_wall
+    checks.figures["stop_timeline"] = _stop_timeline(podman("logs", container).stdout, stop_wall)
     checks.figures.update(stop_s=round(stop_s, 2), stop_exit_code=exit_code,
                           exited_after_sigterm_s=round(exited_s, 2),
                           last_in_flight_answer_s=round(last_answer_s, 2),
@@ -333,6 +341,26 @@ def run_checks(args: argparse.Namespace, work: Path, checks: Checks,
                  f"answered after {last_answer_s:.1f} s, by an upstream taking "
                  f"{IN_FLIGHT_UPSTREAM_LATENCY_MS / 1000:.0f} s")
     checks.check(not _listening(port), "nothing listens on the service's port after the stop")
+
+
+def _stop_timeline(logs: str, sigterm_at: float) -> list[str]:
+    """gunicorn's shutdown lines, each with its time after SIGTERM: where the stop spent time."""
+    import datetime
+
+    timeline = []
+    for line in logs.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(entry, dict):
+            continue
+        message = str(entry.get("message", ""))
+        if message.startswith(
+                ("Handling signal", "Worker exiting", "Shutting down")):
+            at = datetime.datetime.fromisoformat(str(entry["timestamp"])).timestamp()
+            timeline.append(f"{at - sigterm_at:+.2f} s {message}")
+    return timeline
 
 
 def _epoch(podman_time: str) -> float:
