@@ -325,7 +325,8 @@ def run_checks(args: argparse.Namespace, work: Path, checks: Checks,
     finished = podman("inspect", "--type", "container", "--format", "{{.State.FinishedAt}}",
                       container).stdout.strip()
     exited_s = _epoch(finished) - stop_wall
-    checks.figures["stop_timeline"] = _stop_timeline(podman("logs", container).stdout, stop_wall)
+    logs = podman("logs", container)
+    checks.figures["stop_timeline"] = _stop_timeline(logs.stdout + logs.stderr, stop_wall)
     checks.figures.update(stop_s=round(stop_s, 2), stop_exit_code=exit_code,
                           exited_after_sigterm_s=round(exited_s, 2),
                           last_in_flight_answer_s=round(last_answer_s, 2),
