@@ -3,7 +3,7 @@
 As root, with podman: builds the repository's ``Dockerfile`` (``--format docker``, so that its
 ``HEALTHCHECK`` is kept) on ``python:3.11-slim``, or, where that cannot be pulled, on a stand-in
 built from Debian packages (``base_image.py``). Then runs the image against the Scope3 simulator
-on the host (host network, loopback only) and checks, in order:
+on the host (host network, loopback only, read-only root file system) and checks, in order:
 
 1. the image's config: a non-root ``USER``, the ``CMD`` and the ``HEALTHCHECK``;
 2. the ``HEALTHCHECK`` reports healthy within 10 s of ``podman run``;
@@ -224,7 +224,8 @@ def run_checks(args: argparse.Namespace, work: Path, checks: Checks,
     }
     env_args = [arg for name, value in env.items() for arg in ("--env", f"{name}={value}")]
     started = time.monotonic()
-    podman("run", "--detach", "--name", container, "--network", "host", *ULIMITS,
+    # --read-only: the service must need no writable path but the /tmp tmpfs podman gives it.
+    podman("run", "--detach", "--name", container, "--network", "host", "--read-only", *ULIMITS,
            "--stop-timeout", str(GRACEFUL_TIMEOUT_S + 10), *env_args, tag)
     containers.append(container)
     url = f"http://127.0.0.1:{port}"
