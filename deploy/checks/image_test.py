@@ -79,7 +79,7 @@ def _ulimits() -> tuple[str, ...]:
 
 ULIMITS = _ulimits()
 # A machine behind a TLS-inspecting proxy trusts its CA on the host only: lend the host's bundle to
-# the build's RUN steps (a mount, so nothing of it lands in the image).
+# the build's RUN steps.
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
@@ -137,6 +137,7 @@ def pick_base(run_id: str, work: Path, created_images: list[str]) -> str:
         return PUBLIC_BASE
     pulled = podman("pull", "--quiet", PUBLIC_BASE, check=False, timeout=300)
     if pulled.returncode == 0:
+        created_images.append(PUBLIC_BASE)
         return PUBLIC_BASE
     reason = (pulled.stderr.strip().splitlines() or ["unknown error"])[-1]
     say(NAME, f"cannot pull {PUBLIC_BASE} ({reason[:160]}); building a base from Debian packages")
@@ -150,12 +151,11 @@ def pick_base(run_id: str, work: Path, created_images: list[str]) -> str:
 
 def build(base: str, tag: str, work: Path) -> float:
     """Build the Dockerfile as ``tag`` on ``base``; return the seconds it took."""
+    # Over the base's own bundle, at the path apt and pip read (Debian's pip, and newer pips
+    # through the system trust store): a mount over an existing file leaves no trace in a layer.
     mounts: list[str] = []
     if HOST_CA_BUNDLE.is_file():
-        pip_conf = work / "pip.conf"
-        pip_conf.write_text(f"[global]\ncert = {HOST_CA_BUNDLE}\n")
-        mounts = ["--volume", f"{HOST_CA_BUNDLE}:{HOST_CA_BUNDLE}:ro",
-                  "--volume", f"{pip_conf}:/etc/pip.conf:ro"]
+        mounts = ["--volume", f"{HOST_CA_BUNDLE}:{HOST_CA_BUNDLE}:ro"]
     started = time.monotonic()
     podman("build", "--format", "docker", "--network", "host", *ULIMITS, *mounts,
            "--build-arg", f"PYTHON_IMAGE={base}", "--tag", tag,
@@ -256,7 +256,7 @@ def run_checks(args: argparse.Namespace, work: Path, checks: Checks,
     uid = podman("exec", container, "id", "-u").stdout.strip()
     checks.figures["uid"] = uid
     inside = podman("exec", container, "sh", "-c",
-                    "ls -A /app; command -v gcc cc || true; test -w /app && echo writable || true"
+                    "ls -A /app; command -v gcc cc || true; test -w /app && echo writable; true"
                     ).stdout.split()
     checks.check(inside == ["gunicorn.conf.py"],
                  "/app holds only gunicorn.conf.py, read-only to the user; no compiler",
