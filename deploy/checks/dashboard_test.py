@@ -7,7 +7,8 @@ expirations (a small cache with a short TTL), coalesced misses, a slow upstream 
 timeouts, requests in flight), then an upstream answering 500 (retries, the breaker opening,
 unavailable rows) and its recovery (the breaker half-opening and closing).
 
-Each query of each panel of ``deploy/grafana-dashboard.json`` is then evaluated through
+Each query of each panel of ``deploy/grafana-dashboard.json``, and each PromQL example of the
+README, is then evaluated through
 Prometheus' HTTP API, with the dashboard's variables interpolated as Grafana does
 (``$job``/``$instance`` as "All" and as the values its variable queries find, ``$__rate_interval``
 as four scrape intervals). A query passes when it parses and returns at least one series with a
@@ -58,6 +59,7 @@ from common import (
 
 NAME = "dashboard-test"
 DASHBOARD = ROOT / "deploy" / "grafana-dashboard.json"
+README = ROOT / "README.md"
 RULES = ROOT / "deploy" / "prometheus-rules.yml"
 RULES_TESTS = ROOT / "deploy" / "prometheus-rules.test.yml"
 JOB = "measure-cache"
@@ -128,6 +130,30 @@ def dashboard_queries(dashboard: dict[str, Any]) -> tuple[int, list[Query]]:
                 raise AssertionError(f"panel {panel.get('title')!r} has a target with no expr")
             queries.append(Query(str(panel.get("title")), str(target.get("refId")), expr))
     return count, queries
+
+
+def readme_queries(text: str) -> list[Query]:
+    """The README's ``promql`` examples: each titled by the comment above it.
+
+    An expression runs on while its brackets are open or the next line starts with an operator.
+    """
+    queries: list[Query] = []
+    for block in re.findall(r"```promql\n(.*?)```", text, flags=re.DOTALL):
+        title, lines = "", list[str]()
+        for line in [*block.splitlines(), ""]:
+            stripped = line.strip()
+            joined = " ".join(lines)
+            open_brackets = sum(joined.count(c) for c in "([{") - sum(joined.count(c)
+                                                                     for c in ")]}")
+            continues = bool(lines) and (open_brackets > 0 or stripped[:1] in {"/", "+", "-", "*"})
+            if lines and not continues:
+                queries.append(Query(f"README: {title}", str(len(queries) + 1), joined))
+                lines = []
+            if stripped.startswith("#"):
+                title = stripped.lstrip("# ")
+            elif stripped:
+                lines.append(stripped)
+    return queries
 
 
 def interpolate(expr: str, variables: dict[str, str]) -> str:
@@ -291,7 +317,7 @@ def run_phases(load: Load, simulator: str, phase_s: float,
 
 
 def evaluate(prom: Prometheus, queries: list[Query], variables: dict[str, str],
-             start: float, end: float) -> list[dict[str, Any]]:
+             start: float, end: float, driven: bool = True) -> list[dict[str, Any]]:
     """Each query, instant (does it parse) and over [start, end] (what would the panel draw)."""
     results = []
     for query in queries:
@@ -309,7 +335,7 @@ def evaluate(prom: Prometheus, queries: list[Query], variables: dict[str, str],
             result["labels"] = [item["metric"] for item in series]
             result["zero_only"] = [item["metric"]
                                    for item, ok in zip(series, drawn, strict=True) if not ok]
-            result["missing"] = sorted(missing_driven(expr, series, drawn))
+            result["missing"] = sorted(missing_driven(expr, series, drawn)) if driven else []
             result["points"] = sum(1 for vs in values for v in vs if math.isfinite(v))
             result["error"] = None
         except AssertionError as exc:
@@ -430,6 +456,10 @@ def main(argv: list[str] | None = None) -> int:
         }
         by_selection = {name: evaluate(prom, queries, chosen, start, end)
                         for name, chosen in selections.items()}
+        # Users copy the README's examples: each must parse and draw data too (some filter out
+        # label values on purpose, so the driven values are not asked of them).
+        by_selection["README"] = evaluate(prom, readme_queries(README.read_text()), {},
+                                          start, end, driven=False)
         for name, results in by_selection.items():
             for result in results:
                 check(result["error"] is None and result["drawn"] > 0 and not result["missing"],
@@ -453,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         all_results = by_selection["All"]
         summary = {
             "panels": panel_count, "queries": len(queries),
+            "readme_queries": len(by_selection["README"]),
             "series": sum(r["series"] for r in all_results),
             "series_with_data": sum(r["drawn"] for r in all_results),
             "queries_with_data": sum(1 for r in all_results if r["drawn"] > 0),
@@ -465,7 +496,8 @@ def main(argv: list[str] | None = None) -> int:
         say(NAME, f"{panel_count} panels, {len(queries)} queries: "
             f"{summary['queries_with_data']} drew data, {summary['series']} series "
             f"({summary['series_with_data']} with non-zero data), each also with $job/$instance "
-            f"selected; {len(rule_list)} rules; {summary['seconds']} s")
+            f"selected; {summary['readme_queries']} README examples; {len(rule_list)} rules; "
+            f"{summary['seconds']} s")
     except (AssertionError, RuntimeError, requests.RequestException, OSError) as exc:
         failures.append(str(exc))
         say(NAME, f"FAILED: {exc}")

@@ -72,3 +72,16 @@ def test_a_label_value_the_traffic_drove_but_no_series_drew_is_reported() -> Non
         "increase(measure_upstream_breaker_transitions_total[4s])", series, [True, False]
     )
     assert missing == {"to=closed", "to=half_open"}
+
+
+def test_readme_examples_are_split_into_whole_expressions() -> None:
+    text = (
+        "```promql\n# Ratio\n  (sum(rate(a[5m]))\n/ sum(rate(b[5m])))\n\n"
+        "# Two quantiles\nhistogram_quantile(0.5, x)\nhistogram_quantile(0.99, x)\n```\n"
+    )
+    queries = dashboard_test.readme_queries(text)
+    assert [(query.panel, query.expr) for query in queries] == [
+        ("README: Ratio", "(sum(rate(a[5m])) / sum(rate(b[5m])))"),
+        ("README: Two quantiles", "histogram_quantile(0.5, x)"),
+        ("README: Two quantiles", "histogram_quantile(0.99, x)"),
+    ]
