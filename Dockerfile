@@ -1,6 +1,10 @@
 # syntax=docker/dockerfile:1
+# Any Debian-based image with python3.11 (as `python`), venv and apt will do; make image-test builds
+# one from Debian packages where the public image cannot be pulled.
+ARG PYTHON_IMAGE=python:3.11-slim
+
 # Build stage: compile wheels (gevent needs a compiler on some platforms) into a venv we copy whole.
-FROM python:3.11-slim AS build
+FROM ${PYTHON_IMAGE} AS build
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
@@ -12,7 +16,7 @@ RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir .
 
 # Runtime stage: no compiler, no sources beyond the installed package, and a non-root user.
-FROM python:3.11-slim
+FROM ${PYTHON_IMAGE}
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PORT=3000

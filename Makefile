@@ -11,6 +11,7 @@ SIMULATOR_PORT ?= 8081
 DEMO_API_KEY   ?= demo-key
 
 .PHONY: help venv test lint typecheck unit demo run bench bench-service fuzz soak clean
+.PHONY: image-test dashboard-test
 
 help:
 	@echo "make demo   - install, then run the service against the bundled Scope3 simulator"
@@ -19,6 +20,8 @@ help:
 	@echo "make bench  - library benchmarks: hit ratios, throughput, memory (a few minutes)"
 	@echo "make bench-service - service benchmarks: load vs a Flask floor, upstream economy, deploys"
 	@echo "make fuzz   - large fuzz run (hypothesis + schemathesis); make soak - 10-minute soak"
+	@echo "make image-test     - build the Dockerfile with podman, run and check the image (root)"
+	@echo "make dashboard-test - a real Prometheus answers every Grafana panel query; alert rules"
 
 $(RUNTIME_STAMP): setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -33,11 +36,12 @@ $(STAMP): $(RUNTIME_STAMP)
 venv: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check weighted_cache measure_service devtools tests bench gunicorn.conf.py
+	$(BIN)/ruff check weighted_cache measure_service devtools tests bench deploy gunicorn.conf.py
 
 typecheck: $(STAMP)
 	$(BIN)/mypy weighted_cache
 	$(BIN)/mypy measure_service devtools
+	$(BIN)/mypy --strict deploy/checks
 
 unit: $(STAMP)
 	$(BIN)/pytest -q
@@ -62,6 +66,13 @@ bench-service: $(STAMP)
 	$(BIN)/python bench/service_load.py
 	$(BIN)/python bench/upstream_economy.py
 	$(BIN)/python bench/deploys.py
+
+# The deploy artefacts run for real; each prints one line saying why when it cannot run here.
+image-test: $(STAMP)
+	$(BIN)/python deploy/checks/image_test.py
+
+dashboard-test: $(STAMP)
+	$(BIN)/python deploy/checks/dashboard_test.py
 
 fuzz: $(STAMP)
 	bash bench/fuzz.sh

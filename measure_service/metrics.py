@@ -97,9 +97,10 @@ UPSTREAM_COALESCED = Counter(
     "measure_upstream_coalesced_rows_total",
     "Missed rows that joined a fetch already in flight instead of starting one.",
 )
+UNAVAILABLE_REASONS = ("queue_full", "breaker_open", "fetch_failed")
 UPSTREAM_UNAVAILABLE = Counter(
     "measure_upstream_unavailable_rows_total",
-    "Missed rows refused (status unavailable): queue full or breaker open.",
+    "Missed rows refused (status unavailable): queue full, breaker open or fetch failed.",
     ["reason"],
 )
 BREAKER_OPEN = Gauge(
@@ -107,6 +108,7 @@ BREAKER_OPEN = Gauge(
     "1 while this worker's circuit breaker is open or half-open, else 0.",
     multiprocess_mode="livesum",
 )
+BREAKER_STATES = ("open", "half_open", "closed")
 BREAKER_TRANSITIONS = Counter(
     "measure_upstream_breaker_transitions_total", "Breaker state changes.", ["to"]
 )
@@ -119,6 +121,7 @@ BACKGROUND_GREENLETS = Gauge(
 )
 
 # --- wait window -------------------------------------------------------------------------------
+WAIT_RESULTS = ("all_fetched", "timed_out")
 WAIT_OUTCOMES = Counter(
     "measure_wait_window_total",
     "Requests that waited for misses, by outcome (all_fetched, timed_out).",
@@ -127,3 +130,15 @@ WAIT_OUTCOMES = Counter(
 WAIT_SECONDS = Histogram(
     "measure_wait_window_seconds", "Time a request waited for its misses.", buckets=FAST_BUCKETS
 )
+
+# A labelled series born at its first increment starts at 1, and rate() and increase() never
+# count that increment: the first breaker opening after a start would not show. Every known label
+# value starts at 0 instead.
+for _counter, _values in (
+    (UPSTREAM_REQUESTS, UPSTREAM_OUTCOMES),
+    (UPSTREAM_UNAVAILABLE, UNAVAILABLE_REASONS),
+    (BREAKER_TRANSITIONS, BREAKER_STATES),
+    (WAIT_OUTCOMES, WAIT_RESULTS),
+):
+    for _value in _values:
+        _counter.labels(_value)

@@ -15,7 +15,7 @@ from flask.testing import FlaskClient
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from measure_service import bookkeeping, exporter
+from measure_service import bookkeeping, exporter, metrics
 from measure_service.app import close_app, create_app
 from measure_service.config import Config
 from tests.measure_service.conftest import FakeClock, FakeUpstream
@@ -80,6 +80,21 @@ def test_metrics_serves_the_service_metrics_as_prometheus_text(client: FlaskClie
     for name in ("measure_cache_hits_total", "measure_upstream_rows_total",
                  "measure_cache_entries", "flask_http_request_duration_seconds"):
         assert f"# TYPE {name}" in text
+
+
+@pytest.mark.parametrize(("name", "label", "values"), [
+    ("measure_upstream_requests_total", "outcome", metrics.UPSTREAM_OUTCOMES),
+    ("measure_upstream_unavailable_rows_total", "reason", metrics.UNAVAILABLE_REASONS),
+    ("measure_upstream_breaker_transitions_total", "to", metrics.BREAKER_STATES),
+    ("measure_wait_window_total", "outcome", metrics.WAIT_RESULTS),
+])
+def test_every_known_label_value_is_exported_before_its_first_increment(
+    client: FlaskClient, name: str, label: str, values: tuple[str, ...]
+) -> None:
+    # rate() and increase() miss the increment that creates a series: it must exist at 0 first.
+    samples = scrape(client)
+    for known in values:
+        assert (name, frozenset({(label, known)})) in samples, f"{name}{{{label}={known!r}}}"
 
 
 def test_a_measure_request_is_counted_under_its_route_and_status(client: FlaskClient) -> None:
