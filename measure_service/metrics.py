@@ -79,6 +79,10 @@ CACHE_MAX_COST = Gauge(
 )
 
 # --- upstream ----------------------------------------------------------------------------------
+UPSTREAM_OUTCOMES = (
+    "ok", "row_error", "http_4xx", "http_429", "http_5xx", "timeout", "connection_error",
+    "malformed",
+)
 UPSTREAM_REQUESTS = Counter(
     "measure_upstream_requests_total", "Upstream HTTP requests by outcome.", ["outcome"]
 )
