@@ -82,10 +82,10 @@ logconfig_dict: dict[str, Any] = {
     "formatters": {
         # gunicorn's own lines (errors, tracebacks) get the same token redaction as the app's.
         "json": {
-            "()": "measure_service.logs.json_formatter", "secrets": [_config.scope3_api_token],
+            "()": "measure_service.logs.json_formatter", "secrets": list(_config.secrets),
         },
         "access": {
-            "()": "measure_service.logs.AccessFormatter", "secrets": [_config.scope3_api_token],
+            "()": "measure_service.logs.AccessFormatter", "secrets": list(_config.secrets),
         },
     },
     "filters": {

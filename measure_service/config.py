@@ -60,6 +60,20 @@ class Config:
     - ``LOG_LEVEL`` (``INFO``): level of the application's JSON logs.
     - ``ACCESS_LOG`` (``sample:0.01``): gunicorn access log: ``off``, ``on`` or
       ``sample:<rate>`` (a fraction of requests, 0..1).
+    - ``REDIS_URL`` (empty): the shared tier's Redis, ``redis://``, ``rediss://`` (TLS) or
+      ``unix://``; empty turns the tier off. A password in it is a secret: never logged.
+    - ``REDIS_PREFIX`` (``measure:v1:``): prefix of every key, so deployments can share a
+      server and a schema change can move to new keys.
+    - ``REDIS_CLUSTER`` (``false``): ``REDIS_URL`` names one node of a Redis Cluster.
+    - ``REDIS_TIMEOUT_MS`` (``50``): socket timeout of one Redis command; Redis is an
+      accelerator, so a slow one is abandoned quickly.
+    - ``REDIS_CONNECT_TIMEOUT_MS`` (``200``): connect timeout (TLS handshakes need more).
+    - ``REDIS_POOL_SIZE`` (``8``): Redis connections per worker; a greenlet past it waits up to
+      ``REDIS_TIMEOUT_MS`` for one.
+    - ``REDIS_LEASE_MS`` (``5000``): how long a fetch lease lasts; a holder that dies delays
+      the key by at most this long.
+    - ``REDIS_BREAKER_FAILURES`` (``3``): consecutive Redis failures that open its breaker.
+    - ``REDIS_BREAKER_COOLDOWN_S`` (``2``): seconds the Redis breaker stays open before a probe.
     """
 
     env: str = "development"
@@ -89,6 +103,15 @@ class Config:
     max_body_bytes: int = MIB
     log_level: str = "INFO"
     access_log_rate: float = 0.01
+    redis_url: str = ""
+    redis_prefix: str = "measure:v1:"
+    redis_cluster: bool = False
+    redis_timeout_ms: int = 50
+    redis_connect_timeout_ms: int = 200
+    redis_pool_size: int = 8
+    redis_lease_ms: int = 5_000
+    redis_breaker_failures: int = 3
+    redis_breaker_cooldown_s: float = 2.0
 
     def __post_init__(self) -> None:
         """Refuse a configuration that would leave the API open by accident."""
@@ -102,6 +125,12 @@ class Config:
     def wait_s(self) -> float:
         """How long a request waits for its misses: the window, or 0 without WAIT_FOR_MISSING."""
         return self.wait_window_ms / 1000 if self.wait_for_missing else 0.0
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Values never to be logged or returned: the upstream token, the Redis password."""
+        password = urlsplit(self.redis_url).password if self.redis_url else None
+        return tuple(secret for secret in (self.scope3_api_token, password) if secret)
 
     def __repr__(self) -> str:
         """Show every field except the secrets."""
@@ -140,6 +169,19 @@ class Config:
             max_body_bytes=r.integer("MAX_BODY_BYTES", MIB, low=64),
             log_level=r.choice("LOG_LEVEL", "INFO", _LOG_LEVELS),
             access_log_rate=parse_access_log(env.get("ACCESS_LOG", "sample:0.01")),
+            redis_url=r.redis_url("REDIS_URL"),
+            redis_prefix=r.key_prefix("REDIS_PREFIX", "measure:v1:"),
+            redis_cluster=r.boolean("REDIS_CLUSTER", False),
+            redis_timeout_ms=r.integer("REDIS_TIMEOUT_MS", 50, low=1, high=60_000),
+            redis_connect_timeout_ms=r.integer(
+                "REDIS_CONNECT_TIMEOUT_MS", 200, low=1, high=60_000
+            ),
+            redis_pool_size=r.integer("REDIS_POOL_SIZE", 8, low=1, high=1024),
+            redis_lease_ms=r.integer("REDIS_LEASE_MS", 5_000, low=10, high=3_600_000),
+            redis_breaker_failures=r.integer("REDIS_BREAKER_FAILURES", 3, low=1),
+            redis_breaker_cooldown_s=r.number(
+                "REDIS_BREAKER_COOLDOWN_S", 2.0, low=0.001, high=86_400
+            ),
         )
 
 
@@ -226,9 +268,66 @@ class _Reader:
 
         return self._get(name, default, parse)
 
+    def redis_url(self, name: str) -> str:
+        def parse(raw: str) -> str:
+            try:
+                parts = urlsplit(raw)
+                if parts.port == 0:
+                    raise ValueError("port 0")
+            except ValueError:
+                raise ConfigError(f"{name} is not a valid URL: {redact_url(raw)!r}") from None
+            if parts.scheme in ("redis", "rediss"):
+                if not parts.hostname:
+                    raise ConfigError(f"{name} must name a host, got {redact_url(raw)!r}")
+                database = parts.path.strip("/")
+                if database and not database.isdigit():
+                    raise ConfigError(
+                        f"{name} path must be a database number, got {redact_url(raw)!r}"
+                    )
+            elif parts.scheme == "unix":
+                if not parts.path:
+                    raise ConfigError(f"{name} must name a socket path, got {redact_url(raw)!r}")
+            else:
+                raise ConfigError(
+                    f"{name} must be a redis://, rediss:// or unix:// URL, got {redact_url(raw)!r}"
+                )
+            return raw
+
+        return self._get(name, "", parse)
+
+    def key_prefix(self, name: str, default: str) -> str:
+        def parse(raw: str) -> str:
+            # Braces would change the hash tag that keeps a row and its lease in one slot.
+            if len(raw) > 64 or not raw.isprintable() or "{" in raw or "}" in raw:
+                raise ConfigError(
+                    f"{name} must be at most 64 printable characters without braces, got {raw!r}"
+                )
+            return raw
+
+        return self._get(name, default, parse)
+
     def keys(self, name: str) -> tuple[str, ...]:
         raw = self._env.get(name, "")
         return tuple(key.strip() for key in raw.split(",") if key.strip())
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (if any) replaced, for logs and error messages."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return REDACTED_URL
+    if not password:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    name = user.split(":", 1)[0]
+    return parts._replace(netloc=f"{name}:{REDACTED}@{host}").geturl()
+
+
+REDACTED = "[redacted]"
+# Shown instead of a URL that does not even parse: it may hold a password anywhere.
+REDACTED_URL = "[unparsable URL redacted]"
 
 
 def _check_range(name: str, value: float, low: float, high: float | None) -> None:

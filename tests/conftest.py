@@ -303,3 +303,111 @@ def simulator(module_processes: Processes) -> Simulator:
 def service(module_processes: Processes, simulator: Simulator) -> Service:
     """One gevent worker in front of ``simulator``, waiting up to 250 ms for misses."""
     return module_processes.service(simulator)
+
+
+# --- a real redis-server -----------------------------------------------------------------------
+
+@dataclass
+class RedisServer:
+    """A ``redis-server`` on a loopback port, persistence off; it can be killed, hung, restarted.
+
+    ``url`` stays the same across :meth:`kill` / :meth:`start`, like a server that comes back.
+    """
+
+    port: int
+    log_path: Path
+    extra: tuple[str, ...] = ()
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start the server (again) and wait until it answers PING."""
+        argv = [
+            REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--protected-mode", "no", "--daemonize", "no",
+            "--maxmemory-policy", "allkeys-lfu", *self.extra,
+        ]
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                if self.client().ping():
+                    return
+            except Exception:
+                time.sleep(0.02)
+        pytest.fail(f"redis-server did not start:\n{self.log_path.read_text()}")
+
+    def client(self) -> Any:
+        """A plain redis-py client (for the test's own checks)."""
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
+
+    def kill(self) -> None:
+        """SIGKILL the server: every connection drops, the data is gone."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=5)
+
+    def pause(self) -> None:
+        """SIGSTOP: the server accepts connections (the kernel does) but never answers."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        """Stop for good (resumed first if paused)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+
+def _find_redis_server() -> str | None:
+    import shutil
+
+    return shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
+    )
+
+
+REDIS_SERVER = _find_redis_server() or "redis-server"
+
+
+def require_redis_server() -> None:
+    """Skip when redis-server is missing, except in CI (CI=true), where that is a failure."""
+    if _find_redis_server() is None:
+        message = "redis-server is not installed (apt-get install redis-server)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def start_redis(tmp_dir: Path, *extra: str) -> RedisServer:
+    """Start a redis-server on a free loopback port; the caller stops it."""
+    require_redis_server()
+    server = RedisServer(free_port(), tmp_dir / f"redis-{time.monotonic_ns()}.log", extra)
+    server.start()
+    return server
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server for the module (flush it between tests that need it empty)."""
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    try:
+        yield server
+    finally:
+        server.stop()
