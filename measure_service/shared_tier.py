@@ -333,9 +333,14 @@ class SharedTier:
         self._run("release", lambda: self._release(leases))
 
     def status(self) -> tuple[str, str | None]:
-        """``("ok", None)``, or ``("degraded", why)`` while Redis is out or full."""
-        state = self._breaker.state
-        if state != "closed":
+        """``("ok", None)``, or ``("degraded", why)`` while Redis is out or full.
+
+        While the breaker is open, a call after its cool-down probes Redis with a PING, so a
+        worker that serves only hits (and probes) still notices that Redis is back.
+        """
+        if self._breaker.state != "closed" and self._breaker.allow():
+            self._run("ping", self._client.ping)
+        if self._breaker.state != "closed":
             return "degraded", f"{self._description} is unreachable; serving from memory"
         if self._full_since is not None:
             return "degraded", f"{self._description} is full; new rows are not shared"
@@ -409,6 +414,8 @@ class SharedTier:
         except (redis.exceptions.RedisError, OSError) as exc:
             kind = "timeout" if isinstance(exc, redis.exceptions.TimeoutError) else "connection"
             metrics.SHARED_ERRORS.labels(kind).inc()
+            # The breaker's transitions are the log lines; one per failure would flood.
+            _LOG.debug("redis %s failed: %s", op, exc, extra={"op": op, "kind": kind})
             self._breaker.record_failure()
             return None
         finally:

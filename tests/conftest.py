@@ -318,6 +318,8 @@ class RedisServer:
     log_path: Path
     extra: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
+    faults: int = 0  # kills and pauses so far
+    password: str | None = None
 
     @property
     def url(self) -> str:
@@ -330,6 +332,8 @@ class RedisServer:
             "--appendonly", "no", "--protected-mode", "no", "--daemonize", "no",
             "--maxmemory-policy", "allkeys-lfu", *self.extra,
         ]
+        if self.password is not None:
+            argv += ["--requirepass", self.password]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -345,10 +349,13 @@ class RedisServer:
         """A plain redis-py client (for the test's own checks)."""
         import redis
 
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
+        return redis.Redis(
+            host="127.0.0.1", port=self.port, password=self.password, socket_timeout=2
+        )
 
     def kill(self) -> None:
         """SIGKILL the server: every connection drops, the data is gone."""
+        self.faults += 1
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(timeout=5)
@@ -356,6 +363,7 @@ class RedisServer:
     def pause(self) -> None:
         """SIGSTOP: the server accepts connections (the kernel does) but never answers."""
         assert self.process is not None
+        self.faults += 1
         self.process.send_signal(signal.SIGSTOP)
 
     def resume(self) -> None:
@@ -395,10 +403,12 @@ def require_redis_server() -> None:
         pytest.skip(message)
 
 
-def start_redis(tmp_dir: Path, *extra: str) -> RedisServer:
+def start_redis(tmp_dir: Path, *extra: str, password: str | None = None) -> RedisServer:
     """Start a redis-server on a free loopback port; the caller stops it."""
     require_redis_server()
-    server = RedisServer(free_port(), tmp_dir / f"redis-{time.monotonic_ns()}.log", extra)
+    server = RedisServer(
+        free_port(), tmp_dir / f"redis-{time.monotonic_ns()}.log", extra, password=password
+    )
     server.start()
     return server
 
