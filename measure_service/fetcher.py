@@ -32,7 +32,7 @@ from gevent.event import AsyncResult
 from measure_service import metrics
 from measure_service.batcher import Batcher
 from measure_service.logs import current_trace_id
-from measure_service.rows import QueryParams, RowKey
+from measure_service.rows import QueryParams, RowKey, RowStatus
 from measure_service.shared_tier import FETCH, WAIT, SharedRow, SharedTier
 from measure_service.singleflight import SingleFlight
 from measure_service.upstream import RowResult, UpstreamError
@@ -82,10 +82,10 @@ class Outcome(NamedTuple):
     """The answer for one row: its status and, when known, the cached entry.
 
     A NamedTuple rather than a frozen dataclass: one is built per row on the hit path, and a
-    tuple is built about 3x faster.
+    tuple is much cheaper to build.
     """
 
-    status: str
+    status: RowStatus
     entry: Entry | None = None
 
 
@@ -157,11 +157,6 @@ class Fetcher:
             answer_within_s=settings.wait_s,
         )
 
-    @property
-    def pending(self) -> int:
-        """Keys waiting for or being fetched from upstream."""
-        return len(self._flights)
-
     def lookup(self, rows: Sequence[tuple[RowKey, int]], wait_s: float = 0.0) -> Lookup:
         """Answer each ``(key, cost)`` from the cache, fetching misses; wait up to ``wait_s``.
 
@@ -175,6 +170,7 @@ class Fetcher:
         hits = stale = coalesced = 0
         refused: dict[str, int] = {}  # a plain dict: a Counter costs ~1 us to build
         missed: list[tuple[int, RowKey, int]] = []
+        status: RowStatus
         for key, cost in rows:
             entry = self._cache.get(key)
             if entry is not None:

@@ -11,7 +11,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +21,7 @@ from tests.conftest import (
     Service,
     Simulator,
     eventually,
-    start_redis,
+    require_redis_server,
 )
 
 pytestmark = pytest.mark.integration
@@ -38,12 +37,9 @@ TIER_ENV = {
 
 
 @pytest.fixture(scope="module")
-def redis_for_services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = start_redis(tmp_path_factory.mktemp("redis-services"))
-    try:
-        yield server
-    finally:
-        server.stop()
+def redis_for_services(module_processes: Processes) -> RedisServer:
+    require_redis_server()
+    return module_processes.redis()
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +63,8 @@ def healthy_redis(redis_for_services: RedisServer) -> Iterator[None]:
     if redis_for_services.faults == faults:
         return
     redis_for_services.resume()
-    if redis_for_services.process is None or redis_for_services.process.poll() is not None:
-        redis_for_services.start()
+    if redis_for_services.process.poll() is not None:
+        redis_for_services.restart()
     time.sleep(float(TIER_ENV["REDIS_BREAKER_COOLDOWN_S"]) + 0.2)
 
 
@@ -153,7 +149,7 @@ def test_after_redis_comes_back_rows_are_shared_again(
     redis_for_services.kill()
     for _ in range(6):
         statuses(instances[0], fresh_sites(1))
-    redis_for_services.start()
+    redis_for_services.restart()
 
     def shared_again() -> bool:
         [site] = fresh_sites(1)
@@ -221,7 +217,7 @@ def test_degraded_and_recovered_are_logged_once_per_transition_not_per_request(
     redis_for_services.kill()
     for _ in range(30):
         statuses(instances[1], fresh_sites(1))
-    redis_for_services.start()
+    redis_for_services.restart()
     eventually(lambda: instances[1].get("/readyz").json()["sharedTier"] == "ok")
     degraded = [
         line for line in instances[1].log_lines()
@@ -231,20 +227,14 @@ def test_degraded_and_recovered_are_logged_once_per_transition_not_per_request(
 
 
 def test_the_redis_password_is_never_logged(
-    processes: Processes, upstream_sim: Simulator, tmp_path: Path
+    processes: Processes, upstream_sim: Simulator
 ) -> None:
-    server = start_redis(tmp_path, password="hunter2-secret")
-    try:
-        service = processes.service(
-            upstream_sim,
-            env={**TIER_ENV, "REDIS_URL": f"redis://:hunter2-secret@127.0.0.1:{server.port}/0"},
-        )
-        assert statuses(service, fresh_sites(2)) == ["fetched", "fetched"]
-        assert service.get("/readyz").json()["sharedTier"] == "ok"
-        server.kill()
-        statuses(service, fresh_sites(2))
-        statuses(service, fresh_sites(2))
-        eventually(lambda: "shared tier degraded" in service.log_path.read_text())
-        assert "hunter2-secret" not in service.log_path.read_text()
-    finally:
-        server.stop()
+    server = processes.redis(password="hunter2-secret")
+    service = processes.service(upstream_sim, env={**TIER_ENV, "REDIS_URL": server.url})
+    assert statuses(service, fresh_sites(2)) == ["fetched", "fetched"]
+    assert service.get("/readyz").json()["sharedTier"] == "ok"
+    server.kill()
+    statuses(service, fresh_sites(2))
+    statuses(service, fresh_sites(2))
+    eventually(lambda: "shared tier degraded" in service.log_path.read_text())
+    assert "hunter2-secret" not in service.log_path.read_text()
