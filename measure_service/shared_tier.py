@@ -64,6 +64,8 @@ TTL_JITTER = 0.05
 # off; the cap bounds how late a lapsed lease is noticed.
 FIRST_POLL_S = 0.005
 MAX_POLL_S = 0.1
+# A watcher looks again this long after the lease it waits on should have expired.
+LEASE_END_MARGIN_S = 0.002
 # Keys one watcher poll sends in one pipeline.
 POLL_CHUNK = 200
 
@@ -237,6 +239,8 @@ class SharedTier:
         self._held: dict[RowKey, str] = {}
         # Rows watched for another holder's value: key -> (callbacks, next delay).
         self._watched: dict[RowKey, _Watch] = {}
+        # Time left on another holder's lease, as the last claim of a watched row saw it.
+        self._lease_left: dict[RowKey, float] = {}
         self._schedule: list[tuple[float, int, RowKey]] = []
         self._sequence = 0
         self._wake = gevent.event.Event()
@@ -307,6 +311,7 @@ class SharedTier:
         if self._closed:
             on_fetch(key)
             return
+        self._lease_left.pop(key, None)  # the first look comes sooner anyway
         self._watched[key] = _Watch(on_value, on_fetch, FIRST_POLL_S)
         self._schedule_poll(key, FIRST_POLL_S)
         if self._watcher is None:
@@ -393,6 +398,7 @@ class SharedTier:
             self._held[key] = token
             return FETCH
         if kind == 3:
+            self._lease_left[key] = int(answer[1]) / 1000 if len(answer) > 1 else MAX_POLL_S
             return WAIT
         return FETCH
 
@@ -514,7 +520,10 @@ class SharedTier:
                 metrics.SHARED_LEASES.labels("waited").inc()
                 watch.on_value(key, claim)
             elif claim is WAIT:
-                delay = min(MAX_POLL_S, watch.delay * 2)
+                # Back off, but look again just after the holder's lease runs out: a holder
+                # that died is replaced then, not up to a poll interval later.
+                lease_left = self._lease_left.pop(key, MAX_POLL_S)
+                delay = min(MAX_POLL_S, watch.delay * 2, lease_left + LEASE_END_MARGIN_S)
                 self._watched[key] = watch._replace(delay=delay)
                 self._schedule_poll(key, delay)
             else:
