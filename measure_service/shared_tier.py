@@ -64,6 +64,8 @@ TTL_JITTER = 0.05
 # off; the cap bounds how late a lapsed lease is noticed.
 FIRST_POLL_S = 0.005
 MAX_POLL_S = 0.1
+# Readiness probes PING Redis at most this often per worker, however often they come.
+STATUS_PING_INTERVAL_S = 1.0
 # A watcher looks again this long after the lease it waits on should have expired.
 LEASE_END_MARGIN_S = 0.002
 # Keys one watcher poll sends in one pipeline.
@@ -223,8 +225,10 @@ class SharedTier:
         cluster: bool = False,
         description: str = "redis",
         wall_clock: Callable[[], float] = time.time,
+        ping_interval_s: float = STATUS_PING_INTERVAL_S,
     ) -> None:
-        """Use ``client`` (see :func:`connect`); ``description`` names Redis in log lines."""
+        """Use ``client`` (see :func:`connect`); ``description`` names Redis in log lines;
+        :meth:`status` PINGs Redis at most once per ``ping_interval_s``."""
         self._client = client
         self._prefix = prefix
         self._lease_ms = max(1, round(lease_s * 1000))
@@ -246,6 +250,9 @@ class SharedTier:
         self._wake = gevent.event.Event()
         self._watcher: gevent.Greenlet | None = None
         self._full_since: float | None = None
+        self._last_ping = -math.inf
+        self._ping_interval_s = ping_interval_s
+        self._ping_failed = False
         self._closed = False
 
     # --- the interface the fetcher uses ------------------------------------------------------
@@ -340,12 +347,15 @@ class SharedTier:
     def status(self) -> tuple[str, str | None]:
         """``("ok", None)``, or ``("degraded", why)`` while Redis is out or full.
 
-        While the breaker is open, a call after its cool-down probes Redis with a PING, so a
-        worker that serves only hits (and probes) still notices that Redis is back.
+        It PINGs Redis (at most once per ``ping_interval_s``, and while the breaker
+        is open only as its probe): a worker that serves only hits from memory never talks to
+        Redis otherwise, and would not notice that Redis went away, or came back.
         """
-        if self._breaker.state != "closed" and self._breaker.allow():
-            self._run("ping", self._client.ping)
-        if self._breaker.state != "closed":
+        now = time.monotonic()
+        if now - self._last_ping >= self._ping_interval_s and self._breaker.allow():
+            self._last_ping = now
+            self._ping_failed = self._run("ping", self._client.ping) is None
+        if self._ping_failed or self._breaker.state != "closed":
             return "degraded", f"{self._description} is unreachable; serving from memory"
         if self._full_since is not None:
             return "degraded", f"{self._description} is full; new rows are not shared"

@@ -36,14 +36,16 @@ class WallClock:
         return self.now
 
 
-def tier_for(url: str, wall: Callable[[], float], *, lease_s: float = 5.0) -> SharedTier:
+def tier_for(
+    url: str, wall: Callable[[], float], *, lease_s: float = 5.0, ping_interval_s: float = 1.0
+) -> SharedTier:
     config = Config.from_env(
         {"AUTH_DISABLED": "true", "REDIS_URL": url, "REDIS_TIMEOUT_MS": "100"}
     )
     return SharedTier(
         shared_tier.connect(config), prefix=PREFIX, lease_s=lease_s, ttl_s=TTL_S,
         stale_s=STALE_S, error_ttl_s=ERROR_TTL_S, breaker=CircuitBreaker(2, 0.2),
-        wall_clock=wall,
+        wall_clock=wall, ping_interval_s=ping_interval_s,
     )
 
 
@@ -339,3 +341,15 @@ def test_a_full_redis_refuses_writes_but_keeps_serving_reads(
     finally:
         redis_db.config_set("maxmemory", 0)
         redis_db.config_set("maxmemory-policy", "allkeys-lfu")
+
+
+def test_readiness_notices_a_dead_redis_though_nothing_else_called_it(
+    redis_server: RedisServer, redis_db: Any, wall: WallClock
+) -> None:
+    tier = tier_for(redis_server.url, wall, ping_interval_s=0)
+    assert tier.status() == ("ok", None)
+    redis_server.pause()
+    try:
+        assert tier.status()[0] == "degraded"
+    finally:
+        redis_server.resume()
