@@ -198,6 +198,7 @@ def l2_worker(url: str, seconds: float) -> dict[str, Any]:
             assert lookup.hits == len(batch), lookup
             looked += len(batch)
     elapsed = time.perf_counter() - started
+    pools = {size: _pool_run(url, size, batches, seconds / 2) for size in (1, 2, 4, 8, 16)}
     # The MGET alone, for comparison with the ~0.2 ms per 100 keys quoted for hiredis.
     names = [f"bench4:{i}" for i in range(100)]
     client = connect(config)
@@ -208,7 +209,41 @@ def l2_worker(url: str, seconds: float) -> dict[str, Any]:
     from redis.utils import HIREDIS_AVAILABLE
 
     return {"rows_per_s": round(looked / elapsed), "rows_per_lookup": 100,
-            "mget_100_keys_ms": round(mget_ms, 3), "hiredis": HIREDIS_AVAILABLE}
+            "mget_100_keys_ms": round(mget_ms, 3), "hiredis": HIREDIS_AVAILABLE,
+            "pool_size_64_greenlets": pools}
+
+
+def _pool_run(url: str, size: int, batches: list[Any], seconds: float) -> dict[str, float]:
+    """64 greenlets doing 100-row Redis reads at once through a pool of ``size`` connections."""
+    import gevent
+
+    from measure_service.breaker import CircuitBreaker
+    from measure_service.config import Config
+    from measure_service.shared_tier import SharedTier, connect
+
+    config = Config.from_env({"AUTH_DISABLED": "true", "REDIS_URL": url,
+                              "REDIS_POOL_SIZE": str(size), "REDIS_TIMEOUT_MS": "1000"})
+    tier = SharedTier(connect(config), prefix="bench4:", lease_s=5, ttl_s=86_400,
+                      stale_s=86_400, error_ttl_s=300, breaker=CircuitBreaker(3, 2.0))
+    took: list[float] = []
+    deadline = time.perf_counter() + seconds
+
+    def reader(offset: int) -> None:
+        i = offset
+        while time.perf_counter() < deadline:
+            keys = [key for key, _ in batches[i % len(batches)]]
+            started = time.perf_counter()
+            assert len(tier.read(keys)) == len(keys)
+            took.append(time.perf_counter() - started)
+            i += 1
+
+    started = time.perf_counter()
+    gevent.joinall([gevent.spawn(reader, n) for n in range(64)])
+    elapsed = time.perf_counter() - started
+    ordered = sorted(took)
+    return {"rows_per_s": round(len(took) * 100 / elapsed),
+            "p50_ms": round(ordered[len(ordered) // 2] * 1000, 2),
+            "p99_ms": round(ordered[int(len(ordered) * 0.99)] * 1000, 2)}
 
 
 def figure_5(procs: Processes, sim: Simulator, redis: RedisServer,
