@@ -459,10 +459,14 @@ class Processes:
         """Start ``redis-server`` (persistence off, ``allkeys-lfu``); ``flags`` are extra
         command-line options (``--maxmemory 64mb``, ``--cluster-enabled yes``, ...)."""
         port = free_port() if port is None else port
+        # Its own directory: a cluster node writes its nodes file there, and nothing lands in
+        # the checkout.
+        data_dir = self.log_dir / f"redis-{port}"
+        data_dir.mkdir(exist_ok=True)
         argv = [
             REDIS_SERVER, "--port", str(port), "--bind", LOOPBACK, "--save", "",
             "--appendonly", "no", "--protected-mode", "no", "--daemonize", "no",
-            "--maxmemory-policy", "allkeys-lfu", *flags,
+            "--dir", str(data_dir), "--maxmemory-policy", "allkeys-lfu", *flags,
         ]
         if password is not None:
             argv += ["--requirepass", password]

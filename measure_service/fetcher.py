@@ -355,6 +355,12 @@ class Fetcher:
         failure: BaseException = FetchFailed("the upstream fetch failed")
         try:
             answers = self._upstream.measure(rows, params.upstream())
+            if self._shared is not None:
+                # Shared before anyone is answered: a client told "fetched" here then finds
+                # the row on every other worker too.
+                self._shared.write(
+                    (key, answers[str(i)]) for i, key in enumerate(keys) if str(i) in answers
+                )
             now = self._clock()
             rejected = 0
             for index, key in enumerate(keys):
@@ -371,9 +377,6 @@ class Fetcher:
                     rejected += 1
                 settled.add(index)
                 self._flights.resolve(key, entry)
-            if self._shared is not None:
-                self._shared.write((key, answers[str(i)]) for i, key in enumerate(keys)
-                                   if i in settled)
             if rejected:
                 metrics.CACHE_REJECTED.inc(rejected)
             _LOG.info(

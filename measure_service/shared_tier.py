@@ -462,11 +462,15 @@ class SharedTier:
             pipe.mget(names[start : start + READ_CHUNK])
         return [value for chunk in pipe.execute() for value in chunk]
 
+    # Scripts go through execute_command("EVAL", ...): a Cluster pipeline has no eval(), and
+    # routes EVAL by its keys (one row's keys share a hash tag, so one slot).
     def _claim(self, keys: list[RowKey], tokens: list[str], fresh_after_ms: int) -> list[Any]:
         pipe = self._client.pipeline(transaction=False)
         for key, token in zip(keys, tokens, strict=True):
             name = key_name(self._prefix, key)
-            pipe.eval(_CLAIM, 2, name, name + ":lease", token, self._lease_ms, fresh_after_ms)
+            pipe.execute_command(
+                "EVAL", _CLAIM, 2, name, name + ":lease", token, self._lease_ms, fresh_after_ms
+            )
         answers: list[Any] = pipe.execute()
         return answers
 
@@ -477,8 +481,8 @@ class SharedTier:
             name = key_name(self._prefix, key)
             left = max(0.001, row.expires_at - now)
             ms = max(1, round(left * 1000 * (1 + TTL_JITTER * _random())))
-            pipe.eval(
-                _WRITE, 2, name, name + ":lease", token, encode(row), ms,
+            pipe.execute_command(
+                "EVAL", _WRITE, 2, name, name + ":lease", token, encode(row), ms,
                 round(row.fetched_at * 1000),
             )
         answers: list[Any] = pipe.execute()
@@ -487,7 +491,7 @@ class SharedTier:
     def _release(self, leases: list[tuple[RowKey, str]]) -> list[Any]:
         pipe = self._client.pipeline(transaction=False)
         for key, token in leases:
-            pipe.eval(_RELEASE, 1, key_name(self._prefix, key) + ":lease", token)
+            pipe.execute_command("EVAL", _RELEASE, 1, key_name(self._prefix, key) + ":lease", token)
         answers: list[Any] = pipe.execute()
         return answers
 

@@ -124,3 +124,13 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     require_redis_server()
     with Processes(tmp_path_factory.mktemp("redis")) as started:
         yield started.redis()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip ``cluster`` tests unless CI=true or RUN_CLUSTER_TESTS=1: they take half a minute."""
+    if os.environ.get("CI", "").lower() == "true" or os.environ.get("RUN_CLUSTER_TESTS") == "1":
+        return
+    skip = pytest.mark.skip(reason="Redis Cluster test: set RUN_CLUSTER_TESTS=1 (CI runs it)")
+    for item in items:
+        if "cluster" in item.keywords:
+            item.add_marker(skip)
