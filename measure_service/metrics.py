@@ -137,7 +137,8 @@ SHARED_MISSES = Counter(
 )
 SHARED_ERRORS = Counter(
     "measure_shared_errors_total",
-    "Redis failures by kind: timeout, connection, full (OOM), response_error, undecodable.",
+    "Redis failures by kind: timeout, connection, full (OOM), response_error, undecodable,"
+    " pool_exhausted.",
     ["kind"],
 )
 SHARED_LATENCY = Histogram(

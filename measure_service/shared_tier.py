@@ -370,6 +370,9 @@ class SharedTier:
         self._watched.clear()
         try:
             self._client.close()
+            pool = getattr(self._client, "connection_pool", None)
+            if pool is not None:
+                pool.disconnect()  # a pool passed in is not closed with its client
         except Exception:  # a client that cannot close cleanly must not stop the worker's exit
             _LOG.debug("redis client close failed", exc_info=True)
 
@@ -428,6 +431,12 @@ class SharedTier:
                 _LOG.warning("redis refused a command: %s", exc, extra={"op": op})
             return None
         except (redis.exceptions.RedisError, OSError) as exc:
+            if _pool_exhausted(exc):
+                # Every pooled connection is busy: this worker is overloaded, Redis is not
+                # down, so the breaker is not told.
+                self._breaker.record_success()
+                metrics.SHARED_ERRORS.labels("pool_exhausted").inc()
+                return None
             kind = "timeout" if isinstance(exc, redis.exceptions.TimeoutError) else "connection"
             metrics.SHARED_ERRORS.labels(kind).inc()
             # The breaker's transitions are the log lines; one per failure would flood.
@@ -549,6 +558,13 @@ class _Watch(NamedTuple):
     on_value: Callable[[RowKey, SharedRow], None]
     on_fetch: Callable[[RowKey], None]
     delay: float
+
+
+def _pool_exhausted(exc: BaseException) -> bool:
+    """True for redis-py's "no connection available" from a blocking pool that stayed full."""
+    return isinstance(exc, redis.exceptions.ConnectionError) and "No connection available" in str(
+        exc
+    )
 
 
 def _random() -> float:

@@ -353,3 +353,22 @@ def test_readiness_notices_a_dead_redis_though_nothing_else_called_it(
         assert tier.status()[0] == "degraded"
     finally:
         redis_server.resume()
+
+
+def test_a_full_pool_is_not_a_redis_failure(
+    redis_server: RedisServer, redis_db: Any, wall: WallClock
+) -> None:
+    config = Config.from_env({"AUTH_DISABLED": "true", "REDIS_URL": redis_server.url,
+                              "REDIS_POOL_SIZE": "1", "REDIS_TIMEOUT_MS": "20"})
+    client = shared_tier.connect(config)
+    breaker = CircuitBreaker(1, 10.0)
+    tier = SharedTier(
+        client, prefix=PREFIX, lease_s=5, ttl_s=TTL_S, stale_s=STALE_S,
+        error_ttl_s=ERROR_TTL_S, breaker=breaker, wall_clock=wall,
+    )
+    busy = client.connection_pool.get_connection()  # the pool's one connection, held elsewhere
+    try:
+        assert tier.read([key()]) == {}
+    finally:
+        client.connection_pool.release(busy)
+    assert breaker.state == "closed"
