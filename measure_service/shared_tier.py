@@ -362,8 +362,11 @@ class SharedTier:
         return "ok", None
 
     def close(self) -> None:
-        """Stop watching (the caller fails what it was waiting for) and close the connections."""
+        """Stop watching (the caller fails what it was waiting for), give up the leases this
+        worker holds (so other workers fetch those rows now, not when the leases expire), and
+        close the connections."""
         self._closed = True
+        self.release(list(self._held))
         if self._watcher is not None:
             self._watcher.kill(block=False)
             self._watcher = None

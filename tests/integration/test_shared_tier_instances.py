@@ -7,6 +7,7 @@ while Redis is healthy a row is fetched from upstream once for all four workers.
 from __future__ import annotations
 
 import itertools
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -100,6 +101,25 @@ def test_a_row_fetched_through_one_instance_is_a_hit_on_every_worker_of_both(
     answers = [statuses(instances[i % 2], [site]) for i in range(20)]
     assert answers == [["hit"]] * 20
     assert upstream_rows(upstream_sim) - before == 1
+
+
+def test_metrics_count_redis_hits_and_leases_per_tier(instances: list[Service]) -> None:
+    [site] = fresh_sites(1)
+    statuses(instances[0], [site])
+    statuses(instances[1], [site])
+    text = instances[1].get("/metrics").text
+    assert metric(text, "measure_shared_hits_total") >= 1
+    assert metric(text, "measure_cache_hits_total") >= 0
+    leases = metric(instances[0].get("/metrics").text, 'measure_shared_leases_total{outcome="won"}')
+    assert leases >= 1
+    assert "measure_shared_seconds_bucket" in text
+
+
+def metric(text: str, name: str) -> float:
+    """Sum of the samples of ``name`` (a bare name matches every label set)."""
+    labels = "" if "{" in name else r"(?:\{[^}]*\})?"
+    pattern = re.compile(rf"^{re.escape(name)}{labels} (\S+)$", re.MULTILINE)
+    return sum(float(value) for value in pattern.findall(text))
 
 
 def test_a_cold_burst_over_both_instances_fetches_each_row_once(

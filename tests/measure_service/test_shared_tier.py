@@ -16,7 +16,7 @@ from measure_service.config import Config
 from measure_service.rows import RowKey
 from measure_service.shared_tier import FETCH, WAIT, SharedRow, SharedTier, decode, encode
 from measure_service.upstream import RowResult
-from tests.conftest import RedisServer
+from tests.conftest import RedisServer, require_redis_server
 
 PREFIX = "test:v1:"
 TTL_S = 100.0
@@ -372,3 +372,20 @@ def test_a_full_pool_is_not_a_redis_failure(
     finally:
         client.connection_pool.release(busy)
     assert breaker.state == "closed"
+
+
+def test_a_closing_worker_gives_up_its_leases(tiers: list[SharedTier]) -> None:
+    first, second = tiers
+    assert first.claim([key()]) == [FETCH]
+    first.close()
+    assert second.claim([key()]) == [FETCH]
+
+
+def test_a_unix_socket_url_works(processes: Any, tmp_path: Any, wall: WallClock) -> None:
+    require_redis_server()
+    socket_path = tmp_path / "redis.sock"
+    processes.redis("--unixsocket", str(socket_path), "--unixsocketperm", "700")
+    tier = tier_for(f"unix://{socket_path}", wall)
+    tier.write([(key(), FOUND)])
+    assert tier.read([key()])
+    assert tier.status() == ("ok", None)
