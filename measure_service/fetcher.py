@@ -298,7 +298,12 @@ class Fetcher:
         """The items this worker fetches itself; the others are answered from the shared tier
         now, or when the worker holding their lease writes them."""
         assert self._shared is not None
-        claims = self._shared.claim([key for key, _ in items])
+        try:
+            claims = self._shared.claim([key for key, _ in items])
+        except Exception:
+            # Redis failures are handled inside; anything else must not leave rows unresolved.
+            _LOG.exception("shared-tier claim crashed; fetching the batch here")
+            return items
         mine = []
         for item, claim in zip(items, claims, strict=True):
             if claim is FETCH:
