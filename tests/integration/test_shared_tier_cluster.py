@@ -119,7 +119,7 @@ def test_resharding_under_traffic_is_followed_by_the_client_not_turned_into_erro
     reshard = subprocess.Popen(
         ["redis-cli", "--cluster", "reshard", f"127.0.0.1:{cluster[0].port}",
          "--cluster-from", _text(source), "--cluster-to", _text(target),
-         "--cluster-slots", "3000", "--cluster-yes"],
+         "--cluster-slots", "1000", "--cluster-yes"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     answers: list[str] = []
