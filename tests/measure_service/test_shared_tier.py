@@ -7,7 +7,7 @@ from typing import Any
 
 import gevent
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from measure_service import shared_tier
@@ -389,3 +389,52 @@ def test_a_unix_socket_url_works(processes: Any, tmp_path: Any, wall: WallClock)
     tier.write([(key(), FOUND)])
     assert tier.read([key()])
     assert tier.status() == ("ok", None)
+
+
+# --- invariants over any interleaving of two workers -------------------------------------------
+
+operations = st.lists(
+    st.tuples(st.sampled_from(["claim", "write", "release", "lapse", "tick"]), st.integers(0, 1)),
+    min_size=1, max_size=25,
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(operations)
+def test_any_interleaving_never_moves_the_row_back_in_time_nor_leaves_an_endless_lease(
+    redis_server: RedisServer, ops: list[tuple[str, int]]
+) -> None:
+    client = redis_server.client()
+    client.flushall()
+    wall = WallClock()
+    tiers = [tier_for(redis_server.url, wall) for _ in range(2)]
+    name = shared_tier.key_name(PREFIX, key())
+    claimed_at: dict[int, float] = {}
+    newest = 0.0
+    for op, worker in ops:
+        tier = tiers[worker]
+        if op == "claim":
+            if tier.claim([key()]) == [FETCH]:
+                claimed_at[worker] = wall.now
+        elif op == "write":
+            # A fetch's rows are as old as its claim: a slow holder writes an old answer.
+            now, wall.now = wall.now, claimed_at.pop(worker, wall.now)
+            tier.write([(key(), FOUND)])
+            wall.now = now
+        elif op == "release":
+            claimed_at.pop(worker, None)
+            tier.release([key()])
+        elif op == "lapse":
+            client.pexpire(name + ":lease", 1)
+            gevent.sleep(0.003)
+        else:
+            wall.now += 1
+        row = decode(client.get(name))
+        fetched = row.fetched_at if row is not None else 0.0
+        assert fetched >= newest, "a write moved the row back in time"
+        newest = fetched
+        assert client.pttl(name + ":lease") != -1, "a lease without expiry would block the row"
+    for tier in tiers:
+        tier.close()
