@@ -74,7 +74,7 @@ POLL_CHUNK = 200
 # KEYS: value, lease. ARGV: token, lease ms, fresh-after ms. Returns {1, value} for a value
 # fetched at or after fresh-after, {2} when this caller took the lease, {3, ms} while another
 # holder's lease runs. A lease without expiry is not one of ours (garbage): it is replaced.
-_CLAIM = """
+_CLAIM_TEXT = """
 local ok, value = pcall(redis.call, 'GET', KEYS[1])
 if ok and value then
   local fetched = string.match(value, '^%[1,(%d+),')
@@ -89,7 +89,7 @@ return {2}
 # KEYS: value, lease. ARGV: token ('' when none), envelope, ms to live, fetched ms.
 # Returns 1 written by the lease holder, 2 written without a lease (none held, no newer value),
 # 0 refused: another holder has the lease, or a value at least as new is there.
-_WRITE = """
+_WRITE_TEXT = """
 local ok, lease = pcall(redis.call, 'GET', KEYS[2])
 if not ok then redis.call('DEL', KEYS[2]); lease = false end
 if lease and lease == ARGV[1] then
@@ -108,10 +108,26 @@ return 2
 """
 
 # KEYS: lease. ARGV: token. Deletes the lease only if this caller still holds it.
-_RELEASE = """
+_RELEASE_TEXT = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+class _Script(NamedTuple):
+    text: str
+    sha: str
+
+
+def _script(text: str) -> _Script:
+    return _Script(text, hashlib.sha1(text.encode()).hexdigest())
+
+
+# One script call: its keys, its arguments.
+_Call = tuple[tuple[str, ...], tuple[Any, ...]]
+_CLAIM = _script(_CLAIM_TEXT)
+_WRITE = _script(_WRITE_TEXT)
+_RELEASE = _script(_RELEASE_TEXT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -474,37 +490,64 @@ class SharedTier:
             pipe.mget(names[start : start + READ_CHUNK])
         return [value for chunk in pipe.execute() for value in chunk]
 
-    # Scripts go through execute_command("EVAL", ...): a Cluster pipeline has no eval(), and
-    # routes EVAL by its keys (one row's keys share a hash tag, so one slot).
     def _claim(self, keys: list[RowKey], tokens: list[str], fresh_after_ms: int) -> list[Any]:
-        pipe = self._client.pipeline(transaction=False)
+        calls: list[_Call] = []
         for key, token in zip(keys, tokens, strict=True):
             name = key_name(self._prefix, key)
-            pipe.execute_command(
-                "EVAL", _CLAIM, 2, name, name + ":lease", token, self._lease_ms, fresh_after_ms
-            )
-        answers: list[Any] = pipe.execute()
-        return answers
+            calls.append(((name, name + ":lease"), (token, self._lease_ms, fresh_after_ms)))
+        return self._scripts(_CLAIM, calls)
 
     def _write(self, batch: list[tuple[RowKey, SharedRow, str]]) -> list[Any]:
         now = self._wall_clock()
-        pipe = self._client.pipeline(transaction=False)
+        calls: list[_Call] = []
         for key, row, token in batch:
             name = key_name(self._prefix, key)
             left = max(0.001, row.expires_at - now)
             ms = max(1, round(left * 1000 * (1 + TTL_JITTER * _random())))
-            pipe.execute_command(
-                "EVAL", _WRITE, 2, name, name + ":lease", token, encode(row), ms,
-                round(row.fetched_at * 1000),
+            calls.append(
+                ((name, name + ":lease"), (token, encode(row), ms, round(row.fetched_at * 1000)))
             )
-        answers: list[Any] = pipe.execute()
-        return answers
+        return self._scripts(_WRITE, calls)
 
     def _release(self, leases: list[tuple[RowKey, str]]) -> list[Any]:
+        calls: list[_Call] = [
+            ((key_name(self._prefix, key) + ":lease",), (token,)) for key, token in leases
+        ]
+        return self._scripts(_RELEASE, calls)
+
+    def _scripts(self, script: _Script, calls: list[_Call]) -> list[Any]:
+        """Run ``script`` once per ``(keys, args)`` in one pipeline; its results, in order.
+
+        By SHA (watchers poll many rows often: the script's text each time would be most of the
+        traffic). Calls that a server answers NOSCRIPT (restarted, flushed, a new Cluster node)
+        are sent again by text, which also loads the script there; the others already ran and
+        are not repeated. Scripts go through ``execute_command``: a Cluster pipeline has no
+        ``eval()``, and routes EVAL by its keys (one row's keys share a hash tag: one slot).
+        """
+        answers = self._pipeline(
+            [("EVALSHA", script.sha, len(keys), *keys, *args) for keys, args in calls]
+        )
+        missing = [
+            i for i, answer in enumerate(answers)
+            if isinstance(answer, redis.exceptions.NoScriptError)
+        ]
+        if missing:
+            again = self._pipeline(
+                [("EVAL", script.text, len(calls[i][0]), *calls[i][0], *calls[i][1])
+                 for i in missing]
+            )
+            for i, answer in zip(missing, again, strict=True):
+                answers[i] = answer
+        for answer in answers:
+            if isinstance(answer, Exception):
+                raise answer
+        return answers
+
+    def _pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         pipe = self._client.pipeline(transaction=False)
-        for key, token in leases:
-            pipe.execute_command("EVAL", _RELEASE, 1, key_name(self._prefix, key) + ":lease", token)
-        answers: list[Any] = pipe.execute()
+        for command in commands:
+            pipe.execute_command(*command)
+        answers: list[Any] = pipe.execute(raise_on_error=False)
         return answers
 
     # --- watching other holders' leases --------------------------------------------------------

@@ -438,3 +438,14 @@ def test_any_interleaving_never_moves_the_row_back_in_time_nor_leaves_an_endless
         assert client.pttl(name + ":lease") != -1, "a lease without expiry would block the row"
     for tier in tiers:
         tier.close()
+
+
+def test_scripts_work_again_after_redis_forgot_them(
+    tiers: list[SharedTier], redis_db: Any
+) -> None:
+    first, second = tiers
+    first.write([(key(), FOUND)])
+    redis_db.script_flush()  # as after a restart: calls by SHA fail with NOSCRIPT
+    assert first.claim([key("other.com")]) == [FETCH]
+    assert second.claim([key("other.com")]) == [WAIT]
+
