@@ -10,11 +10,12 @@ PORT           ?= 3000
 SIMULATOR_PORT ?= 8081
 DEMO_API_KEY   ?= demo-key
 
-.PHONY: help venv test lint typecheck unit demo run bench bench-service fuzz soak clean
+.PHONY: help venv test lint typecheck unit demo demo-shared run bench bench-service fuzz soak clean
 .PHONY: image-test dashboard-test
 
 help:
 	@echo "make demo   - install, then run the service against the bundled Scope3 simulator"
+	@echo "make demo-shared - two instances of 2 workers sharing a local Redis, and the simulator"
 	@echo "make test   - install, then run lint, type checks and the whole test suite"
 	@echo "make run    - serve real traffic (needs SCOPE3_API_TOKEN and API_KEYS)"
 	@echo "make bench  - library benchmarks: hit ratios, throughput, memory (a few minutes)"
@@ -51,6 +52,10 @@ test: lint typecheck unit
 demo: $(RUNTIME_STAMP)
 	@PORT=$(PORT) SIMULATOR_PORT=$(SIMULATOR_PORT) DEMO_API_KEY=$(DEMO_API_KEY) \
 		$(BIN)/python -m devtools.demo
+
+demo-shared: $(RUNTIME_STAMP)
+	@PORT=$(PORT) SIMULATOR_PORT=$(SIMULATOR_PORT) DEMO_API_KEY=$(DEMO_API_KEY) \
+		$(BIN)/python -m devtools.demo_shared
 
 run: $(RUNTIME_STAMP)
 	@test -n "$$SCOPE3_API_TOKEN" || { echo "make run: set SCOPE3_API_TOKEN"; exit 2; }

@@ -60,7 +60,7 @@ preload_app = False
 # The control socket is an admin channel nobody here uses; leave no socket file behind.
 control_socket_disable = True
 
-_SECRET_VARIABLES = ["SCOPE3_API_TOKEN"]
+_SECRET_VARIABLES = ["SCOPE3_API_TOKEN", "REDIS_URL"]
 _access_handlers = ["access"] if _config.access_log_rate > 0 else []
 logconfig_dict: dict[str, Any] = {
     "version": 1,

@@ -404,6 +404,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "service": procs.gunicorn("measure_service.wsgi:app", env=env,
                                       workers=args.workers, name="service"),
         }
+        if args.with_redis:
+            # The same build with the shared tier on: its hit path must cost what it did.
+            redis = procs.redis("--maxmemory", "256mb")
+            targets["service_redis"] = procs.gunicorn(
+                "measure_service.wsgi:app", env={**env, "REDIS_URL": redis.url},
+                workers=args.workers, name="service-redis")
+            warm(targets["service_redis"], hot_body())
         service = targets["service"]
         warm(service, hot_body())
         misses_before = metric_total(service, "measure_cache_misses_total")
@@ -423,6 +430,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         still_hits = set(row_statuses(service, hot_body())) == {"hit"}
 
         report["hit_path"] = _hit_path_report(saturation, fixed, rate)
+        if args.with_redis:
+            report["hit_path"]["with_redis"] = _redis_report(saturation, fixed)
         report["hit_path"]["all_hits_after"] = still_hits
         report["hit_path"]["cache_misses_during_hit_runs"] = (
             None if misses_before is None or misses_after is None
@@ -475,6 +484,29 @@ def _hit_path_report(saturation: dict[str, list[dict[str, Any]]],
     figures["throughput_ok"] = figures["throughput_ratio"] >= THROUGHPUT_TARGET
     figures["p99_ok"] = figures["p99_ratio"] <= P99_TARGET
     return figures
+
+
+def _redis_report(saturation: dict[str, list[dict[str, Any]]],
+                  fixed: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """The hit path with ``REDIS_URL`` set against the same build without it, same run."""
+    def pick(name: str) -> dict[str, float]:
+        return {
+            "saturation_rps": median_of(saturation[name], lambda r: r["rps"]),
+            "saturation_cpu_us_per_request": median_of(
+                saturation[name], lambda r: r["cpu_us_per_request"]),
+            "fixed_p50_ms": median_of(fixed[name], lambda r: r["latency_ms"]["p50"]),
+            "fixed_p99_ms": median_of(fixed[name], lambda r: r["latency_ms"]["p99"]),
+            "non_2xx": sum(r["non_2xx"] for r in saturation[name] + fixed[name]),
+        }
+
+    without, with_ = pick("service"), pick("service_redis")
+    return {
+        "without": without, "with": with_,
+        "rps_ratio": round(with_["saturation_rps"] / without["saturation_rps"], 3),
+        "cpu_ratio": round(with_["saturation_cpu_us_per_request"]
+                           / without["saturation_cpu_us_per_request"], 3),
+        "runs": {"saturation": saturation["service_redis"], "fixed_rate": fixed["service_redis"]},
+    }
 
 
 def _non_2xx_statuses(runs: list[dict[str, Any]]) -> dict[str, int]:
@@ -535,6 +567,14 @@ def print_table(report: dict[str, Any]) -> None:
           f"{verdict[hit['cpu_throughput_ok']]}")
     print(f"hot body all hits after the runs: {hit['all_hits_after']}; cache misses counted "
           f"during them: {hit['cache_misses_during_hit_runs']}")
+    redis = hit.get("with_redis")
+    if redis:
+        print("\nsame build, REDIS_URL empty vs set (hit path, same run)")
+        for key in ("saturation_rps", "saturation_cpu_us_per_request", "fixed_p50_ms",
+                    "fixed_p99_ms", "non_2xx"):
+            print(f"  {key:<34}{redis['without'][key]:>12,.2f}{redis['with'][key]:>12,.2f}")
+        print(f"  req/s ratio with/without {redis['rps_ratio']:.3f}; CPU per request ratio "
+              f"{redis['cpu_ratio']:.3f}")
     miss = report.get("miss_path")
     if miss:
         print("\nmiss path (5 cold keys per request, WAIT_FOR_MISSING=false)")
@@ -586,6 +626,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-miss", action="store_true", help="skip the miss-path run")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="after measuring, py-spy one service worker under saturation")
+    parser.add_argument("--with-redis", action="store_true",
+                        help="also measure the same build with REDIS_URL set (shared tier on)")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the report here")
     args = parser.parse_args(argv)
     for name in ("duration", "connections", "workers", "rounds"):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -36,6 +37,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
 MEASURE_APP = "measure_service.wsgi:app"
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 # A response object still referenced keeps its connection open, and on SIGTERM gunicorn waits out
 # the keep-alive of idle connections: closing each one keeps teardown fast.
 _CLOSE = {"Connection": "close"}
@@ -149,6 +151,69 @@ class Service(Server):
             f"{self.url}/v2/measure{query}", json={"rows": list(rows)}, headers=sent,
             timeout=timeout,
         )
+
+
+@dataclass
+class RedisServer(Server):
+    """A ``redis-server`` on loopback, persistence off, that can be killed, hung and restarted.
+
+    ``url`` (``redis://...``, with the password when there is one) stays the same across
+    :meth:`kill` and :meth:`restart`, like a server that comes back.
+    """
+
+    argv: list[str] = field(default_factory=list)
+    password: str | None = None
+    faults: int = 0  # kills and pauses so far
+
+    def __post_init__(self) -> None:
+        auth = f":{self.password}@" if self.password else ""
+        self.url = f"redis://{auth}{LOOPBACK}:{self.port}/0"
+
+    def client(self) -> Any:
+        """A plain redis-py client for checks and fault injection (CONFIG SET, FLUSHALL...)."""
+        import redis
+
+        return redis.Redis(
+            host=LOOPBACK, port=self.port, password=self.password, socket_timeout=5
+        )
+
+    def kill(self) -> None:
+        """SIGKILL the server: every connection drops, and the data is gone."""
+        self.faults += 1
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=5)
+
+    def pause(self) -> None:
+        """SIGSTOP: the kernel still accepts connections, but nothing is ever answered."""
+        self.faults += 1
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+
+    def restart(self) -> None:
+        """Start the server again on the same port (after :meth:`kill`), empty."""
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.wait_ready()
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        """Wait until the server answers PING; raise StartError on exit or timeout."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise StartError(f"redis-server exited:\n{self.log_tail()}")
+            with contextlib.suppress(Exception):
+                if self.client().ping():
+                    return
+            time.sleep(0.02)
+        raise StartError(f"redis-server did not answer PING:\n{self.log_tail()}")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -387,6 +452,32 @@ class Processes:
         service = Service(server.name, server.port, server.process, server.log_path, api_key)
         self._servers[-1] = service
         return service
+
+    def redis(
+        self, *flags: str, password: str | None = None, port: int | None = None
+    ) -> RedisServer:
+        """Start ``redis-server`` (persistence off, ``allkeys-lfu``); ``flags`` are extra
+        command-line options (``--maxmemory 64mb``, ``--cluster-enabled yes``, ...)."""
+        port = free_port() if port is None else port
+        # Its own directory: a cluster node writes its nodes file there, and nothing lands in
+        # the checkout.
+        data_dir = self.log_dir / f"redis-{port}"
+        data_dir.mkdir(exist_ok=True)
+        argv = [
+            REDIS_SERVER, "--port", str(port), "--bind", LOOPBACK, "--save", "",
+            "--appendonly", "no", "--protected-mode", "no", "--daemonize", "no",
+            "--dir", str(data_dir), "--maxmemory-policy", "allkeys-lfu", *flags,
+        ]
+        if password is not None:
+            argv += ["--requirepass", password]
+        server = self.spawn("redis", argv, port=port)
+        redis_server = RedisServer(
+            server.name, server.port, server.process, server.log_path, argv=argv,
+            password=password,
+        )
+        self._servers[-1] = redis_server
+        redis_server.wait_ready()
+        return redis_server
 
     def stop_all(self) -> None:
         """Stop every server started here, newest first."""

@@ -55,13 +55,16 @@ class Services:
     """What the views need from one app: its config, fetcher and a readiness probe.
 
     ``not_ready`` returns why this worker cannot serve (for example upstream refused our token),
-    or None when it can. The repr leaves out the client keys.
+    or None when it can. ``shared_status`` says how the shared tier is: ``off``, ``ok``, or
+    ``degraded`` with a reason (the worker still serves: Redis is an accelerator). The
+    repr leaves out the client keys.
     """
 
     config: Config
     fetcher: Fetcher
     not_ready: Callable[[], str | None]
     auth_keys: tuple[bytes, ...] = field(repr=False)
+    shared_status: Callable[[], tuple[str, str | None]] = lambda: ("off", None)
 
 
 bp = Blueprint("measure", __name__)
@@ -124,14 +127,21 @@ def healthcheck() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    """Readiness: 200 once this worker can serve, else 503 with the reason."""
+    """Readiness: 200 once this worker can serve, else 503 with the reason.
+
+    The body also says how the shared tier is (``sharedTier``); a degraded tier stays 200.
+    """
     services = current_app.extensions.get(EXTENSION)
     if services is None:
         return _json({"status": "unavailable", "reason": "the worker is starting or stopping"}, 503)
     reason = services.not_ready()
     if reason is not None:
         return _json({"status": "unavailable", "reason": reason}, 503)
-    return _json({"status": "ready"})
+    tier, why = services.shared_status()
+    body: dict[str, Any] = {"status": "ready", "sharedTier": tier}
+    if why is not None:
+        body["sharedTierReason"] = why
+    return _json(body)
 
 
 def _answer(

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from flask import Flask
 
-from measure_service import api, exporter, logs, openapi
+from measure_service import api, exporter, logs, openapi, shared_tier
 from measure_service.bookkeeping import RequestBookkeeping
 from measure_service.breaker import CircuitBreaker
 from measure_service.config import Config
@@ -34,7 +34,7 @@ def create_app(
     ``clock`` dates cache entries.
     """
     config = Config.from_env() if config is None else config
-    logs.configure_logging(config.log_level, secrets=(config.scope3_api_token,))
+    logs.configure_logging(config.log_level, secrets=config.secrets)
     app = Flask(__name__)
     # ``/v2//measure`` is a path we do not serve (a JSON 404), never a redirect to another one.
     app.url_map.merge_slashes = False
@@ -137,12 +137,20 @@ def _build_services(
         concurrency=config.upstream_concurrency,
         wait_s=config.wait_s,
     )
-    fetcher = Fetcher(cache, upstream, settings, breaker=breaker, clock=clock)
+    shared = shared_tier.build(config)
+    fetcher = Fetcher(cache, upstream, settings, breaker=breaker, shared=shared, clock=clock)
     closers.insert(0, fetcher.close)
     keys = tuple(key.encode() for key in config.api_keys)
-    services = api.Services(config=config, fetcher=fetcher, not_ready=not_ready, auth_keys=keys)
+    services = api.Services(
+        config=config, fetcher=fetcher, not_ready=not_ready, auth_keys=keys,
+        shared_status=_tier_off if shared is None else shared.status,
+    )
     return services, closers
 
 
 def _always_ready() -> str | None:
     return None
+
+
+def _tier_off() -> tuple[str, str | None]:
+    return "off", None

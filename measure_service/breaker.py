@@ -36,6 +36,7 @@ class CircuitBreaker:
         clock: Callable[[], float] = time.monotonic,
         *,
         overdue_after_s: float | None = None,
+        on_transition: Callable[[State, State], None] | None = None,
     ) -> None:
         """Open after ``failure_threshold`` failures in a row; probe again after ``cooldown_s``.
 
@@ -46,6 +47,9 @@ class CircuitBreaker:
         calls that are overdue (the app uses half the read timeout, far beyond a healthy
         answer) lets those calls count before they time out. A call that answers is never
         counted, and with no real failure in the streak slowness alone never opens it.
+
+        ``on_transition(before, after)`` is called on every state change; the default records
+        the upstream breaker's metrics.
         """
         if (
             isinstance(failure_threshold, bool)
@@ -83,6 +87,7 @@ class CircuitBreaker:
         # so this can only count too few calls as overdue, never too many. The bound keeps a
         # call whose caller died from growing it; more than the threshold is never needed.
         self._out: deque[float] = deque(maxlen=failure_threshold)
+        self._on_transition = on_transition or _record_upstream_transition
 
     @property
     def state(self) -> State:
@@ -152,17 +157,21 @@ class CircuitBreaker:
             self._out.popleft()
 
     def _transition(self, to: State, now: float) -> None:
-        self._state = to
+        before, self._state = self._state, to
         self._probe_started_at = None
         if to == "open":
             self._opened_at = now
         if to == "closed":
             self._failures = 0
-        metrics.BREAKER_TRANSITIONS.labels(to=to).inc()
-        metrics.BREAKER_OPEN.set(0 if to == "closed" else 1)
+        self._on_transition(before, to)
 
     def __repr__(self) -> str:
         return (
             f"CircuitBreaker(state={self._state!r}, failure_threshold={self._threshold}, "
             f"cooldown_s={self._cooldown_s})"
         )
+
+
+def _record_upstream_transition(_before: State, after: State) -> None:
+    metrics.BREAKER_TRANSITIONS.labels(to=after).inc()
+    metrics.BREAKER_OPEN.set(0 if after == "closed" else 1)

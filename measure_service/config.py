@@ -130,6 +130,65 @@ def optional_port(name: str, raw: str) -> int | None:
     return port
 
 
+def redis_url(name: str, raw: str) -> str:
+    """Empty (no Redis), or a ``redis://``, ``rediss://`` or ``unix://`` URL.
+
+    Errors show the URL without its password.
+    """
+    if not raw:
+        return ""
+    try:
+        parts = urlsplit(raw)
+        if parts.port == 0:
+            raise ValueError("port 0")
+    except ValueError:
+        raise ConfigError(f"{name} is not a valid URL: {redact_url(raw)!r}") from None
+    if parts.scheme in ("redis", "rediss"):
+        if not parts.hostname:
+            raise ConfigError(f"{name} must name a host, got {redact_url(raw)!r}")
+        database = parts.path.strip("/")
+        if database and not database.isdigit():
+            raise ConfigError(f"{name} path must be a database number, got {redact_url(raw)!r}")
+    elif parts.scheme == "unix":
+        if not parts.path:
+            raise ConfigError(f"{name} must name a socket path, got {redact_url(raw)!r}")
+    else:
+        raise ConfigError(
+            f"{name} must be a redis://, rediss:// or unix:// URL, got {redact_url(raw)!r}"
+        )
+    return raw
+
+
+def key_prefix(name: str, raw: str) -> str:
+    """Up to 64 printable characters without braces.
+
+    Braces would change the hash tag that keeps a row and its lease in one Cluster slot.
+    """
+    if len(raw) > 64 or not raw.isprintable() or "{" in raw or "}" in raw:
+        raise ConfigError(
+            f"{name} must be at most 64 printable characters without braces, got {raw!r}"
+        )
+    return raw
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (if any) replaced, for logs and error messages."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return REDACTED_URL
+    if not password:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    return parts._replace(netloc=f"{user.split(':', 1)[0]}:{REDACTED}@{host}").geturl()
+
+
+REDACTED = "[redacted]"
+# Shown instead of a URL that does not even parse: it may hold a password anywhere.
+REDACTED_URL = "[unparsable URL redacted]"
+
+
 def comma_list(name: str, raw: str) -> tuple[str, ...]:
     """Comma-separated items, trimmed, empty ones dropped."""
     return tuple(item.strip() for item in raw.split(",") if item.strip())
@@ -272,6 +331,43 @@ class Config:
         "ACCESS_LOG", "sample:0.01", access_log_rate,
         "gunicorn access log: `off`, `on` or `sample:<rate>` (a fraction of requests, 0..1).",
     )
+    redis_url: str = setting(
+        "REDIS_URL", "", redis_url,
+        "the shared tier's Redis: `redis://`, `rediss://` (TLS) or `unix://`; empty turns the"
+        " tier off. A password in it is a secret: never logged or returned.",
+    )
+    redis_prefix: str = setting(
+        "REDIS_PREFIX", "measure:v1:", key_prefix,
+        "prefix of every Redis key, so deployments can share a server and a schema change can"
+        " move to new keys.",
+    )
+    redis_cluster: bool = setting(
+        "REDIS_CLUSTER", "false", boolean, "`REDIS_URL` names a node of a Redis Cluster."
+    )
+    redis_timeout_ms: int = setting(
+        "REDIS_TIMEOUT_MS", "50", integer(1, 60_000),
+        "socket timeout of one Redis round trip, and longest wait for a pooled connection:"
+        " Redis is an accelerator, so a slow one is given up quickly.",
+    )
+    redis_connect_timeout_ms: int = setting(
+        "REDIS_CONNECT_TIMEOUT_MS", "200", integer(1, 60_000),
+        "connect timeout to Redis (a TLS handshake needs more than a round trip).",
+    )
+    redis_pool_size: int = setting(
+        "REDIS_POOL_SIZE", "8", integer(1, 1024), "Redis connections per worker."
+    )
+    redis_lease_ms: int = setting(
+        "REDIS_LEASE_MS", "5000", integer(10, 3_600_000),
+        "how long a fetch lease lasts: a holder that dies delays its rows by at most this long.",
+    )
+    redis_breaker_failures: int = setting(
+        "REDIS_BREAKER_FAILURES", "3", integer(1),
+        "consecutive failed Redis round trips that open the Redis breaker.",
+    )
+    redis_breaker_cooldown_s: float = setting(
+        "REDIS_BREAKER_COOLDOWN_S", "2", number(0.001, 86_400),
+        "seconds the Redis breaker stays open before one probe.",
+    )
 
     def __post_init__(self) -> None:
         """Refuse a configuration that would leave the API open by accident."""
@@ -287,6 +383,12 @@ class Config:
     def wait_s(self) -> float:
         """How long a request waits for its misses: the window, or 0 without WAIT_FOR_MISSING."""
         return self.wait_window_ms / 1000 if self.wait_for_missing else 0.0
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Values never to be logged or returned: the upstream token, the Redis password."""
+        password = urlsplit(self.redis_url).password if self.redis_url else None
+        return tuple(secret for secret in (self.scope3_api_token, password) if secret)
 
     def __repr__(self) -> str:
         """Show who this is, never the secrets."""

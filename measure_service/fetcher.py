@@ -7,7 +7,8 @@ the shared results, for at most its wait window.
 
 Row statuses it produces:
 
-- ``hit``: a fresh cached value; ``error``: a cached or fetched row-level upstream error;
+- ``hit``: a fresh cached value (in memory, or in the shared tier); ``error``: a cached or
+  fetched row-level upstream error;
 - ``stale``: a cached value past its TTL but within the stale limit; one refresh is started;
 - ``fetched``: a miss whose fetch finished within the wait window;
 - ``pending``: a miss whose fetch is still under way when the window ends;
@@ -32,6 +33,7 @@ from measure_service import metrics
 from measure_service.batcher import Batcher
 from measure_service.logs import current_trace_id
 from measure_service.rows import QueryParams, RowKey, RowStatus
+from measure_service.shared_tier import FETCH, WAIT, SharedRow, SharedTier
 from measure_service.singleflight import SingleFlight
 from measure_service.upstream import RowResult, UpstreamError
 
@@ -130,10 +132,16 @@ class Fetcher:
         settings: FetcherSettings,
         *,
         breaker: Breaker | None = None,
+        shared: SharedTier | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """Serve from ``cache`` and fetch through ``upstream``; ``clock`` dates the entries."""
+        """Serve from ``cache`` and fetch through ``upstream``; ``clock`` dates the entries.
+
+        With ``shared``, misses are looked up there before they go upstream, and fetches are
+        claimed there first, so that one worker of all those sharing it fetches each row.
+        """
         self._cache = cache
+        self._shared = shared
         self._upstream = upstream
         self._settings = settings
         self._breaker = breaker
@@ -159,8 +167,9 @@ class Fetcher:
         settings = self._settings
         outcomes: list[Outcome] = []
         waits: list[tuple[int, AsyncResult]] = []
-        hits = stale = misses = coalesced = 0
+        hits = stale = coalesced = 0
         refused: dict[str, int] = {}  # a plain dict: a Counter costs ~1 us to build
+        missed: list[tuple[int, RowKey, float]] = []
         status: RowStatus
         for key, cost in rows:
             entry = self._cache.get(key)
@@ -178,7 +187,15 @@ class Fetcher:
                     entry = self._lower_cost(key, entry, cost)
                 outcomes.append(Outcome(status, entry))
                 continue
-            misses += 1
+            missed.append((len(outcomes), key, cost))
+            outcomes.append(_PENDING)
+
+        misses = len(missed)  # in memory; the shared tier may still answer them
+        shared = 0
+        if missed and self._shared is not None:
+            missed, shared, shared_stale = self._read_shared(missed, outcomes)
+            stale += shared_stale
+        for index, key, cost in missed:
             result = self._flights.join(key)
             if result is not None:
                 coalesced += 1
@@ -187,11 +204,10 @@ class Fetcher:
                 reason = self._refusal()
                 if reason is not None:
                     refused[reason] = refused.get(reason, 0) + 1
-                    outcomes.append(_UNAVAILABLE)
+                    outcomes[index] = _UNAVAILABLE
                     continue
                 result = self._start(key, cost)
-            waits.append((len(outcomes), result))
-            outcomes.append(_PENDING)
+            waits.append((index, result))
 
         if waits and wait_s > 0:
             self._wait(waits, wait_s)
@@ -206,11 +222,13 @@ class Fetcher:
                 reason = _failure_reason(result.exception)
                 refused[reason] = refused.get(reason, 0) + 1
         _count(hits, stale, misses, coalesced, refused)
-        return Lookup(outcomes, hits + stale, misses)
+        return Lookup(outcomes, hits + stale + shared, misses - shared)
 
     def close(self) -> None:
         """Stop batching; every fetch still queued fails so that no waiter hangs."""
         self._batcher.close()
+        if self._shared is not None:
+            self._shared.close()
         for key in self._flights.in_flight():
             self._costs.pop(key, None)
             self._flights.fail(key, FetchFailed("the service is shutting down"))
@@ -233,6 +251,79 @@ class Fetcher:
         """Start one background refresh of a stale key, unless one runs or none may start."""
         if key not in self._flights and self._refusal() is None:
             self._start(key, cost)
+
+    # --- the shared tier ----------------------------------------------------------------------
+
+    def _read_shared(
+        self, missed: list[tuple[int, RowKey, float]], outcomes: list[Outcome]
+    ) -> tuple[list[tuple[int, RowKey, float]], int, int]:
+        """Answer the misses the shared tier holds, in ``outcomes``; return the rest, how many
+        it answered and how many of those were stale. Keys with a fetch in flight here are not
+        read: they wait for it."""
+        assert self._shared is not None
+        unread = [key for _, key, _ in missed if key not in self._flights]
+        found = self._shared.read(unread) if unread else {}
+        if not found:
+            return missed, 0, 0
+        rest: list[tuple[int, RowKey, float]] = []
+        answered = stale = 0
+        for index, key, cost in missed:
+            row = found.get(key)
+            if row is None:
+                rest.append((index, key, cost))
+                continue
+            entry = self._remember(key, row, cost)
+            answered += 1
+            if entry.error is not None:
+                outcomes[index] = Outcome("error", entry)
+            elif self._clock() - entry.fetched_at < self._settings.ttl_s:
+                outcomes[index] = Outcome("hit", entry)
+            else:
+                outcomes[index] = Outcome("stale", entry)
+                stale += 1
+                self._refresh(key, cost)
+        return rest, answered, stale
+
+    def _remember(self, key: RowKey, row: SharedRow, cost: float) -> Entry:
+        """``row`` as an entry of the in-process cache, stored there until Redis drops it."""
+        assert self._shared is not None
+        fetched_at = self._clock() - self._shared.age(row)
+        entry = Entry(row.total_emissions, row.inventory_coverage, row.error, fetched_at, cost)
+        self._cache.set(key, entry, cost=cost, ttl=self._shared.lifetime_left(row))
+        return entry
+
+    def _claim(
+        self, items: list[tuple[RowKey, str | None]]
+    ) -> list[tuple[RowKey, str | None]]:
+        """The items this worker fetches itself; the others are answered from the shared tier
+        now, or when the worker holding their lease writes them."""
+        assert self._shared is not None
+        try:
+            claims = self._shared.claim([key for key, _ in items])
+        except Exception:
+            # Redis failures are handled inside; anything else must not leave rows unresolved.
+            _LOG.exception("shared-tier claim crashed; fetching the batch here")
+            return items
+        mine = []
+        for item, claim in zip(items, claims, strict=True):
+            if claim is FETCH:
+                mine.append(item)
+            elif claim is WAIT:
+                self._shared.watch(item[0], self._settle, self._fetch_again)
+            else:
+                assert isinstance(claim, SharedRow)
+                self._settle(item[0], claim)
+        return mine
+
+    def _settle(self, key: RowKey, row: SharedRow) -> None:
+        """Resolve the fetch of ``key`` with a row another worker fetched."""
+        if key in self._flights:
+            self._flights.resolve(key, self._remember(key, row, self._costs.pop(key, 1)))
+
+    def _fetch_again(self, key: RowKey) -> None:
+        """Fetch ``key`` here after all: its lease lapsed (now ours) or Redis failed."""
+        if key in self._flights:
+            self._batcher.add(key.params, (key, None))
 
     def _lower_cost(self, key: RowKey, entry: Entry, cost: float) -> Entry:
         """Re-store ``entry`` at the lower ``cost`` a heavier row asks for, keeping its expiry."""
@@ -259,12 +350,22 @@ class Fetcher:
 
     def _send(self, params: QueryParams, items: list[tuple[RowKey, str | None]]) -> None:
         """Fetch one batch and resolve every key in it, whatever happens."""
+        if self._shared is not None:
+            items = self._claim(items)
+            if not items:
+                return
         keys = [key for key, _ in items]
         rows = [key.upstream_row(str(index)) for index, key in enumerate(keys)]
         settled: set[int] = set()
         failure: BaseException = FetchFailed("the upstream fetch failed")
         try:
             answers = self._upstream.measure(rows, params.upstream())
+            if self._shared is not None:
+                # Shared before anyone is answered: a client told "fetched" here then finds
+                # the row on every other worker too.
+                self._shared.write(
+                    (key, answers[str(i)]) for i, key in enumerate(keys) if str(i) in answers
+                )
             now = self._clock()
             rejected = 0
             for index, key in enumerate(keys):
@@ -300,10 +401,12 @@ class Fetcher:
         except Exception:
             _LOG.exception("upstream batch crashed", extra={"rows": len(rows)})
         finally:
-            for index, key in enumerate(keys):
-                if index not in settled:
-                    self._costs.pop(key, None)
-                    self._flights.fail(key, failure)
+            failed = [key for index, key in enumerate(keys) if index not in settled]
+            for key in failed:
+                self._costs.pop(key, None)
+                self._flights.fail(key, failure)
+            if failed and self._shared is not None:
+                self._shared.release(failed)
 
 
 def _failure_reason(error: BaseException | None) -> str:

@@ -14,6 +14,7 @@ import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from gunicorn.glogging import Logger as GunicornLogger  # type: ignore[import-untyped]
 from pythonjsonlogger.json import JsonFormatter
@@ -157,7 +158,16 @@ def json_formatter(
 
 
 def _values_of(variables: Iterable[str]) -> list[str]:
-    return [os.environ.get(name, "").strip() for name in variables]
+    # A URL's secret is its password: the rest of it (host, port, database) is fit to log.
+    secrets = []
+    for name in variables:
+        value = os.environ.get(name, "").strip()
+        try:
+            password = urlsplit(value).password if "://" in value else None
+        except ValueError:
+            password = None
+        secrets.append(password or value)
+    return secrets
 
 
 class AccessFormatter(RedactingFormatter):

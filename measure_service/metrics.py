@@ -135,6 +135,40 @@ WAIT_SECONDS = Histogram(
     "measure_wait_window_seconds", "Time a request waited for its misses.", buckets=FAST_BUCKETS
 )
 
+# --- shared tier (Redis) -----------------------------------------------------------------------
+SHARED_HITS = Counter(
+    "measure_shared_hits_total", "Rows missed in memory and found in Redis (answered hit/stale)."
+)
+SHARED_MISSES = Counter(
+    "measure_shared_misses_total", "Rows missed in memory and not in Redis (or not decodable)."
+)
+SHARED_ERRORS = Counter(
+    "measure_shared_errors_total",
+    "Redis failures by kind: timeout, connection, full (OOM), response_error, undecodable,"
+    " pool_exhausted.",
+    ["kind"],
+)
+SHARED_LATENCY = Histogram(
+    "measure_shared_seconds",
+    "Redis round trips by operation (read, claim, write, release).",
+    ["op"],
+    buckets=FAST_BUCKETS,
+)
+SHARED_LEASES = Counter(
+    "measure_shared_leases_total",
+    "Fetch leases: won (this worker fetches), waited (another's value arrived), expired "
+    "(taken over from a holder that never wrote), lost (a lapsed holder's write was refused).",
+    ["outcome"],
+)
+SHARED_BREAKER_OPEN = Gauge(
+    "measure_shared_breaker_open",
+    "1 while this worker's Redis breaker is open or half-open, else 0.",
+    multiprocess_mode="livesum",
+)
+SHARED_BREAKER_TRANSITIONS = Counter(
+    "measure_shared_breaker_transitions_total", "Redis breaker state changes.", ["to"]
+)
+
 # A labelled series born at its first increment starts at 1, and rate() and increase() never
 # count that increment: the first breaker opening after a start would not show. Every known label
 # value starts at 0 instead.

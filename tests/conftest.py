@@ -18,6 +18,7 @@ built on ``devtools.harness``, the one process harness of tests, benchmarks and 
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -32,9 +33,19 @@ for _path in (ROOT, ROOT / "bench"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from devtools.harness import Processes, Service, Simulator, StartError  # noqa: E402
+from devtools.harness import (  # noqa: E402
+    REDIS_SERVER,
+    Processes,
+    RedisServer,
+    Service,
+    Simulator,
+    StartError,
+)
 
-__all__ = ["ROOT", "Processes", "Service", "Simulator", "StartError", "eventually"]
+__all__ = [
+    "ROOT", "Processes", "RedisServer", "Service", "Simulator", "StartError", "eventually",
+    "require_redis_server",
+]
 
 API_KEY = "test-key"
 UPSTREAM_TOKEN = "test-upstream-token"
@@ -93,3 +104,33 @@ def simulator(module_processes: Processes) -> Simulator:
 def service(module_processes: Processes, simulator: Simulator) -> Service:
     """One gevent worker in front of ``simulator``, waiting up to 250 ms for misses."""
     return module_processes.service(simulator)
+
+
+# --- a real redis-server -----------------------------------------------------------------------
+
+
+def require_redis_server() -> None:
+    """Skip when redis-server is missing, except in CI (CI=true), where that is a failure."""
+    if not Path(REDIS_SERVER).exists():
+        message = "redis-server is not installed (apt-get install redis-server)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server for the module (flush it between tests that need it empty)."""
+    require_redis_server()
+    with Processes(tmp_path_factory.mktemp("redis")) as started:
+        yield started.redis()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip ``cluster`` tests unless CI=true or RUN_CLUSTER_TESTS=1: they take half a minute."""
+    if os.environ.get("CI", "").lower() == "true" or os.environ.get("RUN_CLUSTER_TESTS") == "1":
+        return
+    skip = pytest.mark.skip(reason="Redis Cluster test: set RUN_CLUSTER_TESTS=1 (CI runs it)")
+    for item in items:
+        if "cluster" in item.keywords:
+            item.add_marker(skip)

@@ -126,3 +126,52 @@ def test_metrics_port_is_off_unless_set() -> None:
 def test_metrics_port_equal_to_port_is_refused_naming_it() -> None:
     with pytest.raises(ConfigError, match="METRICS_PORT"):
         Config.from_env({"API_KEYS": "k", "PORT": "3000", "METRICS_PORT": "3000"})
+
+
+def test_the_shared_tier_is_off_by_default() -> None:
+    config = Config.from_env(BASE)
+    assert config.redis_url == ""
+    assert config.redis_prefix == "measure:v1:"
+    assert (config.redis_timeout_ms, config.redis_pool_size, config.redis_lease_ms) == (50, 8, 5000)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://127.0.0.1:6379/0", "rediss://user:pw@cache.internal:6380", "unix:///run/redis.sock"],
+)
+def test_redis_urls_of_every_supported_scheme_are_accepted(url: str) -> None:
+    assert Config.from_env({**BASE, "REDIS_URL": url}).redis_url == url
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("REDIS_URL", "http://127.0.0.1:6379"),
+        ("REDIS_URL", "redis://:secret@host:99999"),
+        ("REDIS_URL", "redis://host/notanumber"),
+        ("REDIS_URL", "redis://"),
+        ("REDIS_URL", "unix://"),
+        ("REDIS_PREFIX", "a{b}"),
+        ("REDIS_PREFIX", "x" * 65),
+        ("REDIS_TIMEOUT_MS", "0"),
+        ("REDIS_POOL_SIZE", "many"),
+        ("REDIS_LEASE_MS", "1"),
+        ("REDIS_BREAKER_COOLDOWN_S", "nan"),
+        ("REDIS_CLUSTER", "maybe"),
+    ],
+)
+def test_a_bad_redis_setting_is_refused_naming_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Config.from_env({**BASE, name: value})
+
+
+def test_a_bad_redis_url_error_never_shows_the_password() -> None:
+    with pytest.raises(ConfigError) as error:
+        Config.from_env({**BASE, "REDIS_URL": "redis://user:hunter2@host:99999/x"})
+    assert "hunter2" not in str(error.value)
+
+
+def test_the_redis_password_is_a_secret_and_not_in_the_repr() -> None:
+    config = Config.from_env({**BASE, "REDIS_URL": "redis://user:hunter2@host:6379/0"})
+    assert "hunter2" in config.secrets
+    assert "hunter2" not in repr(config)

@@ -1,0 +1,260 @@
+"""Two instances of two gunicorn workers on one redis-server and one simulator, with faults.
+
+Redis killed, hung (SIGSTOP), restarted, flushed and full: never a 5xx, hits keep flowing, and
+while Redis is healthy a row is fetched from upstream once for all four workers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from tests.conftest import (
+    Processes,
+    RedisServer,
+    Service,
+    Simulator,
+    eventually,
+    require_redis_server,
+)
+
+pytestmark = pytest.mark.integration
+
+TIER_ENV = {
+    "WAIT_FOR_MISSING": "true",
+    "WAIT_WINDOW_MS": "500",
+    "REDIS_TIMEOUT_MS": "100",
+    "REDIS_BREAKER_FAILURES": "2",
+    "REDIS_BREAKER_COOLDOWN_S": "0.5",
+    "REDIS_LEASE_MS": "2000",
+}
+
+
+@pytest.fixture(scope="module")
+def redis_for_services(module_processes: Processes) -> RedisServer:
+    require_redis_server()
+    return module_processes.redis()
+
+
+@pytest.fixture(scope="module")
+def upstream_sim(module_processes: Processes) -> Simulator:
+    return module_processes.simulator(latency_ms=30)
+
+
+@pytest.fixture(scope="module")
+def instances(
+    module_processes: Processes, upstream_sim: Simulator, redis_for_services: RedisServer
+) -> list[Service]:
+    env = {**TIER_ENV, "REDIS_URL": redis_for_services.url}
+    return [module_processes.service(upstream_sim, env=env, workers=2) for _ in range(2)]
+
+
+@pytest.fixture(autouse=True)
+def healthy_redis(redis_for_services: RedisServer) -> Iterator[None]:
+    """After a test that broke Redis: Redis back, and every worker's breaker cool-down over."""
+    faults = redis_for_services.faults
+    yield
+    if redis_for_services.faults == faults:
+        return
+    redis_for_services.resume()
+    if redis_for_services.process.poll() is not None:
+        redis_for_services.restart()
+    time.sleep(float(TIER_ENV["REDIS_BREAKER_COOLDOWN_S"]) + 0.2)
+
+
+def rows(*sites: str) -> list[dict[str, Any]]:
+    return [
+        {"rowIdentifier": str(i), "inventoryId": site, "utcDatetime": "2024-10-30"}
+        for i, site in enumerate(sites)
+    ]
+
+
+def fresh_sites(count: int) -> list[str]:
+    tag = uuid.uuid4().hex[:10]
+    return [f"s{i}-{tag}.example.com" for i in range(count)]
+
+
+def statuses(service: Service, sites: list[str]) -> list[str]:
+    response = service.post(rows(*sites))
+    assert response.status_code == 200, response.text
+    return [row["status"] for row in response.json()["rows"]]
+
+
+def upstream_rows(sim: Simulator) -> int:
+    rows_seen: int = sim.stats()["rows"]
+    return rows_seen
+
+
+def test_a_row_fetched_through_one_instance_is_a_hit_on_every_worker_of_both(
+    instances: list[Service], upstream_sim: Simulator
+) -> None:
+    [site] = fresh_sites(1)
+    before = upstream_rows(upstream_sim)
+    assert statuses(instances[0], [site]) == ["fetched"]
+    answers = [statuses(instances[i % 2], [site]) for i in range(20)]
+    assert answers == [["hit"]] * 20
+    assert upstream_rows(upstream_sim) - before == 1
+
+
+def test_metrics_count_redis_hits_and_leases_per_tier(instances: list[Service]) -> None:
+    [site] = fresh_sites(1)
+    statuses(instances[0], [site])
+    statuses(instances[1], [site])
+    text = instances[1].get("/metrics").text
+    assert metric(text, "measure_shared_hits_total") >= 1
+    assert metric(text, "measure_cache_hits_total") >= 0
+    leases = metric(instances[0].get("/metrics").text, 'measure_shared_leases_total{outcome="won"}')
+    assert leases >= 1
+    assert "measure_shared_seconds_bucket" in text
+
+
+def metric(text: str, name: str) -> float:
+    """Sum of the samples of ``name`` (a bare name matches every label set)."""
+    labels = "" if "{" in name else r"(?:\{[^}]*\})?"
+    pattern = re.compile(rf"^{re.escape(name)}{labels} (\S+)$", re.MULTILINE)
+    return sum(float(value) for value in pattern.findall(text))
+
+
+def test_a_cold_burst_over_both_instances_fetches_each_row_once(
+    instances: list[Service], upstream_sim: Simulator
+) -> None:
+    sites = fresh_sites(20)
+    before = upstream_rows(upstream_sim)
+    targets = [instances[i % 2] for i in range(200)]
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda s: s.post(rows(*sites)).status_code, targets))
+    assert answers == [200] * len(targets)
+    assert upstream_rows(upstream_sim) - before == 20
+
+
+def test_a_restarted_instance_starts_warm(
+    module_processes: Processes, upstream_sim: Simulator, redis_for_services: RedisServer,
+    instances: list[Service],
+) -> None:
+    sites = fresh_sites(50)
+    assert set(statuses(instances[0], sites)) == {"fetched"}
+    before = upstream_rows(upstream_sim)
+    env = {**TIER_ENV, "REDIS_URL": redis_for_services.url}
+    fresh = module_processes.service(upstream_sim, env=env, workers=2)
+    assert set(statuses(fresh, sites)) == {"hit"}
+    assert upstream_rows(upstream_sim) == before
+
+
+def test_with_redis_killed_there_is_no_5xx_and_readyz_says_degraded(
+    instances: list[Service], redis_for_services: RedisServer, upstream_sim: Simulator
+) -> None:
+    warm = fresh_sites(5)
+    for service, _ in zip(itertools.cycle(instances), range(24), strict=False):
+        statuses(service, warm)  # every worker's memory holds them (connections spread)
+    redis_for_services.kill()
+    for service, _ in zip(itertools.cycle(instances), range(40), strict=False):
+        assert set(statuses(service, warm)) == {"hit"}
+    cold = fresh_sites(3)
+    assert set(statuses(instances[0], cold)) <= {"fetched", "pending"}
+    ready = instances[0].get("/readyz")
+    assert ready.status_code == 200
+    eventually(lambda: instances[0].get("/readyz").json()["sharedTier"] == "degraded")
+
+
+def test_after_redis_comes_back_rows_are_shared_again(
+    instances: list[Service], redis_for_services: RedisServer, upstream_sim: Simulator
+) -> None:
+    redis_for_services.kill()
+    for _ in range(6):
+        statuses(instances[0], fresh_sites(1))
+    redis_for_services.restart()
+
+    def shared_again() -> bool:
+        [site] = fresh_sites(1)
+        statuses(instances[0], [site])
+        return all(statuses(instances[1], [site]) == ["hit"] for _ in range(4))
+
+    eventually(shared_again, timeout_s=10)
+    for service in instances:
+        eventually(lambda s=service: s.get("/readyz").json()["sharedTier"] == "ok")
+
+
+def test_with_redis_hung_there_is_no_5xx_and_misses_still_get_fetched(
+    instances: list[Service], redis_for_services: RedisServer
+) -> None:
+    warm = fresh_sites(5)
+    statuses(instances[0], warm)
+    redis_for_services.pause()
+    try:
+        for service, _ in zip(itertools.cycle(instances), range(20), strict=False):
+            assert set(statuses(service, warm)) <= {"hit", "fetched"}
+        assert set(statuses(instances[1], fresh_sites(3))) == {"fetched"}
+    finally:
+        redis_for_services.resume()
+
+
+def test_a_flushed_redis_is_refilled_with_one_fetch_per_row(
+    instances: list[Service], redis_for_services: RedisServer, upstream_sim: Simulator
+) -> None:
+    redis_for_services.client().flushall()
+    sites = fresh_sites(10)
+    before = upstream_rows(upstream_sim)
+    statuses(instances[0], sites)
+    redis_for_services.client().flushall()
+    statuses(instances[1], sites)  # L1 of instance 0 keeps them; instance 1 fetches again
+    after_flush = upstream_rows(upstream_sim) - before
+    assert after_flush <= 20
+    for _ in range(8):
+        assert set(statuses(instances[1], sites)) == {"hit"}
+    assert upstream_rows(upstream_sim) - before == after_flush
+
+
+def test_a_full_redis_costs_no_5xx_and_rows_still_get_fetched(
+    instances: list[Service], redis_for_services: RedisServer
+) -> None:
+    client = redis_for_services.client()
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", 1)
+    try:
+        for service in instances:
+            assert set(statuses(service, fresh_sites(5))) == {"fetched"}
+        eventually(
+            lambda: any(
+                service.get("/readyz").json().get("sharedTier") == "degraded"
+                for service in instances for _ in range(4)
+            )
+        )
+    finally:
+        client.config_set("maxmemory", 0)
+        client.config_set("maxmemory-policy", "allkeys-lfu")
+
+
+def test_degraded_and_recovered_are_logged_once_per_transition_not_per_request(
+    instances: list[Service], redis_for_services: RedisServer
+) -> None:
+    redis_for_services.kill()
+    for _ in range(30):
+        statuses(instances[1], fresh_sites(1))
+    redis_for_services.restart()
+    eventually(lambda: instances[1].get("/readyz").json()["sharedTier"] == "ok")
+    degraded = [
+        line for line in instances[1].log_lines()
+        if line.get("message", "").startswith("shared tier degraded: redis unreachable")
+    ]
+    assert 1 <= len(degraded) <= 2 * 3  # 2 workers, one line per outage (3 outages so far)
+
+
+def test_the_redis_password_is_never_logged(
+    processes: Processes, upstream_sim: Simulator
+) -> None:
+    server = processes.redis(password="hunter2-secret")
+    service = processes.service(upstream_sim, env={**TIER_ENV, "REDIS_URL": server.url})
+    assert statuses(service, fresh_sites(2)) == ["fetched", "fetched"]
+    assert service.get("/readyz").json()["sharedTier"] == "ok"
+    server.kill()
+    statuses(service, fresh_sites(2))
+    statuses(service, fresh_sites(2))
+    eventually(lambda: "shared tier degraded" in service.log_path.read_text())
+    assert "hunter2-secret" not in service.log_path.read_text()
