@@ -115,6 +115,5 @@ def worker_exit(server: Any, worker: Any) -> None:
     from measure_service.app import close_app
 
     app = getattr(worker, "wsgi", None)
-    app = getattr(app, "__wrapped__", app)  # worker.GeventWorker wraps the app
     if isinstance(app, Flask):
         close_app(app)

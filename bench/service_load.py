@@ -1,9 +1,10 @@
-"""Service load benchmark: what does the hit path cost over a bare Flask handler?
+"""Service load benchmark: what does the hit path cost over a bare WSGI app and a Flask handler?
 
-It starts the Scope3 simulator, the service and the floor app (``bench/floor_app.py``) on free
-loopback ports, the service and the floor under the same ``gunicorn.conf.py`` and environment
-(gevent, ``WEB_CONCURRENCY=2``, ``ACCESS_LOG=sample:0.01``, auth on). It warms the cache until
-a 5-row body is all hits, then measures, for the floor and the service in turn:
+It starts the Scope3 simulator, the service and the two floors (``bench/floor_app.py``: ``bare``,
+a plain WSGI function answering fixed bytes, the server's own limit; ``floor``, a Flask view) on
+free loopback ports, all under the same ``gunicorn.conf.py`` and environment (gevent,
+``WEB_CONCURRENCY=2``, ``ACCESS_LOG=sample:0.01``, auth on). It warms the cache until a 5-row
+body is all hits, then measures, for each target in turn:
 
 1. saturation req/s (closed loop: wrk if installed, else ``bench/loadgen.py``);
 2. p50/p99 at a fixed offered rate, half the floor's saturation rate (always the open-loop
@@ -53,6 +54,9 @@ ROWS_PER_REQUEST = 5
 UPSTREAM_CONCURRENCY = 4
 THROUGHPUT_TARGET = 0.9
 P99_TARGET = 1.5
+# The hit path's worker CPU per request, at most this many times the bare WSGI app's.
+BARE_CPU_TARGET = 1.5
+TARGETS = ("bare", "floor", "service")
 LOADGEN = ROOT / "bench" / "loadgen.py"
 WRK_SCRIPT = ROOT / "bench" / "wrk" / "measure.lua"
 WRK_INSTALL_HINT = "wrk not found; using bench/loadgen.py. For wrk: apt-get install -y wrk"
@@ -399,6 +403,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                               token=UPSTREAM_TOKEN)
         env = service_env(sim)
         targets = {
+            "bare": procs.gunicorn("bench.floor_app:bare", env=env, workers=args.workers,
+                                   name="bare"),
             "floor": procs.gunicorn("bench.floor_app:app", env=env, workers=args.workers,
                                     name="floor"),
             "service": procs.gunicorn("measure_service.wsgi:app", env=env,
@@ -445,7 +451,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def _hit_path_report(saturation: dict[str, list[dict[str, Any]]],
                      fixed: dict[str, list[dict[str, Any]]], rate: float) -> dict[str, Any]:
     figures: dict[str, Any] = {"fixed_rate": round(rate, 1)}
-    for name in ("floor", "service"):
+    for name in TARGETS:
         figures[name] = {
             "saturation_rps": median_of(saturation[name], lambda r: r["rps"]),
             "saturation_p50_ms": median_of(saturation[name], lambda r: r["latency_ms"]["p50"]),
@@ -464,7 +470,11 @@ def _hit_path_report(saturation: dict[str, list[dict[str, Any]]],
                                  for r in saturation[name] + fixed[name]),
             "runs": {"saturation": saturation[name], "fixed_rate": fixed[name]},
         }
-    floor, service = figures["floor"], figures["service"]
+    bare, floor, service = figures["bare"], figures["floor"], figures["service"]
+    figures["bare_cpu_ratio"] = round(
+        service["saturation_cpu_us_per_request"] / bare["saturation_cpu_us_per_request"], 3)
+    figures["bare_rps_ratio"] = round(service["saturation_rps"] / bare["saturation_rps"], 3)
+    figures["bare_cpu_ok"] = figures["bare_cpu_ratio"] <= BARE_CPU_TARGET
     figures["throughput_ratio"] = round(service["saturation_rps"] / floor["saturation_rps"], 3)
     figures["p99_ratio"] = round(service["fixed_p99_ms"] / max(floor["fixed_p99_ms"], 1e-9), 3)
     figures["p50_ratio"] = round(service["fixed_p50_ms"] / max(floor["fixed_p50_ms"], 1e-9), 3)
@@ -490,7 +500,7 @@ def _non_2xx_statuses(runs: list[dict[str, Any]]) -> dict[str, int]:
 def print_table(report: dict[str, Any]) -> None:
     """Print the report as a small table."""
     hit = report["hit_path"]
-    floor, service = hit["floor"], hit["service"]
+    bare, floor, service = hit["bare"], hit["floor"], hit["service"]
     git = report["git"]
     dirty = f" + uncommitted changes to {', '.join(git['modified'])}" if git["modified"] else ""
     print(f"\nservice load benchmark, {report['date']}, commit {git['commit']}{dirty}")
@@ -499,7 +509,8 @@ def print_table(report: dict[str, Any]) -> None:
           f"median of {report['rounds']} round(s)")
     print(f"saturation: {report['saturation_generator']}; "
           f"fixed rate: {report['fixed_rate_generator']}")
-    print(f"\n{'hit path (5-row all-hit body)':<40}{'floor':>12}{'service':>12}{'ratio':>10}")
+    print(f"\n{'hit path (5-row all-hit body)':<40}{'bare':>12}{'floor':>12}{'service':>12}"
+          f"{'svc/floor':>10}")
     rows = [
         ("saturation req/s", "saturation_rps", hit["throughput_ratio"]),
         ("saturation p50 ms", "saturation_p50_ms", None),
@@ -516,13 +527,14 @@ def print_table(report: dict[str, Any]) -> None:
     ]
     for label, key, ratio in rows:
         ratio_text = "" if ratio is None else f"{ratio:.2f}x"
-        print(f"{label:<40}{floor[key]:>12,.2f}{service[key]:>12,.2f}{ratio_text:>10}")
+        print(f"{label:<40}{bare[key]:>12,.2f}{floor[key]:>12,.2f}{service[key]:>12,.2f}"
+              f"{ratio_text:>10}")
     if report["rounds"] > 1:
-        for name in ("floor", "service"):
+        for name in TARGETS:
             runs = hit[name]["runs"]["fixed_rate"]
             p99s = ", ".join(f"{r['latency_ms']['p99']:.1f}" for r in runs)
             print(f"{name} p99 ms at the fixed rate, each round: {p99s}")
-    for name in ("floor", "service"):
+    for name in TARGETS:
         if hit[name]["non_2xx"]:
             print(f"{name} non-2xx answers by status (loadgen runs only): "
                   f"{hit[name]['non_2xx_by_status']}")
@@ -530,6 +542,9 @@ def print_table(report: dict[str, Any]) -> None:
     print(f"\ntargets: throughput >= {THROUGHPUT_TARGET}x floor: "
           f"{verdict[hit['throughput_ok']]}; p99 <= {P99_TARGET}x floor: "
           f"{verdict[hit['p99_ok']]}")
+    print(f"service vs bare WSGI: worker CPU per request {hit['bare_cpu_ratio']:.2f}x "
+          f"(target <= {BARE_CPU_TARGET}x: {verdict[hit['bare_cpu_ok']]}), "
+          f"saturation req/s {hit['bare_rps_ratio']:.2f}x")
     print(f"throughput ratio implied by CPU per request (floor/service, machine-load "
           f"independent): {hit['cpu_throughput_ratio']:.2f}x: "
           f"{verdict[hit['cpu_throughput_ok']]}")

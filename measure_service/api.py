@@ -38,14 +38,16 @@ from measure_service.rows import (
 
 EXTENSION = "measure_service"
 MEASURE_PATH = "/v2/measure"
-# Set by the server (``worker.GeventWorker``): call it to close the connection after the answer.
-ENVIRON_CLOSE_CONNECTION = "measure.close_connection"
+# Set by the server (``worker.GeventWorker``): closes the current request's connection after
+# its answer.
+CLOSE_CONNECTION = "measure_service.close_connection"
 _LOG = logging.getLogger(__name__)
 _JSON = "application/json"
 _INVALID = Outcome("invalid")
 _NO_QUERY = QueryParams(None, None)
 _ALLOW = "OPTIONS, POST"
 _UNREADABLE = "body could not be read (broken chunked encoding or cut short)"
+_STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
@@ -195,7 +197,7 @@ class MeasureEndpoint:
             _LOG.exception("unhandled error")
             status, body = 500, _encode({"error": "internal error"})
         sent = [("Content-Type", _JSON), ("Content-Length", str(len(body))), *headers.items()]
-        start_response(f"{status} {HTTPStatus(status).phrase}", sent)
+        start_response(_STATUS_LINES[status], sent)
         return [] if method == "HEAD" else [body]
 
     def _serve(self, method: str | None, environ: dict[str, Any]) -> bytes:
@@ -212,7 +214,17 @@ class MeasureEndpoint:
         if not _is_json(environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()):
             raise HttpError(415, "Content-Type must be application/json")
         config = services.config
-        body = _read_body(environ, config.max_body_bytes, config.body_timeout_ms / 1000)
+        try:
+            body = _read_body(environ, config.max_body_bytes, config.body_timeout_ms / 1000)
+        except _BodyTimeout:
+            # The rest of the body may still come: it must not be read as the next request.
+            close_connection = self._extensions.get(CLOSE_CONNECTION)
+            if close_connection is not None:
+                close_connection()
+            raise HttpError(
+                408, f"the body did not arrive within {config.body_timeout_ms} ms",
+                {"Connection": "close"},
+            ) from None
         try:
             # werkzeug's own query parsing, as Flask's ``request.args``, without a context.
             query = WerkzeugRequest(environ).args if environ.get("QUERY_STRING") else None
@@ -224,7 +236,7 @@ class MeasureEndpoint:
 
 
 def _read_body(environ: dict[str, Any], limit: int, timeout_s: float) -> bytes:
-    """The whole body, within ``limit`` bytes and ``timeout_s`` seconds; else HttpError."""
+    """The whole body within ``limit`` bytes, else HttpError; _BodyTimeout after ``timeout_s``."""
     coding = environ.get("HTTP_TRANSFER_ENCODING")
     if coding is not None and coding.strip().lower() != "chunked":
         raise HttpError(400, "Transfer-Encoding must be chunked (or absent)")
@@ -237,21 +249,17 @@ def _read_body(environ: dict[str, Any], limit: int, timeout_s: float) -> bytes:
         if length > limit:
             raise HttpError(413, f"body is larger than {limit} bytes")
     stream: IO[bytes] = environ["wsgi.input"]
+    deadline = gevent.Timeout.start_new(timeout_s, _BodyTimeout)
     try:
-        with gevent.Timeout(timeout_s, _BodyTimeout):
-            body = _read_at_most(stream, limit + 1 if length is None else length)
+        body = _read_at_most(stream, limit + 1 if length is None else length)
     except _BodyTimeout:
-        # The rest of the body may still come: it must not be read as the next request.
-        close = environ.get(ENVIRON_CLOSE_CONNECTION)
-        if close is not None:
-            close()
-        raise HttpError(
-            408, f"the body did not arrive within {timeout_s:g} s", {"Connection": "close"}
-        ) from None
+        raise
     except Exception:
         # The server's reader raises its own types for broken chunked framing or a lost
         # client; either way the body is unusable, and the client's fault.
         raise HttpError(400, _UNREADABLE) from None
+    finally:
+        deadline.close()
     if length is None and len(body) > limit:
         raise HttpError(413, f"body is larger than {limit} bytes")
     if length is not None and len(body) < length:
