@@ -118,7 +118,12 @@ def test_request_and_row_counters_add_up_over_both_workers(
     two_workers: Service, metrics_dir: Path
 ) -> None:
     sent = post_until_both_workers_served(two_workers, metrics_dir)
-    samples = scrape(two_workers)
+    # Each worker writes its values to its files within a second.
+    def counted_all() -> dict[Any, float] | None:
+        samples = scrape(two_workers)
+        return samples if total(samples, REQUEST_COUNT, **MEASURE_OK) == sent else None
+
+    samples = eventually(counted_all)
     assert total(samples, REQUEST_COUNT, **MEASURE_OK) == sent
     assert total(samples, "flask_http_request_total", method="POST", status="200") == sent
     rows = total(samples, "measure_cache_hits_total") + total(samples, "measure_cache_misses_total")
