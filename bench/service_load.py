@@ -29,7 +29,6 @@ import contextlib
 import json
 import os
 import platform
-import re
 import shutil
 import statistics
 import subprocess
@@ -46,7 +45,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devtools, from a checkout
-from devtools.harness import ROOT, Processes, Server
+import requests
+
+from devtools import probes
+from devtools.harness import ROOT, Processes, Server, Simulator
 
 API_KEY = "bench-key"
 UPSTREAM_TOKEN = "bench-upstream-token"
@@ -115,15 +117,11 @@ def warm(service: Server, body: dict[str, Any], timeout_s: float = 15.0) -> None
 
 
 def metric_total(server: Server, name: str) -> float | None:
-    """Sum of every sample of ``name`` on ``/metrics`` (None when it is not exposed)."""
+    """Sum of every sample of ``name`` on ``/metrics`` (None when it cannot be read)."""
     try:
-        with urllib.request.urlopen(server.url + "/metrics", timeout=5) as response:
-            text = response.read().decode()
-    except (urllib.error.URLError, OSError):
+        return probes.metric_total(server.metrics(), name)
+    except (requests.RequestException, ValueError):
         return None
-    pattern = re.compile(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", re.MULTILINE)
-    values = [float(v) for v in pattern.findall(text)]
-    return sum(values) if values else None
 
 
 # --- load generators ------------------------------------------------------------------------------
@@ -232,14 +230,14 @@ def sampling(interval_s: float, sample: Callable[[], float | None]) -> Iterator[
         thread.join()
 
 
-def upstream_totals(sim: Server) -> dict[str, int]:
+def upstream_totals(sim: Simulator) -> dict[str, int]:
     """Requests and rows the simulator has received so far."""
-    stats = http_json(sim.url + "/_stats?keys=0&recent=0")
+    stats = sim.stats("?keys=0&recent=0")
     return {"requests": int(stats["requests"]), "rows": int(stats["rows"]),
             "rows_answered": int(stats["rows_answered"])}
 
 
-def wait_for_drain(sim: Server, quiet_s: float = 1.0, timeout_s: float = 30.0) -> dict[str, int]:
+def wait_for_drain(sim: Simulator, quiet_s: float = 1.0, timeout_s: float = 30.0) -> dict[str, int]:
     """Wait until the simulator has answered every row it got and no new ones arrive."""
     deadline = time.monotonic() + timeout_s
     last = upstream_totals(sim)
@@ -254,7 +252,7 @@ def wait_for_drain(sim: Server, quiet_s: float = 1.0, timeout_s: float = 30.0) -
     return last
 
 
-def miss_path(gens: Generators, service: Server, sim: Server, *, workers: int,
+def miss_path(gens: Generators, service: Server, sim: Simulator, *, workers: int,
               connections: int, duration_s: float, upstream_latency_s: float,
               work_dir: Path) -> dict[str, Any]:
     """Drive cold keys only; report what the service accepted and what reached upstream."""

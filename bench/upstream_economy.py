@@ -49,6 +49,7 @@ import gevent.event  # noqa: E402
 from loadgen import Target, percentile, run_closed  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devtools, from a checkout
+from devtools import probes  # noqa: E402
 from devtools.harness import LOOPBACK, Processes, Server, free_port, stop  # noqa: E402
 
 APP = "measure_service.wsgi:app"
@@ -305,28 +306,16 @@ class WorkerSample:
 
 
 def sample_worker(pid: int) -> WorkerSample | None:
-    """RSS and thread count from ``/proc/<pid>/status``, open fds from ``/proc/<pid>/fd``."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-        fds = len(os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
+    """RSS, thread count and open fds of ``pid`` (None once it is gone)."""
+    rss, count, fds = probes.rss_kib(pid), probes.threads(pid), probes.open_fds(pid)
+    if rss is None or count is None or fds is None:
         return None
-    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-    return WorkerSample(time.time(), pid, int(fields["VmRSS"].split()[0]),
-                        int(fields["Threads"]), fds)
+    return WorkerSample(time.time(), pid, rss, count, fds)
 
 
 def workers_cpu_s(pids: list[int]) -> float:
-    """User plus system CPU seconds the processes have used so far (from /proc/<pid>/stat)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
-    return total
+    """User plus system CPU seconds the processes have used so far."""
+    return sum(probes.cpu_seconds(pid) for pid in pids)
 
 
 # --- background traffic for scenario 4 ---------------------------------------------------------

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import requests
 from prometheus_client.multiprocess import MultiProcessCollector
-from prometheus_client.parser import text_string_to_metric_families
 
+from devtools.probes import Samples, metric_total
 from tests.conftest import Processes, Service, Simulator, eventually
 
 pytestmark = pytest.mark.integration
@@ -63,22 +63,12 @@ def doomed_workers(processes: Processes, doomed_dir: Path) -> Service:
     return start(processes, doomed_dir)
 
 
-def scrape(service: Service) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+def scrape(service: Service) -> Samples:
     """Every sample of one /metrics answer (from whichever worker took it)."""
-    response = service.get("/metrics")
-    response.raise_for_status()
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
+    return service.metrics()
 
 
-def total(samples: dict[Any, float], name: str, **labels: str) -> float:
-    """The sum of ``name`` over every label set that includes ``labels``."""
-    wanted = set(labels.items())
-    return sum(value for (sample, tags), value in samples.items()
-               if sample == name and wanted <= tags)
+total = metric_total
 
 
 def per_worker(directory: Path, kind: str, name: str, **labels: str) -> dict[int, float]:
