@@ -37,9 +37,9 @@ except ConfigError as exc:
 # HOST exists so tests and local runs can stay on loopback; containers keep 0.0.0.0.
 bind = f"{_server.host}:{_config.port}"
 workers = _server.web_concurrency
-# gevent: a worker serves many requests while their misses wait on upstream. Our subclass adds
-# one fix: a connection accepted just as the worker stops is answered, not dropped (worker.py).
-worker_class = "measure_service.worker.GeventWorker"
+# gevent: a worker serves many requests while their misses wait on upstream. Our subclass answers
+# a connection accepted just as the worker stops, and lets the app close a connection.
+worker_class = "measure_service.gunicorn_worker.GeventWorker"
 # Concurrent connections per worker; beyond it gunicorn stops accepting, which bounds memory.
 worker_connections = _server.worker_connections
 # A worker that does not heartbeat for this long (a blocked hub) is killed and replaced.

@@ -2,7 +2,7 @@
 answering when Scope3 is slow, rate-limited or down?
 
 It starts the Scope3 simulator and the service (gunicorn, gevent, ``WEB_CONCURRENCY=2``) on free
-loopback ports and drives the six scenarios of issue 4, each against a freshly started service
+loopback ports and drives six scenarios, each against a freshly started service
 (cold cache) and a reset simulator, then prints one table (scenario, figure, target, got,
 pass/fail):
 

@@ -25,7 +25,7 @@ from werkzeug.wrappers import Request as WerkzeugRequest
 
 from measure_service import logs
 from measure_service.config import Config
-from measure_service.fetcher import Fetcher, Outcome
+from measure_service.fetcher import Fetcher, RowOutcome
 from measure_service.rows import (
     ROW_STATUSES,
     BodyError,
@@ -38,12 +38,12 @@ from measure_service.rows import (
 
 EXTENSION = "measure_service"
 MEASURE_PATH = "/v2/measure"
-# Set by the server (``worker.GeventWorker``): closes the current request's connection after
-# its answer.
+# Set by the server (``gunicorn_worker.GeventWorker``): closes the current request's connection
+# after its answer.
 CLOSE_CONNECTION = "measure_service.close_connection"
 _LOG = logging.getLogger(__name__)
 _JSON = "application/json"
-_INVALID = Outcome("invalid")
+_INVALID = RowOutcome("invalid")
 _NO_QUERY = QueryParams(None, None)
 _ALLOW = "OPTIONS, POST"
 _UNREADABLE = "body could not be read (broken chunked encoding or cut short)"
@@ -280,7 +280,7 @@ def _read_at_most(stream: IO[bytes], size: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def _document(rows: list[Row], outcomes: Iterator[Outcome]) -> dict[str, Any]:
+def _document(rows: list[Row], outcomes: Iterator[RowOutcome]) -> dict[str, Any]:
     coverage = dict.fromkeys(ROW_STATUSES, 0)
     out_rows = []
     total = 0.0

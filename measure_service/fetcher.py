@@ -40,12 +40,12 @@ _LOG = logging.getLogger(__name__)
 _MAX_TRACE_IDS_LOGGED = 20
 
 
-class Cache(Protocol):
+class AnswerCache(Protocol):
     """The part of ``weighted_cache.Cache`` the fetcher uses."""
 
-    def get(self, key: RowKey) -> Entry | None: ...
+    def get(self, key: RowKey) -> CachedAnswer | None: ...
     def set(
-        self, key: RowKey, value: Entry, cost: float | None = None, ttl: float | None = None
+        self, key: RowKey, value: CachedAnswer, cost: float | None = None, ttl: float | None = None
     ) -> bool: ...
     def ttl(self, key: RowKey) -> float | None: ...
 
@@ -66,7 +66,7 @@ class Breaker(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class Entry:
+class CachedAnswer:
     """What the cache holds for one key: upstream's answer, when it came, and what it costs."""
 
     total_emissions: float | None
@@ -76,7 +76,7 @@ class Entry:
     cost: int
 
 
-class Outcome(NamedTuple):
+class RowOutcome(NamedTuple):
     """The answer for one row: its status and, when known, the cached entry.
 
     A NamedTuple rather than a frozen dataclass: one is built per row on the hit path, and a
@@ -84,14 +84,14 @@ class Outcome(NamedTuple):
     """
 
     status: RowStatus
-    entry: Entry | None = None
+    entry: CachedAnswer | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Lookup:
     """The outcomes of one request's rows, in order, and the counts the access log reports."""
 
-    outcomes: list[Outcome]
+    outcomes: list[RowOutcome]
     hits: int
     misses: int
 
@@ -116,8 +116,8 @@ class FetchFailed(Exception):
     """A fetch ended without an answer for the key (the upstream call failed)."""
 
 
-_PENDING = Outcome("pending")
-_UNAVAILABLE = Outcome("unavailable")
+_PENDING = RowOutcome("pending")
+_UNAVAILABLE = RowOutcome("unavailable")
 
 
 class Fetcher:
@@ -125,7 +125,7 @@ class Fetcher:
 
     def __init__(
         self,
-        cache: Cache,
+        cache: AnswerCache,
         upstream: Upstream,
         settings: FetcherSettings,
         *,
@@ -138,7 +138,7 @@ class Fetcher:
         self._settings = settings
         self._breaker = breaker
         self._clock = clock
-        self._flights: SingleFlight[RowKey, Entry] = SingleFlight()
+        self._flights: SingleFlight[RowKey, CachedAnswer] = SingleFlight()
         # Lowest cost (highest weight) asked for each key in flight: the value is stored with it.
         self._costs: dict[RowKey, int] = {}
         self._batcher: Batcher[QueryParams, tuple[RowKey, str | None]] = Batcher(
@@ -157,10 +157,10 @@ class Fetcher:
         """
         now = self._clock()
         settings = self._settings
-        outcomes: list[Outcome] = []
+        outcomes: list[RowOutcome] = []
         waits: list[tuple[int, AsyncResult]] = []
         hits = stale = misses = coalesced = 0
-        refused: dict[str, int] = {}  # a plain dict: a Counter costs ~1 us to build
+        refused: dict[str, int] = {}  # a plain dict: a Counter is slower to build
         status: RowStatus
         for key, cost in rows:
             entry = self._cache.get(key)
@@ -176,7 +176,7 @@ class Fetcher:
                 hits += status != "stale"
                 if cost < entry.cost:
                     entry = self._lower_cost(key, entry, cost)
-                outcomes.append(Outcome(status, entry))
+                outcomes.append(RowOutcome(status, entry))
                 continue
             misses += 1
             result = self._flights.join(key)
@@ -200,7 +200,8 @@ class Fetcher:
                 continue
             if result.successful():
                 entry = result.value
-                outcomes[index] = Outcome("error" if entry.error is not None else "fetched", entry)
+                status = "error" if entry.error is not None else "fetched"
+                outcomes[index] = RowOutcome(status, entry)
             else:
                 outcomes[index] = _UNAVAILABLE
                 reason = _failure_reason(result.exception)
@@ -234,7 +235,7 @@ class Fetcher:
         if key not in self._flights and self._refusal() is None:
             self._start(key, cost)
 
-    def _lower_cost(self, key: RowKey, entry: Entry, cost: int) -> Entry:
+    def _lower_cost(self, key: RowKey, entry: CachedAnswer, cost: int) -> CachedAnswer:
         """Re-store ``entry`` at the lower ``cost`` a heavier row asks for, keeping its expiry."""
         try:
             remaining = self._cache.ttl(key)
@@ -272,7 +273,7 @@ class Fetcher:
                 if answer is None:
                     continue  # settled as a failure below
                 cost = self._costs.pop(key, 1)
-                entry = Entry(
+                entry = CachedAnswer(
                     answer.total_emissions, answer.inventory_coverage, answer.error, now, cost
                 )
                 settings = self._settings

@@ -290,7 +290,7 @@ def _lookup(document: Mapping[str, Any], name: str) -> Any:
 def _canonical_fields(raw: Mapping[str, Any]) -> Mapping[str, Any]:
     """Rename known fields to their canonical spelling, whatever case the client used."""
     if raw.keys() <= _CANONICAL_NAMES:
-        return raw  # the usual row: nothing to rename, and lower-casing each name costs 2 us
+        return raw  # the usual row: nothing to rename, and lower-casing each name costs
     fields: dict[str, Any] = {}
     for field, value in raw.items():
         canonical = _CANONICAL.get(field.lower()) if isinstance(field, str) else None

@@ -8,8 +8,8 @@ rest of it must never be read as the next request).
 gunicorn 27 asks the listening socket for its name on every connection it handles. During a
 graceful stop (SIGHUP reload, SIGTERM) the worker closes its listener while connections it has
 just accepted are still starting; their ``getsockname()`` then fails with EBADF and gunicorn
-drops the connection without answering (gunicorn issues #712 and #1877). Measured with
-``bench/deploys.py --close``: about 1 lost request in 20 to 40 reloads before, none after.
+drops the connection without answering (gunicorn issues #712 and #1877); ``bench/deploys.py``
+measures it.
 """
 
 from __future__ import annotations
