@@ -578,7 +578,7 @@ def per_agent_close(stats: dict[str, Any], recovered: float) -> dict[str, float]
             for agent, times in arrivals.items() if len(times) >= 2}
 
 
-def delay(at: float | None, since: float | None) -> float | None:
+def seconds_between(at: float | None, since: float | None) -> float | None:
     """Seconds from ``since`` to ``at``, or None when either is unknown."""
     return None if at is None or since is None else round(at - since, 3)
 

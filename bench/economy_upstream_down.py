@@ -26,6 +26,7 @@ from economy import (
     per_agent_close,
     refused,
     row,
+    seconds_between,
     start_of_run,
     workers_cpu_s,
 )
@@ -180,8 +181,10 @@ def run(bench: Bench) -> None:
                         "not exposed by the service", None)
     bench.report.details["upstream_down"] = {
         "breaker_by_row_statuses": {
-            kind: {"open_s": delay(start_of_run(misses.ordered(fault), refused, 5), first),
-                   "closed_s": delay(first_closed(misses, recovered), recovered)}
+            kind: {
+                "open_s": seconds_between(start_of_run(misses.ordered(fault), refused, 5), first),
+                "closed_s": seconds_between(first_closed(misses, recovered), recovered),
+            }
             for kind, fault, first, recovered in (
                 ("refused", refused_at, refused_at, refused_recovered),
                 ("hang", hang_at, opened["hang"][0], hang_recovered))
