@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -20,6 +21,7 @@ from typing import IO, Any
 import gevent
 import orjson
 from flask import Blueprint, Response, current_app
+from gevent import getcurrent
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request as WerkzeugRequest
 
@@ -165,6 +167,53 @@ class _BodyTimeout(Exception):
     """The client did not send its whole body within BODY_TIMEOUT_MS."""
 
 
+class _BodyReads:
+    """The body reads under way in this process, each with its deadline.
+
+    One watcher greenlet, alive while reads are under way, wakes every ``tick_s`` and interrupts
+    the reads past their deadline: a timer per request would cost more than most reads, which
+    find the body already received. A deadline is kept within one tick.
+    """
+
+    def __init__(self, tick_s: float) -> None:
+        """Check the deadlines every ``tick_s`` seconds."""
+        self._tick_s = tick_s
+        self._deadlines: dict[Any, float] = {}  # by greenlet
+        self._watching = False
+
+    def start(self, timeout_s: float) -> None:
+        """The current greenlet starts reading a body, to be done within ``timeout_s``."""
+        self._deadlines[getcurrent()] = time.monotonic() + timeout_s
+        if not self._watching:
+            self._watching = True
+            gevent.spawn(self._watch)
+
+    def finish(self) -> None:
+        """The current greenlet is done reading (whether it got the body or not)."""
+        self._deadlines.pop(getcurrent(), None)
+
+    def _watch(self) -> None:
+        try:
+            while self._deadlines:
+                gevent.sleep(self._tick_s)
+                now = time.monotonic()
+                late = [reader for reader, at in self._deadlines.items() if at <= now]
+                for reader in late:
+                    # From the hub, as gevent.Timeout does, and only if still reading then.
+                    gevent.get_hub().loop.run_callback(self._interrupt, reader, now)
+        finally:
+            self._watching = False
+
+    def _interrupt(self, reader: Any, now: float) -> None:
+        deadline = self._deadlines.get(reader)
+        if deadline is not None and deadline <= now:
+            del self._deadlines[reader]
+            reader.throw(_BodyTimeout())
+
+
+_READS = _BodyReads(tick_s=0.05)
+
+
 class MeasureEndpoint:
     """The one door of ``POST /v2/measure``: every answer of that path comes from here.
 
@@ -249,7 +298,7 @@ def _read_body(environ: dict[str, Any], limit: int, timeout_s: float) -> bytes:
         if length > limit:
             raise HttpError(413, f"body is larger than {limit} bytes")
     stream: IO[bytes] = environ["wsgi.input"]
-    deadline = gevent.Timeout.start_new(timeout_s, _BodyTimeout)
+    _READS.start(timeout_s)
     try:
         body = _read_at_most(stream, limit + 1 if length is None else length)
     except _BodyTimeout:
@@ -259,7 +308,7 @@ def _read_body(environ: dict[str, Any], limit: int, timeout_s: float) -> bytes:
         # client; either way the body is unusable, and the client's fault.
         raise HttpError(400, _UNREADABLE) from None
     finally:
-        deadline.close()
+        _READS.finish()
     if length is None and len(body) > limit:
         raise HttpError(413, f"body is larger than {limit} bytes")
     if length is not None and len(body) < length:
