@@ -59,6 +59,8 @@ P99_TARGET = 1.5
 # The hit path's worker CPU per request, at most this many times the bare WSGI app's.
 BARE_CPU_TARGET = 1.5
 TARGETS = ("bare", "floor", "service")
+# Each worker writes its metrics to the shared files at least this often.
+METRICS_FLUSH_S = 1.5
 LOADGEN = ROOT / "bench" / "loadgen.py"
 WRK_SCRIPT = ROOT / "bench" / "wrk" / "measure.lua"
 WRK_INSTALL_HINT = "wrk not found; using bench/loadgen.py. For wrk: apt-get install -y wrk"
@@ -410,6 +412,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         service = targets["service"]
         warm(service, hot_body())
+        time.sleep(METRICS_FLUSH_S)  # every worker's warm-up misses are in /metrics by then
         misses_before = metric_total(service, "measure_cache_misses_total")
         for name, server in targets.items():  # first-request costs: lazy imports, connection set-up
             _progress(f"warm-up load on {name}")
@@ -423,6 +426,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         _progress(f"fixed rate {rate:.0f} req/s, {args.rounds} round(s) per target")
         fixed = alternate(args.rounds, targets, lambda s: with_cpu(s, lambda: gens.fixed_rate(
             s, rate=rate, connections=args.connections, duration_s=args.duration)))
+        time.sleep(METRICS_FLUSH_S)
         misses_after = metric_total(service, "measure_cache_misses_total")
         still_hits = set(row_statuses(service, hot_body())) == {"hit"}
 
