@@ -19,13 +19,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import gevent
 import gevent.event
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devtools, from a checkout
 from devtools import probes
-from devtools.harness import LOOPBACK, Processes, Server, free_port, stop
+from devtools.harness import LOOPBACK, Processes, Server, Simulator, free_port, stop
 
 APP = "measure_service.wsgi:app"
 WORKERS = 2
@@ -218,7 +219,7 @@ class Upstream:
         self._procs = procs
         self.port = port
         self.url = f"http://{LOOPBACK}:{port}"
-        self.server: Server | None = None
+        self.server: Simulator | None = None
 
     def start(self) -> None:
         """Start the simulator (100 ms, jitter 30 ms) and wait until it answers."""
@@ -235,25 +236,22 @@ class Upstream:
             stop(self.server)
             self.server = None
 
+    def _running(self) -> Simulator:
+        if self.server is None:
+            raise RuntimeError("the simulator is stopped")
+        return self.server
+
     def stats(self, **query: str) -> dict[str, Any]:
         """``GET /_stats`` with ``query`` (``keys=0``, ``recent=0``, ``by_agent=1``)."""
-        path = "/_stats" + ("?" + "&".join(f"{k}={v}" for k, v in query.items()) if query else "")
-        reply = call_once(self.port, "GET", path)
-        if reply.status != 200:
-            raise RuntimeError(f"simulator /_stats answered {reply.status}")
-        document: dict[str, Any] = reply.document
-        return document
+        return self._running().stats("?" + urlencode(query) if query else "")
 
     def control(self, **changes: Any) -> None:
         """Change latency, jitter, mode, retry_after, ... at runtime."""
-        reply = call_once(self.port, "POST", "/_control", changes)
-        if reply.status != 200:
-            raise RuntimeError(f"simulator /_control answered {reply.status}: {reply.document}")
+        self._running().control(**changes)
 
     def reset(self) -> None:
         """Clear the counters and restore the start-up settings."""
-        if call_once(self.port, "POST", "/_reset").status != 200:
-            raise RuntimeError("simulator /_reset failed")
+        self._running().reset()
 
     def wait_quiet(self, quiet_s: float = 0.6, timeout_s: float = 30.0) -> dict[str, Any]:
         """Wait until no new upstream request arrived for ``quiet_s``; return the stats."""
