@@ -124,9 +124,12 @@ def test_a_killed_workers_gauges_leave_the_sum_while_its_counts_stay(
     doomed_workers: Service, doomed_dir: Path
 ) -> None:
     sent = post_until_both_workers_served(doomed_workers, doomed_dir)
-    # Every worker refreshes its own gauges each second.
+    # Every worker writes its counts and gauges to its files each second; what a worker counted
+    # after its last write dies with it.
     held = WORKERS * len(ROWS)
     eventually(lambda: total(scrape(doomed_workers), "measure_cache_entries") == held)
+    eventually(lambda: sum(per_worker(doomed_dir, "histogram", REQUEST_COUNT, **MEASURE_OK)
+                           .values()) == sent)
     victim = next(iter(per_worker(doomed_dir, "gauge_livesum", "measure_cache_entries")))
 
     os.kill(victim, signal.SIGKILL)
