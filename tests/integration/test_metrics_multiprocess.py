@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -87,16 +88,22 @@ def per_worker(directory: Path, kind: str, name: str, **labels: str) -> dict[int
 
 def post_until_both_workers_served(service: Service, metrics_dir: Path) -> int:
     """Send rounds of 20 requests, 8 in parallel, until both workers served; return the count."""
+    def both_served() -> bool:
+        served = per_worker(metrics_dir, "histogram", REQUEST_COUNT, **MEASURE_OK)
+        return len(served) == WORKERS and all(served.values())
+
     sent = 0
     with ThreadPoolExecutor(8) as pool:
         while sent < MAX_REQUESTS:
             statuses = list(pool.map(lambda _: service.post(ROWS).status_code, range(20)))
             assert statuses == [200] * len(statuses)
             sent += len(statuses)
-            served = per_worker(metrics_dir, "histogram", REQUEST_COUNT, **MEASURE_OK)
-            if sent >= MIN_REQUESTS and len(served) == WORKERS and all(served.values()):
+            if sent >= MIN_REQUESTS and both_served():
                 return sent
-    pytest.fail(f"{MAX_REQUESTS} requests did not reach both workers")
+            # A worker writes its counts to its file within a second: give it the time.
+            time.sleep(0.1)
+    eventually(both_served, timeout_s=3.0)
+    return sent
 
 
 def replaced(samples: dict[Any, float]) -> dict[Any, float] | None:
