@@ -40,9 +40,9 @@ if _config.metrics_port is not None:
     # Its own listener, so that an operator can keep scrapes off the public network.
     bind.append(f"{_server.host}:{_config.metrics_port}")
 workers = _server.web_concurrency
-# gevent: a worker serves many requests while their misses wait on upstream. Our subclass adds
-# one fix: a connection accepted just as the worker stops is answered, not dropped (worker.py).
-worker_class = "measure_service.worker.GeventWorker"
+# gevent: a worker serves many requests while their misses wait on upstream. Our subclass answers
+# a connection accepted just as the worker stops, and lets the app close a connection.
+worker_class = "measure_service.gunicorn_worker.GeventWorker"
 # Concurrent connections per worker; beyond it gunicorn stops accepting, which bounds memory.
 worker_connections = _server.worker_connections
 # A worker that does not heartbeat for this long (a blocked hub) is killed and replaced.
@@ -120,6 +120,5 @@ def worker_exit(server: Any, worker: Any) -> None:
     from measure_service.app import close_app
 
     app = getattr(worker, "wsgi", None)
-    app = getattr(app, "__wrapped__", app)  # worker.GeventWorker wraps the app
     if isinstance(app, Flask):
         close_app(app)

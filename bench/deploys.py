@@ -40,7 +40,9 @@ import gevent.event
 import loadgen
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devtools, from a checkout
-from devtools.harness import Processes, Server, client_connections
+from devtools import probes
+from devtools.harness import Processes, Server
+from devtools.probes import client_connections
 
 API_KEY = "deploy-key"
 GRACEFUL_TIMEOUT_S = 10
@@ -90,9 +92,7 @@ class Load:
 def eventually(check: Callable[[], bool]) -> float:
     """Poll ``check`` (yielding to the load) until true; return the seconds it took."""
     started = time.monotonic()
-    with gevent.Timeout(DEADLINE_S, RuntimeError(f"{check} not true after {DEADLINE_S} s")):
-        while not check():
-            gevent.sleep(0.01)
+    probes.eventually(check, DEADLINE_S, interval_s=0.01, sleep=gevent.sleep)
     return time.monotonic() - started
 
 

@@ -1,15 +1,23 @@
-"""The floor for the service load benchmark: the least a Flask POST handler can do.
+"""The floors for the service load benchmark: the least a POST handler can do.
 
-It parses the JSON body and returns a fixed 5-row answer shaped like the service's, with no
-auth, validation, cache, metrics or trace ids. It runs under the service's own
-``gunicorn.conf.py`` (same workers, worker class and logging), so the difference between the
-two is what the service adds::
+Both return a fixed 5-row answer shaped like the service's, with no auth, validation, cache,
+metrics or trace ids:
+
+- ``app``: a Flask view that parses the JSON body;
+- ``bare``: a plain WSGI function that reads the body and answers pre-encoded bytes, the
+  server's own limit.
+
+They run under the service's own ``gunicorn.conf.py`` (same workers, worker class and logging),
+so the difference is what the service adds::
 
     gunicorn -c gunicorn.conf.py bench.floor_app:app
+    gunicorn -c gunicorn.conf.py bench.floor_app:bare
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from flask import Flask, request
@@ -51,3 +59,16 @@ def measure() -> dict[str, Any]:
 def readyz() -> tuple[str, int]:
     """Ready as soon as the worker serves: lets the benchmark wait for it like for the service."""
     return "ok", 200
+
+
+_BARE_BODY = json.dumps(FIXED_ANSWER, separators=(",", ":")).encode()
+_BARE_HEADERS = [("Content-Type", "application/json"), ("Content-Length", str(len(_BARE_BODY)))]
+
+
+def bare(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """Read the body, answer the fixed document; ``/readyz`` and every other path get it too."""
+    length = environ.get("CONTENT_LENGTH")
+    if length:
+        environ["wsgi.input"].read(int(length))
+    start_response("200 OK", _BARE_HEADERS)
+    return [_BARE_BODY]

@@ -297,7 +297,8 @@ def print_unit_table(rows: Sequence[UnitRow]) -> None:
         f"{'trace':<8} {'size':>6} | {'ours':>5} {'LRU':>5} {'theine':>6} {'OPT':>5} | "
         f"{'refLRU':>6} {'refTh':>5} {'refOPT':>6} | {'target':>6}  result"
     )
-    print("\nHit ratio %, unit costs (ref = issue 2's figures; target = max(LRU, theine) - 1)")
+    print("\nHit ratio %, unit costs (ref = the reference figures of bench/README.md;"
+          " target = max(LRU, theine) - 1)")
     print(header)
     print("-" * len(header))
     for row in rows:

@@ -22,7 +22,7 @@ from cachetools import LRUCache
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from weighted_cache import Cache
 
-TARGET_BYTES = 200  # issue 2: overhead per entry beyond key and value
+TARGET_BYTES = 200  # overhead per entry beyond key and value (bench/README.md)
 
 
 def _fill_setitem(container: Any, keys: Sequence[Hashable], values: Sequence[object]) -> None:

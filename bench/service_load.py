@@ -1,9 +1,10 @@
-"""Service load benchmark: what does the hit path cost over a bare Flask handler?
+"""Service load benchmark: what does the hit path cost over a bare WSGI app and a Flask handler?
 
-It starts the Scope3 simulator, the service and the floor app (``bench/floor_app.py``) on free
-loopback ports, the service and the floor under the same ``gunicorn.conf.py`` and environment
-(gevent, ``WEB_CONCURRENCY=2``, ``ACCESS_LOG=sample:0.01``, auth on). It warms the cache until
-a 5-row body is all hits, then measures, for the floor and the service in turn:
+It starts the Scope3 simulator, the service and the two floors (``bench/floor_app.py``: ``bare``,
+a plain WSGI function answering fixed bytes, the server's own limit; ``floor``, a Flask view) on
+free loopback ports, all under the same ``gunicorn.conf.py`` and environment (gevent,
+``WEB_CONCURRENCY=2``, ``ACCESS_LOG=sample:0.01``, auth on). It warms the cache until a 5-row
+body is all hits, then measures, for each target in turn:
 
 1. saturation req/s (closed loop: wrk if installed, else ``bench/loadgen.py``);
 2. p50/p99 at a fixed offered rate, half the floor's saturation rate (always the open-loop
@@ -28,7 +29,6 @@ import contextlib
 import json
 import os
 import platform
-import re
 import shutil
 import statistics
 import subprocess
@@ -45,7 +45,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devtools, from a checkout
-from devtools.harness import ROOT, Processes, Server
+import requests
+
+from devtools import probes
+from devtools.harness import ROOT, Processes, Server, Simulator
 
 API_KEY = "bench-key"
 UPSTREAM_TOKEN = "bench-upstream-token"
@@ -53,6 +56,11 @@ ROWS_PER_REQUEST = 5
 UPSTREAM_CONCURRENCY = 4
 THROUGHPUT_TARGET = 0.9
 P99_TARGET = 1.5
+# The hit path's worker CPU per request, at most this many times the bare WSGI app's.
+BARE_CPU_TARGET = 1.5
+TARGETS = ("bare", "floor", "service")
+# Each worker writes its metrics to the shared files at least this often.
+METRICS_FLUSH_S = 1.5
 LOADGEN = ROOT / "bench" / "loadgen.py"
 WRK_SCRIPT = ROOT / "bench" / "wrk" / "measure.lua"
 WRK_INSTALL_HINT = "wrk not found; using bench/loadgen.py. For wrk: apt-get install -y wrk"
@@ -111,15 +119,11 @@ def warm(service: Server, body: dict[str, Any], timeout_s: float = 15.0) -> None
 
 
 def metric_total(server: Server, name: str) -> float | None:
-    """Sum of every sample of ``name`` on ``/metrics`` (None when it is not exposed)."""
+    """Sum of every sample of ``name`` on ``/metrics`` (None when it cannot be read)."""
     try:
-        with urllib.request.urlopen(server.url + "/metrics", timeout=5) as response:
-            text = response.read().decode()
-    except (urllib.error.URLError, OSError):
+        return probes.metric_total(server.metrics(), name)
+    except (requests.RequestException, ValueError):
         return None
-    pattern = re.compile(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", re.MULTILINE)
-    values = [float(v) for v in pattern.findall(text)]
-    return sum(values) if values else None
 
 
 # --- load generators ------------------------------------------------------------------------------
@@ -228,14 +232,14 @@ def sampling(interval_s: float, sample: Callable[[], float | None]) -> Iterator[
         thread.join()
 
 
-def upstream_totals(sim: Server) -> dict[str, int]:
+def upstream_totals(sim: Simulator) -> dict[str, int]:
     """Requests and rows the simulator has received so far."""
-    stats = http_json(sim.url + "/_stats?keys=0&recent=0")
+    stats = sim.stats("?keys=0&recent=0")
     return {"requests": int(stats["requests"]), "rows": int(stats["rows"]),
             "rows_answered": int(stats["rows_answered"])}
 
 
-def wait_for_drain(sim: Server, quiet_s: float = 1.0, timeout_s: float = 30.0) -> dict[str, int]:
+def wait_for_drain(sim: Simulator, quiet_s: float = 1.0, timeout_s: float = 30.0) -> dict[str, int]:
     """Wait until the simulator has answered every row it got and no new ones arrive."""
     deadline = time.monotonic() + timeout_s
     last = upstream_totals(sim)
@@ -250,7 +254,7 @@ def wait_for_drain(sim: Server, quiet_s: float = 1.0, timeout_s: float = 30.0) -
     return last
 
 
-def miss_path(gens: Generators, service: Server, sim: Server, *, workers: int,
+def miss_path(gens: Generators, service: Server, sim: Simulator, *, workers: int,
               connections: int, duration_s: float, upstream_latency_s: float,
               work_dir: Path) -> dict[str, Any]:
     """Drive cold keys only; report what the service accepted and what reached upstream."""
@@ -399,6 +403,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                               token=UPSTREAM_TOKEN)
         env = service_env(sim)
         targets = {
+            "bare": procs.gunicorn("bench.floor_app:bare", env=env, workers=args.workers,
+                                   name="bare"),
             "floor": procs.gunicorn("bench.floor_app:app", env=env, workers=args.workers,
                                     name="floor"),
             "service": procs.gunicorn("measure_service.wsgi:app", env=env,
@@ -413,6 +419,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             warm(targets["service_redis"], hot_body())
         service = targets["service"]
         warm(service, hot_body())
+        time.sleep(METRICS_FLUSH_S)  # every worker's warm-up misses are in /metrics by then
         misses_before = metric_total(service, "measure_cache_misses_total")
         for name, server in targets.items():  # first-request costs: lazy imports, connection set-up
             _progress(f"warm-up load on {name}")
@@ -426,6 +433,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         _progress(f"fixed rate {rate:.0f} req/s, {args.rounds} round(s) per target")
         fixed = alternate(args.rounds, targets, lambda s: with_cpu(s, lambda: gens.fixed_rate(
             s, rate=rate, connections=args.connections, duration_s=args.duration)))
+        time.sleep(METRICS_FLUSH_S)
         misses_after = metric_total(service, "measure_cache_misses_total")
         still_hits = set(row_statuses(service, hot_body())) == {"hit"}
 
@@ -454,7 +462,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def _hit_path_report(saturation: dict[str, list[dict[str, Any]]],
                      fixed: dict[str, list[dict[str, Any]]], rate: float) -> dict[str, Any]:
     figures: dict[str, Any] = {"fixed_rate": round(rate, 1)}
-    for name in ("floor", "service"):
+    for name in TARGETS:
         figures[name] = {
             "saturation_rps": median_of(saturation[name], lambda r: r["rps"]),
             "saturation_p50_ms": median_of(saturation[name], lambda r: r["latency_ms"]["p50"]),
@@ -473,7 +481,11 @@ def _hit_path_report(saturation: dict[str, list[dict[str, Any]]],
                                  for r in saturation[name] + fixed[name]),
             "runs": {"saturation": saturation[name], "fixed_rate": fixed[name]},
         }
-    floor, service = figures["floor"], figures["service"]
+    bare, floor, service = figures["bare"], figures["floor"], figures["service"]
+    figures["bare_cpu_ratio"] = round(
+        service["saturation_cpu_us_per_request"] / bare["saturation_cpu_us_per_request"], 3)
+    figures["bare_rps_ratio"] = round(service["saturation_rps"] / bare["saturation_rps"], 3)
+    figures["bare_cpu_ok"] = figures["bare_cpu_ratio"] <= BARE_CPU_TARGET
     figures["throughput_ratio"] = round(service["saturation_rps"] / floor["saturation_rps"], 3)
     figures["p99_ratio"] = round(service["fixed_p99_ms"] / max(floor["fixed_p99_ms"], 1e-9), 3)
     figures["p50_ratio"] = round(service["fixed_p50_ms"] / max(floor["fixed_p50_ms"], 1e-9), 3)
@@ -522,7 +534,7 @@ def _non_2xx_statuses(runs: list[dict[str, Any]]) -> dict[str, int]:
 def print_table(report: dict[str, Any]) -> None:
     """Print the report as a small table."""
     hit = report["hit_path"]
-    floor, service = hit["floor"], hit["service"]
+    bare, floor, service = hit["bare"], hit["floor"], hit["service"]
     git = report["git"]
     dirty = f" + uncommitted changes to {', '.join(git['modified'])}" if git["modified"] else ""
     print(f"\nservice load benchmark, {report['date']}, commit {git['commit']}{dirty}")
@@ -531,7 +543,8 @@ def print_table(report: dict[str, Any]) -> None:
           f"median of {report['rounds']} round(s)")
     print(f"saturation: {report['saturation_generator']}; "
           f"fixed rate: {report['fixed_rate_generator']}")
-    print(f"\n{'hit path (5-row all-hit body)':<40}{'floor':>12}{'service':>12}{'ratio':>10}")
+    print(f"\n{'hit path (5-row all-hit body)':<40}{'bare':>12}{'floor':>12}{'service':>12}"
+          f"{'svc/floor':>10}")
     rows = [
         ("saturation req/s", "saturation_rps", hit["throughput_ratio"]),
         ("saturation p50 ms", "saturation_p50_ms", None),
@@ -548,13 +561,14 @@ def print_table(report: dict[str, Any]) -> None:
     ]
     for label, key, ratio in rows:
         ratio_text = "" if ratio is None else f"{ratio:.2f}x"
-        print(f"{label:<40}{floor[key]:>12,.2f}{service[key]:>12,.2f}{ratio_text:>10}")
+        print(f"{label:<40}{bare[key]:>12,.2f}{floor[key]:>12,.2f}{service[key]:>12,.2f}"
+              f"{ratio_text:>10}")
     if report["rounds"] > 1:
-        for name in ("floor", "service"):
+        for name in TARGETS:
             runs = hit[name]["runs"]["fixed_rate"]
             p99s = ", ".join(f"{r['latency_ms']['p99']:.1f}" for r in runs)
             print(f"{name} p99 ms at the fixed rate, each round: {p99s}")
-    for name in ("floor", "service"):
+    for name in TARGETS:
         if hit[name]["non_2xx"]:
             print(f"{name} non-2xx answers by status (loadgen runs only): "
                   f"{hit[name]['non_2xx_by_status']}")
@@ -562,6 +576,9 @@ def print_table(report: dict[str, Any]) -> None:
     print(f"\ntargets: throughput >= {THROUGHPUT_TARGET}x floor: "
           f"{verdict[hit['throughput_ok']]}; p99 <= {P99_TARGET}x floor: "
           f"{verdict[hit['p99_ok']]}")
+    print(f"service vs bare WSGI: worker CPU per request {hit['bare_cpu_ratio']:.2f}x "
+          f"(target <= {BARE_CPU_TARGET}x: {verdict[hit['bare_cpu_ok']]}), "
+          f"saturation req/s {hit['bare_rps_ratio']:.2f}x")
     print(f"throughput ratio implied by CPU per request (floor/service, machine-load "
           f"independent): {hit['cpu_throughput_ratio']:.2f}x: "
           f"{verdict[hit['cpu_throughput_ok']]}")

@@ -29,8 +29,6 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-import urllib.error  # noqa: E402
-import urllib.request  # noqa: E402
 from collections.abc import Callable, Iterator, Sequence  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -42,7 +40,10 @@ import loadgen  # noqa: E402
 from traces import zipf_keys  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devtools, from a checkout
-from devtools.harness import Processes, Server  # noqa: E402
+import requests  # noqa: E402
+
+from devtools import probes  # noqa: E402
+from devtools.harness import Processes, Server, Simulator  # noqa: E402
 
 API_KEY = "soak-key"
 ROW_COST = 100  # weight 0 maps to cost 100 - 0
@@ -139,45 +140,27 @@ class Soak:
 
 
 def metrics(server: Server) -> dict[str, float]:
-    """Samples on ``/metrics``: each series as written, and each name summed over its labels
-    ({} when not served)."""
+    """Each name on ``/metrics`` summed over its labels ({} when it cannot be read)."""
     try:
-        with urllib.request.urlopen(server.url + "/metrics", timeout=5) as response:
-            text = response.read().decode()
-    except (urllib.error.URLError, OSError):
+        samples = server.metrics()
+    except (requests.RequestException, ValueError):
         return {}
     totals: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        name_labels, _, value = line.rpartition(" ")
-        name = name_labels.split("{", 1)[0]
-        try:
-            number = float(value)
-        except ValueError:
-            continue
-        totals[name] = totals.get(name, 0.0) + number
-        if name_labels != name:
-            totals[name_labels] = number
+    for (name, _), value in samples.items():
+        totals[name] = totals.get(name, 0.0) + value
     return totals
 
 
-def upstream_calls(sim: Server) -> tuple[int, int]:
+def upstream_calls(sim: Simulator) -> tuple[int, int]:
     """Requests the simulator has received so far, and how many it answered 500."""
-    with urllib.request.urlopen(sim.url + "/_stats?keys=0&recent=0", timeout=5) as response:
-        stats = json.loads(response.read())
+    stats = sim.stats("?keys=0&recent=0")
     return int(stats["requests"]), int(stats.get("by_status", {}).get("500", 0))
 
 
 def rss_mb(pid: int) -> float | None:
     """Resident set size of ``pid`` in MiB (None once it is gone)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
+    kib = probes.rss_kib(pid)
+    return None if kib is None else kib / 1024
 
 
 def _failed(result: loadgen.Result) -> int:
@@ -197,7 +180,7 @@ def saturation(target: loadgen.Target, seconds: float, connections: int) -> floa
     return result.rps
 
 
-def soak(service: Server, sim: Server, keys: Sequence[int], make_target: TargetFactory, *,
+def soak(service: Server, sim: Simulator, keys: Sequence[int], make_target: TargetFactory, *,
          rate: float, duration_s: float, connections: int,
          rows: int) -> tuple[Soak, loadgen.Result]:
     """Offer ``rate`` req/s for ``duration_s`` in 20 back-to-back open-loop runs, sampling after
@@ -250,7 +233,7 @@ def _merge(total: loadgen.Result, part: loadgen.Result) -> None:
     total.latencies_s.extend(part.latencies_s)
 
 
-def _sample(service: Server, sim: Server, live: loadgen.Result, part: loadgen.Result,
+def _sample(service: Server, sim: Simulator, live: loadgen.Result, part: loadgen.Result,
             t_s: float, record: Soak) -> Sample:
     """Observe the processes now; ``part`` is the interval just run, ``live`` the total."""
     pids = service.child_pids()

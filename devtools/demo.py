@@ -15,6 +15,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from devtools.harness import Processes, StartError  # noqa: E402
+from measure_service.config import boolean  # noqa: E402
 
 # The simulator checks this token, so the demo exercises the real upstream auth path.
 UPSTREAM_TOKEN = "demo-upstream-token"
@@ -33,7 +34,8 @@ def service_env(api_key: str, environ: dict[str, str]) -> dict[str, str]:
         "API_KEYS": api_key,
         "WAIT_FOR_MISSING": environ.get("WAIT_FOR_MISSING", "true"),
         "WAIT_WINDOW_MS": environ.get("WAIT_WINDOW_MS", "200"),
-        "WEB_CONCURRENCY": environ.get("WEB_CONCURRENCY", "2"),
+        # One worker: each worker has its own cache, and the README's examples show one cache.
+        "WEB_CONCURRENCY": environ.get("WEB_CONCURRENCY", "1"),
     }
 
 
@@ -54,8 +56,8 @@ def banner(port: int, sim_port: int, api_key: str, waits: bool, logs: Path) -> s
         f"Service:   http://127.0.0.1:{port}  (metrics at /metrics)\n"
         f"Simulator: http://127.0.0.1:{sim_port}  (stats at /_stats)\n"
         f"Logs:      {logs}\n\n"
-        f"Try it. {first} repeat it and it becomes a 'hit'. Each worker keeps its\n"
-        "own cache, so with WEB_CONCURRENCY=2 the other worker may fetch once too:\n\n"
+        f"Try it. {first} repeat it and it becomes a 'hit'\n"
+        "(each worker has its own cache: with WEB_CONCURRENCY=2, each fetches a key once):\n\n"
         f"  curl -s -X POST http://127.0.0.1:{port}/v2/measure \\\n"
         f"    -H 'Authorization: Bearer {api_key}' -H 'Content-Type: application/json' \\\n"
         f"    -d '{EXAMPLE_BODY}'\n\n"
@@ -75,7 +77,7 @@ def main() -> int:
                 latency_ms=100, jitter_ms=30, token=UPSTREAM_TOKEN, port=sim_port
             )
             service = procs.service(simulator, env=env, port=port)
-            waits = env["WAIT_FOR_MISSING"].strip().lower() in ("1", "true", "yes", "on")
+            waits = boolean("WAIT_FOR_MISSING", env["WAIT_FOR_MISSING"])
             print(banner(port, sim_port, api_key, waits, procs.log_dir), flush=True)
             while service.process.poll() is None and simulator.process.poll() is None:
                 time.sleep(0.5)

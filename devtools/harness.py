@@ -34,6 +34,8 @@ from typing import Any
 
 import requests
 
+from devtools.probes import Samples, cpu_seconds, parse_metrics
+
 ROOT = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
 MEASURE_APP = "measure_service.wsgi:app"
@@ -83,6 +85,12 @@ class Server:
     def get(self, path: str, **kwargs: Any) -> requests.Response:
         """GET a path of this server."""
         return requests.get(f"{self.url}{path}", headers=_CLOSE, timeout=10, **kwargs)
+
+    def metrics(self) -> Samples:
+        """The samples of this server's ``/metrics`` (from whichever worker answers)."""
+        response = self.get("/metrics")
+        response.raise_for_status()
+        return parse_metrics(response.text)
 
     def log_tail(self, lines: int = 30) -> str:
         """The last ``lines`` lines this process wrote to stdout or stderr."""
@@ -214,39 +222,6 @@ class RedisServer(Server):
                     return
             time.sleep(0.02)
         raise StartError(f"redis-server did not answer PING:\n{self.log_tail()}")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU seconds used so far by ``pid`` (0 once it is gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    # Fields after the parenthesised command name; utime and stime are the 12th and 13th.
-    fields = stat.rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
-
-
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def client_connections(pid: int, port: int) -> int:
-    """Established TCP connections that ``pid`` holds on local port ``port``."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            link = os.readlink(fd)
-        except OSError:
-            continue
-        if link.startswith("socket:["):
-            inodes.add(link[len("socket:["):-1])
-    count = 0
-    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if (int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01"
-                and fields[9] in inodes):
-            count += 1
-    return count
 
 
 def wait_ready(server: Server, path: str, timeout_s: float = 30.0) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -20,12 +21,13 @@ from typing import IO, Any
 import gevent
 import orjson
 from flask import Blueprint, Response, current_app
+from gevent import getcurrent
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request as WerkzeugRequest
 
 from measure_service import logs
 from measure_service.config import Config
-from measure_service.fetcher import Fetcher, Outcome
+from measure_service.fetcher import Fetcher, RowOutcome
 from measure_service.rows import (
     ROW_STATUSES,
     BodyError,
@@ -38,14 +40,16 @@ from measure_service.rows import (
 
 EXTENSION = "measure_service"
 MEASURE_PATH = "/v2/measure"
-# Set by the server (``worker.GeventWorker``): call it to close the connection after the answer.
-ENVIRON_CLOSE_CONNECTION = "measure.close_connection"
+# Set by the server (``gunicorn_worker.GeventWorker``): closes the current request's connection
+# after its answer.
+CLOSE_CONNECTION = "measure_service.close_connection"
 _LOG = logging.getLogger(__name__)
 _JSON = "application/json"
-_INVALID = Outcome("invalid")
+_INVALID = RowOutcome("invalid")
 _NO_QUERY = QueryParams(None, None)
 _ALLOW = "OPTIONS, POST"
 _UNREADABLE = "body could not be read (broken chunked encoding or cut short)"
+_STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
@@ -173,6 +177,53 @@ class _BodyTimeout(Exception):
     """The client did not send its whole body within BODY_TIMEOUT_MS."""
 
 
+class _BodyReads:
+    """The body reads under way in this process, each with its deadline.
+
+    One watcher greenlet, alive while reads are under way, wakes every ``tick_s`` and interrupts
+    the reads past their deadline: a timer per request would cost more than most reads, which
+    find the body already received. A deadline is kept within one tick.
+    """
+
+    def __init__(self, tick_s: float) -> None:
+        """Check the deadlines every ``tick_s`` seconds."""
+        self._tick_s = tick_s
+        self._deadlines: dict[Any, float] = {}  # by greenlet
+        self._watching = False
+
+    def start(self, timeout_s: float) -> None:
+        """The current greenlet starts reading a body, to be done within ``timeout_s``."""
+        self._deadlines[getcurrent()] = time.monotonic() + timeout_s
+        if not self._watching:
+            self._watching = True
+            gevent.spawn(self._watch)
+
+    def finish(self) -> None:
+        """The current greenlet is done reading (whether it got the body or not)."""
+        self._deadlines.pop(getcurrent(), None)
+
+    def _watch(self) -> None:
+        try:
+            while self._deadlines:
+                gevent.sleep(self._tick_s)
+                now = time.monotonic()
+                late = [reader for reader, at in self._deadlines.items() if at <= now]
+                for reader in late:
+                    # From the hub, as gevent.Timeout does, and only if still reading then.
+                    gevent.get_hub().loop.run_callback(self._interrupt, reader, now)
+        finally:
+            self._watching = False
+
+    def _interrupt(self, reader: Any, now: float) -> None:
+        deadline = self._deadlines.get(reader)
+        if deadline is not None and deadline <= now:
+            del self._deadlines[reader]
+            reader.throw(_BodyTimeout())
+
+
+_READS = _BodyReads(tick_s=0.05)
+
+
 class MeasureEndpoint:
     """The one door of ``POST /v2/measure``: every answer of that path comes from here.
 
@@ -205,7 +256,7 @@ class MeasureEndpoint:
             _LOG.exception("unhandled error")
             status, body = 500, _encode({"error": "internal error"})
         sent = [("Content-Type", _JSON), ("Content-Length", str(len(body))), *headers.items()]
-        start_response(f"{status} {HTTPStatus(status).phrase}", sent)
+        start_response(_STATUS_LINES[status], sent)
         return [] if method == "HEAD" else [body]
 
     def _serve(self, method: str | None, environ: dict[str, Any]) -> bytes:
@@ -222,7 +273,17 @@ class MeasureEndpoint:
         if not _is_json(environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()):
             raise HttpError(415, "Content-Type must be application/json")
         config = services.config
-        body = _read_body(environ, config.max_body_bytes, config.body_timeout_ms / 1000)
+        try:
+            body = _read_body(environ, config.max_body_bytes, config.body_timeout_ms / 1000)
+        except _BodyTimeout:
+            # The rest of the body may still come: it must not be read as the next request.
+            close_connection = self._extensions.get(CLOSE_CONNECTION)
+            if close_connection is not None:
+                close_connection()
+            raise HttpError(
+                408, f"the body did not arrive within {config.body_timeout_ms} ms",
+                {"Connection": "close"},
+            ) from None
         try:
             # werkzeug's own query parsing, as Flask's ``request.args``, without a context.
             query = WerkzeugRequest(environ).args if environ.get("QUERY_STRING") else None
@@ -234,7 +295,7 @@ class MeasureEndpoint:
 
 
 def _read_body(environ: dict[str, Any], limit: int, timeout_s: float) -> bytes:
-    """The whole body, within ``limit`` bytes and ``timeout_s`` seconds; else HttpError."""
+    """The whole body within ``limit`` bytes, else HttpError; _BodyTimeout after ``timeout_s``."""
     coding = environ.get("HTTP_TRANSFER_ENCODING")
     if coding is not None and coding.strip().lower() != "chunked":
         raise HttpError(400, "Transfer-Encoding must be chunked (or absent)")
@@ -247,21 +308,17 @@ def _read_body(environ: dict[str, Any], limit: int, timeout_s: float) -> bytes:
         if length > limit:
             raise HttpError(413, f"body is larger than {limit} bytes")
     stream: IO[bytes] = environ["wsgi.input"]
+    _READS.start(timeout_s)
     try:
-        with gevent.Timeout(timeout_s, _BodyTimeout):
-            body = _read_at_most(stream, limit + 1 if length is None else length)
+        body = _read_at_most(stream, limit + 1 if length is None else length)
     except _BodyTimeout:
-        # The rest of the body may still come: it must not be read as the next request.
-        close = environ.get(ENVIRON_CLOSE_CONNECTION)
-        if close is not None:
-            close()
-        raise HttpError(
-            408, f"the body did not arrive within {timeout_s:g} s", {"Connection": "close"}
-        ) from None
+        raise
     except Exception:
         # The server's reader raises its own types for broken chunked framing or a lost
         # client; either way the body is unusable, and the client's fault.
         raise HttpError(400, _UNREADABLE) from None
+    finally:
+        _READS.finish()
     if length is None and len(body) > limit:
         raise HttpError(413, f"body is larger than {limit} bytes")
     if length is not None and len(body) < length:
@@ -282,7 +339,7 @@ def _read_at_most(stream: IO[bytes], size: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def _document(rows: list[Row], outcomes: Iterator[Outcome]) -> dict[str, Any]:
+def _document(rows: list[Row], outcomes: Iterator[RowOutcome]) -> dict[str, Any]:
     coverage = dict.fromkeys(ROW_STATUSES, 0)
     out_rows = []
     total = 0.0

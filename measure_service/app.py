@@ -15,7 +15,13 @@ from measure_service import api, exporter, logs, openapi, shared_tier
 from measure_service.bookkeeping import RequestBookkeeping
 from measure_service.breaker import CircuitBreaker
 from measure_service.config import Config
-from measure_service.fetcher import Cache, Entry, Fetcher, FetcherSettings, Upstream
+from measure_service.fetcher import (
+    AnswerCache,
+    CachedAnswer,
+    Fetcher,
+    FetcherSettings,
+    Upstream,
+)
 from measure_service.rows import RowKey
 from measure_service.upstream import UpstreamClient
 from weighted_cache import Cache as WeightedCache
@@ -25,7 +31,7 @@ def create_app(
     config: Config | None = None,
     *,
     upstream: Upstream | None = None,
-    cache: Cache | None = None,
+    cache: AnswerCache | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> Flask:
     """Build the app from ``config`` (default: the environment).
@@ -92,12 +98,14 @@ CACHE_EXTENSION = "measure_service.cache"
 _CLOSERS = "measure_service.closers"
 
 
-def _default_cache(config: Config, clock: Callable[[], float]) -> WeightedCache[RowKey, Entry]:
+def _default_cache(
+    config: Config, clock: Callable[[], float]
+) -> WeightedCache[RowKey, CachedAnswer]:
     return WeightedCache(config.cache_max_cost, clock=clock)
 
 
 def _build_services(
-    config: Config, upstream: Upstream | None, cache: Cache, clock: Callable[[], float]
+    config: Config, upstream: Upstream | None, cache: AnswerCache, clock: Callable[[], float]
 ) -> tuple[api.Services, list[Callable[[], None]]]:
     """The services of one app, and what to close at exit (in order: fetches first)."""
     closers: list[Callable[[], None]] = []

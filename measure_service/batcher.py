@@ -111,14 +111,11 @@ class Batcher(Generic[G, T]):
         latency = self.latency_s
         # Holding saves requests but delays answers, so it happens only when the delay cannot
         # cost a waiting caller its answer: nobody waits, or a batch sent now would come back
-        # after the callers stopped waiting anyway (a 45 ms window, a 100 ms upstream). With a
-        # 20 ms upstream and a 45 ms window, holding would answer a miss that just missed a
-        # batch after about 2 ms + 2 x 20 ms. Measured on a loaded machine: 68% of cold rows
-        # came back ``fetched`` with that hold, and 66-97% with half of it, against a 99%
-        # target (bench/UPSTREAM_ECONOMY.md). The hold lasts one send: a batch waiting that long
-        # leaves about when the one ahead comes back anyway, so a longer hold saves nothing,
-        # and the cap only cuts short a straggler or a hung call (the breaker needs the next
-        # failures to come soon).
+        # after the callers stopped waiting anyway (upstream slower than the wait window). A
+        # fast upstream and a waiting caller get no hold (bench/README.md has the figures).
+        # The hold lasts one send: a batch waiting that long leaves about when the one ahead
+        # comes back anyway, so a longer hold saves nothing, and the cap only cuts short a
+        # straggler or a hung call (the breaker needs the next failures to come soon).
         if self._window_s + latency > self._answer_within_s:
             return latency
         return 0.0

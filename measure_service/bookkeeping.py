@@ -10,10 +10,10 @@
   ``/healthcheck`` and ``/readyz``: probes and scrapes are not traffic;
 - at DEBUG, logs one "request handled" line with the fields the access log has.
 
-Flask's before/after/teardown hooks did this for about 15 us a request (each hook costs a
-coroutine check and proxy lookups); here it is one call. The ``path`` label is one of the app's
-fixed routes, else ``unmatched``, and an unusual method is ``other``, so that hostile requests
-cannot create new time series.
+Flask's before/after/teardown hooks would cost more (each hook is a coroutine check and proxy
+lookups); here it is one call, around every request, ``api.MeasureEndpoint``'s included.
+The ``path`` label is one of the app's fixed routes, else ``unmatched``, and an unusual method
+is ``other``, so that hostile requests cannot create new time series.
 """
 
 from __future__ import annotations

@@ -42,12 +42,12 @@ _LOG = logging.getLogger(__name__)
 _MAX_TRACE_IDS_LOGGED = 20
 
 
-class Cache(Protocol):
+class AnswerCache(Protocol):
     """The part of ``weighted_cache.Cache`` the fetcher uses."""
 
-    def get(self, key: RowKey) -> Entry | None: ...
+    def get(self, key: RowKey) -> CachedAnswer | None: ...
     def set(
-        self, key: RowKey, value: Entry, cost: float | None = None, ttl: float | None = None
+        self, key: RowKey, value: CachedAnswer, cost: float | None = None, ttl: float | None = None
     ) -> bool: ...
     def ttl(self, key: RowKey) -> float | None: ...
 
@@ -68,7 +68,7 @@ class Breaker(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class Entry:
+class CachedAnswer:
     """What the cache holds for one key: upstream's answer, when it came, and what it costs."""
 
     total_emissions: float | None
@@ -78,7 +78,7 @@ class Entry:
     cost: float
 
 
-class Outcome(NamedTuple):
+class RowOutcome(NamedTuple):
     """The answer for one row: its status and, when known, the cached entry.
 
     A NamedTuple rather than a frozen dataclass: one is built per row on the hit path, and a
@@ -86,14 +86,14 @@ class Outcome(NamedTuple):
     """
 
     status: RowStatus
-    entry: Entry | None = None
+    entry: CachedAnswer | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Lookup:
     """The outcomes of one request's rows, in order, and the counts the access log reports."""
 
-    outcomes: list[Outcome]
+    outcomes: list[RowOutcome]
     hits: int
     misses: int
 
@@ -118,8 +118,8 @@ class FetchFailed(Exception):
     """A fetch ended without an answer for the key (the upstream call failed)."""
 
 
-_PENDING = Outcome("pending")
-_UNAVAILABLE = Outcome("unavailable")
+_PENDING = RowOutcome("pending")
+_UNAVAILABLE = RowOutcome("unavailable")
 
 
 class Fetcher:
@@ -127,7 +127,7 @@ class Fetcher:
 
     def __init__(
         self,
-        cache: Cache,
+        cache: AnswerCache,
         upstream: Upstream,
         settings: FetcherSettings,
         *,
@@ -146,7 +146,7 @@ class Fetcher:
         self._settings = settings
         self._breaker = breaker
         self._clock = clock
-        self._flights: SingleFlight[RowKey, Entry] = SingleFlight()
+        self._flights: SingleFlight[RowKey, CachedAnswer] = SingleFlight()
         # Lowest cost (highest weight) asked for each key in flight: the value is stored with it.
         self._costs: dict[RowKey, float] = {}
         self._batcher: Batcher[QueryParams, tuple[RowKey, str | None]] = Batcher(
@@ -165,10 +165,10 @@ class Fetcher:
         """
         now = self._clock()
         settings = self._settings
-        outcomes: list[Outcome] = []
+        outcomes: list[RowOutcome] = []
         waits: list[tuple[int, AsyncResult]] = []
         hits = stale = coalesced = 0
-        refused: dict[str, int] = {}  # a plain dict: a Counter costs ~1 us to build
+        refused: dict[str, int] = {}  # a plain dict: a Counter is slower to build
         missed: list[tuple[int, RowKey, float]] = []
         status: RowStatus
         for key, cost in rows:
@@ -185,7 +185,7 @@ class Fetcher:
                 hits += status != "stale"
                 if cost < entry.cost:
                     entry = self._lower_cost(key, entry, cost)
-                outcomes.append(Outcome(status, entry))
+                outcomes.append(RowOutcome(status, entry))
                 continue
             missed.append((len(outcomes), key, cost))
             outcomes.append(_PENDING)
@@ -216,7 +216,8 @@ class Fetcher:
                 continue
             if result.successful():
                 entry = result.value
-                outcomes[index] = Outcome("error" if entry.error is not None else "fetched", entry)
+                status = "error" if entry.error is not None else "fetched"
+                outcomes[index] = RowOutcome(status, entry)
             else:
                 outcomes[index] = _UNAVAILABLE
                 reason = _failure_reason(result.exception)
@@ -255,7 +256,7 @@ class Fetcher:
     # --- the shared tier ----------------------------------------------------------------------
 
     def _read_shared(
-        self, missed: list[tuple[int, RowKey, float]], outcomes: list[Outcome]
+        self, missed: list[tuple[int, RowKey, float]], outcomes: list[RowOutcome]
     ) -> tuple[list[tuple[int, RowKey, float]], int, int]:
         """Answer the misses the shared tier holds, in ``outcomes``; return the rest, how many
         it answered and how many of those were stale. Keys with a fetch in flight here are not
@@ -275,20 +276,22 @@ class Fetcher:
             entry = self._remember(key, row, cost)
             answered += 1
             if entry.error is not None:
-                outcomes[index] = Outcome("error", entry)
+                outcomes[index] = RowOutcome("error", entry)
             elif self._clock() - entry.fetched_at < self._settings.ttl_s:
-                outcomes[index] = Outcome("hit", entry)
+                outcomes[index] = RowOutcome("hit", entry)
             else:
-                outcomes[index] = Outcome("stale", entry)
+                outcomes[index] = RowOutcome("stale", entry)
                 stale += 1
                 self._refresh(key, cost)
         return rest, answered, stale
 
-    def _remember(self, key: RowKey, row: SharedRow, cost: float) -> Entry:
+    def _remember(self, key: RowKey, row: SharedRow, cost: float) -> CachedAnswer:
         """``row`` as an entry of the in-process cache, stored there until Redis drops it."""
         assert self._shared is not None
         fetched_at = self._clock() - self._shared.age(row)
-        entry = Entry(row.total_emissions, row.inventory_coverage, row.error, fetched_at, cost)
+        entry = CachedAnswer(
+            row.total_emissions, row.inventory_coverage, row.error, fetched_at, cost
+        )
         self._cache.set(key, entry, cost=cost, ttl=self._shared.lifetime_left(row))
         return entry
 
@@ -325,7 +328,7 @@ class Fetcher:
         if key in self._flights:
             self._batcher.add(key.params, (key, None))
 
-    def _lower_cost(self, key: RowKey, entry: Entry, cost: float) -> Entry:
+    def _lower_cost(self, key: RowKey, entry: CachedAnswer, cost: float) -> CachedAnswer:
         """Re-store ``entry`` at the lower ``cost`` a heavier row asks for, keeping its expiry."""
         try:
             remaining = self._cache.ttl(key)
@@ -373,7 +376,7 @@ class Fetcher:
                 if answer is None:
                     continue  # settled as a failure below
                 cost = self._costs.pop(key, 1)
-                entry = Entry(
+                entry = CachedAnswer(
                     answer.total_emissions, answer.inventory_coverage, answer.error, now, cost
                 )
                 settings = self._settings

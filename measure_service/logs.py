@@ -103,8 +103,8 @@ class SampledAccessLogger(GunicornLogger):  # type: ignore[misc]
     """gunicorn's logger, deciding whether to keep an access line before building it.
 
     gunicorn builds every access line's atoms (a dict of each header and environ entry) before
-    any logging filter sees the record; dropping 99% of the lines in a filter still paid for
-    them all, about 9% of a worker's CPU on the hit path. Use :func:`sampled_access_logger`.
+    any logging filter sees the record; dropping most lines in a filter still paid for them all,
+    a visible share of a worker's CPU on the hit path. Use :func:`sampled_access_logger`.
     """
 
     sampler = SampleFilter(1.0)

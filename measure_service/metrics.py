@@ -5,7 +5,8 @@ and the app factory may run many times in one process (tests). Under gunicorn,
 ``PROMETHEUS_MULTIPROC_DIR`` is set by ``gunicorn.conf.py`` before this module is imported, so
 every value here is written to the shared multiprocess directory and summed across workers.
 
-Hot paths increment once per request with a count (``inc(n)``), never once per row.
+Hot paths increment once per request with a count (``inc(n)``), never once per row. Values
+are buffered in memory and written to the files by :func:`flush` (see :class:`BufferedValue`).
 
 prometheus_client picks its value class (in-memory or multiprocess files) when it is first
 imported, so this module must be imported before it. When no directory is set (a test process, a
@@ -16,12 +17,14 @@ way gunicorn workers do, and ``/metrics`` reads them the same way.
 from __future__ import annotations
 
 import os
+from typing import Any
 
-from measure_service.config import ensure_metrics_dir
+from measure_service.config import METRICS_DIR_VARIABLE, ensure_metrics_dir
 
 ensure_metrics_dir()
 
 from prometheus_client import Counter, Gauge, Histogram, values  # noqa: E402
+from prometheus_client.mmap_dict import MmapedDict, mmap_key  # noqa: E402
 
 if not getattr(values.ValueClass, "_multiprocess", False):
     raise RuntimeError(
@@ -30,13 +33,101 @@ if not getattr(values.ValueClass, "_multiprocess", False):
         "import measure_service.metrics first."
     )
 
-# Every increment asks for the process id, to notice a fork, and os.getpid is a system call on
-# the hit path. The id is kept here, renewed in a child.
-_PID = [os.getpid()]
-os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
-values.ValueClass = values.MultiProcessValue(  # type: ignore[no-untyped-call]
-    process_identifier=lambda: _PID[0]
-)
+
+
+class BufferedValue:
+    """One metric value of this process: changed in memory, written to its file by :func:`flush`.
+
+    prometheus_client's multiprocess value takes a lock, checks the process id and writes its
+    mmap on every change; the hit path makes several changes a request. Here a change is an
+    addition, and the files (what ``/metrics`` reads, summed over workers) are written by
+    :func:`flush`: each second, before every scrape this worker answers, and when the app
+    closes. A worker killed outright loses at most its last second of counts.
+    """
+
+    _multiprocess = True
+    __slots__ = ("_file", "_key", "_prefix", "_timestamp", "_value")
+
+    def __init__(
+        self,
+        typ: str,
+        metric_name: str,
+        name: str,
+        labelnames: list[str],
+        labelvalues: list[str],
+        help_text: str,
+        multiprocess_mode: str = "",
+        **kwargs: Any,
+    ) -> None:
+        """Open (or continue) this value in this process's file of its type."""
+        self._prefix = f"{typ}_{multiprocess_mode}" if typ == "gauge" else typ
+        self._key = mmap_key(metric_name, name, labelnames, labelvalues, help_text)
+        self._open()
+        _VALUES.append(self)
+
+    def _open(self) -> None:
+        self._file = _file(self._prefix)
+        found = self._file.read_value(self._key)  # type: ignore[no-untyped-call]
+        self._value: float = found[0]
+        self._timestamp: float = found[1]
+
+    def inc(self, amount: float) -> None:
+        """Add ``amount``."""
+        self._value += amount
+        _DIRTY.add(self)
+
+    def set(self, value: float, timestamp: float | None = None) -> None:
+        """Set the value."""
+        self._value = value
+        self._timestamp = timestamp or 0.0
+        _DIRTY.add(self)
+
+    def set_exemplar(self, exemplar: Any) -> None:
+        """Exemplars are not kept in multiprocess mode."""
+
+    def get(self) -> float:
+        """The value in this process."""
+        return self._value
+
+    def get_exemplar(self) -> None:
+        """Exemplars are not kept in multiprocess mode."""
+        return None
+
+
+_VALUES: list[BufferedValue] = []
+_DIRTY: set[BufferedValue] = set()
+_FILES: dict[str, MmapedDict] = {}
+
+
+def _file(prefix: str) -> MmapedDict:
+    found = _FILES.get(prefix)
+    if found is None:
+        path = os.path.join(os.environ[METRICS_DIR_VARIABLE], f"{prefix}_{os.getpid()}.db")
+        found = _FILES[prefix] = MmapedDict(path)  # type: ignore[no-untyped-call]
+    return found
+
+
+def flush() -> None:
+    """Write every value changed since the last flush to this process's files."""
+    while _DIRTY:
+        value = _DIRTY.pop()
+        value._file.write_value(  # type: ignore[no-untyped-call]
+            value._key, value._value, value._timestamp
+        )
+
+
+def _start_afresh_in_child() -> None:
+    """A forked worker starts its own files, from zero, and never writes its parent's."""
+    for opened in _FILES.values():
+        opened.close()  # type: ignore[no-untyped-call]
+    _FILES.clear()
+    _DIRTY.clear()
+    for value in _VALUES:
+        value._open()
+
+
+os.register_at_fork(after_in_child=_start_afresh_in_child)
+values.ValueClass = BufferedValue
 
 # Latency buckets fine enough to read a 1 ms p50 and a 10 ms p99.
 FAST_BUCKETS = (

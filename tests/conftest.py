@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -33,6 +32,7 @@ for _path in (ROOT, ROOT / "bench"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
+from devtools import probes  # noqa: E402
 from devtools.harness import (  # noqa: E402
     REDIS_SERVER,
     Processes,
@@ -67,17 +67,11 @@ T = TypeVar("T")
 
 
 def eventually(check: Callable[[], T | None], timeout_s: float = 10.0) -> T:
-    """Poll ``check`` until it returns something truthy, and return that; fail after timeout_s.
-
-    For effects that land a moment after a response: log lines, metrics files, background fetches.
-    """
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.02)
-    pytest.fail(f"{check} never became true within {timeout_s} s")
+    """:func:`devtools.probes.eventually`, failing the test when ``check`` never holds."""
+    try:
+        return probes.eventually(check, timeout_s)
+    except TimeoutError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture

@@ -23,14 +23,13 @@ import signal
 import subprocess
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 
 import gevent
 import gevent.event
 import loadgen
 import pytest
 
-from devtools.harness import client_connections
+from devtools.probes import client_connections, eventually
 from tests.conftest import API_KEY, Processes, Service
 
 pytestmark = pytest.mark.integration
@@ -93,19 +92,12 @@ class Load:
 
 def _eventually(check: Callable[[], bool]) -> None:
     # Polls with gevent.sleep so that the load's greenlets keep running meanwhile.
-    with gevent.Timeout(PROCESS_DEADLINE_S, AssertionError(f"{check} never became true")):
-        while not check():
-            gevent.sleep(0.02)
+    eventually(check, PROCESS_DEADLINE_S, sleep=gevent.sleep)
 
 
 def workers(service: Service) -> set[int]:
     """Pids of the master's live worker processes."""
-    pid = service.process.pid
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return set()
-    return {int(child) for child in children}
+    return service.worker_pids()
 
 
 

@@ -19,7 +19,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import gevent
@@ -28,6 +27,7 @@ import pytest
 import requests
 from flask import Flask
 
+from devtools import probes
 from measure_service.app import close_app, create_app
 from measure_service.config import Config
 from tests.conftest import Processes, Service, Simulator
@@ -53,7 +53,9 @@ def cold() -> dict[str, Any]:
 
 
 def open_fds(pid: int) -> int:
-    return sum(1 for _ in Path(f"/proc/{pid}/fd").iterdir())
+    count = probes.open_fds(pid)
+    assert count is not None, f"worker {pid} is gone"
+    return count
 
 
 def in_flight(service: Service) -> float:

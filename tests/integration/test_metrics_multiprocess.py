@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,8 @@ from typing import Any
 import pytest
 import requests
 from prometheus_client.multiprocess import MultiProcessCollector
-from prometheus_client.parser import text_string_to_metric_families
 
+from devtools.probes import Samples, metric_total
 from tests.conftest import Processes, Service, Simulator, eventually
 
 pytestmark = pytest.mark.integration
@@ -63,22 +64,12 @@ def doomed_workers(processes: Processes, doomed_dir: Path) -> Service:
     return start(processes, doomed_dir)
 
 
-def scrape(service: Service) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+def scrape(service: Service) -> Samples:
     """Every sample of one /metrics answer (from whichever worker took it)."""
-    response = service.get("/metrics")
-    response.raise_for_status()
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
+    return service.metrics()
 
 
-def total(samples: dict[Any, float], name: str, **labels: str) -> float:
-    """The sum of ``name`` over every label set that includes ``labels``."""
-    wanted = set(labels.items())
-    return sum(value for (sample, tags), value in samples.items()
-               if sample == name and wanted <= tags)
+total = metric_total
 
 
 def per_worker(directory: Path, kind: str, name: str, **labels: str) -> dict[int, float]:
@@ -97,16 +88,22 @@ def per_worker(directory: Path, kind: str, name: str, **labels: str) -> dict[int
 
 def post_until_both_workers_served(service: Service, metrics_dir: Path) -> int:
     """Send rounds of 20 requests, 8 in parallel, until both workers served; return the count."""
+    def both_served() -> bool:
+        served = per_worker(metrics_dir, "histogram", REQUEST_COUNT, **MEASURE_OK)
+        return len(served) == WORKERS and all(served.values())
+
     sent = 0
     with ThreadPoolExecutor(8) as pool:
         while sent < MAX_REQUESTS:
             statuses = list(pool.map(lambda _: service.post(ROWS).status_code, range(20)))
             assert statuses == [200] * len(statuses)
             sent += len(statuses)
-            served = per_worker(metrics_dir, "histogram", REQUEST_COUNT, **MEASURE_OK)
-            if sent >= MIN_REQUESTS and len(served) == WORKERS and all(served.values()):
+            if sent >= MIN_REQUESTS and both_served():
                 return sent
-    pytest.fail(f"{MAX_REQUESTS} requests did not reach both workers")
+            # A worker writes its counts to its file within a second: give it the time.
+            time.sleep(0.1)
+    eventually(both_served, timeout_s=3.0)
+    return sent
 
 
 def replaced(samples: dict[Any, float]) -> dict[Any, float] | None:
@@ -118,7 +115,12 @@ def test_request_and_row_counters_add_up_over_both_workers(
     two_workers: Service, metrics_dir: Path
 ) -> None:
     sent = post_until_both_workers_served(two_workers, metrics_dir)
-    samples = scrape(two_workers)
+    # Each worker writes its values to its files within a second.
+    def counted_all() -> dict[Any, float] | None:
+        samples = scrape(two_workers)
+        return samples if total(samples, REQUEST_COUNT, **MEASURE_OK) == sent else None
+
+    samples = eventually(counted_all)
     assert total(samples, REQUEST_COUNT, **MEASURE_OK) == sent
     assert total(samples, "flask_http_request_total", method="POST", status="200") == sent
     rows = total(samples, "measure_cache_hits_total") + total(samples, "measure_cache_misses_total")
@@ -129,9 +131,12 @@ def test_a_killed_workers_gauges_leave_the_sum_while_its_counts_stay(
     doomed_workers: Service, doomed_dir: Path
 ) -> None:
     sent = post_until_both_workers_served(doomed_workers, doomed_dir)
-    # Every worker refreshes its own gauges each second.
+    # Every worker writes its counts and gauges to its files each second; what a worker counted
+    # after its last write dies with it.
     held = WORKERS * len(ROWS)
     eventually(lambda: total(scrape(doomed_workers), "measure_cache_entries") == held)
+    eventually(lambda: sum(per_worker(doomed_dir, "histogram", REQUEST_COUNT, **MEASURE_OK)
+                           .values()) == sent)
     victim = next(iter(per_worker(doomed_dir, "gauge_livesum", "measure_cache_entries")))
 
     os.kill(victim, signal.SIGKILL)

@@ -8,7 +8,7 @@ import gevent
 import pytest
 from prometheus_client import REGISTRY
 
-from measure_service.fetcher import Entry, Fetcher, FetcherSettings, Lookup
+from measure_service.fetcher import CachedAnswer, Fetcher, FetcherSettings, Lookup
 from measure_service.rows import RowKey
 from measure_service.upstream import UpstreamError
 from tests.measure_service.conftest import FakeClock, FakeUpstream
@@ -37,7 +37,7 @@ class Harness:
         self, upstream: FakeUpstream, clock: FakeClock, *, max_pending_rows: int = 1000,
         breaker: Any = None,
     ) -> None:
-        self.cache: Cache[RowKey, Entry] = Cache(10_000, clock=clock)
+        self.cache: Cache[RowKey, CachedAnswer] = Cache(10_000, clock=clock)
         self.upstream = upstream
         self.clock = clock
         settings = FetcherSettings(

@@ -13,8 +13,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client import REGISTRY
-from prometheus_client.parser import text_string_to_metric_families
 
+from devtools.probes import Samples, parse_metrics
 from measure_service import bookkeeping, exporter, metrics
 from measure_service.app import close_app, create_app
 from measure_service.config import Config
@@ -51,15 +51,11 @@ def client(app: Flask) -> FlaskClient:
     return app.test_client()
 
 
-def scrape(client: FlaskClient) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+def scrape(client: FlaskClient) -> Samples:
     """Every sample of one /metrics answer, by name and labels."""
     response = client.get("/metrics")
     assert response.status_code == 200
-    samples = {}
-    for family in text_string_to_metric_families(response.get_data(as_text=True)):
-        for sample in family.samples:
-            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return samples
+    return parse_metrics(response.get_data(as_text=True))
 
 
 def value(samples: dict[Any, float], name: str, **labels: str) -> float:

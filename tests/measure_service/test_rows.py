@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from measure_service import rows as rows_module
 from measure_service.rows import (
     BodyError,
     QueryParams,
@@ -375,3 +376,58 @@ def test_a_row_with_more_pairs_than_fields_is_invalid_naming_an_unknown_field() 
     (raw,) = parse_body(text.encode(), max_rows=3)
     error = validate_row(raw, NO_PARAMS).error
     assert error is not None and "unknown field 'k0'" in error
+
+
+# orjson reads a plain body; anything it could read differently goes to the strict decoder.
+SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-(10**30), max_value=10**30),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(alphabet="ab:{}[]\"\\ 1é", max_size=6),
+)
+NAMES = st.sampled_from(["rows", "inventoryId", "weight", "a", "A", "ROWS"])
+
+
+def object_text(pairs: list[tuple[str, str]]) -> str:
+    """A JSON object from already-encoded pairs, duplicate names kept as written."""
+    return "{" + ",".join(f"{json.dumps(name)}:{value}" for name, value in pairs) + "}"
+
+
+VALUES = st.recursive(
+    SCALARS.map(json.dumps),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3).map(lambda items: "[" + ",".join(items) + "]"),
+        st.lists(st.tuples(NAMES, inner), max_size=3).map(object_text),
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(NAMES, VALUES), max_size=4).map(object_text))
+def test_the_fast_decoder_reads_a_body_as_the_strict_one_does_or_not_at_all(text: str) -> None:
+    body = text.encode()
+    fast = rows_module._decode_plain(body)
+    if fast is None:
+        return
+    strict = as_dicts(rows_module._decode_strict(body))
+    assert fast == strict
+    assert repr(fast) == repr(strict)  # 1 and 1.0 and True differ
+
+
+def as_dicts(value: Any) -> Any:
+    """The strict decoder's objects (tuples of pairs) as dicts, for comparison."""
+    if isinstance(value, tuple):
+        return {name: as_dicts(item) for name, item in value}
+    if isinstance(value, list):
+        return [as_dicts(item) for item in value]
+    return value
+
+
+def test_duplicate_keys_are_refused_even_when_the_body_looks_plain() -> None:
+    with pytest.raises(BodyError, match="duplicate key"):
+        parse_body(b'{"rows": [{"inventoryId": "a.com", "inventoryId": "b.com"}]}', 10)
+
+
+def test_an_integer_beyond_64_bits_stays_an_integer() -> None:
+    raw = parse_body(b'{"rows": [{"rowIdentifier": 123456789012345678901234567890}]}', 10)
+    assert raw[0]["rowIdentifier"] == 123456789012345678901234567890

@@ -5,8 +5,8 @@ from typing import Any
 
 import pytest
 
-from measure_service import worker
-from measure_service.worker import GeventWorker, NamedListener
+from measure_service import gunicorn_worker
+from measure_service.gunicorn_worker import GeventWorker, NamedListener
 
 
 def test_a_named_listener_still_answers_its_name_after_the_socket_is_closed() -> None:
@@ -27,7 +27,7 @@ def test_a_named_listener_passes_everything_else_to_the_socket() -> None:
 def test_the_worker_hands_gunicorn_the_named_listener(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[Any] = []
     monkeypatch.setattr(
-        worker._GunicornGeventWorker, "handle", lambda self, listener, client, addr:
+        gunicorn_worker._GunicornGeventWorker, "handle", lambda self, listener, client, addr:
         seen.append(listener),
     )
     sock = object()

@@ -1,21 +1,20 @@
 """gunicorn's gevent worker, with two fixes: the listener's address is read once, and the app can
 close the connection after its answer.
 
-gunicorn drops the app's own ``Connection: close`` header; the app asks by calling
-``environ[api.ENVIRON_CLOSE_CONNECTION]()`` instead (after a body that did not arrive in time, the
+gunicorn drops the app's own ``Connection: close`` header; the app calls
+``app.extensions[api.CLOSE_CONNECTION]()`` instead (after a body that did not arrive in time, the
 rest of it must never be read as the next request).
 
 gunicorn 27 asks the listening socket for its name on every connection it handles. During a
 graceful stop (SIGHUP reload, SIGTERM) the worker closes its listener while connections it has
 just accepted are still starting; their ``getsockname()`` then fails with EBADF and gunicorn
-drops the connection without answering (gunicorn issues #712 and #1877). Measured with
-``bench/deploys.py --close``: about 1 lost request in 20 to 40 reloads before, none after.
+drops the connection without answering (gunicorn issues #712 and #1877); ``bench/deploys.py``
+measures it.
 """
 
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from typing import Any
 
@@ -58,16 +57,17 @@ class GeventWorker(_GunicornGeventWorker):  # type: ignore[misc]
         super().handle(self._listeners.get(id(listener), listener), client, addr)
 
     def load_wsgi(self) -> None:
-        """Load the app, wrapped so that each request can ask to close its connection."""
+        """Load the app, and let its requests close their own connection."""
         super().load_wsgi()
         # Imported here, in the worker: the master must not load the app's metrics.
-        from measure_service.api import ENVIRON_CLOSE_CONNECTION
+        from measure_service.api import CLOSE_CONNECTION
 
-        app: Any = getattr(self, "wsgi")  # noqa: B009 (set by gunicorn, untyped)
-        self.wsgi: Any = _offering_close(app, ENVIRON_CLOSE_CONNECTION)
+        extensions = getattr(getattr(self, "wsgi", None), "extensions", None)
+        if isinstance(extensions, dict):
+            extensions[CLOSE_CONNECTION] = _close_current_connection
 
     def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
-        """Handle one request, making it reachable from its environ's close function."""
+        """Handle one request, as the one :func:`_close_current_connection` would close."""
         token = _REQUEST.set(req)
         try:
             return super().handle_request(listener_name, req, sock, addr)
@@ -75,15 +75,8 @@ class GeventWorker(_GunicornGeventWorker):  # type: ignore[misc]
             _REQUEST.reset(token)
 
 
-def _offering_close(
-    app: Callable[..., Iterable[bytes]], key: str
-) -> Callable[..., Iterable[bytes]]:
-    def wsgi(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        req = _REQUEST.get(None)
-        if req is not None:
-            # A request that must close makes gunicorn answer "Connection: close" and hang up.
-            environ[key] = req.force_close
-        return app(environ, start_response)
-
-    wsgi.__wrapped__ = app  # type: ignore[attr-defined]
-    return wsgi
+def _close_current_connection() -> None:
+    """Make gunicorn answer this greenlet's request with ``Connection: close``, then hang up."""
+    req = _REQUEST.get(None)
+    if req is not None:
+        req.force_close()
