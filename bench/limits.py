@@ -39,7 +39,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from devtools.harness import LOOPBACK, Processes, Server
-from measure_service.fetcher import Entry
+from measure_service.fetcher import CachedAnswer
 from measure_service.rows import (
     BYTES_PER_COST_UNIT,
     BodyError,
@@ -169,7 +169,7 @@ def fill(make: Callable[[int], dict[str, Any]], max_cost: int) -> dict[str, floa
     gc.collect()
     tracemalloc.start()
     start = tracemalloc.get_traced_memory()[0]
-    cache: Cache[Any, Entry] = Cache(max_cost)
+    cache: Cache[Any, CachedAnswer] = Cache(max_cost)
     i = 0
     while cache.cost_used < max_cost * 0.999 and i < max_cost * 4:
         (raw,) = parse_body(body_of(make(i)), 1)
@@ -177,7 +177,7 @@ def fill(make: Callable[[int], dict[str, Any]], max_cost: int) -> dict[str, floa
         assert row.key is not None, row.error
         # The value as the fetcher builds it from upstream's parsed answer.
         value = json.loads('{"c": "modeled"}')["c"]
-        cache.set(row.key, Entry(12.5 + i, value, None, float(i), row.cost), cost=row.cost)
+        cache.set(row.key, CachedAnswer(12.5 + i, value, None, float(i), row.cost), cost=row.cost)
         i += 1
     gc.collect()
     used = tracemalloc.get_traced_memory()[0] - start

@@ -9,7 +9,7 @@ import pytest
 
 from measure_service.breaker import CircuitBreaker
 from measure_service.config import Config
-from measure_service.fetcher import Entry, Fetcher, FetcherSettings
+from measure_service.fetcher import CachedAnswer, Fetcher, FetcherSettings
 from measure_service.rows import RowKey
 from measure_service.shared_tier import SharedTier, connect
 from tests.conftest import RedisServer
@@ -30,7 +30,7 @@ class Worker:
 
     def __init__(self, url: str, upstream: FakeUpstream, clock: FakeClock, wall: FakeClock,
                  lease_s: float = 5.0) -> None:
-        self.cache: Cache[RowKey, Entry] = Cache(10_000, clock=clock)
+        self.cache: Cache[RowKey, CachedAnswer] = Cache(10_000, clock=clock)
         config = Config.from_env({"AUTH_DISABLED": "true", "REDIS_URL": url})
         self.tier = SharedTier(
             connect(config), prefix="t:", lease_s=lease_s, ttl_s=TTL_S, stale_s=STALE_S,
