@@ -5,7 +5,7 @@ def test_adding_an_entry_counts_its_cost():
     store = Store()
     store.add(Entry("a", 1, 5, 0.0))
     assert store.cost_used == 5
-    assert len(store) == 1
+    assert list(store.data) == ["a"]
 
 
 def test_removing_an_entry_returns_its_cost():
@@ -14,7 +14,7 @@ def test_removing_an_entry_returns_its_cost():
     store.add(entry)
     store.remove(entry)
     assert store.cost_used == 0
-    assert store.get("a") is None
+    assert "a" not in store.data
 
 
 def test_removing_a_stale_entry_leaves_the_current_one():
@@ -25,7 +25,7 @@ def test_removing_a_stale_entry_leaves_the_current_one():
     new = Entry("a", 2, 3, 0.0)
     store.add(new)
     store.remove(old)
-    assert store.get("a") is new
+    assert store.data["a"] is new
     assert store.cost_used == 3
 
 
