@@ -5,7 +5,7 @@ Workloads (the same pre-generated key streams for every cache, best of N runs):
   set-update  ``set`` of keys already in the cache
   mixed       Zipf(1.0) over 100k keys on a 10k-capacity cache: ``get``, and ``set`` on a miss
 
-    .venv/bin/python bench/throughput.py [--ops 1000000] [--repeat 5] [--quick]
+    .venv/bin/python bench/throughput.py [--ops 1000000] [--repeat 5] [--quick] [--plot DIR]
 """
 
 from __future__ import annotations
@@ -252,6 +252,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=5, help="runs per cache; the best counts")
     parser.add_argument("--seed", type=int, default=1, help="key stream seed (default 1)")
     parser.add_argument("--quick", action="store_true", help="200k ops, 2 runs")
+    parser.add_argument("--plot", type=Path, metavar="DIR", help="also draw DIR/throughput.png")
     return parser.parse_args(argv)
 
 
@@ -265,6 +266,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     workloads = make_workloads(ops, args.seed)
     best = run(contenders, workloads, repeat)
     print_report(contenders, workloads, best)
+    if args.plot:
+        import plots  # matplotlib is needed for the chart alone
+
+        names = [contender.name for contender in contenders]
+        path = plots.throughput_chart(
+            best, [w.name for w in workloads], names, args.plot / "throughput.png"
+        )
+        print(f"drew {path}")
     return 0
 
 
