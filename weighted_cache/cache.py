@@ -503,9 +503,9 @@ class Cache(MutableMapping[K, V]):
     def metrics(self) -> Metrics:
         """Counters of hits, misses, admissions, evictions..., current as of this call.
 
-        Hits are tallied when the read buffer is applied (every 128 reads, each
-        write, and each access to this property), which keeps a hit's cost
-        down; counters read later from the returned object may lag by the
+        Hits are tallied when the read buffer is applied (when it fills, on
+        each write, and on each access to this property), which keeps a hit's
+        cost down; counters read later from the returned object may lag by the
         hits made since.
         """
         callbacks: list[_Callback] = []
