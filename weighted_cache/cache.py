@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 import threading
 import time
@@ -15,13 +14,16 @@ from collections.abc import (
     MutableMapping,
     ValuesView,
 )
-from typing import Any, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from .metrics import Metrics
 from .policy import Policy
 from .sketch import FrequencySketch
 from .store import REMOVED, Entry, Store
 from .ttl import ExpiryBuckets, Sweeper
+
+if TYPE_CHECKING:
+    import asyncio
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -449,6 +451,10 @@ class Cache(MutableMapping[K, V]):
     async def _aload(self, key: K, loader: Callable[[], Awaitable[V]],
                      cost: float | Callable[[V], float] | None, ttl: float | None) -> V:
         """The single-flight part of ``aget_or_load``, after its lookup missed."""
+        # Imported on first use: asyncio (and the ssl it loads) would otherwise be imported by
+        # every user, before gevent's monkey-patching in some of them.
+        import asyncio
+
         loop = asyncio.get_running_loop()
         # Tasks belong to one loop: callers on another loop's thread start their own.
         flight = (loop, key)

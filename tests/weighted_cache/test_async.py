@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -184,3 +186,10 @@ def test_a_cached_coroutine_method_shares_one_call_across_tasks():
 
     assert asyncio.run(main()) == [7] * 4
     assert calls == [7]
+
+
+def test_importing_the_library_leaves_asyncio_and_ssl_unimported():
+    # Sync and gevent users should not pay for asyncio, nor load ssl before monkey-patching.
+    probe = "import sys, weighted_cache; print('asyncio' in sys.modules, 'ssl' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
