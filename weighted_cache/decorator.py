@@ -6,7 +6,7 @@ import functools
 import inspect
 import threading
 from collections.abc import Callable, Hashable
-from typing import Any, NamedTuple, ParamSpec, Protocol, TypeVar, cast
+from typing import Any, NamedTuple, ParamSpec, Protocol, TypeVar, cast, overload
 
 from .cache import Cache
 
@@ -42,6 +42,12 @@ class CachedFunction(Protocol[P, R_co]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
     def cache_info(self) -> CacheInfo: ...
     def cache_clear(self) -> None: ...
+
+    # Wrappers are plain functions, so a decorated method binds ``self`` as usual.
+    @overload
+    def __get__(self, instance: None, owner: type[Any] | None = None) -> CachedFunction[P, R_co]: ...
+    @overload
+    def __get__(self, instance: object, owner: type[Any] | None = None) -> Callable[..., R_co]: ...
 
 
 def cached(
