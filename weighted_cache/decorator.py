@@ -45,7 +45,9 @@ class CachedFunction(Protocol[P, R_co]):
 
     # Wrappers are plain functions, so a decorated method binds ``self`` as usual.
     @overload
-    def __get__(self, instance: None, owner: type[Any] | None = None) -> CachedFunction[P, R_co]: ...
+    def __get__(
+        self, instance: None, owner: type[Any] | None = None
+    ) -> CachedFunction[P, R_co]: ...
     @overload
     def __get__(self, instance: object, owner: type[Any] | None = None) -> Callable[..., R_co]: ...
 
