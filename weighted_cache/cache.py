@@ -280,13 +280,8 @@ class Cache(MutableMapping[K, V]):
             elif entry is not None:
                 expire = now + ttl if ttl is not None else 0.0
                 old_value, old_cost = entry.value, entry.cost
-                if entry.expire != expire:
-                    expiry.remove(entry)
-                    entry.expire = expire
-                    if expire:
-                        expiry.add(entry)
-                entry.value = value
-                self._store.recost(entry, cost)
+                expiry.refile(entry, expire)
+                self._store.update(entry, value, cost)
                 metrics.keys_updated += 1
                 self._evicted(policy.update(entry, old_cost), callbacks)
                 if self._on_exit is not None and old_value is not value:

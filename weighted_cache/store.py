@@ -45,7 +45,7 @@ class Store:
     """Maps keys to entries and owns the summed cost of what it holds.
 
     Readers may look entries up in ``data``; every write goes through
-    ``add``/``remove``/``recost``/``clear``, so ``cost_used`` has one owner
+    ``add``/``update``/``remove``/``clear``, so ``cost_used`` has one owner
     and stays exact.
     """
 
@@ -66,8 +66,9 @@ class Store:
             del self.data[entry.key]
             self.cost_used -= entry.cost
 
-    def recost(self, entry: Entry, cost: float) -> None:
-        """Change the cost of a stored entry, keeping the total exact."""
+    def update(self, entry: Entry, value: Any, cost: float) -> None:
+        """Give a stored entry a new value and cost, keeping the total exact."""
+        entry.value = value
         self.cost_used += cost - entry.cost
         entry.cost = cost
 

@@ -29,12 +29,12 @@ def test_removing_a_stale_entry_leaves_the_current_one():
     assert store.cost_used == 3
 
 
-def test_recost_keeps_the_total_exact():
+def test_update_replaces_the_value_and_keeps_the_total_exact():
     store = Store()
     entry = Entry("a", 1, 5, 0.0)
     store.add(entry)
-    store.recost(entry, 2)
-    assert entry.cost == 2
+    store.update(entry, "new", 2)
+    assert (entry.value, entry.cost) == ("new", 2)
     assert store.cost_used == 2
 
 
