@@ -280,7 +280,8 @@ class Cache(MutableMapping[K, V]):
             elif entry is not None:
                 expire = now + ttl if ttl is not None else 0.0
                 old_value, old_cost = entry.value, entry.cost
-                expiry.refile(entry, expire)
+                if entry.expire != expire:
+                    expiry.refile(entry, expire)
                 self._store.update(entry, value, cost)
                 metrics.keys_updated += 1
                 self._evicted(policy.update(entry, old_cost), callbacks)

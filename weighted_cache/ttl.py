@@ -54,11 +54,10 @@ class ExpiryBuckets:
 
     def refile(self, entry: Entry, expire: float) -> None:
         """Move ``entry`` to a new expiry time (0.0: never expires)."""
-        if entry.expire != expire:
-            self.remove(entry)
-            entry.expire = expire
-            if expire:
-                self.add(entry)
+        self.remove(entry)
+        entry.expire = expire
+        if expire:
+            self.add(entry)
 
     def remove(self, entry: Entry) -> None:
         """Unfile ``entry``; a no-op if it has no expiry or is not filed."""
