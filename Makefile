@@ -19,6 +19,7 @@ help:
 	@echo "make test   - install, then run lint, type checks and the whole test suite"
 	@echo "make run    - serve real traffic (needs SCOPE3_API_TOKEN and API_KEYS)"
 	@echo "make bench  - library benchmarks: hit ratios, throughput, memory (a few minutes)"
+	@echo "              make bench CHARTS=1 also redraws bench/charts/*.png (more sizes: longer)"
 	@echo "make bench-service - service benchmarks: load vs a Flask floor, upstream economy, deploys"
 	@echo "make fuzz   - large fuzz run (hypothesis + schemathesis); make soak - 10-minute soak"
 	@echo "make image-test     - build the Dockerfile with podman, run and check the image (root)"
@@ -62,9 +63,13 @@ run: $(RUNTIME_STAMP)
 	@test -n "$$API_KEYS" || { echo "make run: set API_KEYS (comma-separated client keys)"; exit 2; }
 	PORT=$(PORT) $(BIN)/gunicorn -c gunicorn.conf.py measure_service.wsgi:app
 
+# CHARTS=1: replay more capacities per trace and draw the charts into bench/charts.
+CHARTS ?=
+PLOT = $(if $(CHARTS),--plot bench/charts)
+
 bench: $(STAMP)
-	$(BIN)/python bench/hit_ratio.py
-	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/hit_ratio.py $(PLOT)
+	$(BIN)/python bench/throughput.py $(PLOT)
 	$(BIN)/python bench/memory.py
 
 bench-service: $(STAMP)

@@ -5,6 +5,7 @@ size on the weighted trace). Hit ratio is hits / all accesses, cold misses inclu
 
     .venv/bin/python bench/hit_ratio.py              # every trace except arc-P6
     .venv/bin/python bench/hit_ratio.py --only gli --only zipf --quick
+    .venv/bin/python bench/hit_ratio.py --plot bench/charts   # more sizes, one chart per trace
 """
 
 from __future__ import annotations
@@ -382,6 +383,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help=f"replay only the first {QUICK_ACCESSES} accesses of each trace (no reference check)",
     )
     parser.add_argument("--seed", type=int, default=1, help="Zipf generator seed (default 1)")
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        metavar="DIR",
+        help="replay more sizes per trace; draw hit ratio against capacity into DIR",
+    )
     return parser.parse_args(argv)
 
 
@@ -409,6 +416,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             weighted.append((trace, run_weighted_trace(trace)))
         else:
             sizes = tuple(REFERENCE.get(name, {})) or EXTRA_SIZES[name]
+            if args.plot:
+                sizes = plots_module().curve_capacities(sizes)
             rows.extend(run_unit_trace(trace, sizes, args.quick))
     if rows:
         print_unit_table(rows)
@@ -416,7 +425,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_weighted_table(trace, weighted_rows)
     if skipped:
         print(f"\nSkipped (not found in {directory}): {', '.join(skipped)}")
+    if args.plot:
+        named = [(trace.name, weighted_rows) for trace, weighted_rows in weighted]
+        for path in plots_module().draw_hit_ratios(rows, named, args.plot):
+            print(f"drew {path}")
     return 0
+
+
+def plots_module() -> Any:
+    """bench/plots.py, imported only for --plot: matplotlib is needed for charts alone."""
+    import plots
+
+    return plots
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ Workloads (the same pre-generated key streams for every cache, best of N runs):
   set-update  ``set`` of keys already in the cache
   mixed       Zipf(1.0) over 100k keys on a 10k-capacity cache: ``get``, and ``set`` on a miss
 
-    .venv/bin/python bench/throughput.py [--ops 1000000] [--repeat 5] [--quick]
+    .venv/bin/python bench/throughput.py [--ops 1000000] [--repeat 5] [--quick] [--cpu] [--plot DIR]
 """
 
 from __future__ import annotations
@@ -167,16 +167,18 @@ def _prepared(contender: Contender, workload: Workload) -> Any:
     return cache
 
 
-def time_once(contender: Contender, workload: Workload) -> float:
+def time_once(
+    contender: Contender, workload: Workload, clock: Callable[[], float] = time.perf_counter
+) -> float:
     """Seconds for one pass of the workload's stream over a freshly prepared cache."""
     cache = _prepared(contender, workload)
     loop = contender.loops[workload.name]
     gc.collect()
     gc.disable()
     try:
-        start = time.perf_counter()
+        start = clock()
         loop(cache, workload.stream)
-        elapsed = time.perf_counter() - start
+        elapsed = clock() - start
     finally:
         gc.enable()
         contender.close(cache)
@@ -196,7 +198,10 @@ def resident_share(contender: Contender, workload: Workload) -> float:
 
 
 def run(
-    contenders: Sequence[Contender], workloads: Sequence[Workload], repeat: int
+    contenders: Sequence[Contender],
+    workloads: Sequence[Workload],
+    repeat: int,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[tuple[str, str], float]:
     """Best ops/s per (workload, contender); contenders alternate within each round."""
     best: dict[tuple[str, str], float] = {}
@@ -207,7 +212,7 @@ def run(
                 print(f"  note: {contender.name} holds {share:.1%} of the {workload.name} keys")
         for round_no in range(repeat):
             for contender in contenders:
-                rate = len(workload.stream) / time_once(contender, workload)
+                rate = len(workload.stream) / time_once(contender, workload, clock)
                 key = (workload.name, contender.name)
                 best[key] = max(best.get(key, 0.0), rate)
             print(f"{workload.name}: round {round_no + 1}/{repeat} done", flush=True)
@@ -252,6 +257,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=5, help="runs per cache; the best counts")
     parser.add_argument("--seed", type=int, default=1, help="key stream seed (default 1)")
     parser.add_argument("--quick", action="store_true", help="200k ops, 2 runs")
+    parser.add_argument(
+        "--cpu",
+        action="store_true",
+        help="time runs in CPU seconds of this process (on a shared machine, other jobs' "
+        "preemption then does not count)",
+    )
+    parser.add_argument("--plot", type=Path, metavar="DIR", help="also draw DIR/throughput.png")
     return parser.parse_args(argv)
 
 
@@ -263,8 +275,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("--ops and --repeat must be positive")
     contenders = _contenders()
     workloads = make_workloads(ops, args.seed)
-    best = run(contenders, workloads, repeat)
+    best = run(contenders, workloads, repeat, time.process_time if args.cpu else time.perf_counter)
     print_report(contenders, workloads, best)
+    if args.cpu:
+        print("(timed in CPU seconds of this process, not wall-clock time)")
+    if args.plot:
+        import plots  # matplotlib is needed for the chart alone
+
+        names = [contender.name for contender in contenders]
+        path = plots.throughput_chart(
+            best, [w.name for w in workloads], names, args.plot / "throughput.png"
+        )
+        print(f"drew {path}")
     return 0
 
 

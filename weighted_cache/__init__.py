@@ -4,12 +4,22 @@
 >>> cache = Cache(max_cost=100)
 >>> cache.set("a", "value", cost=3)
 True
->>> cache.get("a")
+>>> cache["a"]
 'value'
 """
 
 from .cache import Cache
-from .decorator import cached
+from .decorator import CachedFunction, CacheInfo, cached, cachedmethod
 from .metrics import Metrics
 
-__all__ = ["Cache", "Metrics", "cached"]
+__version__ = "0.2.0"
+
+__all__ = [
+    "Cache",
+    "CacheInfo",
+    "CachedFunction",
+    "Metrics",
+    "__version__",
+    "cached",
+    "cachedmethod",
+]

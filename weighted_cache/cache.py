@@ -5,14 +5,25 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Hashable
-from typing import Any, Generic, TypeVar, cast, overload
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Hashable,
+    ItemsView,
+    Iterator,
+    MutableMapping,
+    ValuesView,
+)
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from .metrics import Metrics
 from .policy import Policy
 from .sketch import FrequencySketch
-from .store import Entry, Store
+from .store import REMOVED, Entry, Store
 from .ttl import ExpiryBuckets, Sweeper
+
+if TYPE_CHECKING:
+    import asyncio
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -48,14 +59,6 @@ def _check_ttl(ttl: Any, name: str = "ttl") -> float | None:
     return None if math.isinf(ttl) else float(ttl)
 
 
-def _hashable(key: Any) -> bool:
-    try:
-        hash(key)
-    except TypeError:
-        return False
-    return True
-
-
 def _unhashable(key: Any) -> TypeError:
     return TypeError(f"key must be hashable, got {type(key).__name__}")
 
@@ -71,7 +74,7 @@ class _Flight:
         self.error: BaseException | None = None
 
 
-class Cache(Generic[K, V]):
+class Cache(MutableMapping[K, V]):
     """A bounded cache that admits by frequency (TinyLFU) and evicts by cost.
 
     ``max_cost`` is the budget in the caller's own units (entries, bytes...).
@@ -87,6 +90,10 @@ class Cache(Generic[K, V]):
     ``cost_fn(value)`` gives the cost when ``set`` gets none, ``clock``
     returns seconds (monotonic by default), and ``sweep_interval`` starts a
     background sweeper that reclaims expired entries every that many seconds.
+
+    It is a ``MutableMapping``: ``cache[k] = v`` is ``set(k, v)`` with the
+    default cost and TTL, iteration and the views walk a snapshot of the live
+    entries taken at one instant, and nothing returns an expired entry.
     """
 
     def __init__(
@@ -118,19 +125,18 @@ class Cache(Generic[K, V]):
         self._on_reject = on_reject
         self._on_exit = on_exit
         self._cost_fn = cost_fn
-        # No callbacks to collect: new keys may take set()'s short path.
-        self._quiet = on_evict is None and on_reject is None and on_exit is None
         self._clock = clock
         # Looked up at construction so gevent's monkey-patching, if applied
         # first, gives a cooperative lock.
         self._lock = threading.Lock()
         self._store = Store()
-        self._data = self._store.data
+        self._data = self._store.data  # read-only here: writes go through the store
         self._policy = Policy(max_cost, FrequencySketch(num_counters))
         self._ttl = ExpiryBuckets()
         self._metrics = Metrics()
         self._reads: list[Entry] = []
         self._flights: dict[Any, _Flight] = {}
+        self._tasks: dict[tuple[asyncio.AbstractEventLoop, Any], asyncio.Task[Any]] = {}
         self._sweeper = None if sweep_interval is None else Sweeper(self, sweep_interval)
 
     @staticmethod
@@ -145,6 +151,8 @@ class Cache(Generic[K, V]):
 
     @overload
     def get(self, key: K) -> V | None: ...
+    @overload
+    def get(self, key: K, default: V) -> V: ...
     @overload
     def get(self, key: K, default: D) -> V | D: ...
 
@@ -176,16 +184,15 @@ class Cache(Generic[K, V]):
         return default
 
     def __getitem__(self, key: K) -> V:
+        """The value for ``key``; KeyError if absent or expired.  Counts as a use."""
         value = self.get(key, _MISSING)
         if value is _MISSING:
             raise KeyError(key)
-        return value
+        return cast(V, value)
 
     def __contains__(self, key: object) -> bool:
         """Whether ``key`` holds a live value; does not count as a use."""
-        with self._lock:
-            entry = self._find(key)
-            return entry is not None and (not entry.expire or entry.expire > self._clock())
+        return self._peek(key) is not _MISSING
 
     def __len__(self) -> int:
         """Number of live entries (expired ones are reclaimed first)."""
@@ -195,6 +202,22 @@ class Cache(Generic[K, V]):
             size = len(self._data)
         self._run(callbacks)
         return size
+
+    def __iter__(self) -> Iterator[K]:
+        """Keys of the entries live at the moment iteration starts.
+
+        The snapshot is taken under the lock in one step, so other threads
+        may write meanwhile without disturbing it; it does not count as uses.
+        """
+        return iter([key for key, _ in self._snapshot()])
+
+    def values(self) -> ValuesView[V]:
+        """A view whose iteration walks a snapshot of the live values."""
+        return _ValuesView(self)
+
+    def items(self) -> ItemsView[K, V]:
+        """A view whose iteration walks a snapshot of the live ``(key, value)`` pairs."""
+        return _ItemsView(self)
 
     def ttl(self, key: K) -> float | None:
         """Seconds until ``key`` expires, None if it never does.
@@ -222,140 +245,125 @@ class Cache(Generic[K, V]):
         new cost exceeds ``max_cost`` (the old value is then removed too).
         """
         if cost is None:
-            if self._cost_fn is None:
-                cost = 1
-            else:
-                cost = _check_cost(self._cost_fn(value), "cost_fn(value)")
+            cost = 1 if self._cost_fn is None else self._cost_of(value)
         elif type(cost) is not int or cost < 0:
             cost = _check_cost(cost)
         ttl = self._default_ttl if ttl is None else _check_ttl(ttl)
+        callbacks: list[_Callback] = []
         with self._lock:
-            if ttl is None and self._quiet and not self._ttl.count:
-                data = self._data
-                try:
-                    entry = data.get(key)
-                except TypeError:
-                    raise _unhashable(key) from None
-                policy = self._policy
-                if entry is None and cost <= policy.max_cost:
-                    # The miss path: a new key, no expiry anywhere, no callbacks.
-                    metrics = self._metrics
-                    reads = self._reads
-                    if reads:
-                        # Apply pending reads first so admission sees current frequencies.
-                        self._reads = []
-                        metrics.hits += len(reads)
-                        policy.record_hits(reads)
-                    entry = Entry(key, value, cost, 0.0)
-                    data[key] = entry
-                    store = self._store
-                    store.cost_used += cost
-                    out = policy.add(entry)
-                    if out:
-                        # Store.remove inlined; no entry has an expiry to unfile.
-                        for gone in out:
-                            if data.get(gone.key) is gone:
-                                del data[gone.key]
-                                store.cost_used -= gone.cost
-                            if gone is not entry:
-                                metrics.keys_evicted += 1
-                                metrics.cost_evicted += gone.cost
-                        if not entry.where:
-                            metrics.sets_rejected += 1
-                            return False
+            try:
+                entry = self._data.get(key)  # first, so an unhashable key fails before any change
+            except TypeError:
+                raise _unhashable(key) from None
+            if self._reads:
+                # Apply pending reads first so admission sees current frequencies.
+                self._drain(callbacks)
+            expiry = self._ttl
+            now = self._clock() if ttl is not None or expiry.count else 0.0
+            if expiry.count:
+                self._reclaim(expiry.pop_expired(now, _SWEEP_PER_OP), callbacks)
+            if entry is not None:
+                if not entry.where:
+                    entry = None  # the drain's or the write's sweep reclaimed it
+                elif entry.expire and entry.expire <= now:
+                    self._expire(entry, callbacks)
+                    entry = None
+            metrics = self._metrics
+            policy = self._policy
+            if cost > policy.max_cost:
+                if entry is not None:
+                    self._discard(entry)
+                    self._exit(entry, callbacks)
+                metrics.sets_rejected += 1
+                self._reject(key, value, cost, callbacks)
+                stored = False
+            elif entry is not None:
+                expire = now + ttl if ttl is not None else 0.0
+                old_value, old_cost = entry.value, entry.cost
+                if entry.expire != expire:
+                    expiry.refile(entry, expire)
+                self._store.update(entry, value, cost)
+                metrics.keys_updated += 1
+                self._evicted(policy.update(entry, old_cost), callbacks)
+                if self._on_exit is not None and old_value is not value:
+                    callbacks.append((self._on_exit, (key, old_value)))
+                stored = True
+            else:
+                entry = Entry(key, value, cost, now + ttl if ttl is not None else 0.0)
+                self._store.add(entry)
+                if entry.expire:
+                    expiry.add(entry)
+                out = policy.add(entry)
+                if out:
+                    self._evicted(out, callbacks, entry)
+                stored = entry.where != REMOVED
+                if stored:
                     metrics.keys_added += 1
                     metrics.cost_added += cost
-                    return True
-            callbacks: list[_Callback] = []
-            try:
-                stored = self._set(key, value, cost, ttl, callbacks)
-            except TypeError:
-                # Only the first dict lookup can raise it, before any change.
-                if not _hashable(key):
-                    raise _unhashable(key) from None
-                raise
+                else:
+                    metrics.sets_rejected += 1
+                    self._reject(key, value, cost, callbacks)
         if callbacks:
             self._run(callbacks)
         return stored
 
-    def _find(self, key: object) -> Entry | None:
-        """The entry stored under ``key``, live or not; call under the lock.
+    def __setitem__(self, key: K, value: V) -> None:
+        """``set(key, value)`` with the default cost and TTL.
 
-        ``get`` inlines this: it is the hot path, and a call costs more than the lookup.
+        A new key refused by admission is not an error: the assignment
+        returns, ``on_reject`` fires, ``metrics.sets_rejected`` counts it and
+        ``key in cache`` is False (call ``set`` to learn the outcome).  A value
+        whose cost exceeds ``max_cost`` can never be held: it raises
+        ``ValueError`` after removing any old value of ``key``.
         """
-        try:
-            return self._data.get(key)
-        except TypeError:
-            raise _unhashable(key) from None
+        cost = 1 if self._cost_fn is None else self._cost_of(value)
+        if not self.set(key, value, cost) and cost > self._policy.max_cost:
+            raise ValueError(f"value too large: cost {cost} > max_cost {self._policy.max_cost}")
 
-    def _set(self, key: K, value: V, cost: float, ttl: float | None,
-             callbacks: list[_Callback]) -> bool:
-        entry = self._data.get(key)  # first, so an unhashable key fails before any change
-        if self._reads:
-            # Apply pending reads first so admission sees current frequencies.
-            self._drain(callbacks)
-        now = self._clock() if ttl is not None or self._ttl.count else 0.0
-        if self._ttl.count:
-            self._reclaim(self._ttl.pop_expired(now, _SWEEP_PER_OP), callbacks)
-        if entry is not None and not entry.where:
-            entry = None  # the drain's or the write's sweep reclaimed it
-        expire = now + ttl if ttl is not None else 0.0
-        metrics = self._metrics
-        if entry is not None and entry.expire and entry.expire <= now:
-            self._expire(entry, callbacks)
-            entry = None
-        if cost > self._policy.max_cost:
-            if entry is not None:
-                self._discard(entry)
-                self._exit(entry, callbacks)
-            metrics.sets_rejected += 1
-            self._reject(key, value, cost, callbacks)
-            return False
-        if entry is not None:
-            old_value, old_cost = entry.value, entry.cost
-            if entry.expire != expire:
-                self._ttl.remove(entry)
-                entry.expire = expire
-                if expire:
-                    self._ttl.add(entry)
-            entry.value = value
-            self._store.recost(entry, cost)
-            metrics.keys_updated += 1
-            self._evicted(self._policy.update(entry, old_cost), callbacks)
-            if self._on_exit is not None and old_value is not value:
-                callbacks.append((self._on_exit, (key, old_value)))
-            return True
-        entry = Entry(key, value, cost, expire)
-        self._data[key] = entry  # Store.add, inlined on the miss path
-        self._store.cost_used += cost
-        if expire:
-            self._ttl.add(entry)
-        out = self._policy.add(entry)
-        if out:
-            self._evicted(out, callbacks, entry)
-            if not entry.where:
-                metrics.sets_rejected += 1
-                self._reject(key, value, cost, callbacks)
-                return False
-        metrics.keys_added += 1
-        metrics.cost_added += cost
-        return True
+    def _cost_of(self, value: V) -> float:
+        assert self._cost_fn is not None
+        return _check_cost(self._cost_fn(value), "cost_fn(value)")
 
     def delete(self, key: K) -> bool:
         """Remove ``key``; return whether a live value was removed."""
+        return self._pop(key, _MISSING) is not _MISSING
+
+    def __delitem__(self, key: K) -> None:
+        """Remove ``key``; KeyError if it holds no live value."""
+        if self._pop(key, _MISSING) is _MISSING:
+            raise KeyError(key)
+
+    @overload
+    def pop(self, key: K) -> V: ...
+    @overload
+    def pop(self, key: K, default: V) -> V: ...
+    @overload
+    def pop(self, key: K, default: D) -> V | D: ...
+
+    def pop(self, key: K, default: Any = _MISSING) -> Any:
+        """Remove ``key`` and return its live value, else ``default`` (KeyError if none)."""
+        value = self._pop(key, default)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
+
+    def popitem(self) -> tuple[K, V]:
+        """Remove and return the live ``(key, value)`` pair stored longest ago.
+
+        KeyError if the cache holds no live entry.
+        """
         callbacks: list[_Callback] = []
         with self._lock:
-            entry = self._find(key)
-            if entry is None:
-                return False
-            live = not entry.expire or entry.expire > self._clock()
-            if live:
-                self._discard(entry)
-                self._exit(entry, callbacks)
+            now = self._clock()
+            for entry in self._data.values():
+                if not entry.expire or entry.expire > now:
+                    break
             else:
-                self._expire(entry, callbacks)
+                raise KeyError("popitem(): cache is empty")
+            self._discard(entry)
+            self._exit(entry, callbacks)
         self._run(callbacks)
-        return live
+        return cast(K, entry.key), cast(V, entry.value)
 
     def clear(self) -> None:
         """Remove every entry (``on_exit`` fires for each) and all frequencies."""
@@ -389,7 +397,27 @@ class Cache(Generic[K, V]):
         """
         value = self.get(key, _MISSING)
         if value is not _MISSING:
-            return value
+            return cast(V, value)
+        return self._load(key, loader, cost, ttl)
+
+    async def aget_or_load(self, key: K, loader: Callable[[], Awaitable[V]],
+                           cost: float | Callable[[V], float] | None = None,
+                           ttl: float | None = None) -> V:
+        """``get_or_load`` for an async loader: ``await cache.aget_or_load(k, fetch)``.
+
+        Concurrent tasks of one event loop asking for the same key await a
+        single ``loader()`` call, run as its own task: cancelling one waiter
+        leaves the call running for the others (and its result is cached).
+        If it raises, every waiter gets the exception and nothing is cached.
+        """
+        value = self.get(key, _MISSING)
+        if value is not _MISSING:
+            return cast(V, value)
+        return await self._aload(key, loader, cost, ttl)
+
+    def _load(self, key: K, loader: Callable[[], V],
+              cost: float | Callable[[V], float] | None, ttl: float | None) -> V:
+        """The single-flight part of ``get_or_load``, after its lookup missed."""
         with self._lock:
             flight = self._flights.get(key)
             leader = flight is None
@@ -415,6 +443,40 @@ class Cache(Generic[K, V]):
                 del self._flights[key]
             flight.done.set()
         return value
+
+    async def _aload(self, key: K, loader: Callable[[], Awaitable[V]],
+                     cost: float | Callable[[V], float] | None, ttl: float | None) -> V:
+        """The single-flight part of ``aget_or_load``, after its lookup missed."""
+        # Imported on first use: asyncio (and the ssl it loads) would otherwise be imported by
+        # every user, before gevent's monkey-patching in some of them.
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        # Tasks belong to one loop: callers on another loop's thread start their own.
+        flight = (loop, key)
+        task = self._tasks.get(flight)
+        if task is None or task.done():
+            value = self._peek(key)
+            if value is not _MISSING:
+                return cast(V, value)
+            task = loop.create_task(self._fill(key, loader, cost, ttl))
+            self._tasks[flight] = task
+            task.add_done_callback(lambda done: self._landed(flight, done))
+        # shield: a cancelled waiter stops waiting; the shared call goes on.
+        return cast(V, await asyncio.shield(task))
+
+    async def _fill(self, key: K, loader: Callable[[], Awaitable[V]],
+                    cost: float | Callable[[V], float] | None, ttl: float | None) -> V:
+        value = await loader()
+        self.set(key, value, cost(value) if callable(cost) else cost, ttl)
+        return value
+
+    def _landed(self, flight: tuple[asyncio.AbstractEventLoop, Any],
+                task: asyncio.Task[Any]) -> None:
+        if self._tasks.get(flight) is task:
+            del self._tasks[flight]
+        if not task.cancelled():
+            task.exception()  # marks it retrieved: waiters that stayed already have it
 
     # -- capacity ------------------------------------------------------------
 
@@ -443,9 +505,9 @@ class Cache(Generic[K, V]):
     def metrics(self) -> Metrics:
         """Counters of hits, misses, admissions, evictions..., current as of this call.
 
-        Hits are tallied when the read buffer is applied (every 128 reads, each
-        write, and each access to this property), which keeps a hit's cost
-        down; counters read later from the returned object may lag by the
+        Hits are tallied when the read buffer is applied (when it fills, on
+        each write, and on each access to this property), which keeps a hit's
+        cost down; counters read later from the returned object may lag by the
         hits made since.
         """
         callbacks: list[_Callback] = []
@@ -456,7 +518,45 @@ class Cache(Generic[K, V]):
             self._run(callbacks)
         return self._metrics
 
-    # -- internals (all called with the lock held) ----------------------------
+    # -- internals (called with the lock held unless they take it) ------------
+
+    def _find(self, key: object) -> Entry | None:
+        """The entry stored under ``key``, live or not; call under the lock."""
+        try:
+            return self._data.get(key)
+        except TypeError:
+            raise _unhashable(key) from None
+
+    def _peek(self, key: object) -> Any:
+        """The live value of ``key`` or _MISSING, without counting a use."""
+        with self._lock:
+            entry = self._find(key)
+            if entry is not None and (not entry.expire or entry.expire > self._clock()):
+                return entry.value
+        return _MISSING
+
+    def _pop(self, key: object, default: Any) -> Any:
+        """Remove ``key``; return its live value, or ``default``."""
+        callbacks: list[_Callback] = []
+        with self._lock:
+            entry = self._find(key)
+            if entry is None:
+                return default
+            if not entry.expire or entry.expire > self._clock():
+                self._discard(entry)
+                self._exit(entry, callbacks)
+                default = entry.value
+            else:
+                self._expire(entry, callbacks)
+        self._run(callbacks)
+        return default
+
+    def _snapshot(self) -> list[tuple[K, V]]:
+        """The live ``(key, value)`` pairs, read at one instant."""
+        with self._lock:
+            now = self._clock()
+            return [(cast(K, entry.key), cast(V, entry.value)) for entry in self._data.values()
+                    if not entry.expire or entry.expire > now]
 
     def _drain(self, callbacks: list[_Callback]) -> None:
         """Apply buffered reads to the policy and reclaim some expired cost."""
@@ -490,6 +590,7 @@ class Cache(Generic[K, V]):
 
     def _evicted(self, out: list[Entry], callbacks: list[_Callback],
                  rejected: Entry | None = None) -> None:
+        """Drop the entries the policy pushed out; ``rejected`` is a refused newcomer."""
         metrics = self._metrics
         remove = self._store.remove
         for entry in out:
@@ -538,3 +639,24 @@ class Cache(Generic[K, V]):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(max_cost={self.max_cost}, "
                 f"cost_used={self._store.cost_used}, len={len(self._data)})")
+
+
+class _ValuesView(ValuesView[V]):
+    _mapping: Cache[Any, V]
+
+    def __iter__(self) -> Iterator[V]:
+        return iter([value for _, value in self._mapping._snapshot()])
+
+
+class _ItemsView(ItemsView[K, V]):
+    _mapping: Cache[K, V]
+
+    def __iter__(self) -> Iterator[tuple[K, V]]:
+        return iter(self._mapping._snapshot())
+
+    def __contains__(self, item: object) -> bool:
+        if not isinstance(item, tuple) or len(item) != 2:
+            return False
+        key, value = item
+        held = self._mapping._peek(key)
+        return held is not _MISSING and (held is value or held == value)

@@ -20,9 +20,8 @@ class Entry:
 
     ``expire`` is 0.0 for entries that never expire, so the read path can
     skip the clock call with a single truth test.  ``prev``/``next`` link the
-    entry into its policy queue: intrusive links cost 16 bytes per entry where
-    an OrderedDict node costs about 100, which keeps the per-entry overhead
-    under the 200-byte budget.
+    entry into its policy queue: two slots on an object that exists anyway
+    cost far less than a node of a separate ordered container.
     """
 
     __slots__ = ("cost", "expire", "key", "next", "prev", "value", "where")
@@ -43,10 +42,11 @@ class Entry:
 
 
 class Store:
-    """Maps keys to entries and tracks the summed cost of what it holds.
+    """Maps keys to entries and owns the summed cost of what it holds.
 
-    The cache reads ``data`` directly on its hot path; every write goes
-    through ``add``/``remove``/``recost`` so that ``cost_used`` stays exact.
+    Readers may look entries up in ``data``; every write goes through
+    ``add``/``update``/``remove``/``clear``, so ``cost_used`` has one owner
+    and stays exact.
     """
 
     __slots__ = ("cost_used", "data")
@@ -54,13 +54,6 @@ class Store:
     def __init__(self) -> None:
         self.data: dict[Hashable, Entry] = {}
         self.cost_used: float = 0
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def get(self, key: Hashable) -> Entry | None:
-        """Return the entry for ``key`` (expired or not), or None."""
-        return self.data.get(key)
 
     def add(self, entry: Entry) -> None:
         """Insert a new entry; the key must not be present."""
@@ -73,8 +66,9 @@ class Store:
             del self.data[entry.key]
             self.cost_used -= entry.cost
 
-    def recost(self, entry: Entry, cost: float) -> None:
-        """Change the cost of a stored entry, keeping the total exact."""
+    def update(self, entry: Entry, value: Any, cost: float) -> None:
+        """Give a stored entry a new value and cost, keeping the total exact."""
+        entry.value = value
         self.cost_used += cost - entry.cost
         entry.cost = cost
 

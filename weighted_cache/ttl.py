@@ -52,6 +52,13 @@ class ExpiryBuckets:
         bucket.add(entry)
         self.count += 1
 
+    def refile(self, entry: Entry, expire: float) -> None:
+        """Move ``entry`` to a new expiry time (0.0: never expires)."""
+        self.remove(entry)
+        entry.expire = expire
+        if expire:
+            self.add(entry)
+
     def remove(self, entry: Entry) -> None:
         """Unfile ``entry``; a no-op if it has no expiry or is not filed."""
         if not entry.expire or not self.count:

@@ -127,6 +127,7 @@ GEVENT_SCRIPT = textwrap.dedent(
                 cache.set(key, i, cost=1 + key % 3)
             assert cache.cost_used <= 100
             if i % 100 == 0:
+                assert sum(1 for _ in cache.items()) <= 100
                 gevent.sleep(0)
 
     gevent.joinall([gevent.spawn(churn, s) for s in range(8)], raise_error=True)

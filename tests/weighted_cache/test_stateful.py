@@ -74,6 +74,30 @@ class CacheMachine(RuleBasedStateMachine):
             self.removed_by_caller += 1
         self.model.pop(key, None)
 
+    @rule(key=KEYS)
+    def setitem(self, key: int) -> None:
+        self.counter += 1
+        self.cache[key] = self.counter  # cost 1 always fits: admission may still refuse it
+        if key in self.cache:
+            self.model[key] = (self.counter, None)
+        else:
+            self.model.pop(key, None)
+
+    @rule(key=KEYS)
+    def pop(self, key: int) -> None:
+        value = self.cache.pop(key, None)
+        if value is not None:
+            self.removed_by_caller += 1
+            self.check_value(key, value)
+        self.model.pop(key, None)
+
+    @rule()
+    def iterate(self) -> None:
+        pairs = list(self.cache.items())
+        for key, value in pairs:
+            self.check_value(key, value)
+        assert sorted(k for k, _ in pairs) == sorted(set(self.cache))
+
     @rule(seconds=st.sampled_from([0.5, 1.0, 2.0, 3.0]))
     def advance_clock(self, seconds: float) -> None:
         self.now += seconds

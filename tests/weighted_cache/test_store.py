@@ -5,7 +5,7 @@ def test_adding_an_entry_counts_its_cost():
     store = Store()
     store.add(Entry("a", 1, 5, 0.0))
     assert store.cost_used == 5
-    assert len(store) == 1
+    assert list(store.data) == ["a"]
 
 
 def test_removing_an_entry_returns_its_cost():
@@ -14,7 +14,7 @@ def test_removing_an_entry_returns_its_cost():
     store.add(entry)
     store.remove(entry)
     assert store.cost_used == 0
-    assert store.get("a") is None
+    assert "a" not in store.data
 
 
 def test_removing_a_stale_entry_leaves_the_current_one():
@@ -25,16 +25,16 @@ def test_removing_a_stale_entry_leaves_the_current_one():
     new = Entry("a", 2, 3, 0.0)
     store.add(new)
     store.remove(old)
-    assert store.get("a") is new
+    assert store.data["a"] is new
     assert store.cost_used == 3
 
 
-def test_recost_keeps_the_total_exact():
+def test_update_replaces_the_value_and_keeps_the_total_exact():
     store = Store()
     entry = Entry("a", 1, 5, 0.0)
     store.add(entry)
-    store.recost(entry, 2)
-    assert entry.cost == 2
+    store.update(entry, "new", 2)
+    assert (entry.value, entry.cost) == ("new", 2)
     assert store.cost_used == 2
 
 

@@ -44,6 +44,23 @@ def test_removed_entries_are_not_swept():
     assert len(buckets) == 0
 
 
+def test_refiling_moves_an_entry_to_its_new_expiry():
+    buckets = ExpiryBuckets(granularity=10.0)
+    e = entry("a", 101.0)
+    buckets.add(e)
+    buckets.refile(e, 205.0)
+    assert buckets.pop_expired(150.0) == []
+    assert buckets.pop_expired(300.0) == [e]
+
+
+def test_refiling_to_no_expiry_unfiles_the_entry():
+    buckets = ExpiryBuckets()
+    e = entry("a", 5.0)
+    buckets.add(e)
+    buckets.refile(e, 0.0)
+    assert (e.expire, len(buckets)) == (0.0, 0)
+
+
 def test_non_positive_granularity_is_refused():
     with pytest.raises(ValueError, match="granularity"):
         ExpiryBuckets(0)
