@@ -12,6 +12,7 @@ import heapq
 import threading
 import weakref
 from collections.abc import Callable
+from sys import getsizeof
 from typing import Protocol
 
 from .store import Entry
@@ -44,8 +45,8 @@ class ExpiryBuckets:
             bucket = self._buckets[slot] = set()
             heap = self._heap
             heapq.heappush(heap, slot)
-            # A bucket emptied by evictions leaves its id in the heap until that time comes (a
-            # day, for a day's TTL); rebuilding from the live buckets keeps the heap O(entries).
+            # A bucket emptied by evictions leaves its id in the heap until its time comes;
+            # rebuilding from the live buckets keeps the heap O(entries).
             if len(heap) > 2 * len(self._buckets) + 64:
                 heap[:] = self._buckets
                 heapq.heapify(heap)
@@ -68,8 +69,14 @@ class ExpiryBuckets:
         if bucket is not None and entry in bucket:
             bucket.remove(entry)
             self.count -= 1
-            if not bucket:
+            left = len(bucket)
+            if not left:
                 del self._buckets[slot]
+            elif not left & (left - 1) and getsizeof(bucket) > 64 * left + 1024:
+                # A set never shrinks its table: a long-lived bucket that once held many
+                # entries would keep that memory while evictions empty it. Checked at powers
+                # of two only, so the copy is amortised over the removals before it.
+                self._buckets[slot] = set(bucket)
 
     def pop_expired(self, now: float, limit: int | None = None, exact: bool = False) -> list[Entry]:
         """Remove and return up to ``limit`` entries that expired by ``now``.

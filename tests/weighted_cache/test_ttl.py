@@ -211,3 +211,16 @@ def test_the_slot_heap_stays_proportional_to_live_buckets_under_churn() -> None:
         buckets.add(entry)
         buckets.remove(entry)  # evicted long before it expires
     assert len(buckets._heap) <= 2 * len(buckets._buckets) + 65
+
+
+def test_a_bucket_emptied_by_evictions_gives_back_its_memory() -> None:
+    from sys import getsizeof
+
+    buckets = ExpiryBuckets(granularity=1.0)
+    filed = [Entry(key, key, 1, 100.5) for key in range(50_000)]
+    for item in filed:
+        buckets.add(item)
+    for item in filed[:-8]:
+        buckets.remove(item)  # evicted long before it expires
+    assert getsizeof(buckets._buckets[100]) < 4096
+    assert sorted(e.key for e in buckets.pop_expired(now=200.0)) == list(range(49_992, 50_000))
