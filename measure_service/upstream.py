@@ -439,19 +439,34 @@ class UpstreamClient:
         return round((self._clock() - started) * 1000.0, 3)
 
 
+# The shortest piece of a secret worth dropping from the end of a whole text: fewer characters
+# tell an attacker little, and are too often the end of an ordinary word.
+_PARTIAL_SECRET = 4
+
+
 def redact_and_cut(content: bytes | str, secret: str, limit: int) -> str:
     """At most ``limit`` characters of ``content`` with no part of ``secret`` left in them.
 
-    Redacts before cutting, so a secret across the cut is removed whole, and then drops a
-    trailing prefix of the secret (a secret that began at the cut, or arrived cut short).
+    Redacts before cutting, so a secret across the cut is removed whole; then a trailing prefix
+    of the secret is dropped: any length when something was cut off (a secret began at the
+    cut), at least :data:`_PARTIAL_SECRET` characters when the text is whole (upstream cut our
+    token short). A whole text's last few characters are ordinary text ("modeled" keeps its "d"
+    whatever the secret starts with).
     """
+    cut = False
     if isinstance(content, bytes):
         # A character takes at most 4 bytes: this decodes every character the cut can keep.
-        content = content[:(limit + len(secret)) * 4].decode("utf-8", errors="replace")
+        kept = (limit + len(secret)) * 4
+        cut = len(content) > kept
+        content = content[:kept].decode("utf-8", errors="replace")
     if not secret or secret[0] not in content:
         return content[:limit]
-    text = content[:limit + len(secret)].replace(secret, REDACTED)[:limit]
-    for size in range(min(len(secret) - 1, len(text)), 0, -1):
+    window = limit + len(secret)
+    redacted = content[:window].replace(secret, REDACTED)
+    text = redacted[:limit]
+    whole = not (cut or len(content) > window or len(redacted) > limit)
+    shortest = _PARTIAL_SECRET if whole else 1
+    for size in range(min(len(secret) - 1, len(text)), shortest - 1, -1):
         if text.endswith(secret[:size]):
             return text[:-size]
     return text

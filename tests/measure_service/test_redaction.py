@@ -43,3 +43,12 @@ def test_text_without_the_token_is_only_cut() -> None:
 
 def test_a_whole_token_inside_the_limit_is_replaced_by_the_marker() -> None:
     assert redact_and_cut("bad SECRET here", "SECRET", 100) == "bad [redacted] here"
+
+
+def test_a_whole_text_keeps_a_last_letter_that_begins_the_token() -> None:
+    assert redact_and_cut("modeled", "demo-upstream-token", 256) == "modeled"
+
+
+def test_a_cut_text_drops_even_one_letter_that_begins_the_token() -> None:
+    text = "x" * 9 + "demo-up" + "y" * 50
+    assert redact_and_cut(text, "demo-upstream-token", 10) == "x" * 9
