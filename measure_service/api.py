@@ -125,7 +125,8 @@ def measure() -> Response:
     services = _services()
     config = services.config
     environ = request.environ  # read once: each ``request.`` is a context-local lookup
-    if not _authorised(services.auth_keys, environ.get("HTTP_AUTHORIZATION", "")):
+    tenant = _tenant(services.auth_keys, environ.get("HTTP_AUTHORIZATION", ""))
+    if tenant is None:
         response = _error(401, "missing or invalid API key")
         response.headers["WWW-Authenticate"] = 'Bearer realm="measure"'
         return response
@@ -140,17 +141,21 @@ def measure() -> Response:
         raw_rows = parse_body(body, config.max_rows)
     except BodyError as exc:
         return _error(400, str(exc))
-    return Response(_answer(services, params, raw_rows, environ), mimetype=_JSON)
+    return Response(_answer(services, params, raw_rows, environ, tenant), mimetype=_JSON)
 
 
 def _answer(
-    services: Services, params: QueryParams, raw_rows: list[Any], environ: dict[str, Any]
+    services: Services,
+    params: QueryParams,
+    raw_rows: list[Any],
+    environ: dict[str, Any],
+    tenant: str,
 ) -> bytes:
     """The encoded 200 answer to a valid request; records the counts for the access log."""
     config = services.config
     rows = [validate_row(raw, params) for raw in raw_rows]
     wanted = [(row.key, row.cost) for row in rows if row.key is not None]
-    lookup = services.fetcher.lookup(wanted, config.wait_s)
+    lookup = services.fetcher.lookup(wanted, config.wait_s, tenant)
 
     environ[logs.ENVIRON_ROWS] = len(rows)
     environ[logs.ENVIRON_HITS] = lookup.hits
@@ -179,7 +184,8 @@ class HotPath:
             services is None
             or environ.get("PATH_INFO") != "/v2/measure"
             or environ.get("REQUEST_METHOD") != "POST"
-            or not _authorised(services.auth_keys, environ.get("HTTP_AUTHORIZATION", ""))
+            or (tenant := _tenant(services.auth_keys, environ.get("HTTP_AUTHORIZATION", "")))
+            is None
             or not _is_json(environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower())
             or environ.get("HTTP_TRANSFER_ENCODING")
         ):
@@ -201,7 +207,7 @@ class HotPath:
             environ["wsgi.input"] = io.BytesIO(body)
             return self._flask(environ, start_response)
         try:
-            answer = _answer(services, params, raw_rows, environ)
+            answer = _answer(services, params, raw_rows, environ, tenant)
             status = "200 OK"
         except Exception:
             # As _unexpected_error: the stack trace goes to the log, never to the client.
@@ -227,6 +233,8 @@ def _document(rows: list[Row], outcomes: Iterator[Outcome]) -> dict[str, Any]:
             "status": outcome.status,
         }
         entry = outcome.entry
+        if outcome.reason is not None:
+            item["reason"] = outcome.reason
         if row.error is not None:
             item["error"] = {"message": row.error}
         elif entry is not None:
@@ -246,19 +254,24 @@ def _document(rows: list[Row], outcomes: Iterator[Outcome]) -> dict[str, Any]:
     }
 
 
-def _authorised(keys: tuple[bytes, ...], header: str) -> bool:
-    """Whether the Authorization ``header`` carries one of ``keys`` as a bearer token."""
+def _tenant(keys: tuple[bytes, ...], header: str) -> str | None:
+    """The client (tenant) whose key the Authorization ``header`` carries, or None if none.
+
+    A tenant is named by its key's position in ``API_KEYS`` (``key-1``, ...), never by the key;
+    without authentication every request is the one tenant ``anonymous``.
+    """
     if not keys:
-        return True  # AUTH_DISABLED=true; Config refuses an empty key list otherwise
+        return "anonymous"  # AUTH_DISABLED=true; Config refuses an empty key list otherwise
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
-        return False
+        return None
     presented = token.strip().encode()
     # Compare against every key, without stopping early, so timing says nothing about which.
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(presented, key)
-    return matched
+    matched = 0
+    for position, key in enumerate(keys, 1):
+        if hmac.compare_digest(presented, key):
+            matched = matched or position
+    return f"key-{matched}" if matched else None
 
 
 def _is_json(mimetype: str) -> bool:

@@ -43,14 +43,20 @@ class Config:
     - ``ERROR_TTL`` (``300``): seconds a row-level upstream error is cached.
     - ``UPSTREAM_TIMEOUT_MS`` (``5000``): read timeout of one upstream request.
     - ``UPSTREAM_CONNECT_TIMEOUT_MS`` (``1000``): connect timeout of one upstream request.
-    - ``UPSTREAM_CONCURRENCY`` (``4``): upstream requests in flight per worker (pool size).
-      Small on purpose: misses wait for a free slot and pile into bigger batches, so more slots
-      mostly split batches into more requests (and Scope3 answers 429 under load).
+    - ``UPSTREAM_CONCURRENCY`` (``4``): most upstream requests in flight per worker (pool
+      size). The number actually allowed adapts under it: cut on 429s and timeouts and when
+      answers slow down, grown back while they come fast. Small on purpose: misses wait for a
+      free slot and pile into bigger batches, so more slots mostly split batches into more
+      requests (and Scope3 answers 429 under load).
     - ``UPSTREAM_BATCH_WINDOW_MS`` (``2``): how long misses are gathered into one upstream batch.
     - ``UPSTREAM_BATCH_ROWS`` (``500``): rows that close a batch at once.
     - ``UPSTREAM_RETRIES`` (``2``): retries of a failed upstream request (429, 5xx, network).
-    - ``MAX_PENDING_ROWS`` (``10000``): rows waiting for upstream per worker; past it, misses
-      are answered ``unavailable``.
+    - ``MAX_PENDING_ROWS`` (``10000``): rows waiting for upstream per worker, shared fairly
+      between client keys: a key past its share gets ``unavailable`` for its new rows.
+    - ``UPSTREAM_ROWS_PER_S`` (``0``): new rows sent upstream per second per worker, shared
+      fairly between client keys like ``MAX_PENDING_ROWS``; 0 is no bound.
+    - ``UPSTREAM_REQUESTS_PER_S`` (``0``): upstream requests per second per worker, shared
+      between client keys by their rows in each request; 0 is no bound.
     - ``BREAKER_FAILURES`` (``5``): consecutive failed upstream requests that open the breaker.
       Once one has failed, requests still unanswered after half of ``UPSTREAM_TIMEOUT_MS``
       count too: a hung upstream fails at most ``UPSTREAM_CONCURRENCY`` requests per timeout.
@@ -83,6 +89,8 @@ class Config:
     upstream_batch_rows: int = 500
     upstream_retries: int = 2
     max_pending_rows: int = 10_000
+    upstream_rows_per_s: float = 0.0
+    upstream_requests_per_s: float = 0.0
     breaker_failures: int = 5
     breaker_cooldown_s: float = 10.0
     max_rows: int = 1000
@@ -134,6 +142,8 @@ class Config:
             upstream_batch_rows=r.integer("UPSTREAM_BATCH_ROWS", 500, low=1, high=100_000),
             upstream_retries=r.integer("UPSTREAM_RETRIES", 2, low=0, high=10),
             max_pending_rows=r.integer("MAX_PENDING_ROWS", 10_000, low=1),
+            upstream_rows_per_s=r.number("UPSTREAM_ROWS_PER_S", 0.0, low=0, high=1e9),
+            upstream_requests_per_s=r.number("UPSTREAM_REQUESTS_PER_S", 0.0, low=0, high=1e9),
             breaker_failures=r.integer("BREAKER_FAILURES", 5, low=1),
             breaker_cooldown_s=r.number("BREAKER_COOLDOWN_S", 10.0, low=0.001, high=86_400),
             max_rows=r.integer("MAX_ROWS", 1000, low=1, high=1_000_000),

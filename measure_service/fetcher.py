@@ -11,9 +11,15 @@ Row statuses it produces:
 - ``stale``: a cached value past its TTL but within the stale limit; one refresh is started;
 - ``fetched``: a miss whose fetch finished within the wait window;
 - ``pending``: a miss whose fetch is still under way when the window ends;
-- ``unavailable``: a miss that is not being fetched: the pending queue is full, the breaker is
-  open, or the fetch it waited on failed (timeouts, 5xx, ...). A failed fetch is never cached,
-  so the next request for the key tries again.
+- ``unavailable``: a miss that is not being fetched, with the reason: the client's key is over
+  its fair share of upstream fetching (see ``quotas``), the breaker is open, or the fetch it
+  waited on failed (timeouts, 5xx, a row missing from upstream's answer, ...). A failed fetch
+  is never cached, so the next request for the key tries again.
+
+A batch that upstream fails because of one row's input is split to find that row (see
+``isolation``): the row gets its error, cached like any row error, and the others their
+answers. A client whose row was at fault has its next batches sent apart from other clients'
+rows for a while, so that it pays for further bad rows itself.
 """
 
 from __future__ import annotations
@@ -30,7 +36,10 @@ from gevent.event import AsyncResult
 
 from measure_service import metrics
 from measure_service.batcher import Batcher
+from measure_service.isolation import Isolator, Verdicts
+from measure_service.limiter import AdaptiveLimiter
 from measure_service.logs import current_trace_id
+from measure_service.quotas import Tenant, TenantQuotas
 from measure_service.rows import QueryParams, RowKey
 from measure_service.singleflight import SingleFlight
 from measure_service.upstream import RowResult, UpstreamError
@@ -38,6 +47,8 @@ from measure_service.upstream import RowResult, UpstreamError
 _LOG = logging.getLogger(__name__)
 # Trace ids listed on a batch's log line; a 500-row batch must not make a 20 KB line.
 _MAX_TRACE_IDS_LOGGED = 20
+# How long a client whose row failed a batch has its rows batched apart from other clients'.
+SUSPECT_FOR_S = 60.0
 
 
 class Cache(Protocol):
@@ -54,8 +65,9 @@ class Upstream(Protocol):
     """The part of ``UpstreamClient`` the fetcher uses."""
 
     def measure(
-        self, rows: Sequence[Mapping[str, Any]], params: Mapping[str, str]
+        self, rows: Sequence[Mapping[str, Any]], params: Mapping[str, str], *, judge_5xx: bool
     ) -> Mapping[str, RowResult]: ...
+    def settle(self, error: UpstreamError, *, explained: bool) -> None: ...
 
 
 class Breaker(Protocol):
@@ -77,7 +89,7 @@ class Entry:
 
 
 class Outcome(NamedTuple):
-    """The answer for one row: its status and, when known, the cached entry.
+    """The answer for one row: its status, the cached entry when known, and why unavailable.
 
     A NamedTuple rather than a frozen dataclass: one is built per row on the hit path, and a
     tuple is built about 3x faster.
@@ -85,6 +97,7 @@ class Outcome(NamedTuple):
 
     status: str
     entry: Entry | None = None
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +120,10 @@ class FetcherSettings:
     batch_rows: int
     max_pending_rows: int
     concurrency: int
+    # Fair shares per client key (0: no bound) and how many keys share them.
+    rows_per_s: float = 0.0
+    requests_per_s: float = 0.0
+    tenants: int = 1
     # How long requests wait for their misses (0: nobody waits); the batcher may hold a batch
     # behind one in flight only when that cannot cost a waiting request its answer.
     wait_s: float = 0.0
@@ -117,7 +134,28 @@ class FetchFailed(Exception):
 
 
 _PENDING = Outcome("pending")
-_UNAVAILABLE = Outcome("unavailable")
+
+
+class _Flight(NamedTuple):
+    """What the fetcher keeps for a key in flight beside its waiters."""
+
+    cost: int
+    tenant: Tenant
+
+
+class _Item(NamedTuple):
+    """One key in a batch, with what its log line and its isolation need."""
+
+    key: RowKey
+    trace_id: str | None
+    tenant: Tenant
+
+
+class _Group(NamedTuple):
+    """A batch group: one set of query parameters, and a suspect client batched apart."""
+
+    params: QueryParams
+    apart: Tenant | None
 
 
 class Fetcher:
@@ -130,23 +168,39 @@ class Fetcher:
         settings: FetcherSettings,
         *,
         breaker: Breaker | None = None,
+        limiter: AdaptiveLimiter | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """Serve from ``cache`` and fetch through ``upstream``; ``clock`` dates the entries."""
+        """Serve from ``cache`` and fetch through ``upstream``; ``clock`` dates the entries.
+
+        ``limiter`` bounds the upstream requests in flight (by default a fixed
+        ``settings.concurrency``; the app shares an adaptive one with the upstream client).
+        """
         self._cache = cache
         self._upstream = upstream
         self._settings = settings
         self._breaker = breaker
         self._clock = clock
         self._flights: SingleFlight[RowKey, Entry] = SingleFlight()
-        # Lowest cost (highest weight) asked for each key in flight: the value is stored with it.
-        self._costs: dict[RowKey, int] = {}
-        self._batcher: Batcher[QueryParams, tuple[RowKey, str | None]] = Batcher(
+        # Per key in flight: the lowest cost (highest weight) asked, since the value is stored
+        # with it, and the client whose request started the fetch.
+        self._in_flight: dict[RowKey, _Flight] = {}
+        self._quotas = TenantQuotas(
+            max_pending_rows=settings.max_pending_rows,
+            rows_per_s=settings.rows_per_s,
+            requests_per_s=settings.requests_per_s,
+            tenants=settings.tenants,
+            clock=time.monotonic,
+        )
+        self._isolator = Isolator(self._settle)
+        self._suspects: dict[Tenant, float] = {}
+        self._batcher: Batcher[_Group, _Item] = Batcher(
             self._send,
             window_s=settings.batch_window_s,
             max_items=settings.batch_rows,
             concurrency=settings.concurrency,
             answer_within_s=settings.wait_s,
+            limiter=limiter,
         )
 
     @property
@@ -154,13 +208,18 @@ class Fetcher:
         """Keys waiting for or being fetched from upstream."""
         return len(self._flights)
 
-    def lookup(self, rows: Sequence[tuple[RowKey, int]], wait_s: float = 0.0) -> Lookup:
+    def lookup(
+        self, rows: Sequence[tuple[RowKey, int]], wait_s: float = 0.0, tenant: Tenant = None
+    ) -> Lookup:
         """Answer each ``(key, cost)`` from the cache, fetching misses; wait up to ``wait_s``.
 
         Returns the moment the last miss resolves, or when ``wait_s`` runs out; the fetches go
-        on after that and still fill the cache.
+        on after that and still fill the cache. New fetches count against ``tenant``'s fair
+        shares (the client key, or None without authentication).
         """
         now = self._clock()
+        # When this request stops waiting: the batcher holds no batch that would miss it.
+        deadline = time.monotonic() + wait_s
         settings = self._settings
         outcomes: list[Outcome] = []
         waits: list[tuple[int, AsyncResult]] = []
@@ -186,14 +245,16 @@ class Fetcher:
             result = self._flights.join(key)
             if result is not None:
                 coalesced += 1
-                self._costs[key] = min(self._costs.get(key, cost), cost)
+                flight = self._in_flight[key]
+                if cost < flight.cost:
+                    self._in_flight[key] = flight._replace(cost=cost)
             else:
-                reason = self._refusal()
+                reason = self._refusal(tenant)
                 if reason is not None:
                     refused[reason] = refused.get(reason, 0) + 1
-                    outcomes.append(_UNAVAILABLE)
+                    outcomes.append(Outcome("unavailable", None, reason))
                     continue
-                result = self._start(key, cost)
+                result = self._start(key, cost, tenant, deadline)
             waits.append((len(outcomes), result))
             outcomes.append(_PENDING)
 
@@ -206,8 +267,8 @@ class Fetcher:
                 entry = result.value
                 outcomes[index] = Outcome("error" if entry.error is not None else "fetched", entry)
             else:
-                outcomes[index] = _UNAVAILABLE
                 reason = _failure_reason(result.exception)
+                outcomes[index] = Outcome("unavailable", None, reason)
                 refused[reason] = refused.get(reason, 0) + 1
         _count(hits, stale, misses, coalesced, refused)
         return Lookup(outcomes, hits + stale, misses)
@@ -216,27 +277,46 @@ class Fetcher:
         """Stop batching; every fetch still queued fails so that no waiter hangs."""
         self._batcher.close()
         for key in self._flights.in_flight():
-            self._costs.pop(key, None)
-            self._flights.fail(key, FetchFailed("the service is shutting down"))
+            self._finish(key, FetchFailed("the service is shutting down"))
 
-    def _refusal(self) -> str | None:
-        """Why a new fetch may not start now, or None when it may."""
+    def _refusal(self, tenant: Tenant) -> str | None:
+        """Why ``tenant`` may not start a new fetch now, or None (its quota is then taken)."""
         if self._breaker is not None and self._breaker.state == "open":
             return "breaker_open"
-        if len(self._flights) >= self._settings.max_pending_rows:
-            return "queue_full"
-        return None
+        _, reason = self._quotas.admit(tenant, 1)
+        return reason
 
-    def _start(self, key: RowKey, cost: int) -> AsyncResult:
+    def _start(self, key: RowKey, cost: int, tenant: Tenant, deadline: float) -> AsyncResult:
         result = self._flights.start(key)
-        self._costs[key] = cost
-        self._batcher.add(key.params, (key, current_trace_id()))
+        self._in_flight[key] = _Flight(cost, tenant)
+        apart = tenant if self._is_suspect(tenant) else None
+        item = _Item(key, current_trace_id(), tenant)
+        self._batcher.add(_Group(key.params, apart), item, deadline)
         return result
+
+    def _finish(self, key: RowKey, outcome: Entry | BaseException) -> None:
+        """End the fetch of ``key``: wake its waiters and give back its client's quota."""
+        flight = self._in_flight.pop(key, None)
+        if flight is not None:
+            self._quotas.finished(flight.tenant)
+        if isinstance(outcome, BaseException):
+            self._flights.fail(key, outcome)
+        else:
+            self._flights.resolve(key, outcome)
+
+    def _is_suspect(self, tenant: Tenant) -> bool:
+        until = self._suspects.get(tenant)
+        if until is None:
+            return False
+        if until > time.monotonic():
+            return True
+        del self._suspects[tenant]
+        return False
 
     def _refresh(self, key: RowKey, cost: int) -> None:
         """Start one background refresh of a stale key, unless one runs or none may start."""
-        if key not in self._flights and self._refusal() is None:
-            self._start(key, cost)
+        if key not in self._flights and self._refusal(None) is None:
+            self._start(key, cost, None, time.monotonic())
 
     def _lower_cost(self, key: RowKey, entry: Entry, cost: int) -> Entry:
         """Re-store ``entry`` at the lower ``cost`` a heavier row asks for, keeping its expiry."""
@@ -261,53 +341,102 @@ class Fetcher:
         done = all(result.ready() for _, result in waits)
         metrics.WAIT_OUTCOMES.labels("all_fetched" if done else "timed_out").inc()
 
-    def _send(self, params: QueryParams, items: list[tuple[RowKey, str | None]]) -> None:
+    def _send(self, group: _Group, items: list[_Item]) -> None:
         """Fetch one batch and resolve every key in it, whatever happens."""
-        keys = [key for key, _ in items]
-        rows = [key.upstream_row(str(index)) for index, key in enumerate(keys)]
-        settled: set[int] = set()
-        failure: BaseException = FetchFailed("the upstream fetch failed")
+        params = group.params.upstream()
+        keys = [item.key for item in items]
+        verdicts = Verdicts()
         try:
-            answers = self._upstream.measure(rows, params.upstream())
-            now = self._clock()
-            rejected = 0
-            for index, key in enumerate(keys):
-                answer = answers.get(str(index))
-                if answer is None:
-                    continue  # settled as a failure below
-                cost = self._costs.pop(key, 1)
-                entry = Entry(
-                    answer.total_emissions, answer.inventory_coverage, answer.error, now, cost
+            verdicts = self._isolator.fetch(
+                [item.tenant for item in items], lambda positions: self._measure(
+                    params, items, positions
                 )
-                settings = self._settings
-                ttl = settings.error_ttl_s if entry.error else settings.ttl_s + settings.stale_s
-                if not self._cache.set(key, entry, cost=cost, ttl=ttl):
-                    rejected += 1
-                settled.add(index)
-                self._flights.resolve(key, entry)
-            if rejected:
-                metrics.CACHE_REJECTED.inc(rejected)
-            _LOG.info(
-                "upstream batch fetched",
-                extra={"rows": len(rows), "params": params.upstream(), **_trace_ids(items)},
             )
-        except UpstreamError as exc:
-            failure = exc
-            # A refusal by the open breaker is expected while upstream is down: no warning each.
-            level = logging.DEBUG if exc.outcome == "breaker_open" else logging.WARNING
-            _LOG.log(
-                level,
-                "upstream batch failed: %s",
-                exc.outcome,
-                extra={"rows": len(rows), "outcome": exc.outcome, **_trace_ids(items)},
-            )
+            self._store(keys, verdicts)
+            if verdicts.culprits:
+                self._note_suspects(items, verdicts)
+            failure = next(iter(verdicts.failures.values()), None)
+            if failure is None:
+                _LOG.info(
+                    "upstream batch fetched",
+                    extra={"rows": len(items), "params": params, "sends": verdicts.sends,
+                           **_trace_ids(items)},
+                )
+            else:
+                self._log_failure(failure, items, verdicts)
         except Exception:
-            _LOG.exception("upstream batch crashed", extra={"rows": len(rows)})
+            _LOG.exception("upstream batch crashed", extra={"rows": len(items)})
         finally:
             for index, key in enumerate(keys):
-                if index not in settled:
-                    self._costs.pop(key, None)
-                    self._flights.fail(key, failure)
+                if index not in verdicts.answers:
+                    self._finish(
+                        key,
+                        verdicts.failures.get(index) or FetchFailed("the upstream fetch failed"),
+                    )
+
+    def _measure(
+        self, params: dict[str, str], items: list[_Item], positions: Sequence[int]
+    ) -> dict[int, RowResult]:
+        """One upstream request for the batch rows at ``positions``; answers by position."""
+        rows = [items[position].key.upstream_row(str(position)) for position in positions]
+        by_tenant: dict[Tenant, int] = {}
+        for position in positions:
+            tenant = items[position].tenant
+            by_tenant[tenant] = by_tenant.get(tenant, 0) + 1
+        self._quotas.charge_request(by_tenant)
+        answers = self._upstream.measure(rows, params, judge_5xx=True)
+        return {
+            position: answers[str(position)]
+            for position in positions
+            if str(position) in answers
+        }
+
+    def _store(self, keys: list[RowKey], verdicts: Verdicts) -> None:
+        """Cache every answered key and wake its waiters."""
+        now = self._clock()
+        settings = self._settings
+        rejected = 0
+        for index, answer in verdicts.answers.items():
+            key = keys[index]
+            flight = self._in_flight.get(key)
+            cost = 1 if flight is None else flight.cost
+            entry = Entry(
+                answer.total_emissions, answer.inventory_coverage, answer.error, now, cost
+            )
+            ttl = settings.error_ttl_s if entry.error else settings.ttl_s + settings.stale_s
+            if not self._cache.set(key, entry, cost=cost, ttl=ttl):
+                rejected += 1
+            self._finish(key, entry)
+        if rejected:
+            metrics.CACHE_REJECTED.inc(rejected)
+
+    def _note_suspects(self, items: list[_Item], verdicts: Verdicts) -> None:
+        """Batch the clients whose rows were at fault apart from the others for a while."""
+        until = time.monotonic() + SUSPECT_FOR_S
+        for index in verdicts.culprits:
+            tenant = items[index].tenant
+            self._suspects[tenant] = until
+        metrics.UPSTREAM_ISOLATED_ROWS.inc(len(verdicts.culprits))
+        _LOG.warning(
+            "upstream failed a batch because of rows: cached as their errors",
+            extra={"rows": len(items), "culprits": len(verdicts.culprits),
+                   "sends": verdicts.sends, **_trace_ids(items)},
+        )
+
+    def _log_failure(self, failure: BaseException, items: list[_Item], verdicts: Verdicts) -> None:
+        outcome = failure.outcome if isinstance(failure, UpstreamError) else "failed"
+        # A refusal by the open breaker is expected while upstream is down: no warning each.
+        level = logging.DEBUG if outcome == "breaker_open" else logging.WARNING
+        _LOG.log(
+            level,
+            "upstream batch failed: %s",
+            outcome,
+            extra={"rows": len(items), "failed_rows": len(verdicts.failures),
+                   "outcome": outcome, "sends": verdicts.sends, **_trace_ids(items)},
+        )
+
+    def _settle(self, error: UpstreamError, explained: bool) -> None:
+        self._upstream.settle(error, explained=explained)
 
 
 def _failure_reason(error: BaseException | None) -> str:
@@ -317,9 +446,9 @@ def _failure_reason(error: BaseException | None) -> str:
     return "fetch_failed"
 
 
-def _trace_ids(items: list[tuple[RowKey, str | None]]) -> dict[str, list[str]]:
+def _trace_ids(items: list[_Item]) -> dict[str, list[str]]:
     """The distinct trace ids of the requests whose rows are in a batch."""
-    ids = list(dict.fromkeys(trace for _, trace in items if trace is not None))
+    ids = list(dict.fromkeys(item.trace_id for item in items if item.trace_id is not None))
     return {"trace_ids": ids[:_MAX_TRACE_IDS_LOGGED]}
 
 

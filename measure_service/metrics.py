@@ -107,6 +107,15 @@ UPSTREAM_BATCH_ROWS = Histogram(
 UPSTREAM_IN_FLIGHT = Gauge(
     "measure_upstream_in_flight", "Upstream requests in flight.", multiprocess_mode="livesum"
 )
+UPSTREAM_LIMIT = Gauge(
+    "measure_upstream_concurrency_limit",
+    "Upstream requests a worker may have in flight now (adaptive, under UPSTREAM_CONCURRENCY).",
+    multiprocess_mode="livesum",
+)
+UPSTREAM_ISOLATED_ROWS = Counter(
+    "measure_upstream_isolated_rows_total",
+    "Rows found to fail an upstream batch alone (cached as their row error).",
+)
 UPSTREAM_RETRIES = Counter("measure_upstream_retries_total", "Upstream requests retried.")
 UPSTREAM_COALESCED = Counter(
     "measure_upstream_coalesced_rows_total",
@@ -114,7 +123,7 @@ UPSTREAM_COALESCED = Counter(
 )
 UPSTREAM_UNAVAILABLE = Counter(
     "measure_upstream_unavailable_rows_total",
-    "Missed rows refused (status unavailable): queue full or breaker open.",
+    "Missed rows answered unavailable, by reason: over a fair share, breaker open, fetch failed.",
     ["reason"],
 )
 BREAKER_OPEN = Gauge(

@@ -136,10 +136,10 @@ def test_past_the_pending_limit_new_misses_are_unavailable(
 ) -> None:
     harness = Harness(upstream, clock, max_pending_rows=2)
     upstream.hold()
-    before = counter("measure_upstream_unavailable_rows_total", reason="queue_full")
+    before = counter("measure_upstream_unavailable_rows_total", reason="tenant_pending_share")
     lookup = harness.lookup(key("a.com"), key("b.com"), key("c.com"), wait_s=0)
     assert [o.status for o in lookup.outcomes] == ["pending", "pending", "unavailable"]
-    assert counter("measure_upstream_unavailable_rows_total", reason="queue_full") - before == 1
+    assert counter("measure_upstream_unavailable_rows_total", reason="tenant_pending_share") - before == 1
     upstream.release()
 
 

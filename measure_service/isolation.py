@@ -1,0 +1,194 @@
+"""Finds the row that failed a batch, so that one client's bad row costs no one else an answer.
+
+Misses of every client share upstream batches, and upstream may fail a whole request because of
+one row's input: a 5xx for any batch holding it, or a 400 refusing the request. The
+:class:`Isolator` sends a batch and, when it fails that way, splits it and sends the parts:
+
+1. first by owner (the API key whose request started each fetch), so every client's rows are
+   retried apart from everyone else's, then by halves (bisection) within a failed part;
+2. a row that fails alone is at fault: its verdict is a row error, which the caller caches like
+   any upstream row error. For a 400 that is certain (upstream answered, and refused that row).
+   A 5xx is put down to the row only when upstream answered some other request since the
+   batch was first sent; otherwise upstream itself may be failing, and the row just fails;
+3. parts that fail while upstream answers nothing else are not split further: an upstream that
+   is down costs a batch three requests, not one per row. Each split batch also has a budget
+   of sends, so a client sending many bad rows pays with its own rows' answers only.
+
+The breaker hears once per batch: an ordinary failure when some row failed without a culprit
+(or no culprit was found at all, a transient failure), else nothing, since one row's input
+says nothing about upstream's health.
+
+Timeouts, connection errors, 429 and malformed answers are never split: no row explains them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from measure_service.upstream import RowResult, UpstreamError
+
+# 4xx statuses by which upstream refuses a request for what is in it; others (401, 403, 404,
+# 429, ...) are about us or upstream, and the same for any row.
+REFUSAL_STATUSES = frozenset({400, 413, 422})
+# Sends a failed batch may spend finding its culprits, beyond the one send per owner: enough to
+# bisect two bad rows out of a part of 500.
+_SENDS_PER_LEVEL = 4
+
+
+class BudgetSpent(Exception):
+    """A failed batch spent its sends before these rows were answered or judged."""
+
+
+@dataclass(slots=True)
+class Verdicts:
+    """What became of each position of a batch.
+
+    ``answers`` holds upstream's answer for every position that got one, and a row error for
+    each culprit; ``failures`` the error of every position left without an answer (the caller
+    fails those fetches, caching nothing).
+    """
+
+    answers: dict[int, RowResult] = field(default_factory=dict)
+    failures: dict[int, BaseException] = field(default_factory=dict)
+    culprits: set[int] = field(default_factory=set)
+    sends: int = 0
+
+
+# Sends the rows at the given positions of the batch; raises UpstreamError.
+Send = Callable[[Sequence[int]], Mapping[int, RowResult]]
+# Reports a failure whose ``judged`` is False to the breaker: (error, explained).
+Settle = Callable[[UpstreamError, bool], None]
+
+
+class Isolator:
+    """Sends batches, splitting failed ones to find the rows at fault (see the module doc)."""
+
+    def __init__(self, settle: Settle, *, clock: Callable[[], float] = time.monotonic) -> None:
+        """Report judged failures through ``settle``; ``clock`` times the answers."""
+        self._settle = settle
+        self._clock = clock
+        self._answered_at = -math.inf
+
+    def fetch(self, owners: Sequence[Hashable], send: Send) -> Verdicts:
+        """Send every position of a batch (``owners[i]`` started position i) and judge each."""
+        run = _Run(self, owners, send)
+        run.fetch(list(range(len(owners))), level=0)
+        run.finish()
+        return run.verdicts
+
+    def _answered_since(self, moment: float) -> bool:
+        return self._answered_at >= moment
+
+    def _note_answer(self) -> None:
+        self._answered_at = self._clock()
+
+
+class _Run:
+    """The state of one batch's fetch: its verdicts, its unsettled errors and its budget."""
+
+    def __init__(self, isolator: Isolator, owners: Sequence[Hashable], send: Send) -> None:
+        self.isolator = isolator
+        self.owners = owners
+        self.send = send
+        self.verdicts = Verdicts()
+        self.started = isolator._clock()
+        self.unsettled: list[UpstreamError] = []
+        self.unexplained = False
+        depth = max(1, math.ceil(math.log2(max(1, len(owners)))))
+        self.budget = 1 + len(set(owners)) + _SENDS_PER_LEVEL * depth
+
+    def fetch(self, positions: list[int], level: int) -> None:
+        """Send ``positions``; on a splittable failure, split them (level 0 is the batch)."""
+        error = self.attempt(positions)
+        if error is None:
+            return
+        if not _splittable(error):
+            self.fail(positions, error)
+            return
+        if len(positions) == 1:
+            self.judge_alone(positions[0], error)
+            return
+        parts = self.split(positions)
+        failed: list[tuple[list[int], UpstreamError]] = []
+        for part in parts:
+            part_error = self.attempt(part)
+            if part_error is not None:
+                failed.append((part, part_error))
+        healthy = self.isolator._answered_since(self.started)
+        for part, part_error in failed:
+            if not _splittable(part_error):
+                self.fail(part, part_error)
+            elif len(part) == 1:
+                self.judge_alone(part[0], part_error)
+            elif (part_error.outcome == "http_5xx" and not healthy) or self.budget <= 0:
+                self.fail(part, part_error)
+            else:
+                self.split_failed(part, level + 1)
+
+    def split_failed(self, positions: list[int], level: int) -> None:
+        """Split a part that already failed, and go on with each half."""
+        for part in self.split(positions):
+            self.fetch(part, level)
+
+    def split(self, positions: list[int]) -> list[list[int]]:
+        by_owner: dict[Hashable, list[int]] = {}
+        for position in positions:
+            by_owner.setdefault(self.owners[position], []).append(position)
+        if len(by_owner) > 1:
+            return list(by_owner.values())
+        middle = len(positions) // 2
+        return [positions[:middle], positions[middle:]]
+
+    def attempt(self, positions: list[int]) -> UpstreamError | None:
+        """Send ``positions``; record their answers, or return the error (None on success)."""
+        if self.budget <= 0 and self.verdicts.sends:
+            self.fail(positions, BudgetSpent("the batch's sends ran out before these rows"))
+            return None
+        self.budget -= 1
+        self.verdicts.sends += 1
+        try:
+            answers = self.send(positions)
+        except UpstreamError as exc:
+            if not exc.judged:
+                self.unsettled.append(exc)
+            return exc
+        self.isolator._note_answer()
+        for position in positions:
+            answer = answers.get(position)
+            if answer is not None:
+                self.verdicts.answers[position] = answer
+        return None
+
+    def judge_alone(self, position: int, error: UpstreamError) -> None:
+        """A row that failed alone: at fault for a refusal, or a 5xx while upstream answers."""
+        if error.outcome == "http_4xx":
+            message = f"upstream refused this row (HTTP {error.status})"
+        elif self.isolator._answered_since(self.started):
+            message = f"upstream failed on this row (HTTP {error.status})"
+        else:
+            self.fail([position], error)
+            return
+        self.verdicts.answers[position] = RowResult(None, None, message)
+        self.verdicts.culprits.add(position)
+
+    def fail(self, positions: list[int], error: BaseException) -> None:
+        for position in positions:
+            self.verdicts.failures[position] = error
+        if isinstance(error, UpstreamError) and error.outcome == "http_5xx":
+            self.unexplained = True
+
+    def finish(self) -> None:
+        """Settle every error the breaker has not heard of: at most one counts as a failure."""
+        counts = bool(self.unsettled) and (self.unexplained or not self.verdicts.culprits)
+        for index, error in enumerate(self.unsettled):
+            self.isolator._settle(error, not (counts and index == 0))
+
+
+def _splittable(error: UpstreamError) -> bool:
+    """Whether one row's input may explain ``error``."""
+    if error.outcome == "http_5xx":
+        return True
+    return error.outcome == "http_4xx" and error.status in REFUSAL_STATUSES
