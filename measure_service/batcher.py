@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Any, Generic, TypeVar
 
@@ -38,6 +39,10 @@ INITIAL_LATENCY_S = 0.1
 # Weight of the newest send in the latency average: a few sends follow a change of upstream
 # speed, one straggler does not double the hold.
 _LATENCY_WEIGHT = 0.3
+# Recent sends whose fastest decides whether a batch could still be answered in time: a batch
+# is held only when even that one would be too slow (jitter and a busy CPU lengthen many sends,
+# and holding on the average would give up answers that would have come in time).
+_RECENT_SENDS = 16
 
 
 def _wait_event(event: Event, timeout: float) -> None:
@@ -104,6 +109,7 @@ class Batcher(Generic[G, T]):
         self._clock = clock
         self._wait = wait
         self._latency_s: float | None = None
+        self._recent_s: deque[float] = deque(maxlen=_RECENT_SENDS)
         self._groups: dict[G, _Group[T]] = {}
         self._closed = False
 
@@ -111,6 +117,11 @@ class Batcher(Generic[G, T]):
     def latency_s(self) -> float:
         """Recent duration of a send (a weighted average), or a guess before the first one."""
         return INITIAL_LATENCY_S if self._latency_s is None else self._latency_s
+
+    @property
+    def fastest_s(self) -> float:
+        """The fastest of the recent sends, or the initial guess before the first one."""
+        return min(self._recent_s, default=INITIAL_LATENCY_S)
 
     @property
     def hold_s(self) -> float:
@@ -121,17 +132,14 @@ class Batcher(Generic[G, T]):
         """How long a non-full batch may wait behind one of its group in flight, when its most
         pressed caller stops waiting ``time_left_s`` after the batch opened."""
         latency = self.latency_s
-        # Holding saves requests but delays answers, so it happens only when the delay cannot
-        # cost a waiting caller its answer: nobody waits, or a batch sent now would come back
-        # after the callers stopped waiting anyway (a 45 ms window, a 100 ms upstream). With a
-        # 20 ms upstream and a 45 ms window, holding would answer a miss that just missed a
-        # batch after about 2 ms + 2 x 20 ms. Measured on a loaded machine: 68% of cold rows
-        # came back ``fetched`` with that hold, and 66-97% with half of it, against a 99%
-        # target (bench/UPSTREAM_ECONOMY.md). The hold lasts one send: a batch waiting that long
-        # leaves about when the one ahead comes back anyway, so a longer hold saves nothing,
-        # and the cap only cuts short a straggler or a hung call (the breaker needs the next
-        # failures to come soon).
-        if self._window_s + latency > time_left_s:
+        # Holding saves requests but delays answers, so it happens only when it cannot cost a
+        # waiting caller its answer: nobody waits, or even the fastest recent send, leaving now,
+        # would come back after the batch's most pressed caller stopped waiting (a 45 ms window,
+        # a 100 ms upstream). The hold lasts one send: a batch waiting that long leaves about
+        # when the one ahead comes back anyway, so a longer hold saves nothing, and the cap only
+        # cuts short a straggler or a hung call (the breaker needs the next failures to come
+        # soon).
+        if self._window_s + self.fastest_s > time_left_s:
             return latency
         return 0.0
 
@@ -185,6 +193,7 @@ class Batcher(Generic[G, T]):
                     del self._groups[group]
 
     def _note_latency(self, elapsed: float) -> None:
+        self._recent_s.append(elapsed)
         if self._latency_s is None:
             self._latency_s = elapsed
         else:
