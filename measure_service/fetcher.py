@@ -36,7 +36,8 @@ from gevent.event import AsyncResult
 
 from measure_service import metrics
 from measure_service.batcher import Batcher
-from measure_service.isolation import Isolator, Verdicts
+from measure_service.greenlets import spawn
+from measure_service.isolation import Isolation, Isolator, Verdicts
 from measure_service.limiter import AdaptiveLimiter
 from measure_service.logs import current_trace_id
 from measure_service.quotas import Tenant, TenantQuotas
@@ -194,13 +195,14 @@ class Fetcher:
         )
         self._isolator = Isolator(self._settle)
         self._suspects: dict[Tenant, float] = {}
+        self._limiter = limiter if limiter is not None else AdaptiveLimiter(settings.concurrency)
         self._batcher: Batcher[_Group, _Item] = Batcher(
             self._send,
             window_s=settings.batch_window_s,
             max_items=settings.batch_rows,
             concurrency=settings.concurrency,
             answer_within_s=settings.wait_s,
-            limiter=limiter,
+            limiter=self._limiter,
         )
 
     @property
@@ -342,30 +344,59 @@ class Fetcher:
         metrics.WAIT_OUTCOMES.labels("all_fetched" if done else "timed_out").inc()
 
     def _send(self, group: _Group, items: list[_Item]) -> None:
-        """Fetch one batch and resolve every key in it, whatever happens."""
+        """Fetch one batch (in the batcher's upstream slot) and resolve every key in it.
+
+        A batch failed for its rows' input goes on being split in a greenlet of its own, each
+        send taking a slot like any batch: the batches behind it need not wait for that.
+        """
         params = group.params.upstream()
-        keys = [item.key for item in items]
-        verdicts = Verdicts()
+        isolation: Isolation | None = None
         try:
-            verdicts = self._isolator.fetch(
-                [item.tenant for item in items], lambda positions: self._measure(
-                    params, items, positions
-                )
+            isolation = self._isolator.begin(
+                [item.tenant for item in items],
+                lambda positions: self._measure(params, items, positions),
             )
+            if not isolation.done:
+                spawn(self._isolate, params, items, isolation)
+        except Exception:
+            _LOG.exception("upstream batch crashed", extra={"rows": len(items)})
+        finally:
+            if isolation is None or isolation.done:
+                self._conclude(params, items, isolation)
+
+    def _isolate(self, params: dict[str, str], items: list[_Item], isolation: Isolation) -> None:
+        """Split a failed batch until every row is judged, then resolve its keys."""
+
+        def send(positions: Sequence[int]) -> dict[int, RowResult]:
+            with self._limiter.slot():
+                return self._measure(params, items, positions)
+
+        try:
+            isolation.go_on(send)
+        except Exception:
+            _LOG.exception("upstream batch crashed", extra={"rows": len(items)})
+        finally:
+            self._conclude(params, items, isolation)
+
+    def _conclude(
+        self, params: dict[str, str], items: list[_Item], isolation: Isolation | None
+    ) -> None:
+        """Cache the answers of a finished batch, log it, and fail every key left unanswered."""
+        verdicts = isolation.verdicts if isolation is not None else Verdicts()
+        keys = [item.key for item in items]
+        try:
             self._store(keys, verdicts)
-            if verdicts.culprits:
+            if verdicts.suspects:
                 self._note_suspects(items, verdicts)
             failure = next(iter(verdicts.failures.values()), None)
-            if failure is None:
+            if failure is None and isolation is not None:
                 _LOG.info(
                     "upstream batch fetched",
                     extra={"rows": len(items), "params": params, "sends": verdicts.sends,
                            **_trace_ids(items)},
                 )
-            else:
+            elif failure is not None:
                 self._log_failure(failure, items, verdicts)
-        except Exception:
-            _LOG.exception("upstream batch crashed", extra={"rows": len(items)})
         finally:
             for index, key in enumerate(keys):
                 if index not in verdicts.answers:
@@ -411,11 +442,12 @@ class Fetcher:
             metrics.CACHE_REJECTED.inc(rejected)
 
     def _note_suspects(self, items: list[_Item], verdicts: Verdicts) -> None:
-        """Batch the clients whose rows were at fault apart from the others for a while."""
+        """Batch the clients whose rows failed a batch apart from the others for a while."""
         until = time.monotonic() + SUSPECT_FOR_S
-        for index in verdicts.culprits:
-            tenant = items[index].tenant
+        for tenant in verdicts.suspects:
             self._suspects[tenant] = until
+        if not verdicts.culprits:
+            return
         metrics.UPSTREAM_ISOLATED_ROWS.inc(len(verdicts.culprits))
         _LOG.warning(
             "upstream failed a batch because of rows: cached as their errors",

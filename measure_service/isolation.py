@@ -48,12 +48,14 @@ class Verdicts:
 
     ``answers`` holds upstream's answer for every position that got one, and a row error for
     each culprit; ``failures`` the error of every position left without an answer (the caller
-    fails those fetches, caching nothing).
+    fails those fetches, caching nothing); ``suspects`` the owners to batch apart from others.
     """
 
     answers: dict[int, RowResult] = field(default_factory=dict)
     failures: dict[int, BaseException] = field(default_factory=dict)
     culprits: set[int] = field(default_factory=set)
+    # Owners whose rows were at fault, or failed while other owners' rows were answered.
+    suspects: set[Hashable] = field(default_factory=set)
     sends: int = 0
 
 
@@ -74,10 +76,20 @@ class Isolator:
 
     def fetch(self, owners: Sequence[Hashable], send: Send) -> Verdicts:
         """Send every position of a batch (``owners[i]`` started position i) and judge each."""
-        run = _Run(self, owners, send)
-        run.fetch(list(range(len(owners))), level=0)
-        run.finish()
-        return run.verdicts
+        isolation = self.begin(owners, send)
+        if not isolation.done:
+            isolation.go_on(send)
+        return isolation.verdicts
+
+    def begin(self, owners: Sequence[Hashable], send: Send) -> Isolation:
+        """Send the whole batch once; when it failed for its rows, the result must go on.
+
+        The caller may go on elsewhere (the splitting takes several round trips, and need not
+        delay the batches behind this one).
+        """
+        isolation = Isolation(self, owners)
+        isolation.begin(send)
+        return isolation
 
     def _answered_since(self, moment: float) -> bool:
         return self._answered_at >= moment
@@ -86,52 +98,77 @@ class Isolator:
         self._answered_at = self._clock()
 
 
-class _Run:
-    """The state of one batch's fetch: its verdicts, its unsettled errors and its budget."""
+class Isolation:
+    """One batch's fetch: its verdicts so far, its unsettled errors and its budget of sends."""
 
-    def __init__(self, isolator: Isolator, owners: Sequence[Hashable], send: Send) -> None:
+    def __init__(self, isolator: Isolator, owners: Sequence[Hashable]) -> None:
+        """Start judging a batch whose position ``i`` was started by ``owners[i]``."""
         self.isolator = isolator
         self.owners = owners
-        self.send = send
         self.verdicts = Verdicts()
         self.started = isolator._clock()
         self.unsettled: list[UpstreamError] = []
         self.unexplained = False
+        self.done = False
+        self.send: Send | None = None
         depth = max(1, math.ceil(math.log2(max(1, len(owners)))))
         self.budget = 1 + len(set(owners)) + _SENDS_PER_LEVEL * depth
 
-    def fetch(self, positions: list[int], level: int) -> None:
-        """Send ``positions``; on a splittable failure, split them (level 0 is the batch)."""
+    def begin(self, send: Send) -> None:
+        """Send the whole batch; settle it unless it failed in a way its rows may explain."""
+        self.send = send
+        positions = list(range(len(self.owners)))
+        error = self.attempt(positions)
+        if error is not None and _splittable(error) and len(positions) > 1:
+            return
+        if error is not None:
+            self.give_up_or_judge(positions, error)
+        self.finish()
+
+    def go_on(self, send: Send) -> None:
+        """Split the failed batch, sending the parts with ``send``, until every row is judged."""
+        self.send = send
+        try:
+            self.split_failed(list(range(len(self.owners))))
+        finally:
+            self.finish()
+
+    def give_up_or_judge(self, positions: list[int], error: UpstreamError) -> None:
+        if len(positions) == 1 and _splittable(error):
+            self.judge_alone(positions[0], error)
+        else:
+            self.fail(positions, error)
+
+    def fetch(self, positions: list[int]) -> None:
+        """Send ``positions``; on a failure their input may explain, split them."""
         error = self.attempt(positions)
         if error is None:
             return
-        if not _splittable(error):
-            self.fail(positions, error)
+        if not _splittable(error) or len(positions) == 1:
+            self.give_up_or_judge(positions, error)
             return
-        if len(positions) == 1:
-            self.judge_alone(positions[0], error)
-            return
-        parts = self.split(positions)
+        self.split_failed(positions)
+
+    def split_failed(self, positions: list[int]) -> None:
+        """Send each part of a failed group of rows; go on with the parts that fail too."""
         failed: list[tuple[list[int], UpstreamError]] = []
-        for part in parts:
+        for part in self.split(positions):
             part_error = self.attempt(part)
             if part_error is not None:
                 failed.append((part, part_error))
         healthy = self.isolator._answered_since(self.started)
         for part, part_error in failed:
-            if not _splittable(part_error):
-                self.fail(part, part_error)
-            elif len(part) == 1:
-                self.judge_alone(part[0], part_error)
-            elif (part_error.outcome == "http_5xx" and not healthy) or self.budget <= 0:
-                self.fail(part, part_error)
+            if len(part) > 1 and _splittable(part_error):
+                # Failures from an upstream that answers nothing else are not split further.
+                if (part_error.outcome == "http_5xx" and not healthy) or self.budget <= 0:
+                    self.fail(part, part_error)
+                else:
+                    self.split_failed(part)
             else:
-                self.split_failed(part, level + 1)
-
-    def split_failed(self, positions: list[int], level: int) -> None:
-        """Split a part that already failed, and go on with each half."""
-        for part in self.split(positions):
-            self.fetch(part, level)
+                self.give_up_or_judge(part, part_error)
+        if failed and len(failed) < len(self.split(positions)):
+            for part, _ in failed:
+                self.verdicts.suspects.update(self.owners[p] for p in part)
 
     def split(self, positions: list[int]) -> list[list[int]]:
         by_owner: dict[Hashable, list[int]] = {}
@@ -149,6 +186,7 @@ class _Run:
             return None
         self.budget -= 1
         self.verdicts.sends += 1
+        assert self.send is not None
         try:
             answers = self.send(positions)
         except UpstreamError as exc:
@@ -173,6 +211,7 @@ class _Run:
             return
         self.verdicts.answers[position] = RowResult(None, None, message)
         self.verdicts.culprits.add(position)
+        self.verdicts.suspects.add(self.owners[position])
 
     def fail(self, positions: list[int], error: BaseException) -> None:
         for position in positions:
@@ -182,6 +221,7 @@ class _Run:
 
     def finish(self) -> None:
         """Settle every error the breaker has not heard of: at most one counts as a failure."""
+        self.done = True
         counts = bool(self.unsettled) and (self.unexplained or not self.verdicts.culprits)
         for index, error in enumerate(self.unsettled):
             self.isolator._settle(error, not (counts and index == 0))

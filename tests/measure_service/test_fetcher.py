@@ -287,7 +287,9 @@ def test_a_client_whose_row_was_at_fault_is_batched_apart_afterwards(harness: Ha
     lookup_together(harness, ("a", [key("a1.com")]), ("b", [key("poison-500.com")]))
     harness.upstream.calls.clear()
     lookup_together(harness, ("a", [key("a2.com")]), ("b", [key("b2.com")]))
-    batches = sorted(sorted(row["inventoryId"] for row in rows) for rows, _ in harness.upstream.calls)
+    batches = sorted(
+        sorted(row["inventoryId"] for row in rows) for rows, _ in harness.upstream.calls
+    )
     assert batches == [["a2.com"], ["b2.com"]]
 
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from measure_service.isolation import BudgetSpent, Isolator
+from measure_service.isolation import Isolator
 from measure_service.upstream import RowResult, UpstreamError
 
 OK = RowResult(1.0, "modeled", None)
@@ -103,8 +103,8 @@ def test_many_poisoned_rows_spend_the_budget_and_fail_only_their_own_clients_row
     verdicts = fetch(upstream, owners)
     assert all(verdicts.answers[p] == OK for p in range(200, 210))  # type: ignore[attr-defined]
     assert len(upstream.requests) <= 1 + 2 + 4 * 8 + 1
-    spent = [p for p, e in verdicts.failures.items() if isinstance(e, BudgetSpent)]  # type: ignore[attr-defined]
-    assert spent and all(owners[p] == "b" for p in spent)
+    failed = verdicts.failures  # type: ignore[attr-defined]
+    assert failed and all(owners[p] == "b" for p in failed)
 
 
 @given(
@@ -135,3 +135,17 @@ def test_with_one_bad_row_every_other_row_is_answered(
     verdicts = fetch(upstream, ["a"] * size)
     answers = verdicts.answers  # type: ignore[attr-defined]
     assert all(answers.get(p) == OK for p in range(size) if p != poisoned)
+
+
+def test_the_client_whose_rows_failed_while_others_were_answered_is_a_suspect() -> None:
+    upstream = Upstream({0: 500, 1: 500})
+    verdicts = fetch(upstream, ["b", "b", "a"])
+    assert verdicts.suspects == {"b"}  # type: ignore[attr-defined]
+
+
+def test_a_batch_can_go_on_splitting_with_another_sender() -> None:
+    upstream = Upstream({1: 400})
+    isolation = Isolator(upstream.settle).begin(["a", "a", "a"], upstream.send)
+    assert not isolation.done and len(upstream.requests) == 1
+    isolation.go_on(upstream.send)
+    assert isolation.done and isolation.verdicts.culprits == {1}
