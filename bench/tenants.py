@@ -6,9 +6,10 @@ pass/fail):
 
 - ``poison``: client B sends a poisoned row every 100 ms for 4 s, once of each kind (one that
   makes upstream answer 500 for any request holding it, one that makes it refuse the whole
-  request with 400), while client A sends 5 new rows every 100 ms. Figures: the share of A's
-  rows answered from the cache on A's next request (1 s later), breaker openings, and what B's
-  poisoned rows got;
+  request with 400), each on a new connection (so both workers get them), while client A sends
+  5 new rows every 100 ms. Figures: the share of A's rows answered from the cache on A's next
+  request (1 s later, on the same keep-alive connection, so the same worker's cache), breaker
+  openings, and what B's poisoned rows got;
 - ``flood``: client B sends 11 x 1000 new rows at once while A sends 5 new rows every 50 ms;
   with the default bounds, a small ``MAX_PENDING_ROWS`` and a rows-per-second bound. Figure:
   A's rows answered ``unavailable`` (target 0), and the reasons B's rows got;
@@ -187,10 +188,15 @@ class Bench:
                      "rowIdentifier": "p"}])))
 
             def client_a(i: int) -> None:
+                # One keep-alive connection: its worker's cache is the one asked next time.
                 body = rows(f"a{run}-{i}", ROWS_PER_REQUEST)
-                post(svc.port, KEY_A, body)
-                gevent.sleep(1.0)
-                a_next.append(statuses(post(svc.port, KEY_A, body)))
+                client = Client(svc.port)
+                try:
+                    post(svc.port, KEY_A, body, client)
+                    gevent.sleep(1.0)
+                    a_next.append(statuses(post(svc.port, KEY_A, body, client)))
+                finally:
+                    client.close()
 
             b = gevent.spawn(every, 0.1, 4.0, client_b)
             a = gevent.spawn(every, 0.1, 4.0, client_a)

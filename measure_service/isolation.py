@@ -6,8 +6,8 @@ one row's input: a 5xx for any batch holding it, or a 400 refusing the request. 
 
 1. first by owner (the API key whose request started each fetch), so every client's rows are
    retried apart from everyone else's, then by halves (bisection) within a failed part;
-2. a row that fails alone is at fault: its verdict is a row error, which the caller caches like
-   any upstream row error. For a 400 that is certain (upstream answered, and refused that row).
+2. a row that fails alone, after failing in the batch (a batch of one row is sent twice), is at
+   fault: its verdict is a row error, which the caller caches like any upstream row error. For a 400 that is certain (upstream answered, and refused that row).
    A 5xx is put down to the row only when upstream answered some other request since the
    batch was first sent; otherwise upstream itself may be failing, and the row just fails;
 3. parts that fail while upstream answers nothing else are not split further: an upstream that
@@ -121,6 +121,10 @@ class Isolation:
         error = self.attempt(positions)
         if error is not None and _splittable(error) and len(positions) > 1:
             return
+        if error is not None and error.outcome == "http_5xx" and len(positions) == 1:
+            # A lone row is judged on two failures, like a row found by splitting: one
+            # 5xx may be upstream's own passing trouble.
+            error = self.attempt(positions)
         if error is not None:
             self.give_up_or_judge(positions, error)
         self.finish()

@@ -224,9 +224,9 @@ class UpstreamClient:
         (``breaker_open``; a breaker that opens between retries ends the call with the last
         real failure instead).
 
-        With ``judge_5xx``, a 5xx is not retried when there are several rows (splitting the
-        batch is the retry), and is not reported to the breaker: the error comes back with
-        ``judged=False`` and the caller must pass it to :meth:`settle`.
+        With ``judge_5xx``, a 5xx is neither retried (the caller's splitting and re-sending is
+        the retry) nor reported to the breaker: the error comes back with ``judged=False`` and
+        the caller must pass it to :meth:`settle`.
         """
         wanted = _row_identifiers(rows)
         if not wanted:
@@ -248,9 +248,7 @@ class UpstreamClient:
                 results = self._attempt(body, query, wanted, attempt)
             except UpstreamError as exc:
                 last_error = exc
-                if exc.outcome not in _RETRYABLE or (
-                    judge_5xx and exc.outcome == "http_5xx" and len(wanted) > 1
-                ):
+                if exc.outcome not in _RETRYABLE or (judge_5xx and exc.outcome == "http_5xx"):
                     break
             else:
                 if self._breaker is not None:

@@ -75,6 +75,20 @@ def test_a_poisoned_batch_does_not_count_towards_the_breaker() -> None:
     assert upstream.settled and not any(explained is False for explained in upstream.settled)
 
 
+def test_a_lone_row_failing_once_then_answered_gets_its_answer() -> None:
+    upstream = Upstream({0: 500})
+    sends = iter([True, False])
+    real = upstream.send
+
+    def flaky(positions: Sequence[int]) -> dict[int, RowResult]:
+        upstream.down = next(sends)
+        return real(positions)
+
+    upstream.poisoned = {}
+    verdicts = Isolator(upstream.settle).fetch(["a"], flaky)
+    assert verdicts.answers == {0: OK} and upstream.settled == [False]
+
+
 def test_when_upstream_is_down_a_batch_costs_three_requests_and_counts_once() -> None:
     upstream = Upstream(down=True)
     verdicts = fetch(upstream, ["a"] * 100)
@@ -87,7 +101,7 @@ def test_a_lone_row_failing_with_5xx_while_nothing_answers_is_a_failure_not_a_cu
     upstream = Upstream({0: 500})
     verdicts = fetch(upstream, ["a"])
     assert 0 in verdicts.failures and not verdicts.culprits  # type: ignore[attr-defined]
-    assert upstream.settled == [False]
+    assert upstream.settled.count(False) == 1 and len(upstream.requests) == 2
 
 
 def test_a_lone_row_refused_with_400_is_a_culprit() -> None:
