@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# What running needs: the service and its dependencies (demo: devtools/ runs from the checkout).
+RUNTIME_STAMP := $(VENV)/.runtime
 
 PORT           ?= 3000
 SIMULATOR_PORT ?= 8081
@@ -18,31 +20,35 @@ help:
 	@echo "make bench-service - service benchmarks: load vs a Flask floor, upstream economy, deploys"
 	@echo "make fuzz   - large fuzz run (hypothesis + schemathesis); make soak - 10-minute soak"
 
-$(STAMP): setup.cfg setup.py
+$(RUNTIME_STAMP): setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $(RUNTIME_STAMP)
+
+$(STAMP): $(RUNTIME_STAMP)
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $(STAMP)
 
 venv: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check weighted_cache measure_service tests bench gunicorn.conf.py
+	$(BIN)/ruff check weighted_cache measure_service devtools tests bench gunicorn.conf.py
 
 typecheck: $(STAMP)
 	$(BIN)/mypy weighted_cache
-	$(BIN)/mypy measure_service
+	$(BIN)/mypy measure_service devtools
 
 unit: $(STAMP)
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
 
-demo: $(STAMP)
+demo: $(RUNTIME_STAMP)
 	@PORT=$(PORT) SIMULATOR_PORT=$(SIMULATOR_PORT) DEMO_API_KEY=$(DEMO_API_KEY) \
-		$(BIN)/python -m measure_service.demo
+		$(BIN)/python -m devtools.demo
 
-run: $(STAMP)
+run: $(RUNTIME_STAMP)
 	@test -n "$$SCOPE3_API_TOKEN" || { echo "make run: set SCOPE3_API_TOKEN"; exit 2; }
 	@test -n "$$API_KEYS" || { echo "make run: set API_KEYS (comma-separated client keys)"; exit 2; }
 	PORT=$(PORT) $(BIN)/gunicorn -c gunicorn.conf.py measure_service.wsgi:app

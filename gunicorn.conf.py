@@ -4,68 +4,50 @@ Run: ``gunicorn -c gunicorn.conf.py measure_service.wsgi:app``. The service's ow
 (see ``measure_service.config.Config``) are validated here, in the master, so a bad value stops
 the start with one clear message instead of a crash loop of workers.
 
-Variables read only here:
-
-- ``HOST`` (``0.0.0.0``): bind address (tests use ``127.0.0.1``); the port is ``PORT``.
-- ``WEB_CONCURRENCY`` (number of cores): worker processes.
-- ``WORKER_CONNECTIONS`` (``1000``): concurrent connections per worker.
-- ``GUNICORN_TIMEOUT`` (``30``), ``GUNICORN_GRACEFUL_TIMEOUT`` (``20``),
-  ``GUNICORN_KEEPALIVE`` (``5``): seconds.
-- ``PROMETHEUS_MULTIPROC_DIR`` (a new temporary directory): where workers write metrics.
+The variables read only here are declared in ``measure_service.config.ServerConfig``.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import shutil
-import tempfile
 from typing import Any
+
+from measure_service.config import (
+    Config,
+    ConfigError,
+    ServerConfig,
+    ensure_metrics_dir,
+)
 
 # Several worker processes write one set of metrics: prometheus_client's multiprocess mode needs
 # one directory for all of them, set before anything imports prometheus_client (it picks its value
-# class at import). The workers inherit it; a directory made here is removed when the master exits.
-_OWN_METRICS_DIR: str | None = None
-if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    _OWN_METRICS_DIR = tempfile.mkdtemp(prefix="measure-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _OWN_METRICS_DIR
+# class at import). The workers inherit it; a directory made here goes when the master exits.
+ensure_metrics_dir()
 
-from measure_service.config import Config, ConfigError  # noqa: E402
 from measure_service.logs import sampled_access_logger  # noqa: E402
 
 try:
     _config = Config.from_env()
+    _server = ServerConfig.from_env()
 except ConfigError as exc:
     raise SystemExit(f"measure_service: bad configuration: {exc}") from None
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SystemExit(f"measure_service: {name} must be an integer, got {raw!r}") from None
-    if value < 1:
-        raise SystemExit(f"measure_service: {name} must be >= 1, got {value}")
-    return value
-
-
 # HOST exists so tests and local runs can stay on loopback; containers keep 0.0.0.0.
-bind = f"{os.environ.get('HOST', '0.0.0.0')}:{_config.port}"
-workers = _env_int("WEB_CONCURRENCY", multiprocessing.cpu_count())
+bind = f"{_server.host}:{_config.port}"
+workers = _server.web_concurrency
 # gevent: a worker serves many requests while their misses wait on upstream. Our subclass adds
 # one fix: a connection accepted just as the worker stops is answered, not dropped (worker.py).
 worker_class = "measure_service.worker.GeventWorker"
 # Concurrent connections per worker; beyond it gunicorn stops accepting, which bounds memory.
-worker_connections = _env_int("WORKER_CONNECTIONS", 1000)
+worker_connections = _server.worker_connections
 # A worker that does not heartbeat for this long (a blocked hub) is killed and replaced.
-timeout = _env_int("GUNICORN_TIMEOUT", 30)
+timeout = _server.gunicorn_timeout
 # On SIGTERM, in-flight requests and fetches get this long to finish.
-graceful_timeout = _env_int("GUNICORN_GRACEFUL_TIMEOUT", 20)
+graceful_timeout = _server.gunicorn_graceful_timeout
 # Longer than a typical load balancer's idle timeout would cause resets; 5 s is below them all.
-keepalive = _env_int("GUNICORN_KEEPALIVE", 5)
+keepalive = _server.gunicorn_keepalive
 # Only the status atom is formatted: AccessFormatter emits the fields itself.
 access_log_format = "%(s)s"
 # ACCESS_LOG sampling happens before gunicorn builds a line, so skipped lines cost nothing.
@@ -126,12 +108,6 @@ def child_exit(server: Any, worker: Any) -> None:
     multiprocess.mark_process_dead(worker.pid)
 
 
-def on_exit(server: Any) -> None:
-    """Remove the metrics directory if this master made it."""
-    if _OWN_METRICS_DIR is not None:
-        shutil.rmtree(_OWN_METRICS_DIR, ignore_errors=True)
-
-
 def worker_exit(server: Any, worker: Any) -> None:
     """Stop the worker's background fetches and close its upstream connections cleanly."""
     from flask import Flask
@@ -139,5 +115,6 @@ def worker_exit(server: Any, worker: Any) -> None:
     from measure_service.app import close_app
 
     app = getattr(worker, "wsgi", None)
+    app = getattr(app, "__wrapped__", app)  # worker.GeventWorker wraps the app
     if isinstance(app, Flask):
         close_app(app)

@@ -38,7 +38,9 @@ from typing import Any
 import gevent
 import gevent.event
 import loadgen
-from procs import Processes, Server, client_connections
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devtools, from a checkout
+from devtools.harness import Processes, Server, client_connections
 
 API_KEY = "deploy-key"
 GRACEFUL_TIMEOUT_S = 10

@@ -44,7 +44,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from procs import ROOT, Processes, Server
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devtools, from a checkout
+from devtools.harness import ROOT, Processes, Server
 
 API_KEY = "bench-key"
 UPSTREAM_TOKEN = "bench-upstream-token"

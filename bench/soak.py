@@ -39,8 +39,10 @@ from typing import Any  # noqa: E402
 import gevent  # noqa: E402
 import gevent.event  # noqa: E402
 import loadgen  # noqa: E402
-from procs import Processes, Server  # noqa: E402
 from traces import zipf_keys  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devtools, from a checkout
+from devtools.harness import Processes, Server  # noqa: E402
 
 API_KEY = "soak-key"
 ROW_COST = 100  # weight 0 maps to cost 100 - 0
@@ -317,10 +319,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "LOG_LEVEL": "WARNING",
     }
     with Processes() as procs:
-        sim = procs.simulator(latency_ms=args.latency_ms, jitter_ms=args.latency_ms / 3,
+        sim = procs.simulator("--error-rate", str(args.error_rate), "--seed", str(args.seed),
+                              latency_ms=args.latency_ms, jitter_ms=args.latency_ms / 3,
                               token=env["SCOPE3_API_TOKEN"],
-                              extra_args=["--error-rate", str(args.error_rate),
-                                          "--seed", str(args.seed)])
+                              )
         env["SCOPE3_API_URL"] = sim.url
         service = procs.gunicorn("measure_service.wsgi:app", env=env, workers=args.workers)
         headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}

@@ -45,8 +45,10 @@ from typing import Any  # noqa: E402
 
 import gevent  # noqa: E402
 from loadgen import percentile  # noqa: E402
-from procs import Processes, Server, free_port, stop  # noqa: E402
 from upstream_economy import UPSTREAM_TOKEN, Client, Reply, Upstream, call_once  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devtools, from a checkout
+from devtools.harness import Processes, Server, free_port, stop  # noqa: E402
 
 APP = "measure_service.wsgi:app"
 WORKERS = 2

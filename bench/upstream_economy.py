@@ -47,7 +47,9 @@ from typing import Any  # noqa: E402
 import gevent  # noqa: E402
 import gevent.event  # noqa: E402
 from loadgen import Target, percentile, run_closed  # noqa: E402
-from procs import LOOPBACK, Processes, Server, free_port, stop  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devtools, from a checkout
+from devtools.harness import LOOPBACK, Processes, Server, free_port, stop  # noqa: E402
 
 APP = "measure_service.wsgi:app"
 WORKERS = 2
@@ -244,12 +246,9 @@ class Upstream:
 
     def start(self) -> None:
         """Start the simulator (100 ms, jitter 30 ms) and wait until it answers."""
-        argv = [
-            sys.executable, "-m", "measure_service.simulator", "--host", LOOPBACK,
-            "--port", str(self.port), "--latency-ms", str(SIM_LATENCY_MS),
-            "--jitter-ms", str(SIM_JITTER_MS), "--token", UPSTREAM_TOKEN,
-        ]
-        self.server = self._procs.start("simulator", argv, port=self.port, ready_path="/_stats")
+        self.server = self._procs.simulator(
+            latency_ms=SIM_LATENCY_MS, jitter_ms=SIM_JITTER_MS, token=UPSTREAM_TOKEN, port=self.port
+        )
 
     def stop(self) -> None:
         """Kill it at once, as a crash would: from now on connections are refused."""

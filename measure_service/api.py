@@ -1,36 +1,51 @@
 """The HTTP surface: POST /v2/measure, /healthcheck and /readyz, auth, JSON errors.
 
 HTTP in and out only: validation lives in ``rows``, caching and fetching in ``fetcher``, trace
-ids and HTTP metrics in ``bookkeeping``. :class:`HotPath` answers the usual measure request
-without Flask; the Flask view answers the rest, and gives every error answer.
+ids and HTTP metrics in ``bookkeeping``. :class:`MeasureEndpoint` is the one door of
+``POST /v2/measure``: a plain WSGI handler that gives every answer of that path, each gate
+written once. Flask serves the other routes (health, readiness, OpenAPI, metrics) and answers
+their errors as JSON too.
 """
 
 from __future__ import annotations
 
 import hmac
-import io
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import IO, Any
 
+import gevent
 import orjson
-from flask import Blueprint, Flask, Response, current_app, request
+from flask import Blueprint, Response, current_app
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request as WerkzeugRequest
 
 from measure_service import logs
 from measure_service.config import Config
 from measure_service.fetcher import Fetcher, Outcome
-from measure_service.rows import BodyError, QueryParams, Row, parse_body, parse_query, validate_row
+from measure_service.rows import (
+    ROW_STATUSES,
+    BodyError,
+    QueryParams,
+    Row,
+    parse_body,
+    parse_query,
+    validate_row,
+)
 
 EXTENSION = "measure_service"
-STATUSES = ("hit", "fetched", "stale", "pending", "error", "unavailable", "invalid")
+MEASURE_PATH = "/v2/measure"
+# Set by the server (``worker.GeventWorker``): call it to close the connection after the answer.
+ENVIRON_CLOSE_CONNECTION = "measure.close_connection"
 _LOG = logging.getLogger(__name__)
 _JSON = "application/json"
 _INVALID = Outcome("invalid")
 _NO_QUERY = QueryParams(None, None)
+_ALLOW = "OPTIONS, POST"
+_UNREADABLE = "body could not be read (broken chunked encoding or cut short)"
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
@@ -64,7 +79,7 @@ def _json(document: Any, status: int = 200) -> Response:
 def _encode(document: Any) -> bytes:
     """The JSON body. Upstream's own text in it was redacted of our token when it was parsed."""
     try:
-        # orjson encodes a 5-row answer about 5x faster than json, the floor's encoder.
+        # orjson: the answer's encoding is a large part of a hit's cost with json.
         body = orjson.dumps(document)
     except TypeError:
         # It refuses integers beyond 64 bits, which a client's rowIdentifier may be.
@@ -119,31 +134,6 @@ def readyz() -> Response:
     return _json({"status": "ready"})
 
 
-@bp.post("/v2/measure")
-def measure() -> Response:
-    """Answer every row from the cache or upstream, in request order."""
-    services = _services()
-    config = services.config
-    environ = request.environ  # read once: each ``request.`` is a context-local lookup
-    tenant = _tenant(services.auth_keys, environ.get("HTTP_AUTHORIZATION", ""))
-    if tenant is None:
-        response = _error(401, "missing or invalid API key")
-        response.headers["WWW-Authenticate"] = 'Bearer realm="measure"'
-        return response
-    if not _is_json(request.mimetype):
-        return _error(415, "Content-Type must be application/json")
-    try:
-        body = _read_body(config.max_body_bytes)
-        if body is None:
-            return _error(413, f"body is larger than {config.max_body_bytes} bytes")
-        # Most requests have no query string: skip building werkzeug's MultiDict for them.
-        params = parse_query(request.args) if environ.get("QUERY_STRING") else _NO_QUERY
-        raw_rows = parse_body(body, config.max_rows)
-    except BodyError as exc:
-        return _error(400, str(exc))
-    return Response(_answer(services, params, raw_rows, environ, tenant), mimetype=_JSON)
-
-
 def _answer(
     services: Services,
     params: QueryParams,
@@ -151,7 +141,8 @@ def _answer(
     environ: dict[str, Any],
     tenant: str,
 ) -> bytes:
-    """The encoded 200 answer to a valid request; records the counts for the access log."""
+    """The encoded 200 answer to a valid request from ``tenant``; records the access log's
+    counts."""
     config = services.config
     rows = [validate_row(raw, params) for raw in raw_rows]
     wanted = [(row.key, row.cost) for row in rows if row.key is not None]
@@ -163,62 +154,132 @@ def _answer(
     return _encode(_document(rows, iter(lookup.outcomes)))
 
 
-class HotPath:
-    """WSGI wrapper answering the usual ``POST /v2/measure`` without Flask's per-request work.
+class HttpError(Exception):
+    """A request refused with ``status`` and a JSON ``{"error": message}`` body."""
 
-    Flask's request context, URL adapter, routing and Response objects cost about 90 us of a
-    5-row hit request; this does the same work as :func:`measure` with plain WSGI. Anything
-    unusual (auth failure, other content type, no or too large Content-Length, a bad query
-    string or body) goes to Flask, so every error answer comes from one place.
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+class _BodyTimeout(Exception):
+    """The client did not send its whole body within BODY_TIMEOUT_MS."""
+
+
+class MeasureEndpoint:
+    """The one door of ``POST /v2/measure``: every answer of that path comes from here.
+
+    The gates run in order: method, readiness, auth, content type, transfer coding, length, the
+    body (read once, under a total deadline), the query string, then the body's JSON (parsed
+    once). Any other path goes to ``other`` (the Flask app).
     """
 
-    def __init__(self, app: Flask, flask_wsgi: WSGIApp) -> None:
-        """Serve ``app``'s hot route; hand everything else to ``flask_wsgi``."""
-        self._extensions = app.extensions
-        self._flask = flask_wsgi
+    def __init__(self, extensions: Mapping[str, Any], other: WSGIApp) -> None:
+        """Serve with the :class:`Services` found in ``extensions``; pass other paths on."""
+        self._extensions = extensions
+        self._other = other
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        """Answer a plain valid measure request here, or pass the request to Flask."""
-        services: Services | None = self._extensions.get(EXTENSION)
-        if (
-            services is None
-            or environ.get("PATH_INFO") != "/v2/measure"
-            or environ.get("REQUEST_METHOD") != "POST"
-            or (tenant := _tenant(services.auth_keys, environ.get("HTTP_AUTHORIZATION", "")))
-            is None
-            or not _is_json(environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower())
-            or environ.get("HTTP_TRANSFER_ENCODING")
-        ):
-            return self._flask(environ, start_response)
-        length_text = environ.get("CONTENT_LENGTH", "")
-        if not (length_text.isascii() and length_text.isdigit()) or (
-            int(length_text) > services.config.max_body_bytes
-        ):
-            return self._flask(environ, start_response)
-        body = b""
+        """Answer a request for ``/v2/measure``, or hand any other path to ``other``."""
+        if environ.get("PATH_INFO") != MEASURE_PATH:
+            return self._other(environ, start_response)
+        method = environ.get("REQUEST_METHOD")
+        if method == "OPTIONS":
+            start_response("200 OK", [("Allow", _ALLOW), ("Content-Length", "0")])
+            return []
+        headers: dict[str, str] = {}
         try:
-            body = environ["wsgi.input"].read(int(length_text))
-            # werkzeug's own parsing, as Flask's ``request.args``, without a request context.
+            body = self._serve(method, environ)
+            status = 200
+        except HttpError as exc:
+            status, body, headers = exc.status, _encode({"error": exc.message}), exc.headers
+        except Exception:
+            # The stack trace goes to the log under the trace id, never to the client.
+            _LOG.exception("unhandled error")
+            status, body = 500, _encode({"error": "internal error"})
+        sent = [("Content-Type", _JSON), ("Content-Length", str(len(body))), *headers.items()]
+        start_response(f"{status} {HTTPStatus(status).phrase}", sent)
+        return [] if method == "HEAD" else [body]
+
+    def _serve(self, method: str | None, environ: dict[str, Any]) -> bytes:
+        """The 200 answer's body; raises HttpError for a request refused at one of the gates."""
+        if method != "POST":
+            raise HttpError(405, "method not allowed: use POST", {"Allow": _ALLOW})
+        services: Services | None = self._extensions.get(EXTENSION)
+        if services is None:
+            raise HttpError(503, "the worker is starting or stopping")
+        tenant = _tenant(services.auth_keys, environ.get("HTTP_AUTHORIZATION", ""))
+        if tenant is None:
+            raise HttpError(
+                401, "missing or invalid API key", {"WWW-Authenticate": 'Bearer realm="measure"'}
+            )
+        if not _is_json(environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()):
+            raise HttpError(415, "Content-Type must be application/json")
+        config = services.config
+        body = _read_body(environ, config.max_body_bytes, config.body_timeout_ms / 1000)
+        try:
+            # werkzeug's own query parsing, as Flask's ``request.args``, without a context.
             query = WerkzeugRequest(environ).args if environ.get("QUERY_STRING") else None
             params = _NO_QUERY if query is None else parse_query(query)
-            raw_rows = parse_body(body, services.config.max_rows)
-        except Exception:
-            # Flask reads the body again (what could be read of it) and gives the error answer.
-            environ["wsgi.input"] = io.BytesIO(body)
-            return self._flask(environ, start_response)
-        try:
-            answer = _answer(services, params, raw_rows, environ, tenant)
-            status = "200 OK"
-        except Exception:
-            # As _unexpected_error: the stack trace goes to the log, never to the client.
-            _LOG.exception("unhandled error")
-            answer, status = _encode({"error": "internal error"}), "500 INTERNAL SERVER ERROR"
-        start_response(status, [("Content-Type", _JSON), ("Content-Length", str(len(answer)))])
-        return [answer]
+            raw_rows = parse_body(body, config.max_rows)
+        except BodyError as exc:
+            raise HttpError(400, str(exc)) from None
+        return _answer(services, params, raw_rows, environ, tenant)
+
+
+def _read_body(environ: dict[str, Any], limit: int, timeout_s: float) -> bytes:
+    """The whole body, within ``limit`` bytes and ``timeout_s`` seconds; else HttpError."""
+    coding = environ.get("HTTP_TRANSFER_ENCODING")
+    if coding is not None and coding.strip().lower() != "chunked":
+        raise HttpError(400, "Transfer-Encoding must be chunked (or absent)")
+    length_text = environ.get("CONTENT_LENGTH") or ""
+    length: int | None = None
+    if length_text:
+        if not (length_text.isascii() and length_text.isdigit()):
+            raise HttpError(400, "Content-Length must be a number of bytes")
+        length = int(length_text)
+        if length > limit:
+            raise HttpError(413, f"body is larger than {limit} bytes")
+    stream: IO[bytes] = environ["wsgi.input"]
+    try:
+        with gevent.Timeout(timeout_s, _BodyTimeout):
+            body = _read_at_most(stream, limit + 1 if length is None else length)
+    except _BodyTimeout:
+        # The rest of the body may still come: it must not be read as the next request.
+        close = environ.get(ENVIRON_CLOSE_CONNECTION)
+        if close is not None:
+            close()
+        raise HttpError(
+            408, f"the body did not arrive within {timeout_s:g} s", {"Connection": "close"}
+        ) from None
+    except Exception:
+        # The server's reader raises its own types for broken chunked framing or a lost
+        # client; either way the body is unusable, and the client's fault.
+        raise HttpError(400, _UNREADABLE) from None
+    if length is None and len(body) > limit:
+        raise HttpError(413, f"body is larger than {limit} bytes")
+    if length is not None and len(body) < length:
+        raise HttpError(400, _UNREADABLE)
+    return body
+
+
+def _read_at_most(stream: IO[bytes], size: int) -> bytes:
+    """Read until ``size`` bytes or the end of the stream, whichever comes first."""
+    chunks: list[bytes] = []
+    got = 0
+    while got < size:
+        chunk = stream.read(size - got)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _document(rows: list[Row], outcomes: Iterator[Outcome]) -> dict[str, Any]:
-    coverage = dict.fromkeys(STATUSES, 0)
+    coverage = dict.fromkeys(ROW_STATUSES, 0)
     out_rows = []
     total = 0.0
     for row in rows:
@@ -278,34 +339,3 @@ def _is_json(mimetype: str) -> bool:
     return mimetype == _JSON or (mimetype.startswith("application/") and mimetype.endswith("+json"))
 
 
-def _read_body(limit: int) -> bytes | None:
-    """The body, or None when it is over ``limit`` (by Content-Length or by what was read).
-
-    Raises BodyError when the body cannot be read.
-    """
-    length = request.content_length
-    if length is not None and length > limit:
-        return None
-    try:
-        if length is not None:
-            # One read from the server's own stream: werkzeug's wrapping streams cost ~10 us.
-            body: bytes = request.environ["wsgi.input"].read(length)
-            return body
-        return _read_chunked(request.stream, limit)
-    except Exception:
-        # The server's reader raises its own types for broken chunked framing or a lost
-        # client; either way the body is unusable, and the client's fault.
-        raise BodyError("body could not be read (broken chunked encoding or cut short)") from None
-
-
-def _read_chunked(stream: IO[bytes], limit: int) -> bytes | None:
-    """A body without Content-Length: read at most one byte past ``limit`` to detect excess."""
-    chunks: list[bytes] = []
-    size = 0
-    while size <= limit:
-        chunk = stream.read(limit + 1 - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return None if size > limit else b"".join(chunks)

@@ -37,6 +37,8 @@ def create_app(
     config = Config.from_env() if config is None else config
     logs.configure_logging(config.log_level, secrets=(config.scope3_api_token,))
     app = Flask(__name__)
+    # ``/v2//measure`` is a path we do not serve (a JSON 404), never a redirect to another one.
+    app.url_map.merge_slashes = False
     closers: list[Callable[[], None]] = []
     if cache is None:
         built = _default_cache(config, clock)
@@ -50,10 +52,22 @@ def create_app(
     app.register_blueprint(api.bp)
     app.register_blueprint(openapi.bp)
     register_extensions(app)
-    routes = [rule.rule for rule in app.url_map.iter_rules() if not rule.arguments]
-    hot_path = api.HotPath(app, app.wsgi_app)
-    app.wsgi_app = RequestBookkeeping(hot_path, routes)  # type: ignore[method-assign]
+    measure = api.MeasureEndpoint(app.extensions, app.wsgi_app)
+    routes = {path for _, path in served_routes(app)}
+    app.wsgi_app = RequestBookkeeping(measure, routes)  # type: ignore[method-assign]
     return app
+
+
+def served_routes(app: Flask) -> set[tuple[str, str]]:
+    """Every (method, path) the app answers: its Flask routes and the measure endpoint."""
+    served = {
+        (method, rule.rule)
+        for rule in app.url_map.iter_rules()
+        if rule.endpoint != "static" and not rule.arguments
+        for method in rule.methods or ()
+        if method not in ("HEAD", "OPTIONS")
+    }
+    return served | {("POST", api.MEASURE_PATH)}
 
 
 def register_extensions(app: Flask) -> None:

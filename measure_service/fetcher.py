@@ -41,7 +41,7 @@ from measure_service.isolation import Isolation, Isolator, Verdicts
 from measure_service.limiter import AdaptiveLimiter
 from measure_service.logs import current_trace_id
 from measure_service.quotas import Tenant, TenantQuotas
-from measure_service.rows import QueryParams, RowKey
+from measure_service.rows import QueryParams, RowKey, RowStatus
 from measure_service.singleflight import SingleFlight
 from measure_service.upstream import RowResult, UpstreamError
 
@@ -93,10 +93,10 @@ class Outcome(NamedTuple):
     """The answer for one row: its status, the cached entry when known, and why unavailable.
 
     A NamedTuple rather than a frozen dataclass: one is built per row on the hit path, and a
-    tuple is built about 3x faster.
+    tuple is much cheaper to build.
     """
 
-    status: str
+    status: RowStatus
     entry: Entry | None = None
     reason: str | None = None
 
@@ -205,11 +205,6 @@ class Fetcher:
             limiter=self._limiter,
         )
 
-    @property
-    def pending(self) -> int:
-        """Keys waiting for or being fetched from upstream."""
-        return len(self._flights)
-
     def lookup(
         self, rows: Sequence[tuple[RowKey, int]], wait_s: float = 0.0, tenant: Tenant = None
     ) -> Lookup:
@@ -227,6 +222,7 @@ class Fetcher:
         waits: list[tuple[int, AsyncResult]] = []
         hits = stale = misses = coalesced = 0
         refused: dict[str, int] = {}  # a plain dict: a Counter costs ~1 us to build
+        status: RowStatus
         for key, cost in rows:
             entry = self._cache.get(key)
             if entry is not None:

@@ -7,9 +7,10 @@ one row's input: a 5xx for any batch holding it, or a 400 refusing the request. 
 1. first by owner (the API key whose request started each fetch), so every client's rows are
    retried apart from everyone else's, then by halves (bisection) within a failed part;
 2. a row that fails alone, after failing in the batch (a batch of one row is sent twice), is at
-   fault: its verdict is a row error, which the caller caches like any upstream row error. For a 400 that is certain (upstream answered, and refused that row).
-   A 5xx is put down to the row only when upstream answered some other request since the
-   batch was first sent; otherwise upstream itself may be failing, and the row just fails;
+   fault: its verdict is a row error, which the caller caches like any upstream row error.
+   For a 400 that is certain (upstream answered, and refused that row). A 5xx is put down to
+   the row only when upstream answered some other request since the batch was first sent;
+   otherwise upstream itself may be failing, and the row just fails;
 3. parts that fail while upstream answers nothing else are not split further: an upstream that
    is down costs a batch three requests, not one per row. Each split batch also has a budget
    of sends, so a client sending many bad rows pays with its own rows' answers only.
@@ -19,6 +20,7 @@ The breaker hears once per batch: an ordinary failure when some row failed witho
 says nothing about upstream's health.
 
 Timeouts, connection errors, 429 and malformed answers are never split: no row explains them.
+After the first failed send, the splitting may go on elsewhere (see :meth:`Isolator.begin`).
 """
 
 from __future__ import annotations

@@ -9,28 +9,17 @@ Hot paths increment once per request with a count (``inc(n)``), never once per r
 
 prometheus_client picks its value class (in-memory or multiprocess files) when it is first
 imported, so this module must be imported before it. When no directory is set (a test process, a
-script), it makes a private one: every process then records metrics the way gunicorn workers do,
-and ``/metrics`` reads them the same way.
+script), ``config.ensure_metrics_dir`` makes a private one: every process then records metrics the
+way gunicorn workers do, and ``/metrics`` reads them the same way.
 """
 
 from __future__ import annotations
 
-import atexit
 import os
-import shutil
-import tempfile
 
+from measure_service.config import ensure_metrics_dir
 
-def _ensure_multiprocess_dir() -> None:
-    """Point ``PROMETHEUS_MULTIPROC_DIR`` at a private directory when none is set."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        return
-    directory = tempfile.mkdtemp(prefix="measure-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
-    atexit.register(shutil.rmtree, directory, True)
-
-
-_ensure_multiprocess_dir()
+ensure_metrics_dir()
 
 from prometheus_client import Counter, Gauge, Histogram, values  # noqa: E402
 
@@ -41,8 +30,8 @@ if not getattr(values.ValueClass, "_multiprocess", False):
         "import measure_service.metrics first."
     )
 
-# Every increment asks for the process id, to notice a fork, and os.getpid is a system call
-# (4 per hit request, 5% of its time in a profile). The id is kept here, renewed in a child.
+# Every increment asks for the process id, to notice a fork, and os.getpid is a system call on
+# the hit path. The id is kept here, renewed in a child.
 _PID = [os.getpid()]
 os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
 values.ValueClass = values.MultiProcessValue(  # type: ignore[no-untyped-call]
@@ -57,7 +46,7 @@ FAST_BUCKETS = (
 UPSTREAM_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.45, 0.6, 1.0, 2.0, 5.0, 10.0)
 BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 
-# --- HTTP (recorded by exporter.HttpMetrics; names as prometheus_flask_exporter's defaults) ------
+# --- HTTP (recorded by bookkeeping; names as prometheus_flask_exporter's defaults) -------------
 HTTP_LATENCY = Histogram(
     "flask_http_request_duration_seconds",
     "HTTP request duration in seconds, by method, route (path) and status.",
@@ -90,10 +79,6 @@ CACHE_MAX_COST = Gauge(
 )
 
 # --- upstream ----------------------------------------------------------------------------------
-UPSTREAM_OUTCOMES = (
-    "ok", "row_error", "http_4xx", "http_429", "http_5xx", "timeout", "connection_error",
-    "malformed",
-)
 UPSTREAM_REQUESTS = Counter(
     "measure_upstream_requests_total", "Upstream HTTP requests by outcome.", ["outcome"]
 )

@@ -13,7 +13,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 DEFAULT_IMPRESSIONS = 1000
 MAX_IMPRESSIONS = 10**12
@@ -35,6 +35,11 @@ _DATE = re.compile(
     r"(?:T(\d{2}):(\d{2}):(\d{2})(?:\.\d{1,9})?Z?)?"
 )
 _FRAMEWORK = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+# What the service says about each row: the one vocabulary of the code, the answer's ``coverage``
+# and ``openapi.yaml`` (a test holds them equal). Meanings are in the README.
+RowStatus = Literal["hit", "fetched", "stale", "pending", "error", "unavailable", "invalid"]
+ROW_STATUSES: tuple[RowStatus, ...] = get_args(RowStatus)
 
 
 class BodyError(ValueError):

@@ -6,12 +6,9 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import gevent
+import loadgen
 import pytest
 from gevent.pywsgi import WSGIServer
-
-from tests.conftest import bench_module
-
-loadgen = bench_module("loadgen")
 
 HIT_BODY = b'{"rows":[{"status":"hit"},{"status":"hit"},{"status":"pending"}]}'
 

@@ -27,15 +27,15 @@ from pathlib import Path
 
 import gevent
 import gevent.event
+import loadgen
 import pytest
 
-from tests.conftest import API_KEY, Processes, Service, bench_module
+from devtools.harness import client_connections
+from tests.conftest import API_KEY, Processes, Service
 
 pytestmark = pytest.mark.integration
 
 
-loadgen = bench_module("loadgen")
-client_connections = bench_module("procs").client_connections
 
 UPSTREAM_MS = 300
 CONNECTIONS = 16

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import Processes, Service, Simulator, eventually
+from tests.conftest import Processes, Service, Simulator, StartError, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -157,5 +157,5 @@ def test_readyz_turns_503_when_upstream_refuses_our_token(processes: Processes) 
 
 
 def test_the_service_refuses_to_start_without_api_keys(processes: Processes) -> None:
-    with pytest.raises(pytest.fail.Exception, match="API_KEYS"):
+    with pytest.raises(StartError, match="API_KEYS"):
         processes.service(None, env={"API_KEYS": ""})

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 
-from measure_service.config import Config, ConfigError, parse_access_log
+from measure_service.config import (
+    Config,
+    ConfigError,
+    ServerConfig,
+    markdown_table,
+    parse_access_log,
+)
 
 BASE = {"API_KEYS": "k1"}
 
@@ -90,3 +99,20 @@ def test_access_log_setting_becomes_a_sampling_rate(value: str, rate: float) -> 
 def test_repr_never_shows_the_upstream_token_or_keys() -> None:
     config = Config.from_env({"API_KEYS": "client-secret", "SCOPE3_API_TOKEN": "upstream-secret"})
     assert "secret" not in repr(config)
+
+
+@pytest.mark.parametrize("settings", [Config, ServerConfig])
+def test_the_readme_tables_are_the_declared_settings(settings: type[Any]) -> None:
+    table = markdown_table(settings)
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert table in readme, f"update README.md with:\n{table}"
+
+
+def test_the_server_settings_are_read_from_the_environment() -> None:
+    server = ServerConfig.from_env({"HOST": "127.0.0.1", "WEB_CONCURRENCY": "3"})
+    assert (server.host, server.web_concurrency, server.gunicorn_keepalive) == ("127.0.0.1", 3, 5)
+
+
+def test_a_bad_server_setting_names_its_variable() -> None:
+    with pytest.raises(ConfigError, match="WORKER_CONNECTIONS"):
+        ServerConfig.from_env({"WORKER_CONNECTIONS": "0"})

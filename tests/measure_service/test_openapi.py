@@ -25,10 +25,9 @@ from referencing.jsonschema import DRAFT202012
 from werkzeug.test import TestResponse
 
 from measure_service import openapi
-from measure_service.api import STATUSES
-from measure_service.app import close_app, create_app
+from measure_service.app import close_app, create_app, served_routes
 from measure_service.config import Config
-from measure_service.rows import QueryParams, validate_row
+from measure_service.rows import ROW_STATUSES, QueryParams, validate_row
 from measure_service.upstream import UpstreamError
 from tests.measure_service.conftest import FakeUpstream
 
@@ -123,13 +122,7 @@ def test_openapi_json_serves_the_packaged_yaml(client: FlaskClient) -> None:
 
 
 def test_every_route_of_the_app_is_documented_and_every_documented_one_exists(app: Flask) -> None:
-    served = {
-        (method, rule.rule)
-        for rule in app.url_map.iter_rules()
-        if rule.endpoint != "static"
-        for method in rule.methods or ()
-        if method not in ("HEAD", "OPTIONS")
-    }
+    served = served_routes(app)
     documented = {
         (method.upper(), path)
         for path, operations in SPEC["paths"].items()
@@ -267,7 +260,7 @@ def test_the_documented_row_limit_is_the_default_max_rows() -> None:
 
 def test_the_documented_statuses_are_those_the_service_produces() -> None:
     status = SPEC["components"]["schemas"]["ResultRow"]["properties"]["status"]
-    assert tuple(status["enum"]) == STATUSES
+    assert tuple(status["enum"]) == ROW_STATUSES
 
 
 def test_the_spec_is_json_serialisable_as_served() -> None:

@@ -569,7 +569,7 @@ def test_bad_settings_raise_a_value_error_naming_the_argument(
 @pytest.fixture(scope="module")
 def simulator() -> Iterator[str]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "measure_service.simulator", "--port", "0", "--latency-ms", "0",
+        [sys.executable, "-m", "devtools.simulator", "--port", "0", "--latency-ms", "0",
          "--jitter-ms", "0", "--token", TOKEN],
         cwd=ROOT, stdout=subprocess.PIPE, text=True,
     )

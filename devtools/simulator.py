@@ -1,6 +1,6 @@
 """A fake Scope3 ``/v2/measure`` API for demos, load tests, benchmarks and integration tests.
 
-Run it with ``python -m measure_service.simulator --port 8081``. It answers in Scope3's shape with
+Run it with ``python -m devtools.simulator --port 8081``. It answers in Scope3's shape with
 deterministic values that scale with impressions (nytimes.com at 1000 impressions is about 66 g),
 and can inject faults, switchable at runtime with ``POST /_control``:
 
@@ -530,7 +530,7 @@ def _is_number(value: object) -> bool:
 
 def _parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Faults]:
     parser = argparse.ArgumentParser(
-        prog="python -m measure_service.simulator", description="Serve a fake Scope3 API."
+        prog="python -m devtools.simulator", description="Serve a fake Scope3 API."
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8081, help="0 picks a free port")

@@ -13,7 +13,7 @@ import pytest
 import requests
 from werkzeug.test import Client, TestResponse
 
-from measure_service.simulator import Faults, Scope3Simulator, measure_row, row_key
+from devtools.simulator import Faults, Scope3Simulator, measure_row, row_key
 
 TOKEN = "sim-token"
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,7 +92,7 @@ def test_nytimes_at_1000_impressions_is_about_66_grams() -> None:
 
 
 def test_values_are_deterministic_across_processes() -> None:
-    code = ("import json, sys; from measure_service.simulator import measure_row; "
+    code = ("import json, sys; from devtools.simulator import measure_row; "
             "print(json.dumps(measure_row(json.loads(sys.argv[1]), {})))")
     row = _row(inventoryId="example.org", country="DE")
     outputs = {
@@ -347,7 +347,7 @@ def test_fault_rates_are_reproducible_for_a_seed() -> None:
 @pytest.fixture(scope="module")
 def live() -> Iterator[str]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "measure_service.simulator", "--port", "0", "--latency-ms", "5",
+        [sys.executable, "-m", "devtools.simulator", "--port", "0", "--latency-ms", "5",
          "--jitter-ms", "1", "--token", TOKEN],
         cwd=ROOT, stdout=subprocess.PIPE, text=True,
     )
@@ -375,7 +375,7 @@ def test_the_command_line_server_answers_and_counts_on_loopback(live: str) -> No
 
 def test_the_command_line_rejects_bad_settings() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "measure_service.simulator", "--error-rate", "2"],
+        [sys.executable, "-m", "devtools.simulator", "--error-rate", "2"],
         cwd=ROOT, capture_output=True, text=True, timeout=30,
     )
     assert result.returncode == 2

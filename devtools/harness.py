@@ -1,0 +1,394 @@
+"""Start and stop the simulator and gunicorn on free loopback ports: tests, benchmarks, demo.
+
+The whole API is one context manager, :class:`Processes`::
+
+    with Processes() as procs:
+        sim = procs.simulator(latency_ms=100, token="t")
+        svc = procs.service(sim, env={"API_KEYS": "k"})
+        svc.post([{"inventoryId": "nytimes.com", "utcDatetime": "2024-10-30"}])
+    # every process started above is stopped here, even on an exception, Ctrl-C or SIGTERM
+
+Each child runs in its own session (process group), so stopping it also stops whatever it forked
+(gunicorn's workers). Output goes to a log file; when a process fails to become ready, the tail of
+its log is put in the error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+LOOPBACK = "127.0.0.1"
+MEASURE_APP = "measure_service.wsgi:app"
+# A response object still referenced keeps its connection open, and on SIGTERM gunicorn waits out
+# the keep-alive of idle connections: closing each one keeps teardown fast.
+_CLOSE = {"Connection": "close"}
+
+
+class StartError(RuntimeError):
+    """A process exited or never answered its readiness URL."""
+
+
+def free_port() -> int:
+    """Return a loopback TCP port that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A started child process that serves HTTP on ``url``."""
+
+    name: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    url: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.url = f"http://{LOOPBACK}:{self.port}"
+
+    def child_pids(self) -> list[int]:
+        """Pids of this process's direct children (gunicorn: its workers)."""
+        pid = self.process.pid
+        try:
+            text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+        except OSError:
+            return []
+        return [int(child) for child in text.split()]
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time used so far by this process and its live children."""
+        return sum(cpu_seconds(pid) for pid in [self.process.pid, *self.child_pids()])
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        """GET a path of this server."""
+        return requests.get(f"{self.url}{path}", headers=_CLOSE, timeout=10, **kwargs)
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The last ``lines`` lines this process wrote to stdout or stderr."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        """Every JSON object line this process has written so far (stdout and stderr)."""
+        lines = []
+        for text in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                document = json.loads(text)
+            except ValueError:
+                continue
+            if isinstance(document, dict):
+                lines.append(document)
+        return lines
+
+
+@dataclass
+class Simulator(Server):
+    """A running Scope3 simulator (``devtools.simulator``) and its control endpoints."""
+
+    def stats(self, query: str = "") -> dict[str, Any]:
+        """The simulator's ``/_stats`` document (``query``, e.g. ``?keys=0``, trims it)."""
+        document: dict[str, Any] = self.get(f"/_stats{query}").json()
+        return document
+
+    def reset(self) -> None:
+        """Clear the counters and restore the command-line behaviour."""
+        requests.post(f"{self.url}/_reset", headers=_CLOSE, timeout=5).raise_for_status()
+
+    def control(self, **changes: Any) -> None:
+        """Change behaviour at runtime (latency_ms, jitter_ms, mode, ...)."""
+        requests.post(
+            f"{self.url}/_control", json=changes, headers=_CLOSE, timeout=5
+        ).raise_for_status()
+
+
+@dataclass
+class Service(Server):
+    """A running gunicorn serving measure_service; ``api_key`` is the first of its API_KEYS."""
+
+    api_key: str | None = None
+
+    def worker_pids(self) -> set[int]:
+        """The pids of gunicorn's workers."""
+        return set(self.child_pids())
+
+    def post(
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        *,
+        query: str = "",
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 10.0,
+    ) -> requests.Response:
+        """POST ``{"rows": rows}`` to /v2/measure with the API key."""
+        sent = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        sent.update(_CLOSE)
+        sent.update(headers or {})
+        return requests.post(
+            f"{self.url}/v2/measure{query}", json={"rows": list(rows)}, headers=sent,
+            timeout=timeout,
+        )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds used so far by ``pid`` (0 once it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    # Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    fields = stat.rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def client_connections(pid: int, port: int) -> int:
+    """Established TCP connections that ``pid`` holds on local port ``port``."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            link = os.readlink(fd)
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[len("socket:["):-1])
+    count = 0
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if (int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01"
+                and fields[9] in inodes):
+            count += 1
+    return count
+
+
+def wait_ready(server: Server, path: str, timeout_s: float = 30.0) -> None:
+    """Poll ``server.url + path`` until it answers 200; raise StartError on exit or timeout."""
+    deadline = time.monotonic() + timeout_s
+    url = server.url + path
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise StartError(
+                f"{server.name} exited with code {server.process.returncode}:\n"
+                + server.log_tail()
+            )
+        with contextlib.suppress(requests.RequestException):
+            if requests.get(url, headers=_CLOSE, timeout=1).status_code == 200:
+                return
+        time.sleep(0.05)
+    raise StartError(f"{url} was not ready within {timeout_s:.0f} s:\n" + server.log_tail())
+
+
+def _wait_for_workers(server: Server, workers: int, ready_path: str, timeout_s: float) -> None:
+    # One 200 proves one worker is up; a benchmark needs all of them forked before it measures.
+    deadline = time.monotonic() + timeout_s
+    while len(server.child_pids()) < workers:
+        if server.process.poll() is not None or time.monotonic() > deadline:
+            raise StartError(
+                f"{server.name}: fewer than {workers} workers after {timeout_s} s:\n"
+                + server.log_tail()
+            )
+        time.sleep(0.05)
+    for _ in range(2 * workers):
+        wait_ready(server, ready_path, timeout_s)
+
+
+def stop(server: Server, grace_s: float = 10.0) -> None:
+    """SIGTERM the server's process group, then SIGKILL it if it outlives ``grace_s``."""
+    process = server.process
+    if process.poll() is None:
+        _signal_group(process.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=grace_s)
+    # Workers can outlive a master that died first; the group kill reaches them too.
+    _signal_group(process.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=5)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+class Processes:
+    """Starts servers on free loopback ports and stops all of them on exit, newest first."""
+
+    def __init__(
+        self, log_dir: Path | None = None, *, service_env: Mapping[str, str] | None = None
+    ) -> None:
+        """Write each child's output under ``log_dir`` (default: a new temporary directory).
+
+        ``service_env`` is the base environment of every :meth:`service` (its ``env`` overrides).
+        """
+        self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="measure-procs-"))
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.service_env = dict(service_env or {})
+        self._servers: list[Server] = []
+        self._previous_sigterm: Any = None
+
+    def __enter__(self) -> Processes:
+        if threading.current_thread() is threading.main_thread():
+            # A plain SIGTERM would end Python without running __exit__, orphaning the servers.
+            self._previous_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self.stop_all()
+        finally:
+            if self._previous_sigterm is not None:
+                signal.signal(signal.SIGTERM, self._previous_sigterm)
+
+    def spawn(
+        self, name: str, argv: Sequence[str], *, port: int, env: Mapping[str, str] | None = None
+    ) -> Server:
+        """Run ``argv`` from the project root in its own process group; do not wait for it.
+
+        ``env`` is added to this process's environment; the project root is importable.
+        """
+        log_path = self.log_dir / f"{name}-{port}.log"
+        full_env = {**os.environ, **(env or {})}
+        full_env["PYTHONPATH"] = os.pathsep.join(
+            part for part in (str(ROOT), full_env.get("PYTHONPATH", "")) if part
+        )
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                list(argv),
+                cwd=ROOT,
+                env=full_env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        server = Server(name=name, port=port, process=process, log_path=log_path)
+        self._servers.append(server)
+        return server
+
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        port: int,
+        ready_path: str,
+        env: Mapping[str, str] | None = None,
+        timeout_s: float = 30.0,
+    ) -> Server:
+        """:meth:`spawn` ``argv`` and wait until ``ready_path`` answers 200 on ``port``."""
+        server = self.spawn(name, argv, port=port, env=env)
+        wait_ready(server, ready_path, timeout_s)
+        return server
+
+    def simulator(
+        self,
+        *flags: str,
+        latency_ms: float = 5,
+        jitter_ms: float = 0,
+        token: str | None = None,
+        port: int | None = None,
+    ) -> Simulator:
+        """Start ``python -m devtools.simulator``; ``flags`` are extra command-line arguments."""
+        port = free_port() if port is None else port
+        argv = [
+            sys.executable, "-m", "devtools.simulator", "--host", LOOPBACK, "--port", str(port),
+            "--latency-ms", str(latency_ms), "--jitter-ms", str(jitter_ms), *flags,
+        ]
+        if token is not None:
+            argv += ["--token", token]
+        server = self.start("simulator", argv, port=port, ready_path="/_stats")
+        simulator = Simulator(server.name, server.port, server.process, server.log_path)
+        self._servers[-1] = simulator
+        return simulator
+
+    def gunicorn(
+        self,
+        app: str,
+        *,
+        env: Mapping[str, str] | None = None,
+        workers: int = 2,
+        ready_path: str = "/readyz",
+        name: str | None = None,
+        command: Sequence[str] | None = None,
+        port: int | None = None,
+    ) -> Server:
+        """Start ``gunicorn -c gunicorn.conf.py APP`` with ``workers`` workers on loopback.
+
+        ``command`` replaces that command line (it must bind the ``PORT`` it is given).
+        """
+        port = free_port() if port is None else port
+        argv = list(command) if command is not None else [
+            sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), app,
+        ]
+        full_env = {"WEB_CONCURRENCY": str(workers), **(env or {}),
+                    "HOST": LOOPBACK, "PORT": str(port)}
+        server = self.start(name or app, argv, port=port, ready_path=ready_path, env=full_env)
+        _wait_for_workers(server, int(full_env["WEB_CONCURRENCY"]), ready_path, 30.0)
+        return server
+
+    def service(
+        self,
+        simulator: Server | None,
+        *,
+        env: Mapping[str, str] | None = None,
+        workers: int | None = None,
+        command: Sequence[str] | None = None,
+        port: int | None = None,
+    ) -> Service:
+        """Start the measure service in front of ``simulator``; wait until /readyz is 200.
+
+        Its environment is ``service_env`` updated with ``env``; its metrics directory is private.
+        """
+        port = free_port() if port is None else port
+        full_env = {
+            "SCOPE3_API_URL": simulator.url if simulator else f"http://{LOOPBACK}:9",
+            "PROMETHEUS_MULTIPROC_DIR": str(self.log_dir / f"metrics-{port}"),
+            **self.service_env,
+            **(env or {}),
+        }
+        if workers is not None:
+            full_env["WEB_CONCURRENCY"] = str(workers)
+        server = self.gunicorn(
+            MEASURE_APP, env=full_env, name="service", command=command, port=port
+        )
+        api_key = full_env.get("API_KEYS", "").split(",")[0].strip() or None
+        service = Service(server.name, server.port, server.process, server.log_path, api_key)
+        self._servers[-1] = service
+        return service
+
+    def stop_all(self) -> None:
+        """Stop every server started here, newest first."""
+        while self._servers:
+            stop(self._servers.pop())
