@@ -245,7 +245,7 @@ class UpstreamClient:
             if last_error is not None:
                 metrics.UPSTREAM_RETRIES.inc()
             try:
-                results = self._attempt(body, query, wanted, attempt)
+                results = self._attempt(body, query, wanted, attempt, retry_5xx=not judge_5xx)
             except UpstreamError as exc:
                 last_error = exc
                 if exc.outcome not in _RETRYABLE or (judge_5xx and exc.outcome == "http_5xx"):
@@ -303,12 +303,20 @@ class UpstreamClient:
     # --- one HTTP attempt ----------------------------------------------------------------------
 
     def _attempt(
-        self, body: dict[str, Any], query: dict[str, str], wanted: frozenset[str], attempt: int
+        self,
+        body: dict[str, Any],
+        query: dict[str, str],
+        wanted: frozenset[str],
+        attempt: int,
+        *,
+        retry_5xx: bool,
     ) -> dict[str, RowResult]:
         metrics.UPSTREAM_ROWS.inc(len(wanted))
         metrics.UPSTREAM_BATCH_ROWS.observe(len(wanted))
         started = self._clock()
         log_fields: dict[str, Any] = {"attempt": attempt, "rows": len(wanted)}
+        if not retry_5xx:
+            log_fields["5xx_judged_by_caller"] = True
         metrics.UPSTREAM_IN_FLIGHT.inc()
         try:
             status, headers, content = self._post(body, query, started)
@@ -426,7 +434,9 @@ class UpstreamClient:
             "upstream request failed: %s",
             message,
             extra={**log_fields, "upstream_outcome": outcome,
-                   "will_retry": outcome in _RETRYABLE and log_fields["attempt"] < self._retries,
+                   "will_retry": outcome in _RETRYABLE
+                   and log_fields["attempt"] < self._retries
+                   and not (outcome == "http_5xx" and log_fields.get("5xx_judged_by_caller")),
                    "elapsed_ms": self._elapsed_ms(started)},
         )
         return UpstreamError(outcome, message, status=status, retry_after=retry_after)
