@@ -57,7 +57,7 @@ KEY_B = "bench-key-b"
 POISON_5XX = "poison5xx"
 POISON_400 = "poison400"
 ROWS_PER_REQUEST = 5
-# Upstream slots per worker: the service's default ceiling, set explicitly.
+# Upstream slots per worker (the ceiling of the adaptive limit): the service's default.
 CEILING = 4
 
 
@@ -145,10 +145,11 @@ def metric(port: int, name: str, **labels: str) -> float:
 class Bench:
     """Runs the scenarios against one simulator, with a fresh service for each."""
 
-    def __init__(self, procs: Processes, report: Report) -> None:
-        """Start the simulator; write figures into ``report``."""
+    def __init__(self, procs: Processes, report: Report, ceiling: int = CEILING) -> None:
+        """Start the simulator; write figures into ``report``; ``ceiling``: UPSTREAM_CONCURRENCY."""
         self.procs = procs
         self.report = report
+        self.ceiling = ceiling
         self.upstream = Upstream(procs, free_port())
         self.upstream.start()
 
@@ -160,7 +161,7 @@ class Bench:
             "ENV": "bench", "API_KEYS": f"{KEY_A},{KEY_B}", "SCOPE3_API_TOKEN": UPSTREAM_TOKEN,
             "SCOPE3_API_URL": self.upstream.url, "LOG_LEVEL": "INFO",
             "ACCESS_LOG": "sample:0.01", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
-            "WAIT_FOR_MISSING": "true", "UPSTREAM_CONCURRENCY": str(CEILING), **env,
+            "WAIT_FOR_MISSING": "true", "UPSTREAM_CONCURRENCY": str(self.ceiling), **env,
         }
         return self.procs.gunicorn(APP, env=full, workers=WORKERS, name="service")
 
@@ -277,7 +278,7 @@ class Bench:
     # window -------------------------------------------------------------------------------------
     def window(self, requests: int = 1000, clients: int = 20) -> None:
         """20 clients x 5 new rows at 20 ms upstream, then with 429s: fetched share and limiter."""
-        name = "6 wait window"
+        name = f"6 wait window ({self.ceiling} slots)"
         svc = self.service(WAIT_WINDOW_MS="45")
         run = uuid.uuid4().hex[:8]
         try:
@@ -313,16 +314,20 @@ class Bench:
         self.report.add(name, "cold requests p50 / p99; all-hit requests p50 / p99", "-",
                         f"{percentile(fast_ms, 50):.1f} / {percentile(fast_ms, 99):.1f}; "
                         f"{percentile(hit_ms, 50):.1f} / {percentile(hit_ms, 99):.1f} ms", None)
-        self.report.add(name, "upstream requests in flight per worker, most", f"<= {CEILING}",
-                        most, most <= CEILING)
-        self.report.add(name, "with 30% 429s: in flight per worker, most", f"<= {CEILING}",
-                        most_429, most_429 <= CEILING)
+        ceiling = self.ceiling
+        self.report.add(name, "upstream requests in flight per worker, most", f"<= {ceiling}",
+                        most, most <= ceiling)
+        self.report.add(name, "with 30% 429s: in flight per worker, most", f"<= {ceiling}",
+                        most_429, most_429 <= ceiling)
         self.report.add(name, "adaptive limit, sum of 2 workers: healthy / with 429s",
                         "lower with 429s", f"{limit_healthy:g} / {limit_429:g}",
                         limit_429 < limit_healthy)
         self.report.add(name, "upstream requests/s: healthy / with 429s", "-",
                         f"{healthy['requests'] / healthy_s:.0f} / "
                         f"{with_429['requests'] / limited_s:.0f}", None)
+        self.report.add(name, "mean upstream requests in flight, 2 workers: healthy / 429s", "-",
+                        f"{sum(healthy['busy_s_by_agent'].values()) / healthy_s:.2f} / "
+                        f"{sum(with_429['busy_s_by_agent'].values()) / limited_s:.2f}", None)
         self.report.details["window"] = {
             "fast_statuses": dict(fast_statuses),
             "limited_statuses": dict(Counter(s for r in limited for s in statuses(r))),
@@ -365,7 +370,7 @@ def run(args: argparse.Namespace) -> Report:
         "loadavg_before": os.getloadavg(),
     }
     with Processes() as procs:
-        bench = Bench(procs, report)
+        bench = Bench(procs, report, args.ceiling)
         for key in args.scenarios:
             print(f"[{time.strftime('%H:%M:%S')}] {key}: {SCENARIOS[key].__doc__}",
                   file=sys.stderr, flush=True)
@@ -399,6 +404,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
                         help=f"comma-separated scenarios to run (of {', '.join(SCENARIOS)})")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the report here")
+    parser.add_argument("--ceiling", type=int, default=CEILING,
+                        help=f"UPSTREAM_CONCURRENCY of the services (default {CEILING})")
     args = parser.parse_args(argv)
     chosen = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in SCENARIOS]

@@ -31,6 +31,8 @@ given on the command line.
      "keys_truncated": false,                 # true once MAX_TRACKED_KEYS distinct keys are seen
      "max_in_flight": 4,                      # most /v2/measure requests being answered at once
      "max_in_flight_by_agent": {"measure-cache/0.1.0 (pid 7)": 4},
+     "busy_s_by_agent": {"measure-cache/0.1.0 (pid 7)": 1.5},  # summed request durations:
+                                              # over a span of time, the mean in flight
      "repeated_keys_by_agent": {"measure-cache/0.1.0 (pid 7)": 0},  # keys one agent sent twice+
      "control": {"latency_ms": 100.0, ..., "mode": "ok"},
      "rows_per_key": {"nytimes.com|2024-10-30|1000|US||web|pc||gmsf|": 2},   # omit: ?keys=0
@@ -221,6 +223,7 @@ class Scope3Simulator:
         self._in_flight: Counter[str] = Counter()
         self._max_in_flight = 0
         self._max_in_flight_by_agent: Counter[str] = Counter()
+        self._busy_s_by_agent: Counter[str] = Counter()
         self._routes: dict[str, tuple[frozenset[str], _Handler]] = {
             "/v2/measure": (frozenset({"POST"}), self._measure),
             "/_stats": (frozenset({"GET"}), self._stats),
@@ -271,11 +274,12 @@ class Scope3Simulator:
                   "400": "400"}.get(outcome, "200")
         self._record(arrived, agent, rows, params, status)
         self._enter(agent)
+        started = self._clock()
         try:
             return self._answer(environ, start_response, rows, params, outcome, delay_s,
                                 faults, release)
         finally:
-            self._leave(agent)
+            self._leave(agent, self._clock() - started)
 
     def _enter(self, agent: str) -> None:
         with self._lock:
@@ -285,8 +289,9 @@ class Scope3Simulator:
                 self._max_in_flight_by_agent[agent], self._in_flight[agent]
             )
 
-    def _leave(self, agent: str) -> None:
+    def _leave(self, agent: str, busy_s: float) -> None:
         with self._lock:
+            self._busy_s_by_agent[agent] += busy_s
             self._in_flight[agent] -= 1
             if not self._in_flight[agent]:
                 del self._in_flight[agent]
@@ -401,6 +406,7 @@ class Scope3Simulator:
                 "repeated_keys_by_agent": dict(self._repeated_keys_by_agent),
                 "max_in_flight": self._max_in_flight,
                 "max_in_flight_by_agent": dict(self._max_in_flight_by_agent),
+                "busy_s_by_agent": dict(self._busy_s_by_agent),
                 "control": dataclasses.asdict(self._faults),
             }
             if query.get("keys", ["1"])[-1] != "0":
@@ -443,6 +449,7 @@ class Scope3Simulator:
             self._recent.clear()
             self._max_in_flight = 0
             self._max_in_flight_by_agent.clear()
+            self._busy_s_by_agent.clear()
             self._release_hangs()
         return _json(start_response, 200, {"reset": True})
 
