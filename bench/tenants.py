@@ -145,11 +145,18 @@ def metric(port: int, name: str, **labels: str) -> float:
 class Bench:
     """Runs the scenarios against one simulator, with a fresh service for each."""
 
-    def __init__(self, procs: Processes, report: Report, ceiling: int = CEILING) -> None:
-        """Start the simulator; write figures into ``report``; ``ceiling``: UPSTREAM_CONCURRENCY."""
+    def __init__(
+        self, procs: Processes, report: Report, ceiling: int = CEILING,
+        service_root: Path | None = None,
+    ) -> None:
+        """Start the simulator; write figures into ``report``; ``ceiling``: UPSTREAM_CONCURRENCY.
+
+        ``service_root`` runs the service from another checkout (a baseline to compare with).
+        """
         self.procs = procs
         self.report = report
         self.ceiling = ceiling
+        self.service_root = service_root
         self.upstream = Upstream(procs, free_port())
         self.upstream.start()
 
@@ -163,7 +170,14 @@ class Bench:
             "ACCESS_LOG": "sample:0.01", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
             "WAIT_FOR_MISSING": "true", "UPSTREAM_CONCURRENCY": str(self.ceiling), **env,
         }
-        return self.procs.gunicorn(APP, env=full, workers=WORKERS, name="service")
+        command = None
+        if self.service_root is not None:
+            root = self.service_root.resolve()
+            full["PYTHONPATH"] = str(root)
+            command = ["sh", "-c", f'cd "{root}" && exec "{sys.executable}" -m gunicorn '
+                       f'-c gunicorn.conf.py {APP}']
+        return self.procs.gunicorn(APP, env=full, workers=WORKERS, name="service",
+                                   command=command)
 
     def fresh_upstream(self, **changes: Any) -> None:
         """Reset the simulator, then apply ``changes``."""
@@ -367,10 +381,11 @@ def run(args: argparse.Namespace) -> Report:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([".venv/bin/python", "bench/tenants.py", *sys.argv[1:]]),
         "cpus": os.cpu_count(), "python": platform.python_version(), "workers": WORKERS,
+        "service_root": str(args.service_root or "this checkout"),
         "loadavg_before": os.getloadavg(),
     }
     with Processes() as procs:
-        bench = Bench(procs, report, args.ceiling)
+        bench = Bench(procs, report, args.ceiling, args.service_root)
         for key in args.scenarios:
             print(f"[{time.strftime('%H:%M:%S')}] {key}: {SCENARIOS[key].__doc__}",
                   file=sys.stderr, flush=True)
@@ -404,6 +419,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
                         help=f"comma-separated scenarios to run (of {', '.join(SCENARIOS)})")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the report here")
+    parser.add_argument("--service-root", type=Path, metavar="DIR",
+                        help="run the service from this checkout instead (a baseline)")
     parser.add_argument("--ceiling", type=int, default=CEILING,
                         help=f"UPSTREAM_CONCURRENCY of the services (default {CEILING})")
     args = parser.parse_args(argv)

@@ -233,7 +233,7 @@ class Fetcher:
                 else:
                     status = "stale"
                     stale += 1
-                    self._refresh(key, min(cost, entry.cost))
+                    self._refresh(key, min(cost, entry.cost), tenant)
                 hits += status != "stale"
                 if cost < entry.cost:
                     entry = self._lower_cost(key, entry, cost)
@@ -311,10 +311,11 @@ class Fetcher:
         del self._suspects[tenant]
         return False
 
-    def _refresh(self, key: RowKey, cost: int) -> None:
-        """Start one background refresh of a stale key, unless one runs or none may start."""
-        if key not in self._flights and self._refusal(None) is None:
-            self._start(key, cost, None, time.monotonic())
+    def _refresh(self, key: RowKey, cost: int, tenant: Tenant) -> None:
+        """Start one background refresh of a stale key for ``tenant``, unless one runs or none
+        may start (nobody waits for it)."""
+        if key not in self._flights and self._refusal(tenant) is None:
+            self._start(key, cost, tenant, time.monotonic())
 
     def _lower_cost(self, key: RowKey, entry: Entry, cost: int) -> Entry:
         """Re-store ``entry`` at the lower ``cost`` a heavier row asks for, keeping its expiry."""

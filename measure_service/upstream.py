@@ -234,6 +234,9 @@ class UpstreamClient:
         body = {"rows": [dict(row) for row in rows]}
         query = {**params, "includeRows": "true"}
         last_error: UpstreamError | None = None
+        # The breaker hears of a call once: at its first failure (so that an outage is seen
+        # without waiting for the retries), or at its end.
+        counted = False
         for attempt in range(self._retries + 1):
             if last_error is not None:
                 self._sleep(self._backoff.delay(attempt - 1))
@@ -248,22 +251,31 @@ class UpstreamClient:
                 results = self._attempt(body, query, wanted, attempt, retry_5xx=not judge_5xx)
             except UpstreamError as exc:
                 last_error = exc
-                if exc.outcome not in _RETRYABLE or (judge_5xx and exc.outcome == "http_5xx"):
+                if judge_5xx and exc.outcome == "http_5xx":
+                    # Left to the caller, unless the breaker already heard of this call.
+                    exc.judged = counted
+                    break
+                if not counted:
+                    self._count_failure(exc)
+                    counted = True
+                if exc.outcome not in _RETRYABLE:
                     break
             else:
                 if self._breaker is not None:
-                    self._breaker.record_success()
+                    self._breaker.record_success(counted=counted)
                 return results
         assert last_error is not None
-        if judge_5xx and last_error.outcome == "http_5xx":
-            last_error.judged = False
-        elif self._breaker is not None:
-            # A plain 4xx means upstream is up and answering; only its health trips the breaker.
-            if last_error.outcome == "http_4xx":
-                self._breaker.record_success()
-            else:
-                self._breaker.record_failure()
         raise last_error
+
+    def _count_failure(self, error: UpstreamError) -> None:
+        """Tell the breaker about a failed call (once per call)."""
+        if self._breaker is None:
+            return
+        # A plain 4xx means upstream is up and answering; only its health trips the breaker.
+        if error.outcome == "http_4xx":
+            self._breaker.record_success()
+        else:
+            self._breaker.record_failure()
 
     def settle(self, error: UpstreamError, *, explained: bool) -> None:
         """Report the verdict on a call that failed with ``judged=False``, once.

@@ -618,3 +618,27 @@ def test_a_hanging_upstream_is_a_timeout(simulator: str) -> None:
         _live_client(simulator, read_timeout_s=0.2).measure([_row("a")], {})
     assert caught.value.outcome == "timeout"
     _set_mode(simulator, "ok")
+
+
+def test_a_call_is_counted_at_its_first_failure_not_after_its_retries(
+    clock: _Clock, mocked: responses.RequestsMock
+) -> None:
+    mocked.post(URL, status=503)
+    breaker = CircuitBreaker(1, 10.0, clock)
+    with pytest.raises(UpstreamError):
+        _client(clock, retries=2, breaker=breaker).measure([_row("a")], {})
+    assert breaker.state == "open" and len(mocked.calls) == 1
+
+
+def test_a_retry_that_answers_closes_the_failure_streak(
+    clock: _Clock, mocked: responses.RequestsMock
+) -> None:
+    mocked.post(URL, status=503)
+    mocked.post(URL, json=_answer(_ok_row("a")))
+    breaker = CircuitBreaker(2, 10.0, clock)
+    client = _client(clock, retries=2, breaker=breaker)
+    client.measure([_row("a")], {})
+    mocked.replace(responses.POST, URL, status=503)
+    with pytest.raises(UpstreamError):
+        client.measure([_row("a")], {})
+    assert breaker.state == "closed"
