@@ -107,14 +107,10 @@ class CircuitBreaker:
                 return True
             return False
 
-    def record_success(self, *, counted: bool = False) -> None:
-        """Report an upstream call that got an answer; closes the breaker whatever its state.
-
-        ``counted``: the call was already reported (a failed attempt, then a retry answered).
-        """
+    def record_success(self) -> None:
+        """Report an upstream attempt that got an answer; closes the breaker whatever its state."""
         with self._lock:
-            if not counted:
-                self._forget_oldest_call()
+            self._forget_oldest_call()
             self._failures = 0
             if self._state != "closed":
                 self._transition("closed", self._clock())

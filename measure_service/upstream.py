@@ -10,10 +10,12 @@ Retry policy, per call to :meth:`UpstreamClient.measure`:
   answer comes from a proxy error page or an API change, and asking again doubles the load for
   the same answer. It counts as a failure for the circuit breaker.
 
-The circuit breaker hears once per call, whatever the number of attempts: a retried request is
-one request that failed or succeeded. A caller that isolates failures (see ``isolation``) asks
-with ``judge_5xx=True``: a 5xx answer is then left for it to judge with :meth:`settle`, since
-a batch may fail because of one row's input, which says nothing about upstream's health.
+The circuit breaker hears of every attempt, but an answer refusing a call (5xx, 429, malformed)
+counts once per call however often it is retried; no answer at all (timeout, connection error)
+counts at each attempt, since each is a fresh sign that upstream is unreachable. A caller that
+isolates failures (see ``isolation``) asks with ``judge_5xx=True``: a 5xx answer is then left
+for it to judge with :meth:`settle`, since a batch may fail because of one row's input, which
+says nothing about upstream's health.
 
 ``Retry-After`` (on 429 or 5xx) closes a per-client gate: no request leaves this client until it
 passes, whichever caller sends it. The token is kept in the session headers only, and is
@@ -51,6 +53,7 @@ Outcome = Literal[
     "http_4xx", "http_429", "http_5xx", "timeout", "connection_error", "malformed", "breaker_open"
 ]
 _RETRYABLE: frozenset[str] = frozenset({"http_429", "http_5xx", "timeout", "connection_error"})
+_NO_ANSWER: frozenset[str] = frozenset({"timeout", "connection_error"})
 
 # A refused token fails every request; one ERROR line a minute says so without flooding.
 AUTH_LOG_INTERVAL_S = 60.0
@@ -234,14 +237,11 @@ class UpstreamClient:
         body = {"rows": [dict(row) for row in rows]}
         query = {**params, "includeRows": "true"}
         last_error: UpstreamError | None = None
-        # The breaker hears of a call once: at its first failure (so that an outage is seen
-        # without waiting for the retries), or at its end.
-        counted = False
         for attempt in range(self._retries + 1):
             if last_error is not None:
                 self._sleep(self._backoff.delay(attempt - 1))
             self._wait_for_gate()
-            if not self._may_attempt(first=last_error is None):
+            if self._breaker is not None and not self._breaker.allow():
                 if last_error is not None:
                     break
                 raise UpstreamError("breaker_open", "circuit breaker is open; upstream not called")
@@ -250,30 +250,34 @@ class UpstreamClient:
             try:
                 results = self._attempt(body, query, wanted, attempt, retry_5xx=not judge_5xx)
             except UpstreamError as exc:
-                last_error = exc
                 if judge_5xx and exc.outcome == "http_5xx":
-                    # Left to the caller, unless the breaker already heard of this call.
-                    exc.judged = counted
-                    break
-                if not counted:
-                    self._count_failure(exc)
-                    counted = True
+                    exc.judged = False  # the caller reports this attempt (settle)
+                    raise
+                self._report_failure(exc, retried=last_error is not None)
+                last_error = exc
                 if exc.outcome not in _RETRYABLE:
                     break
             else:
                 if self._breaker is not None:
-                    self._breaker.record_success(counted=counted)
+                    self._breaker.record_success()
                 return results
         assert last_error is not None
         raise last_error
 
-    def _count_failure(self, error: UpstreamError) -> None:
-        """Tell the breaker about a failed call (once per call)."""
+    def _report_failure(self, error: UpstreamError, *, retried: bool) -> None:
+        """Tell the breaker about one failed attempt.
+
+        An answer that refuses the call (5xx, 429, malformed) counts once per call, however
+        often it is retried: it may be this request's own doing. No answer at all (timeout,
+        connection error) counts at every attempt, each being a fresh sign that upstream is
+        unreachable. A plain 4xx means upstream is up and answering.
+        """
         if self._breaker is None:
             return
-        # A plain 4xx means upstream is up and answering; only its health trips the breaker.
         if error.outcome == "http_4xx":
             self._breaker.record_success()
+        elif retried and error.outcome not in _NO_ANSWER:
+            self._breaker.record_excused()
         else:
             self._breaker.record_failure()
 
@@ -292,18 +296,6 @@ class UpstreamClient:
             self._breaker.record_excused()
         else:
             self._breaker.record_failure()
-
-    def _may_attempt(self, *, first: bool) -> bool:
-        """Whether the breaker lets an attempt go: the first asks it, a retry only checks it.
-
-        A retry belongs to a call the breaker already allowed (and will hear about once), so it
-        only stops when the breaker has opened meanwhile.
-        """
-        if self._breaker is None:
-            return True
-        if first:
-            return self._breaker.allow()
-        return self._breaker.state != "open"
 
     def close(self) -> None:
         """Close the pooled connections."""
