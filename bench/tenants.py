@@ -10,9 +10,10 @@ pass/fail):
   5 new rows every 100 ms. Figures: the share of A's rows answered from the cache on A's next
   request (1 s later, on the same keep-alive connection, so the same worker's cache), breaker
   openings, and what B's poisoned rows got;
-- ``flood``: client B sends 11 x 1000 new rows at once while A sends 5 new rows every 50 ms;
-  with the default bounds, a small ``MAX_PENDING_ROWS`` and a rows-per-second bound. Figure:
-  A's rows answered ``unavailable`` (target 0), and the reasons B's rows got;
+- ``flood``: client B sends 11 x 1000 new rows at once while A sends 5 new rows every 50 ms,
+  upstream answering in 500 +- 50 ms; with the default bounds, a small ``MAX_PENDING_ROWS``
+  and a rows-per-second bound. Figure: A's rows answered ``unavailable`` (target 0), and the
+  reasons B's rows got;
 - ``window``: 20 concurrent clients x 5 new rows, upstream 20 +- 5 ms, ``WAIT_FOR_MISSING=true``
   and a 45 ms window. Figures: the share ``fetched``, upstream requests in flight per worker
   against the ceiling (``UPSTREAM_CONCURRENCY``), then the same load with upstream answering
@@ -57,6 +58,7 @@ KEY_B = "bench-key-b"
 POISON_5XX = "poison5xx"
 POISON_400 = "poison400"
 ROWS_PER_REQUEST = 5
+FLOOD_LATENCY_MS = 500
 # Upstream slots per worker (the ceiling of the adaptive limit): the service's default.
 CEILING = 4
 
@@ -261,7 +263,8 @@ class Bench:
 
     def _flood_run(self, label: str, env: dict[str, str]) -> None:
         name = f"5 flood ({label})"
-        self.fresh_upstream()
+        # A slow upstream keeps B's rows pending for a while, as Scope3 at its slowest does.
+        self.fresh_upstream(latency_ms=FLOOD_LATENCY_MS, jitter_ms=50)
         svc = self.service(**env)
         run = uuid.uuid4().hex[:8]
         try:
