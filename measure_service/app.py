@@ -140,6 +140,7 @@ def _build_services(
         rows_per_s=config.upstream_rows_per_s,
         requests_per_s=config.upstream_requests_per_s,
         tenants=max(1, len(config.api_keys)),
+        retries=config.upstream_retries,
     )
     fetcher = Fetcher(cache, upstream, settings, breaker=breaker, limiter=limiter, clock=clock)
     closers.insert(0, fetcher.close)

@@ -125,6 +125,8 @@ class FetcherSettings:
     rows_per_s: float = 0.0
     requests_per_s: float = 0.0
     tenants: int = 1
+    # Upstream retries allowed (0: a failed batch's rows are never sent again as they were).
+    retries: int = 2
     # How long requests wait for their misses (0: nobody waits); the batcher may hold a batch
     # behind one in flight only when that cannot cost a waiting request its answer.
     wait_s: float = 0.0
@@ -193,7 +195,7 @@ class Fetcher:
             tenants=settings.tenants,
             clock=time.monotonic,
         )
-        self._isolator = Isolator(self._settle)
+        self._isolator = Isolator(self._settle, confirm=settings.retries > 0)
         self._suspects: dict[Tenant, float] = {}
         self._limiter = limiter if limiter is not None else AdaptiveLimiter(settings.concurrency)
         self._batcher: Batcher[_Group, _Item] = Batcher(

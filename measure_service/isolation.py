@@ -6,11 +6,11 @@ one row's input: a 5xx for any batch holding it, or a 400 refusing the request. 
 
 1. first by owner (the API key whose request started each fetch), so every client's rows are
    retried apart from everyone else's, then by halves (bisection) within a failed part;
-2. a row that fails alone, after failing in the batch (a batch of one row is sent twice), is at
-   fault: its verdict is a row error, which the caller caches like any upstream row error.
-   For a 400 that is certain (upstream answered, and refused that row). A 5xx is put down to
-   the row only when upstream answered some other request since the batch was first sent;
-   otherwise upstream itself may be failing, and the row just fails;
+2. a row that fails alone, after failing in the batch (a batch of one row is sent twice unless
+   retries are off), is at fault: its verdict is a row error, which the caller caches like any
+   upstream row error. For a 400 that is certain (upstream answered, and refused that row). A
+   5xx is put down to the row only when upstream answered some other request since the batch
+   was first sent; otherwise upstream itself may be failing, and the row just fails;
 3. parts that fail while upstream answers nothing else are not split further: an upstream that
    is down costs a batch three requests, not one per row. Each split batch also has a budget
    of sends, so a client sending many bad rows pays with its own rows' answers only.
@@ -70,9 +70,20 @@ Settle = Callable[[UpstreamError, bool], None]
 class Isolator:
     """Sends batches, splitting failed ones to find the rows at fault (see the module doc)."""
 
-    def __init__(self, settle: Settle, *, clock: Callable[[], float] = time.monotonic) -> None:
-        """Report judged failures through ``settle``; ``clock`` times the answers."""
+    def __init__(
+        self,
+        settle: Settle,
+        *,
+        confirm: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Report judged failures through ``settle``; ``clock`` times the answers.
+
+        ``confirm``: a batch of one row that fails with 5xx is sent once more before it is
+        judged (False when upstream calls must not be repeated, ``UPSTREAM_RETRIES=0``).
+        """
         self._settle = settle
+        self._confirm = confirm
         self._clock = clock
         self._answered_at = -math.inf
 
@@ -123,7 +134,12 @@ class Isolation:
         error = self.attempt(positions)
         if error is not None and _splittable(error) and len(positions) > 1:
             return
-        if error is not None and error.outcome == "http_5xx" and len(positions) == 1:
+        if (
+            error is not None
+            and error.outcome == "http_5xx"
+            and len(positions) == 1
+            and self.isolator._confirm
+        ):
             # A lone row is judged on two failures, like a row found by splitting: one
             # 5xx may be upstream's own passing trouble.
             error = self.attempt(positions)
