@@ -17,7 +17,7 @@ help:
 	@echo "make test   - install, then run lint, type checks and the whole test suite"
 	@echo "make run    - serve real traffic (needs SCOPE3_API_TOKEN and API_KEYS)"
 	@echo "make bench  - library benchmarks: hit ratios, throughput, memory (a few minutes)"
-	@echo "make bench-service - service benchmarks: load vs a Flask floor, upstream economy, deploys"
+	@echo "make bench-service - service benchmarks: load vs a Flask floor, upstream economy, deploys, tenants"
 	@echo "make fuzz   - large fuzz run (hypothesis + schemathesis); make soak - 10-minute soak"
 
 $(RUNTIME_STAMP): setup.cfg setup.py
@@ -62,6 +62,7 @@ bench-service: $(STAMP)
 	$(BIN)/python bench/service_load.py
 	$(BIN)/python bench/upstream_economy.py
 	$(BIN)/python bench/deploys.py
+	$(BIN)/python bench/tenants.py
 
 fuzz: $(STAMP)
 	bash bench/fuzz.sh
