@@ -367,6 +367,7 @@ class Fetcher:
         """Split a failed batch until every row is judged, then resolve its keys."""
 
         def send(positions: Sequence[int]) -> dict[int, RowResult]:
+            # No deadline: batches whose callers still wait go first, the rest in turn.
             with self._limiter.slot():
                 return self._measure(params, items, positions)
 
