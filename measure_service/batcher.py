@@ -173,9 +173,12 @@ class Batcher(Generic[G, T]):
     def _flush(self, group: G, state: _Group[T]) -> None:
         opened = self._clock()
         self._wait_until(state, opened + self._window_s, self._is_full)
-        hold_s = self._hold_s(self._earliest(state) - opened)
+        # Callers who stopped waiting do not count: only those an early send could still serve.
+        ahead = self._earliest_ahead(state)
+        hold_s = self._hold_s(0.0 if ahead is None else ahead - opened)
         self._wait_until(state, opened + max(self._window_s, hold_s), self._may_leave)
-        with self._limiter.slot(self._priority(state)):
+        ahead = self._earliest_ahead(state)
+        with self._limiter.slot(math.inf if ahead is None else ahead):
             batch = state.items[: self._max_items]
             del state.items[: self._max_items]
             del state.deadlines[: self._max_items]
@@ -199,15 +202,11 @@ class Batcher(Generic[G, T]):
         else:
             self._latency_s += _LATENCY_WEIGHT * (elapsed - self._latency_s)
 
-    def _earliest(self, state: _Group[T]) -> float:
-        """The earliest deadline of the batch that would leave now."""
-        return min(state.deadlines[: self._max_items], default=math.inf)
-
-    def _priority(self, state: _Group[T]) -> float:
-        """The deadline a slot is waited for with: the earliest one still ahead (else last)."""
+    def _earliest_ahead(self, state: _Group[T]) -> float | None:
+        """The earliest deadline still ahead in the batch that would leave now; None when
+        nobody waits for any of its items any more."""
         now = self._clock()
-        pending = (d for d in state.deadlines[: self._max_items] if d > now)
-        return min(pending, default=math.inf)
+        return min((d for d in state.deadlines[: self._max_items] if d > now), default=None)
 
     def _is_full(self, state: _Group[T]) -> bool:
         return len(state.items) >= self._max_items

@@ -296,3 +296,15 @@ def test_a_batch_nobody_waits_for_is_held_behind_one_in_flight() -> None:
     batcher.add("g", 1, deadline=time.clock())
     time.advance(WINDOW_S)
     assert len(recorder.batches) == 2
+
+
+def test_a_caller_who_stopped_waiting_does_not_get_a_batch_held_for_a_caller_still_waiting(
+) -> None:
+    recorder, time = Recorder(), FakeTime()
+    batcher = timed_batcher(recorder, time, answer_within_s=0.045)
+    measure_latency(batcher, recorder, time, 0.02)
+    one_batch_in_flight(batcher, recorder, time)
+    batcher.add("g", 1, deadline=time.clock() - 1.0)
+    batcher.add("g", 2, deadline=time.clock() + 0.045)
+    time.advance(WINDOW_S)
+    assert recorder.batches[-1] == ("g", [1, 2])
