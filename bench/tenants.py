@@ -16,8 +16,10 @@ pass/fail):
   reasons B's rows got;
 - ``window``: 20 concurrent clients x 5 new rows, upstream 20 +- 5 ms, ``WAIT_FOR_MISSING=true``
   and a 45 ms window. Figures: the share ``fetched``, upstream requests in flight per worker
-  against the ceiling (``UPSTREAM_CONCURRENCY``), then the same load with upstream answering
-  429 to a share of requests: the adaptive limit, requests in flight and request rate.
+  against the ceiling (``UPSTREAM_CONCURRENCY``). Then 200 requests/s of 5 new rows, a 1 s
+  window and a 200 ms upstream, so that the limit bounds what is in flight: 5 s healthy and
+  5 s with upstream answering 429 (``Retry-After: 0``) to 30% of requests; the adaptive limit,
+  mean requests in flight and request rate.
 
 Run from the project root::
 
@@ -294,36 +296,24 @@ class Bench:
 
     # window -------------------------------------------------------------------------------------
     def window(self, requests: int = 1000, clients: int = 20) -> None:
-        """20 clients x 5 new rows at 20 ms upstream, then with 429s: fetched share and limiter."""
+        """20 clients x 5 new rows at 20 ms upstream: fetched share; then the limiter and 429s."""
         name = f"6 wait window ({self.ceiling} slots)"
         svc = self.service(WAIT_WINDOW_MS="45")
         run = uuid.uuid4().hex[:8]
         try:
             self.fresh_upstream(latency_ms=20, jitter_ms=5)
-            started = time.monotonic()
             fast = closed_loop(svc.port, (rows(f"w{run}-{i}", ROWS_PER_REQUEST)
                                           for i in range(requests)), clients)
-            healthy_s = time.monotonic() - started
             healthy = self.upstream.stats(keys="0", recent="0")
-            limit_healthy = metric(svc.port, "measure_upstream_concurrency_limit")
             # The same clients asking for cached rows: what the machine itself costs a request.
             hot = rows(f"w{run}-0", ROWS_PER_REQUEST)
             hits = closed_loop(svc.port, (hot for _ in range(requests)), clients)
-            self.fresh_upstream(latency_ms=20, jitter_ms=5, status_429_rate=0.3,
-                                retry_after=0)
-            started = time.monotonic()
-            limited = closed_loop(svc.port, (rows(f"l{run}-{i}", ROWS_PER_REQUEST)
-                                             for i in range(requests)), clients)
-            limited_s = time.monotonic() - started
-            with_429 = self.upstream.stats(keys="0", recent="0")
-            limit_429 = metric(svc.port, "measure_upstream_concurrency_limit")
             self.upstream.wait_quiet()
         finally:
             stop(svc)
         fast_statuses = Counter(s for r in fast for s in statuses(r))
         share = fast_statuses["fetched"] / (requests * ROWS_PER_REQUEST)
         most = max(healthy["max_in_flight_by_agent"].values(), default=0)
-        most_429 = max(with_429["max_in_flight_by_agent"].values(), default=0)
         self.report.add(name, f"20 ms upstream: cold rows fetched ({requests * ROWS_PER_REQUEST})",
                         ">= 99%", f"{share:.1%}", share >= 0.99)
         hit_ms = sorted(r.elapsed_s * 1000 for r in hits if r.status == 200)
@@ -331,29 +321,58 @@ class Bench:
         self.report.add(name, "cold requests p50 / p99; all-hit requests p50 / p99", "-",
                         f"{percentile(fast_ms, 50):.1f} / {percentile(fast_ms, 99):.1f}; "
                         f"{percentile(hit_ms, 50):.1f} / {percentile(hit_ms, 99):.1f} ms", None)
-        ceiling = self.ceiling
-        self.report.add(name, "upstream requests in flight per worker, most", f"<= {ceiling}",
-                        most, most <= ceiling)
-        self.report.add(name, "with 30% 429s: in flight per worker, most", f"<= {ceiling}",
-                        most_429, most_429 <= ceiling)
-        self.report.add(name, "adaptive limit, sum of 2 workers: healthy / with 429s",
-                        "lower with 429s", f"{limit_healthy:g} / {limit_429:g}",
-                        limit_429 < limit_healthy)
-        self.report.add(name, "upstream requests/s: healthy / with 429s", "-",
-                        f"{healthy['requests'] / healthy_s:.0f} / "
-                        f"{with_429['requests'] / limited_s:.0f}", None)
-        self.report.add(name, "mean upstream requests in flight, 2 workers: healthy / 429s", "-",
-                        f"{sum(healthy['busy_s_by_agent'].values()) / healthy_s:.2f} / "
-                        f"{sum(with_429['busy_s_by_agent'].values()) / limited_s:.2f}", None)
+        self.report.add(name, "upstream requests in flight per worker, most", f"<= {self.ceiling}",
+                        most, most <= self.ceiling)
         self.report.details["window"] = {
             "fast_statuses": dict(fast_statuses),
-            "limited_statuses": dict(Counter(s for r in limited for s in statuses(r))),
             "healthy": {k: healthy[k] for k in ("requests", "rows", "by_status",
                                                 "max_in_flight_by_agent")},
-            "with_429": {k: with_429[k] for k in ("requests", "rows", "by_status",
-                                                  "max_in_flight_by_agent")},
-            "seconds": {"healthy": round(healthy_s, 2), "with_429": round(limited_s, 2)},
         }
+        self._limiter_under_429s()
+
+    def _limiter_under_429s(self, rate: float = 200.0, phase_s: float = 5.0) -> None:
+        """Requests of 5 new rows arriving at ``rate`` per second, a 1 s window and a 200 ms
+        upstream (so that the limit, not the window or the CPU, bounds what is in flight),
+        upstream healthy and then answering 429 to 30% of requests."""
+        name = f"6 limiter ({self.ceiling} slots)"
+        svc = self.service(WAIT_WINDOW_MS="1000")
+        run = uuid.uuid4().hex[:8]
+        phases: dict[str, dict[str, Any]] = {}
+        try:
+            for phase, changes in (("healthy", {}),
+                                   ("429s", {"status_429_rate": 0.3, "retry_after": 0})):
+                self.fresh_upstream(latency_ms=200, jitter_ms=20, **changes)
+                started = time.monotonic()
+                every(1.0 / rate, phase_s, lambda i, phase=phase: post(
+                    svc.port, KEY_A, rows(f"{phase}{run}-{i}", ROWS_PER_REQUEST)))
+                elapsed = time.monotonic() - started
+                stats = self.upstream.stats(keys="0", recent="0")
+                phases[phase] = {
+                    "limit": metric(svc.port, "measure_upstream_concurrency_limit"),
+                    "requests_per_s": stats["requests"] / elapsed,
+                    "mean_in_flight": sum(stats["busy_s_by_agent"].values()) / elapsed,
+                    "most_in_flight": max(stats["max_in_flight_by_agent"].values(), default=0),
+                    "by_status": stats["by_status"],
+                }
+            self.upstream.wait_quiet()
+        finally:
+            stop(svc)
+        healthy, limited = phases["healthy"], phases["429s"]
+        ceiling = self.ceiling
+        self.report.add(name, "adaptive limit, sum of 2 workers: healthy / 30% 429s",
+                        "lower with 429s", f"{healthy['limit']:g} / {limited['limit']:g}",
+                        limited["limit"] < healthy["limit"])
+        self.report.add(name, "mean upstream requests in flight, 2 workers: healthy / 429s",
+                        "lower with 429s", f"{healthy['mean_in_flight']:.2f} / "
+                        f"{limited['mean_in_flight']:.2f}",
+                        limited["mean_in_flight"] < healthy["mean_in_flight"])
+        self.report.add(name, "upstream requests/s: healthy / with 429s", "-",
+                        f"{healthy['requests_per_s']:.0f} / {limited['requests_per_s']:.0f}",
+                        None)
+        most = max(healthy["most_in_flight"], limited["most_in_flight"])
+        self.report.add(name, "upstream requests in flight per worker, most", f"<= {ceiling}",
+                        most, most <= ceiling)
+        self.report.details["limiter"] = phases
 
 
 def closed_loop(port: int, bodies: Iterator[list[dict[str, Any]]], clients: int) -> list[Reply]:
