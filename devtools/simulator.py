@@ -223,7 +223,7 @@ class Scope3Simulator:
         self._in_flight: Counter[str] = Counter()
         self._max_in_flight = 0
         self._max_in_flight_by_agent: Counter[str] = Counter()
-        self._busy_s_by_agent: Counter[str] = Counter()
+        self._busy_s_by_agent: dict[str, float] = {}
         self._routes: dict[str, tuple[frozenset[str], _Handler]] = {
             "/v2/measure": (frozenset({"POST"}), self._measure),
             "/_stats": (frozenset({"GET"}), self._stats),
@@ -291,7 +291,7 @@ class Scope3Simulator:
 
     def _leave(self, agent: str, busy_s: float) -> None:
         with self._lock:
-            self._busy_s_by_agent[agent] += busy_s
+            self._busy_s_by_agent[agent] = self._busy_s_by_agent.get(agent, 0.0) + busy_s
             self._in_flight[agent] -= 1
             if not self._in_flight[agent]:
                 del self._in_flight[agent]

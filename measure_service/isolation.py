@@ -156,20 +156,11 @@ class Isolation:
             self.finish()
 
     def give_up_or_judge(self, positions: list[int], error: UpstreamError) -> None:
+        """Judge a lone row's splittable failure; fail any other failed rows as they are."""
         if len(positions) == 1 and _splittable(error):
             self.judge_alone(positions[0], error)
         else:
             self.fail(positions, error)
-
-    def fetch(self, positions: list[int]) -> None:
-        """Send ``positions``; on a failure their input may explain, split them."""
-        error = self.attempt(positions)
-        if error is None:
-            return
-        if not _splittable(error) or len(positions) == 1:
-            self.give_up_or_judge(positions, error)
-            return
-        self.split_failed(positions)
 
     def split_failed(self, positions: list[int]) -> None:
         """Send each part of a failed group of rows; go on with the parts that fail too."""
@@ -193,6 +184,7 @@ class Isolation:
                 self.verdicts.suspects.update(self.owners[p] for p in part)
 
     def split(self, positions: list[int]) -> list[list[int]]:
+        """By owner when there are several, else in halves."""
         by_owner: dict[Hashable, list[int]] = {}
         for position in positions:
             by_owner.setdefault(self.owners[position], []).append(position)
