@@ -120,8 +120,12 @@ class Batcher(Generic[G, T]):
 
     @property
     def fastest_s(self) -> float:
-        """The fastest of the recent sends, or the initial guess before the first one."""
-        return min(self._recent_s, default=INITIAL_LATENCY_S)
+        """The fastest of the recent sends; 0 before the first one comes back.
+
+        Until a send says otherwise, upstream is taken to be fast enough for the waiting
+        callers: holding the first batches of a cold start would lose answers for sure.
+        """
+        return min(self._recent_s, default=0.0)
 
     @property
     def hold_s(self) -> float:

@@ -308,3 +308,12 @@ def test_a_caller_who_stopped_waiting_does_not_get_a_batch_held_for_a_caller_sti
     batcher.add("g", 2, deadline=time.clock() + 0.045)
     time.advance(WINDOW_S)
     assert recorder.batches[-1] == ("g", [1, 2])
+
+
+def test_before_any_send_comes_back_no_batch_is_held_for_waiting_callers() -> None:
+    recorder, time = Recorder(), FakeTime()
+    batcher = timed_batcher(recorder, time, answer_within_s=0.045)
+    one_batch_in_flight(batcher, recorder, time)
+    batcher.add("g", 1)
+    time.advance(WINDOW_S)
+    assert recorder.batches[-1] == ("g", [1])
