@@ -41,8 +41,10 @@ INITIAL_LATENCY_S = 0.1
 _LATENCY_WEIGHT = 0.3
 # Recent sends whose fastest decides whether a batch could still be answered in time: a batch
 # is held only when even that one would be too slow (jitter and a busy CPU lengthen many sends,
-# and holding on the average would give up answers that would have come in time).
-_RECENT_SENDS = 16
+# and holding on the average would give up answers that would have come in time). Few, so that
+# holding starts a few sends after upstream slows down: with 16, the sends of a 20 ms upstream
+# kept a 200 ms one from being held for most of a second.
+_RECENT_SENDS = 4
 
 
 def _wait_event(event: Event, timeout: float) -> None:
