@@ -20,7 +20,7 @@ help:
 	@echo "make run    - serve real traffic (needs SCOPE3_API_TOKEN and API_KEYS)"
 	@echo "make bench  - library benchmarks: hit ratios, throughput, memory (a few minutes)"
 	@echo "              make bench CHARTS=1 also redraws bench/charts/*.png (more sizes: longer)"
-	@echo "make bench-service - service benchmarks: load vs a Flask floor, upstream economy, deploys"
+	@echo "make bench-service - service benchmarks: load vs a Flask floor, upstream economy, deploys, tenants"
 	@echo "make fuzz   - large fuzz run (hypothesis + schemathesis); make soak - 10-minute soak"
 	@echo "make image-test     - build the Dockerfile with podman, run and check the image (root)"
 	@echo "make dashboard-test - a real Prometheus answers every Grafana panel query; alert rules"
@@ -76,6 +76,7 @@ bench-service: $(STAMP)
 	$(BIN)/python bench/service_load.py
 	$(BIN)/python bench/upstream_economy.py
 	$(BIN)/python bench/deploys.py
+	$(BIN)/python bench/tenants.py
 
 # The deploy artefacts run for real; each prints one line saying why when it cannot run here.
 image-test: $(STAMP)

@@ -18,14 +18,21 @@ mode               what every ``/v2/measure`` request gets
 
 In mode ``ok``, each request independently hangs, gets 500 or gets 429 with probabilities
 ``hang_rate``, ``error_rate`` and ``status_429_rate``, drawn from a random source seeded with
-``--seed``. ``GET /_stats`` reports what arrived; ``POST /_reset`` clears it and restores the
-settings given on the command line.
+``--seed``. Poisoned rows fail the whole request they are in, in any mode that answers: a row
+whose inventoryId contains ``poison_5xx`` (when set) gets the request a 500, one containing
+``poison_400`` a 400 refusing it, as upstreams do when one row's input breaks them.
+``GET /_stats`` reports what arrived; ``POST /_reset`` clears it and restores the settings
+given on the command line.
 
 ``GET /_stats`` answers::
 
     {"requests": 12, "rows": 340, "rows_answered": 300,
      "by_status": {"200": 10, "429": 2},      # HTTP status, or "hang"/"reset" (no answer)
      "keys_truncated": false,                 # true once MAX_TRACKED_KEYS distinct keys are seen
+     "max_in_flight": 4,                      # most /v2/measure requests being answered at once
+     "max_in_flight_by_agent": {"measure-cache/0.1.0 (pid 7)": 4},
+     "busy_s_by_agent": {"measure-cache/0.1.0 (pid 7)": 1.5},  # summed request durations:
+                                              # over a span of time, the mean in flight
      "repeated_keys_by_agent": {"measure-cache/0.1.0 (pid 7)": 0},  # keys one agent sent twice+
      "control": {"latency_ms": 100.0, ..., "mode": "ok"},
      "rows_per_key": {"nytimes.com|2024-10-30|1000|US||web|pc||gmsf|": 2},   # omit: ?keys=0
@@ -91,6 +98,8 @@ class Faults:
     retry_after: float = 2.0
     hang_rate: float = 0.0
     mode: str = "ok"
+    poison_5xx: str = ""
+    poison_400: str = ""
 
     def __post_init__(self) -> None:
         for name in ("latency_ms", "jitter_ms", "retry_after"):
@@ -103,6 +112,21 @@ class Faults:
                 raise ValueError(f"{name} must be a number from 0 to 1, got {value!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        for name in ("poison_5xx", "poison_400"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string (empty: off)")
+
+    def poison(self, rows: Sequence[Mapping[str, Any]]) -> str | None:
+        """The status (``"500"``, ``"400"``) a poisoned row among ``rows`` gets, else None."""
+        for row in rows:
+            inventory = row.get("inventoryId")
+            if not isinstance(inventory, str):
+                continue
+            if self.poison_5xx and self.poison_5xx in inventory:
+                return "500"
+            if self.poison_400 and self.poison_400 in inventory:
+                return "400"
+        return None
 
     def updated(self, changes: Mapping[str, Any]) -> Faults:
         """Return a copy with ``changes`` applied; ValueError names an unknown or bad field."""
@@ -196,6 +220,10 @@ class Scope3Simulator:
         self._repeated_keys_by_agent: Counter[str] = Counter()
         self._keys_truncated = False
         self._recent: deque[dict[str, Any]] = deque(maxlen=RECENT_LOG_SIZE)
+        self._in_flight: Counter[str] = Counter()
+        self._max_in_flight = 0
+        self._max_in_flight_by_agent: Counter[str] = Counter()
+        self._busy_s_by_agent: dict[str, float] = {}
         self._routes: dict[str, tuple[frozenset[str], _Handler]] = {
             "/v2/measure": (frozenset({"POST"}), self._measure),
             "/_stats": (frozenset({"GET"}), self._stats),
@@ -240,8 +268,45 @@ class Scope3Simulator:
             outcome = self._draw_outcome(faults)
             delay_s = self._draw_delay(faults)
             release = self._release
-        status = {"hang": "hang", "reset": "reset", "500": "500", "429": "429"}.get(outcome, "200")
+        if outcome in ("ok", "slow_body", "malformed"):
+            outcome = faults.poison(rows) or outcome
+        status = {"hang": "hang", "reset": "reset", "500": "500", "429": "429",
+                  "400": "400"}.get(outcome, "200")
         self._record(arrived, agent, rows, params, status)
+        self._enter(agent)
+        started = self._clock()
+        try:
+            return self._answer(environ, start_response, rows, params, outcome, delay_s,
+                                faults, release)
+        finally:
+            self._leave(agent, self._clock() - started)
+
+    def _enter(self, agent: str) -> None:
+        with self._lock:
+            self._in_flight[agent] += 1
+            self._max_in_flight = max(self._max_in_flight, sum(self._in_flight.values()))
+            self._max_in_flight_by_agent[agent] = max(
+                self._max_in_flight_by_agent[agent], self._in_flight[agent]
+            )
+
+    def _leave(self, agent: str, busy_s: float) -> None:
+        with self._lock:
+            self._busy_s_by_agent[agent] = self._busy_s_by_agent.get(agent, 0.0) + busy_s
+            self._in_flight[agent] -= 1
+            if not self._in_flight[agent]:
+                del self._in_flight[agent]
+
+    def _answer(
+        self,
+        environ: dict[str, Any],
+        start_response: StartResponse,
+        rows: list[dict[str, Any]],
+        params: dict[str, str],
+        outcome: str,
+        delay_s: float,
+        faults: Faults,
+        release: _Event,
+    ) -> Iterable[bytes]:
 
         if outcome == "hang":
             release.wait(HANG_LIMIT_S)
@@ -254,6 +319,8 @@ class Scope3Simulator:
         self._sleep(delay_s)
         if outcome == "500":
             return _json(start_response, 500, {"message": "simulated upstream failure"})
+        if outcome == "400":
+            return _json(start_response, 400, {"message": "a row of the request is invalid"})
         if outcome == "429":
             return _json(start_response, 429, {"message": "simulated rate limit"},
                          [("Retry-After", _format_seconds(faults.retry_after))])
@@ -337,6 +404,9 @@ class Scope3Simulator:
                 "by_status": dict(self._by_status),
                 "keys_truncated": self._keys_truncated,
                 "repeated_keys_by_agent": dict(self._repeated_keys_by_agent),
+                "max_in_flight": self._max_in_flight,
+                "max_in_flight_by_agent": dict(self._max_in_flight_by_agent),
+                "busy_s_by_agent": dict(self._busy_s_by_agent),
                 "control": dataclasses.asdict(self._faults),
             }
             if query.get("keys", ["1"])[-1] != "0":
@@ -377,6 +447,9 @@ class Scope3Simulator:
             self._repeated_keys_by_agent.clear()
             self._keys_truncated = False
             self._recent.clear()
+            self._max_in_flight = 0
+            self._max_in_flight_by_agent.clear()
+            self._busy_s_by_agent.clear()
             self._release_hangs()
         return _json(start_response, 200, {"reset": True})
 
@@ -475,6 +548,10 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Faults]
     parser.add_argument("--retry-after", type=float, default=2.0, help="seconds, sent with 429")
     parser.add_argument("--hang-rate", type=float, default=0.0)
     parser.add_argument("--mode", choices=MODES, default="ok")
+    parser.add_argument("--poison-5xx", default="", metavar="TEXT",
+                        help="a request with a row whose inventoryId contains TEXT gets 500")
+    parser.add_argument("--poison-400", default="", metavar="TEXT",
+                        help="a request with a row whose inventoryId contains TEXT gets 400")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN'")
     parser.add_argument("--access-log", action="store_true", help="log every request to stderr")
@@ -483,7 +560,8 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Faults]
         faults = Faults(
             latency_ms=args.latency_ms, jitter_ms=args.jitter_ms, error_rate=args.error_rate,
             status_429_rate=args.status_429_rate, retry_after=args.retry_after,
-            hang_rate=args.hang_rate, mode=args.mode,
+            hang_rate=args.hang_rate, mode=args.mode, poison_5xx=args.poison_5xx,
+            poison_400=args.poison_400,
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -149,13 +149,18 @@ def readyz() -> Response:
 
 
 def _answer(
-    services: Services, params: QueryParams, raw_rows: list[Any], environ: dict[str, Any]
+    services: Services,
+    params: QueryParams,
+    raw_rows: list[Any],
+    environ: dict[str, Any],
+    tenant: str,
 ) -> bytes:
-    """The encoded 200 answer to a valid request; records the counts for the access log."""
+    """The encoded 200 answer to a valid request from ``tenant``; records the access log's
+    counts."""
     config = services.config
     rows = [validate_row(raw, params) for raw in raw_rows]
     wanted = [(row.key, row.cost) for row in rows if row.key is not None]
-    lookup = services.fetcher.lookup(wanted, config.wait_s)
+    lookup = services.fetcher.lookup(wanted, config.wait_s, tenant)
 
     environ[logs.ENVIRON_ROWS] = len(rows)
     environ[logs.ENVIRON_HITS] = lookup.hits
@@ -266,7 +271,8 @@ class MeasureEndpoint:
         services: Services | None = self._extensions.get(EXTENSION)
         if services is None:
             raise HttpError(503, "the worker is starting or stopping")
-        if not _authorised(services.auth_keys, environ.get("HTTP_AUTHORIZATION", "")):
+        tenant = _tenant(services.auth_keys, environ.get("HTTP_AUTHORIZATION", ""))
+        if tenant is None:
             raise HttpError(
                 401, "missing or invalid API key", {"WWW-Authenticate": 'Bearer realm="measure"'}
             )
@@ -291,7 +297,7 @@ class MeasureEndpoint:
             raw_rows = parse_body(body, config.max_rows)
         except BodyError as exc:
             raise HttpError(400, str(exc)) from None
-        return _answer(services, params, raw_rows, environ)
+        return _answer(services, params, raw_rows, environ, tenant)
 
 
 def _read_body(environ: dict[str, Any], limit: int, timeout_s: float) -> bytes:
@@ -355,6 +361,8 @@ def _document(rows: list[Row], outcomes: Iterator[RowOutcome]) -> dict[str, Any]
             "status": outcome.status,
         }
         entry = outcome.entry
+        if outcome.reason is not None:
+            item["reason"] = outcome.reason
         if row.error is not None:
             item["error"] = {"message": row.error}
         elif entry is not None:
@@ -374,19 +382,24 @@ def _document(rows: list[Row], outcomes: Iterator[RowOutcome]) -> dict[str, Any]
     }
 
 
-def _authorised(keys: tuple[bytes, ...], header: str) -> bool:
-    """Whether the Authorization ``header`` carries one of ``keys`` as a bearer token."""
+def _tenant(keys: tuple[bytes, ...], header: str) -> str | None:
+    """The client (tenant) whose key the Authorization ``header`` carries, or None if none.
+
+    A tenant is named by its key's position in ``API_KEYS`` (``key-1``, ...), never by the key;
+    without authentication every request is the one tenant ``anonymous``.
+    """
     if not keys:
-        return True  # AUTH_DISABLED=true; Config refuses an empty key list otherwise
+        return "anonymous"  # AUTH_DISABLED=true; Config refuses an empty key list otherwise
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
-        return False
+        return None
     presented = token.strip().encode()
     # Compare against every key, without stopping early, so timing says nothing about which.
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(presented, key)
-    return matched
+    matched = 0
+    for position, key in enumerate(keys, 1):
+        if hmac.compare_digest(presented, key):
+            matched = matched or position
+    return f"key-{matched}" if matched else None
 
 
 def _is_json(mimetype: str) -> bool:

@@ -22,6 +22,7 @@ from measure_service.fetcher import (
     FetcherSettings,
     Upstream,
 )
+from measure_service.limiter import AdaptiveLimiter
 from measure_service.rows import RowKey
 from measure_service.upstream import UpstreamClient
 from weighted_cache import Cache as WeightedCache
@@ -110,6 +111,7 @@ def _build_services(
     """The services of one app, and what to close at exit (in order: fetches first)."""
     closers: list[Callable[[], None]] = []
     breaker: CircuitBreaker | None = None
+    limiter = AdaptiveLimiter(config.upstream_concurrency)
     not_ready: Callable[[], str | None] = _always_ready
     if upstream is None:
         # Half the read timeout: far beyond a healthy answer, and soon enough that calls started
@@ -127,6 +129,7 @@ def _build_services(
             pool_size=config.upstream_concurrency,
             retries=config.upstream_retries,
             breaker=breaker,
+            limiter=limiter,
         )
         upstream = client
         closers.append(client.close)
@@ -144,9 +147,15 @@ def _build_services(
         max_pending_rows=config.max_pending_rows,
         concurrency=config.upstream_concurrency,
         wait_s=config.wait_s,
+        rows_per_s=config.upstream_rows_per_s,
+        requests_per_s=config.upstream_requests_per_s,
+        tenants=max(1, len(config.api_keys)),
+        retries=config.upstream_retries,
     )
     shared = shared_tier.build(config)
-    fetcher = Fetcher(cache, upstream, settings, breaker=breaker, shared=shared, clock=clock)
+    fetcher = Fetcher(
+        cache, upstream, settings, breaker=breaker, limiter=limiter, shared=shared, clock=clock
+    )
     closers.insert(0, fetcher.close)
     keys = tuple(key.encode() for key in config.api_keys)
     services = api.Services(

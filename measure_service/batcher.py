@@ -3,28 +3,32 @@
 The release rule, per group (a group is one set of upstream query parameters):
 
 - no batch of the group in flight: the batch leaves when the window ends, or at once when full;
-- a batch of the group in flight, and the upstream too slow to answer a waiting caller in time
-  anyway: the next batch is *held* until it is full, the one in flight comes back, or its
-  oldest item has waited one recent send duration, whichever comes first.
+- a batch of the group in flight, and the upstream too slow to answer the batch's most
+  pressed caller in time anyway (or nobody waits for it): the next batch is *held* until it is
+  full, the one in flight comes back, or its oldest item has waited one recent send duration,
+  whichever comes first.
 
 A lone miss therefore leaves after the window, but a burst against a slow upstream cannot turn
 every free slot into a small request: a group has one non-full batch out per round trip, so
 the number of requests follows the upstream latency and the rows, not how long the burst takes
-to arrive. At most ``concurrency`` batches are being sent at once, all groups together.
+to arrive. Every item carries the deadline of the caller waiting for it, so a batch is held
+only when that cannot cost anyone an answer, and batches wait for a free upstream slot (from the
+limiter, see ``limiter``) in order of their earliest deadline.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Any, Generic, TypeVar
 
 import gevent
 from gevent.event import Event
-from gevent.lock import BoundedSemaphore
 
 from measure_service.greenlets import spawn
+from measure_service.limiter import AdaptiveLimiter
 
 G = TypeVar("G", bound=Hashable)
 T = TypeVar("T")
@@ -35,6 +39,12 @@ INITIAL_LATENCY_S = 0.1
 # Weight of the newest send in the latency average: a few sends follow a change of upstream
 # speed, one straggler does not double the hold.
 _LATENCY_WEIGHT = 0.3
+# Recent sends whose fastest decides whether a batch could still be answered in time: a batch
+# is held only when even that one would be too slow (jitter and a busy CPU lengthen many sends,
+# and holding on the average would give up answers that would have come in time). Few, so that
+# holding starts a few sends after upstream slows down: with 16, the sends of a 20 ms upstream
+# kept a 200 ms one from being held for most of a second.
+_RECENT_SENDS = 4
 
 
 def _wait_event(event: Event, timeout: float) -> None:
@@ -44,10 +54,12 @@ def _wait_event(event: Event, timeout: float) -> None:
 class _Group(Generic[T]):
     """One group's waiting items, its flusher greenlet, and how many of its batches are out."""
 
-    __slots__ = ("flusher", "in_flight", "items", "wake")
+    __slots__ = ("deadlines", "flusher", "in_flight", "items", "wake")
 
     def __init__(self) -> None:
         self.items: list[T] = []
+        # When the caller waiting for each item stops waiting (infinite: nobody waits).
+        self.deadlines: list[float] = []
         # Set when the group fills up or one of its batches comes back.
         self.wake = Event()
         self.flusher: gevent.Greenlet | None = None
@@ -60,10 +72,11 @@ class Batcher(Generic[G, T]):
     A group's first item starts its window. The batch leaves at the end of the window, or at
     once when the group reaches ``max_items``; while a batch of the same group is being sent, a
     non-full batch may also be held for up to :attr:`hold_s` from its first item (see the
-    module docstring). Then it takes one of ``concurrency`` slots.
+    module docstring). Then it takes one of the ``limiter``'s slots (by default a limiter of
+    ``concurrency`` slots), in order of its earliest deadline.
 
-    ``answer_within_s`` is how long callers wait for an item's answer: 0 when nobody waits,
-    infinite (the default) when every answer is awaited, so nothing is ever held.
+    ``answer_within_s`` is how long callers wait for an item added without its own deadline:
+    0 when nobody waits, infinite (the default) when every answer is awaited.
     ``send`` runs in a greenlet spawned in the context of the request whose item opened the batch
     (so its log lines carry that trace id); it must not raise. ``clock`` times the sends and
     ``wait(event, timeout)`` waits for a group's wake-up event; tests inject both.
@@ -77,6 +90,7 @@ class Batcher(Generic[G, T]):
         max_items: int,
         concurrency: int,
         answer_within_s: float = math.inf,
+        limiter: AdaptiveLimiter | None = None,
         clock: Callable[[], float] = time.monotonic,
         wait: Callable[[Event, float], Any] = _wait_event,
     ) -> None:
@@ -92,11 +106,12 @@ class Batcher(Generic[G, T]):
         self._send = send
         self._window_s = window_s
         self._max_items = max_items
-        self._slots = BoundedSemaphore(concurrency)
+        self._limiter = limiter if limiter is not None else AdaptiveLimiter(concurrency)
         self._answer_within_s = answer_within_s
         self._clock = clock
         self._wait = wait
         self._latency_s: float | None = None
+        self._recent_s: deque[float] = deque(maxlen=_RECENT_SENDS)
         self._groups: dict[G, _Group[T]] = {}
         self._closed = False
 
@@ -106,28 +121,45 @@ class Batcher(Generic[G, T]):
         return INITIAL_LATENCY_S if self._latency_s is None else self._latency_s
 
     @property
+    def fastest_s(self) -> float:
+        """The fastest of the recent sends; 0 before the first one comes back.
+
+        Until a send says otherwise, upstream is taken to be fast enough for the waiting
+        callers: holding the first batches of a cold start would lose answers for sure.
+        """
+        return min(self._recent_s, default=0.0)
+
+    @property
     def hold_s(self) -> float:
-        """How long a non-full batch may now wait behind one of its group in flight."""
+        """How long a non-full batch whose callers wait ``answer_within_s`` may be held."""
+        return self._hold_s(self._answer_within_s)
+
+    def _hold_s(self, time_left_s: float) -> float:
+        """How long a non-full batch may wait behind one of its group in flight, when its most
+        pressed caller stops waiting ``time_left_s`` after the batch opened."""
         latency = self.latency_s
-        # Holding saves requests but delays answers, so it happens only when the delay cannot
-        # cost a waiting caller its answer: nobody waits, or a batch sent now would come back
-        # after the callers stopped waiting anyway (upstream slower than the wait window). A
-        # fast upstream and a waiting caller get no hold (bench/README.md has the figures).
-        # The hold lasts one send: a batch waiting that long leaves about when the one ahead
-        # comes back anyway, so a longer hold saves nothing, and the cap only cuts short a
-        # straggler or a hung call (the breaker needs the next failures to come soon).
-        if self._window_s + latency > self._answer_within_s:
+        # Holding saves requests but delays answers, so it happens only when it cannot cost a
+        # waiting caller its answer: nobody waits, or even the fastest recent send, leaving now,
+        # would come back after the batch's most pressed caller stopped waiting (a 45 ms window,
+        # a 100 ms upstream). The hold lasts one send: a batch waiting that long leaves about
+        # when the one ahead comes back anyway, so a longer hold saves nothing, and the cap only
+        # cuts short a straggler or a hung call (the breaker needs the next failures to come
+        # soon).
+        if self._window_s + self.fastest_s > time_left_s:
             return latency
         return 0.0
 
-    def add(self, group: G, item: T) -> None:
-        """Queue ``item`` in ``group``; never blocks."""
+    def add(self, group: G, item: T, deadline: float | None = None) -> None:
+        """Queue ``item`` in ``group``, awaited until ``deadline`` (on ``clock``); never blocks."""
         if self._closed:
             raise RuntimeError("batcher is closed")
         state = self._groups.get(group)
         if state is None:
             state = self._groups[group] = _Group()
         state.items.append(item)
+        state.deadlines.append(
+            self._clock() + self._answer_within_s if deadline is None else deadline
+        )
         if len(state.items) >= self._max_items:
             state.wake.set()
         if state.flusher is None:
@@ -147,10 +179,15 @@ class Batcher(Generic[G, T]):
     def _flush(self, group: G, state: _Group[T]) -> None:
         opened = self._clock()
         self._wait_until(state, opened + self._window_s, self._is_full)
-        self._wait_until(state, opened + max(self._window_s, self.hold_s), self._may_leave)
-        with self._slots:
+        # Callers who stopped waiting do not count: only those an early send could still serve.
+        ahead = self._earliest_ahead(state)
+        hold_s = self._hold_s(0.0 if ahead is None else ahead - opened)
+        self._wait_until(state, opened + max(self._window_s, hold_s), self._may_leave)
+        ahead = self._earliest_ahead(state)
+        with self._limiter.slot(math.inf if ahead is None else ahead):
             batch = state.items[: self._max_items]
             del state.items[: self._max_items]
+            del state.deadlines[: self._max_items]
             state.wake.clear()
             state.flusher = spawn(self._flush, group, state) if state.items else None
             state.in_flight += 1
@@ -165,10 +202,17 @@ class Batcher(Generic[G, T]):
                     del self._groups[group]
 
     def _note_latency(self, elapsed: float) -> None:
+        self._recent_s.append(elapsed)
         if self._latency_s is None:
             self._latency_s = elapsed
         else:
             self._latency_s += _LATENCY_WEIGHT * (elapsed - self._latency_s)
+
+    def _earliest_ahead(self, state: _Group[T]) -> float | None:
+        """The earliest deadline still ahead in the batch that would leave now; None when
+        nobody waits for any of its items any more."""
+        now = self._clock()
+        return min((d for d in state.deadlines[: self._max_items] if d > now), default=None)
 
     def _is_full(self, state: _Group[T]) -> bool:
         return len(state.items) >= self._max_items

@@ -120,6 +120,16 @@ class CircuitBreaker:
             if self._state != "closed":
                 self._transition("closed", self._clock())
 
+    def record_excused(self) -> None:
+        """Report an attempt whose failure was put down to its input: it counts neither way.
+
+        A half-open probe that ends so leaves the breaker half-open, ready for another probe.
+        """
+        with self._lock:
+            self._forget_oldest_call()
+            if self._state == "half_open":
+                self._probe_started_at = None
+
     def record_failure(self) -> None:
         """Report a failed upstream attempt; may open the breaker."""
         with self._lock:

@@ -280,9 +280,11 @@ class Config:
     )
     upstream_concurrency: int = setting(
         "UPSTREAM_CONCURRENCY", "4", integer(1, 1024),
-        "upstream requests in flight per worker (pool size). Small on purpose: misses wait for"
-        " a free slot and pile into bigger batches, so more slots mostly split batches into"
-        " more requests (and Scope3 answers 429 under load).",
+        "most upstream requests in flight per worker (pool size). The number allowed adapts"
+        " under it: cut on 429s and timeouts and when answers slow down, grown back while"
+        " they come fast. Small on purpose: misses wait for a free slot and pile into bigger"
+        " batches, so more slots mostly split batches into more requests (and Scope3 answers"
+        " 429 under load).",
     )
     upstream_batch_window_ms: float = setting(
         "UPSTREAM_BATCH_WINDOW_MS", "2", number(0, 10_000),
@@ -293,11 +295,26 @@ class Config:
     )
     upstream_retries: int = setting(
         "UPSTREAM_RETRIES", "2", integer(0, 10),
-        "retries of a failed upstream request (429, 5xx, network).",
+        "retries of a failed upstream request (429, timeouts, network errors). A batch that"
+        " gets a 5xx is split and its parts sent again instead (a lone row: once more, unless"
+        " this is 0).",
     )
     max_pending_rows: int = setting(
         "MAX_PENDING_ROWS", "10000", integer(1),
-        "rows waiting for upstream per worker; past it, misses are answered `unavailable`.",
+        "rows waiting for upstream per worker, shared fairly between client keys: a key past"
+        " its share gets `unavailable` (reason `tenant_pending_share`) for its new rows, never"
+        " another key's. See Fair shares.",
+    )
+    upstream_rows_per_s: float = setting(
+        "UPSTREAM_ROWS_PER_S", "0", number(0, 1e9),
+        "new rows sent upstream per second per worker, shared fairly between client keys"
+        " (reason `tenant_rows_share`); 0 is no bound.",
+    )
+    upstream_requests_per_s: float = setting(
+        "UPSTREAM_REQUESTS_PER_S", "0", number(0, 1e9),
+        "upstream requests per second per worker, each charged to the client keys by their"
+        " rows in it; a key past its share gets no new rows (reason `tenant_requests_share`);"
+        " 0 is no bound.",
     )
     breaker_failures: int = setting(
         "BREAKER_FAILURES", "5", integer(1),

@@ -7,14 +7,19 @@ the shared results, for at most its wait window.
 
 Row statuses it produces:
 
-- ``hit``: a fresh cached value (in memory, or in the shared tier); ``error``: a cached or
-  fetched row-level upstream error;
+- ``hit``: a fresh cached value; ``error``: a cached or fetched row-level upstream error;
 - ``stale``: a cached value past its TTL but within the stale limit; one refresh is started;
 - ``fetched``: a miss whose fetch finished within the wait window;
 - ``pending``: a miss whose fetch is still under way when the window ends;
-- ``unavailable``: a miss that is not being fetched: the pending queue is full, the breaker is
-  open, or the fetch it waited on failed (timeouts, 5xx, ...). A failed fetch is never cached,
-  so the next request for the key tries again.
+- ``unavailable``: a miss that is not being fetched, with the reason: the client's key is over
+  its fair share of upstream fetching (see ``quotas``), the breaker is open, or the fetch it
+  waited on failed (timeouts, 5xx, a row missing from upstream's answer, ...). A failed fetch
+  is never cached, so the next request for the key tries again.
+
+A batch that upstream fails because of one row's input is split to find that row (see
+``isolation``): the row gets its error, cached like any row error, and the others their
+answers. A client whose row was at fault has its next batches sent apart from other clients'
+rows for a while, so that it pays for further bad rows itself.
 """
 
 from __future__ import annotations
@@ -31,7 +36,11 @@ from gevent.event import AsyncResult
 
 from measure_service import metrics
 from measure_service.batcher import Batcher
+from measure_service.greenlets import spawn
+from measure_service.isolation import Isolation, Isolator, Verdicts
+from measure_service.limiter import AdaptiveLimiter
 from measure_service.logs import current_trace_id
+from measure_service.quotas import Tenant, TenantQuotas
 from measure_service.rows import QueryParams, RowKey, RowStatus
 from measure_service.shared_tier import FETCH, WAIT, SharedRow, SharedTier
 from measure_service.singleflight import SingleFlight
@@ -40,6 +49,8 @@ from measure_service.upstream import RowResult, UpstreamError
 _LOG = logging.getLogger(__name__)
 # Trace ids listed on a batch's log line; a 500-row batch must not make a 20 KB line.
 _MAX_TRACE_IDS_LOGGED = 20
+# How long a client whose row failed a batch has its rows batched apart from other clients'.
+SUSPECT_FOR_S = 60.0
 
 
 class AnswerCache(Protocol):
@@ -56,8 +67,9 @@ class Upstream(Protocol):
     """The part of ``UpstreamClient`` the fetcher uses."""
 
     def measure(
-        self, rows: Sequence[Mapping[str, Any]], params: Mapping[str, str]
+        self, rows: Sequence[Mapping[str, Any]], params: Mapping[str, str], *, judge_5xx: bool
     ) -> Mapping[str, RowResult]: ...
+    def settle(self, error: UpstreamError, *, explained: bool) -> None: ...
 
 
 class Breaker(Protocol):
@@ -79,7 +91,7 @@ class CachedAnswer:
 
 
 class RowOutcome(NamedTuple):
-    """The answer for one row: its status and, when known, the cached entry.
+    """The answer for one row: its status, the cached entry when known, and why unavailable.
 
     A NamedTuple rather than a frozen dataclass: one is built per row on the hit path, and a
     tuple is much cheaper to build.
@@ -87,6 +99,7 @@ class RowOutcome(NamedTuple):
 
     status: RowStatus
     entry: CachedAnswer | None = None
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +122,12 @@ class FetcherSettings:
     batch_rows: int
     max_pending_rows: int
     concurrency: int
+    # Fair shares per client key (0: no bound) and how many keys share them.
+    rows_per_s: float = 0.0
+    requests_per_s: float = 0.0
+    tenants: int = 1
+    # Upstream retries allowed (0: a failed batch's rows are never sent again as they were).
+    retries: int = 2
     # How long requests wait for their misses (0: nobody waits); the batcher may hold a batch
     # behind one in flight only when that cannot cost a waiting request its answer.
     wait_s: float = 0.0
@@ -119,7 +138,28 @@ class FetchFailed(Exception):
 
 
 _PENDING = RowOutcome("pending")
-_UNAVAILABLE = RowOutcome("unavailable")
+
+
+class _Flight(NamedTuple):
+    """What the fetcher keeps for a key in flight beside its waiters."""
+
+    cost: float
+    tenant: Tenant
+
+
+class _Item(NamedTuple):
+    """One key in a batch, with what its log line and its isolation need."""
+
+    key: RowKey
+    trace_id: str | None
+    tenant: Tenant
+
+
+class _Group(NamedTuple):
+    """A batch group: one set of query parameters, and a suspect client batched apart."""
+
+    params: QueryParams
+    apart: Tenant | None
 
 
 class Fetcher:
@@ -132,11 +172,14 @@ class Fetcher:
         settings: FetcherSettings,
         *,
         breaker: Breaker | None = None,
+        limiter: AdaptiveLimiter | None = None,
         shared: SharedTier | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """Serve from ``cache`` and fetch through ``upstream``; ``clock`` dates the entries.
 
+        ``limiter`` bounds the upstream requests in flight (by default a fixed
+        ``settings.concurrency``; the app shares an adaptive one with the upstream client).
         With ``shared``, misses are looked up there before they go upstream, and fetches are
         claimed there first, so that one worker of all those sharing it fetches each row.
         """
@@ -147,23 +190,40 @@ class Fetcher:
         self._breaker = breaker
         self._clock = clock
         self._flights: SingleFlight[RowKey, CachedAnswer] = SingleFlight()
-        # Lowest cost (highest weight) asked for each key in flight: the value is stored with it.
-        self._costs: dict[RowKey, float] = {}
-        self._batcher: Batcher[QueryParams, tuple[RowKey, str | None]] = Batcher(
+        # Per key in flight: the lowest cost (highest weight) asked, since the value is stored
+        # with it, and the client whose request started the fetch.
+        self._in_flight: dict[RowKey, _Flight] = {}
+        self._quotas = TenantQuotas(
+            max_pending_rows=settings.max_pending_rows,
+            rows_per_s=settings.rows_per_s,
+            requests_per_s=settings.requests_per_s,
+            tenants=settings.tenants,
+            clock=time.monotonic,
+        )
+        self._isolator = Isolator(self._settle, confirm=settings.retries > 0)
+        self._suspects: dict[Tenant, float] = {}
+        self._limiter = limiter if limiter is not None else AdaptiveLimiter(settings.concurrency)
+        self._batcher: Batcher[_Group, _Item] = Batcher(
             self._send,
             window_s=settings.batch_window_s,
             max_items=settings.batch_rows,
             concurrency=settings.concurrency,
             answer_within_s=settings.wait_s,
+            limiter=self._limiter,
         )
 
-    def lookup(self, rows: Sequence[tuple[RowKey, float]], wait_s: float = 0.0) -> Lookup:
+    def lookup(
+        self, rows: Sequence[tuple[RowKey, float]], wait_s: float = 0.0, tenant: Tenant = None
+    ) -> Lookup:
         """Answer each ``(key, cost)`` from the cache, fetching misses; wait up to ``wait_s``.
 
         Returns the moment the last miss resolves, or when ``wait_s`` runs out; the fetches go
-        on after that and still fill the cache.
+        on after that and still fill the cache. New fetches count against ``tenant``'s fair
+        shares (the client key, or None without authentication).
         """
         now = self._clock()
+        # When this request stops waiting: the batcher holds no batch that would miss it.
+        deadline = time.monotonic() + wait_s
         settings = self._settings
         outcomes: list[RowOutcome] = []
         waits: list[tuple[int, AsyncResult]] = []
@@ -181,7 +241,7 @@ class Fetcher:
                 else:
                     status = "stale"
                     stale += 1
-                    self._refresh(key, min(cost, entry.cost))
+                    self._refresh(key, min(cost, entry.cost), tenant)
                 hits += status != "stale"
                 if cost < entry.cost:
                     entry = self._lower_cost(key, entry, cost)
@@ -193,20 +253,22 @@ class Fetcher:
         misses = len(missed)  # in memory; the shared tier may still answer them
         shared = 0
         if missed and self._shared is not None:
-            missed, shared, shared_stale = self._read_shared(missed, outcomes)
+            missed, shared, shared_stale = self._read_shared(missed, outcomes, tenant)
             stale += shared_stale
         for index, key, cost in missed:
             result = self._flights.join(key)
             if result is not None:
                 coalesced += 1
-                self._costs[key] = min(self._costs.get(key, cost), cost)
+                flight = self._in_flight[key]
+                if cost < flight.cost:
+                    self._in_flight[key] = flight._replace(cost=cost)
             else:
-                reason = self._refusal()
+                reason = self._refusal(tenant)
                 if reason is not None:
                     refused[reason] = refused.get(reason, 0) + 1
-                    outcomes[index] = _UNAVAILABLE
+                    outcomes[index] = RowOutcome("unavailable", None, reason)
                     continue
-                result = self._start(key, cost)
+                result = self._start(key, cost, tenant, deadline)
             waits.append((index, result))
 
         if waits and wait_s > 0:
@@ -219,8 +281,8 @@ class Fetcher:
                 status = "error" if entry.error is not None else "fetched"
                 outcomes[index] = RowOutcome(status, entry)
             else:
-                outcomes[index] = _UNAVAILABLE
                 reason = _failure_reason(result.exception)
+                outcomes[index] = RowOutcome("unavailable", None, reason)
                 refused[reason] = refused.get(reason, 0) + 1
         _count(hits, stale, misses, coalesced, refused)
         return Lookup(outcomes, hits + stale + shared, misses - shared)
@@ -231,32 +293,52 @@ class Fetcher:
         if self._shared is not None:
             self._shared.close()
         for key in self._flights.in_flight():
-            self._costs.pop(key, None)
-            self._flights.fail(key, FetchFailed("the service is shutting down"))
+            self._finish(key, FetchFailed("the service is shutting down"))
 
-    def _refusal(self) -> str | None:
-        """Why a new fetch may not start now, or None when it may."""
+    def _refusal(self, tenant: Tenant) -> str | None:
+        """Why ``tenant`` may not start a new fetch now, or None (its quota is then taken)."""
         if self._breaker is not None and self._breaker.state == "open":
             return "breaker_open"
-        if len(self._flights) >= self._settings.max_pending_rows:
-            return "queue_full"
-        return None
+        _, reason = self._quotas.admit(tenant, 1)
+        return reason
 
-    def _start(self, key: RowKey, cost: float) -> AsyncResult:
+    def _start(self, key: RowKey, cost: float, tenant: Tenant, deadline: float) -> AsyncResult:
         result = self._flights.start(key)
-        self._costs[key] = cost
-        self._batcher.add(key.params, (key, current_trace_id()))
+        self._in_flight[key] = _Flight(cost, tenant)
+        apart = tenant if self._is_suspect(tenant) else None
+        item = _Item(key, current_trace_id(), tenant)
+        self._batcher.add(_Group(key.params, apart), item, deadline)
         return result
 
-    def _refresh(self, key: RowKey, cost: float) -> None:
-        """Start one background refresh of a stale key, unless one runs or none may start."""
-        if key not in self._flights and self._refusal() is None:
-            self._start(key, cost)
+    def _finish(self, key: RowKey, outcome: CachedAnswer | BaseException) -> None:
+        """End the fetch of ``key``: wake its waiters and give back its client's quota."""
+        flight = self._in_flight.pop(key, None)
+        if flight is not None:
+            self._quotas.finished(flight.tenant)
+        if isinstance(outcome, BaseException):
+            self._flights.fail(key, outcome)
+        else:
+            self._flights.resolve(key, outcome)
+
+    def _is_suspect(self, tenant: Tenant) -> bool:
+        until = self._suspects.get(tenant)
+        if until is None:
+            return False
+        if until > time.monotonic():
+            return True
+        del self._suspects[tenant]
+        return False
+
+    def _refresh(self, key: RowKey, cost: float, tenant: Tenant) -> None:
+        """Start one background refresh of a stale key for ``tenant``, unless one runs or none
+        may start (nobody waits for it)."""
+        if key not in self._flights and self._refusal(tenant) is None:
+            self._start(key, cost, tenant, time.monotonic())
 
     # --- the shared tier ----------------------------------------------------------------------
 
     def _read_shared(
-        self, missed: list[tuple[int, RowKey, float]], outcomes: list[RowOutcome]
+        self, missed: list[tuple[int, RowKey, float]], outcomes: list[RowOutcome], tenant: Tenant
     ) -> tuple[list[tuple[int, RowKey, float]], int, int]:
         """Answer the misses the shared tier holds, in ``outcomes``; return the rest, how many
         it answered and how many of those were stale. Keys with a fetch in flight here are not
@@ -282,7 +364,7 @@ class Fetcher:
             else:
                 outcomes[index] = RowOutcome("stale", entry)
                 stale += 1
-                self._refresh(key, cost)
+                self._refresh(key, cost, tenant)
         return rest, answered, stale
 
     def _remember(self, key: RowKey, row: SharedRow, cost: float) -> CachedAnswer:
@@ -295,14 +377,12 @@ class Fetcher:
         self._cache.set(key, entry, cost=cost, ttl=self._shared.lifetime_left(row))
         return entry
 
-    def _claim(
-        self, items: list[tuple[RowKey, str | None]]
-    ) -> list[tuple[RowKey, str | None]]:
+    def _claim(self, items: list[_Item]) -> list[_Item]:
         """The items this worker fetches itself; the others are answered from the shared tier
         now, or when the worker holding their lease writes them."""
         assert self._shared is not None
         try:
-            claims = self._shared.claim([key for key, _ in items])
+            claims = self._shared.claim([item.key for item in items])
         except Exception:
             # Redis failures are handled inside; anything else must not leave rows unresolved.
             _LOG.exception("shared-tier claim crashed; fetching the batch here")
@@ -312,21 +392,24 @@ class Fetcher:
             if claim is FETCH:
                 mine.append(item)
             elif claim is WAIT:
-                self._shared.watch(item[0], self._settle, self._fetch_again)
+                self._shared.watch(item.key, self._settle_shared, self._fetch_again)
             else:
                 assert isinstance(claim, SharedRow)
-                self._settle(item[0], claim)
+                self._settle_shared(item.key, claim)
         return mine
 
-    def _settle(self, key: RowKey, row: SharedRow) -> None:
+    def _settle_shared(self, key: RowKey, row: SharedRow) -> None:
         """Resolve the fetch of ``key`` with a row another worker fetched."""
         if key in self._flights:
-            self._flights.resolve(key, self._remember(key, row, self._costs.pop(key, 1)))
+            flight = self._in_flight.get(key)
+            self._finish(key, self._remember(key, row, 1 if flight is None else flight.cost))
 
     def _fetch_again(self, key: RowKey) -> None:
         """Fetch ``key`` here after all: its lease lapsed (now ours) or Redis failed."""
-        if key in self._flights:
-            self._batcher.add(key.params, (key, None))
+        flight = self._in_flight.get(key)
+        if key in self._flights and flight is not None:
+            item = _Item(key, None, flight.tenant)
+            self._batcher.add(_Group(key.params, None), item, time.monotonic())
 
     def _lower_cost(self, key: RowKey, entry: CachedAnswer, cost: float) -> CachedAnswer:
         """Re-store ``entry`` at the lower ``cost`` a heavier row asks for, keeping its expiry."""
@@ -351,65 +434,145 @@ class Fetcher:
         done = all(result.ready() for _, result in waits)
         metrics.WAIT_OUTCOMES.labels("all_fetched" if done else "timed_out").inc()
 
-    def _send(self, params: QueryParams, items: list[tuple[RowKey, str | None]]) -> None:
-        """Fetch one batch and resolve every key in it, whatever happens."""
+    def _send(self, group: _Group, items: list[_Item]) -> None:
+        """Fetch one batch (in the batcher's upstream slot) and resolve every key in it.
+
+        A batch failed for its rows' input goes on being split in a greenlet of its own, each
+        send taking a slot like any batch: the batches behind it need not wait for that.
+        """
         if self._shared is not None:
             items = self._claim(items)
             if not items:
                 return
-        keys = [key for key, _ in items]
-        rows = [key.upstream_row(str(index)) for index, key in enumerate(keys)]
-        settled: set[int] = set()
-        failure: BaseException = FetchFailed("the upstream fetch failed")
+        params = group.params.upstream()
+        isolation: Isolation | None = None
         try:
-            answers = self._upstream.measure(rows, params.upstream())
-            if self._shared is not None:
-                # Shared before anyone is answered: a client told "fetched" here then finds
-                # the row on every other worker too.
-                self._shared.write(
-                    (key, answers[str(i)]) for i, key in enumerate(keys) if str(i) in answers
-                )
-            now = self._clock()
-            rejected = 0
-            for index, key in enumerate(keys):
-                answer = answers.get(str(index))
-                if answer is None:
-                    continue  # settled as a failure below
-                cost = self._costs.pop(key, 1)
-                entry = CachedAnswer(
-                    answer.total_emissions, answer.inventory_coverage, answer.error, now, cost
-                )
-                settings = self._settings
-                ttl = settings.error_ttl_s if entry.error else settings.ttl_s + settings.stale_s
-                if not self._cache.set(key, entry, cost=cost, ttl=ttl):
-                    rejected += 1
-                settled.add(index)
-                self._flights.resolve(key, entry)
-            if rejected:
-                metrics.CACHE_REJECTED.inc(rejected)
-            _LOG.info(
-                "upstream batch fetched",
-                extra={"rows": len(rows), "params": params.upstream(), **_trace_ids(items)},
+            isolation = self._isolator.begin(
+                [item.tenant for item in items],
+                lambda positions: self._measure(params, items, positions),
             )
-        except UpstreamError as exc:
-            failure = exc
-            # A refusal by the open breaker is expected while upstream is down: no warning each.
-            level = logging.DEBUG if exc.outcome == "breaker_open" else logging.WARNING
-            _LOG.log(
-                level,
-                "upstream batch failed: %s",
-                exc.outcome,
-                extra={"rows": len(rows), "outcome": exc.outcome, **_trace_ids(items)},
-            )
+            if not isolation.done:
+                spawn(self._isolate, params, items, isolation)
         except Exception:
-            _LOG.exception("upstream batch crashed", extra={"rows": len(rows)})
+            _LOG.exception("upstream batch crashed", extra={"rows": len(items)})
         finally:
-            failed = [key for index, key in enumerate(keys) if index not in settled]
-            for key in failed:
-                self._costs.pop(key, None)
-                self._flights.fail(key, failure)
+            if isolation is None or isolation.done:
+                self._conclude(params, items, isolation)
+
+    def _isolate(self, params: dict[str, str], items: list[_Item], isolation: Isolation) -> None:
+        """Split a failed batch until every row is judged, then resolve its keys."""
+
+        def send(positions: Sequence[int]) -> dict[int, RowResult]:
+            # No deadline: batches whose callers still wait go first, the rest in turn.
+            with self._limiter.slot():
+                return self._measure(params, items, positions)
+
+        try:
+            isolation.go_on(send)
+        except Exception:
+            _LOG.exception("upstream batch crashed", extra={"rows": len(items)})
+        finally:
+            self._conclude(params, items, isolation)
+
+    def _conclude(
+        self, params: dict[str, str], items: list[_Item], isolation: Isolation | None
+    ) -> None:
+        """Cache the answers of a finished batch, log it, and fail every key left unanswered."""
+        verdicts = isolation.verdicts if isolation is not None else Verdicts()
+        keys = [item.key for item in items]
+        try:
+            self._store(keys, verdicts)
+            if verdicts.suspects:
+                self._note_suspects(items, verdicts)
+            failure = next(iter(verdicts.failures.values()), None)
+            if failure is None and isolation is not None:
+                _LOG.info(
+                    "upstream batch fetched",
+                    extra={"rows": len(items), "params": params, "sends": verdicts.sends,
+                           **_trace_ids(items)},
+                )
+            elif failure is not None:
+                self._log_failure(failure, items, verdicts)
+        finally:
+            failed = [index for index in range(len(keys)) if index not in verdicts.answers]
+            for index in failed:
+                self._finish(
+                    keys[index],
+                    verdicts.failures.get(index) or FetchFailed("the upstream fetch failed"),
+                )
             if failed and self._shared is not None:
-                self._shared.release(failed)
+                self._shared.release([keys[index] for index in failed])
+
+    def _measure(
+        self, params: dict[str, str], items: list[_Item], positions: Sequence[int]
+    ) -> dict[int, RowResult]:
+        """One upstream request for the batch rows at ``positions``; answers by position."""
+        rows = [items[position].key.upstream_row(str(position)) for position in positions]
+        by_tenant: dict[Tenant, int] = {}
+        for position in positions:
+            tenant = items[position].tenant
+            by_tenant[tenant] = by_tenant.get(tenant, 0) + 1
+        self._quotas.charge_request(by_tenant)
+        answers = self._upstream.measure(rows, params, judge_5xx=True)
+        return {
+            position: answers[str(position)]
+            for position in positions
+            if str(position) in answers
+        }
+
+    def _store(self, keys: list[RowKey], verdicts: Verdicts) -> None:
+        """Cache every answered key (and share it) and wake its waiters."""
+        if self._shared is not None and verdicts.answers:
+            # Shared before anyone is answered: a client told "fetched" here then finds the
+            # row on every other worker too.
+            self._shared.write(
+                (keys[index], answer) for index, answer in verdicts.answers.items()
+            )
+        now = self._clock()
+        settings = self._settings
+        rejected = 0
+        for index, answer in verdicts.answers.items():
+            key = keys[index]
+            flight = self._in_flight.get(key)
+            cost = 1 if flight is None else flight.cost
+            entry = CachedAnswer(
+                answer.total_emissions, answer.inventory_coverage, answer.error, now, cost
+            )
+            ttl = settings.error_ttl_s if entry.error else settings.ttl_s + settings.stale_s
+            if not self._cache.set(key, entry, cost=cost, ttl=ttl):
+                rejected += 1
+            self._finish(key, entry)
+        if rejected:
+            metrics.CACHE_REJECTED.inc(rejected)
+
+    def _note_suspects(self, items: list[_Item], verdicts: Verdicts) -> None:
+        """Batch the clients whose rows failed a batch apart from the others for a while."""
+        until = time.monotonic() + SUSPECT_FOR_S
+        for tenant in verdicts.suspects:
+            self._suspects[tenant] = until
+        if not verdicts.culprits:
+            return
+        metrics.UPSTREAM_ISOLATED_ROWS.inc(len(verdicts.culprits))
+        _LOG.warning(
+            "upstream failed a batch because of rows: cached as their errors",
+            extra={"rows": len(items), "culprits": len(verdicts.culprits),
+                   "sends": verdicts.sends, **_trace_ids(items)},
+        )
+
+    def _log_failure(self, failure: BaseException, items: list[_Item], verdicts: Verdicts) -> None:
+        outcome = failure.outcome if isinstance(failure, UpstreamError) else "failed"
+        # A refusal by the open breaker is expected while upstream is down: no warning each.
+        level = logging.DEBUG if outcome == "breaker_open" else logging.WARNING
+        _LOG.log(
+            level,
+            "upstream batch failed: %s",
+            outcome,
+            extra={"rows": len(items), "failed_rows": len(verdicts.failures),
+                   "outcome": outcome, "sends": verdicts.sends, **_trace_ids(items)},
+        )
+
+    def _settle(self, error: UpstreamError, explained: bool) -> None:
+        self._upstream.settle(error, explained=explained)
 
 
 def _failure_reason(error: BaseException | None) -> str:
@@ -419,9 +582,9 @@ def _failure_reason(error: BaseException | None) -> str:
     return "fetch_failed"
 
 
-def _trace_ids(items: list[tuple[RowKey, str | None]]) -> dict[str, list[str]]:
+def _trace_ids(items: list[_Item]) -> dict[str, list[str]]:
     """The distinct trace ids of the requests whose rows are in a batch."""
-    ids = list(dict.fromkeys(trace for _, trace in items if trace is not None))
+    ids = list(dict.fromkeys(item.trace_id for item in items if item.trace_id is not None))
     return {"trace_ids": ids[:_MAX_TRACE_IDS_LOGGED]}
 
 

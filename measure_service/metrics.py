@@ -187,15 +187,27 @@ UPSTREAM_BATCH_ROWS = Histogram(
 UPSTREAM_IN_FLIGHT = Gauge(
     "measure_upstream_in_flight", "Upstream requests in flight.", multiprocess_mode="livesum"
 )
+UPSTREAM_LIMIT = Gauge(
+    "measure_upstream_concurrency_limit",
+    "Upstream requests a worker may have in flight now (adaptive, under UPSTREAM_CONCURRENCY).",
+    multiprocess_mode="livesum",
+)
+UPSTREAM_ISOLATED_ROWS = Counter(
+    "measure_upstream_isolated_rows_total",
+    "Rows found to fail an upstream batch alone (cached as their row error).",
+)
 UPSTREAM_RETRIES = Counter("measure_upstream_retries_total", "Upstream requests retried.")
 UPSTREAM_COALESCED = Counter(
     "measure_upstream_coalesced_rows_total",
     "Missed rows that joined a fetch already in flight instead of starting one.",
 )
-UNAVAILABLE_REASONS = ("queue_full", "breaker_open", "fetch_failed")
+UNAVAILABLE_REASONS = (
+    "tenant_pending_share", "tenant_rows_share", "tenant_requests_share", "breaker_open",
+    "fetch_failed",
+)
 UPSTREAM_UNAVAILABLE = Counter(
     "measure_upstream_unavailable_rows_total",
-    "Missed rows refused (status unavailable): queue full, breaker open or fetch failed.",
+    "Missed rows answered unavailable, by reason: over a fair share, breaker open, fetch failed.",
     ["reason"],
 )
 BREAKER_OPEN = Gauge(

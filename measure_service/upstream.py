@@ -10,6 +10,13 @@ Retry policy, per call to :meth:`UpstreamClient.measure`:
   answer comes from a proxy error page or an API change, and asking again doubles the load for
   the same answer. It counts as a failure for the circuit breaker.
 
+The circuit breaker hears of every attempt, but an answer refusing a call (5xx, 429, malformed)
+counts once per call however often it is retried; no answer at all (timeout, connection error)
+counts at each attempt, since each is a fresh sign that upstream is unreachable. A caller that
+isolates failures (see ``isolation``) asks with ``judge_5xx=True``: a 5xx answer is then left
+for it to judge with :meth:`settle`, since a batch may fail because of one row's input, which
+says nothing about upstream's health.
+
 ``Retry-After`` (on 429 or 5xx) closes a per-client gate: no request leaves this client until it
 passes, whichever caller sends it. The token is kept in the session headers only, and is
 scrubbed from the upstream text that reaches a log line.
@@ -37,6 +44,7 @@ from urllib3.exceptions import ReadTimeoutError
 from measure_service import metrics
 from measure_service.backoff import Backoff
 from measure_service.breaker import CircuitBreaker
+from measure_service.limiter import OK, OVERLOAD, AdaptiveLimiter
 from measure_service.logs import REDACTED
 
 _LOG = logging.getLogger(__name__)
@@ -45,12 +53,12 @@ Outcome = Literal[
     "http_4xx", "http_429", "http_5xx", "timeout", "connection_error", "malformed", "breaker_open"
 ]
 _RETRYABLE: frozenset[str] = frozenset({"http_429", "http_5xx", "timeout", "connection_error"})
+_NO_ANSWER: frozenset[str] = frozenset({"timeout", "connection_error"})
 
 # A refused token fails every request; one ERROR line a minute says so without flooding.
 AUTH_LOG_INTERVAL_S = 60.0
 # A Retry-After beyond this is clamped: a hostile or buggy header must not park a worker for days.
 MAX_RETRY_AFTER_S = 300.0
-MISSING_ROW_ERROR = "upstream answer did not include this row"
 _GENERIC_ROW_ERROR = "upstream reported an error for this row"
 _BODY_SNIPPET_CHARS = 200
 # Upstream's row error and coverage texts are cached and returned: a hostile answer must not
@@ -87,6 +95,8 @@ class UpstreamError(Exception):
         self.outcome: Outcome = outcome
         self.status = status
         self.retry_after = retry_after
+        # False while a caller still has to report this failure to the breaker (see settle).
+        self.judged = True
 
     def __repr__(self) -> str:
         return (
@@ -156,12 +166,16 @@ class UpstreamClient:
         pool_size: int,
         retries: int = 2,
         breaker: CircuitBreaker | None = None,
+        limiter: AdaptiveLimiter | None = None,
         backoff: Backoff | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        """Build the client; ``wall_clock`` only turns an HTTP-date Retry-After into seconds."""
+        """Build the client; ``wall_clock`` only turns an HTTP-date Retry-After into seconds.
+
+        ``limiter`` hears every attempt's latency, and each 429 or timeout as overload.
+        """
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")
         if not isinstance(token, str):
@@ -185,6 +199,7 @@ class UpstreamClient:
         self._pool_size = pool_size
         self._retries = retries
         self._breaker = breaker
+        self._limiter = limiter
         self._backoff = backoff if backoff is not None else Backoff(0.1, 2.0)
         self._clock = clock
         self._sleep = sleep
@@ -211,16 +226,25 @@ class UpstreamClient:
             return self._auth_failure
 
     def measure(
-        self, rows: Sequence[Mapping[str, Any]], params: Mapping[str, str]
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        params: Mapping[str, str],
+        *,
+        judge_5xx: bool = False,
     ) -> dict[str, RowResult]:
         """Send ``rows`` upstream and return their results keyed by ``rowIdentifier``.
 
         Rows are matched by ``rowIdentifier``, never by position. A requested row absent from
-        the answer gets a RowResult whose error says so; rows upstream added are ignored.
-        ``params`` (latest, framework) are forwarded; ``includeRows=true`` is always added.
-        Raises UpstreamError when retries are exhausted, the failure is not retryable, or the
-        breaker refuses the first attempt (``breaker_open``; a breaker that opens between
-        retries ends the call with the last real failure instead).
+        the answer is absent from the result (the caller treats it as a failed fetch); rows
+        upstream added are ignored. ``params`` (latest, framework) are forwarded;
+        ``includeRows=true`` is always added. Raises UpstreamError when retries are exhausted,
+        the failure is not retryable, or the breaker refuses the first attempt
+        (``breaker_open``; a breaker that opens between retries ends the call with the last
+        real failure instead).
+
+        With ``judge_5xx``, a 5xx is neither retried (the caller's splitting and re-sending is
+        the retry) nor reported to the breaker: the error comes back with ``judged=False`` and
+        the caller must pass it to :meth:`settle`.
         """
         wanted = _row_identifiers(rows)
         if not wanted:
@@ -234,18 +258,59 @@ class UpstreamClient:
             self._wait_for_gate()
             if self._breaker is not None and not self._breaker.allow():
                 if last_error is not None:
-                    raise last_error
+                    break
                 raise UpstreamError("breaker_open", "circuit breaker is open; upstream not called")
             if last_error is not None:
                 metrics.UPSTREAM_RETRIES.inc()
             try:
-                return self._attempt(body, query, wanted, attempt)
+                results = self._attempt(body, query, wanted, attempt, retry_5xx=not judge_5xx)
             except UpstreamError as exc:
-                if exc.outcome not in _RETRYABLE:
+                if judge_5xx and exc.outcome == "http_5xx":
+                    exc.judged = False  # the caller reports this attempt (settle)
                     raise
+                self._report_failure(exc, retried=last_error is not None)
                 last_error = exc
+                if exc.outcome not in _RETRYABLE:
+                    break
+            else:
+                if self._breaker is not None:
+                    self._breaker.record_success()
+                return results
         assert last_error is not None
         raise last_error
+
+    def _report_failure(self, error: UpstreamError, *, retried: bool) -> None:
+        """Tell the breaker about one failed attempt.
+
+        An answer that refuses the call (5xx, 429, malformed) counts once per call, however
+        often it is retried: it may be this request's own doing. No answer at all (timeout,
+        connection error) counts at every attempt, each being a fresh sign that upstream is
+        unreachable. A plain 4xx means upstream is up and answering.
+        """
+        if self._breaker is None:
+            return
+        if error.outcome == "http_4xx":
+            self._breaker.record_success()
+        elif retried and error.outcome not in _NO_ANSWER:
+            self._breaker.record_excused()
+        else:
+            self._breaker.record_failure()
+
+    def settle(self, error: UpstreamError, *, explained: bool) -> None:
+        """Report the verdict on a call that failed with ``judged=False``, once.
+
+        ``explained``: the failure is put down to one row's input (that row failed alone while
+        upstream answered other requests), so it does not count towards opening the breaker.
+        """
+        if error.judged:
+            return
+        error.judged = True
+        if self._breaker is None:
+            return
+        if explained:
+            self._breaker.record_excused()
+        else:
+            self._breaker.record_failure()
 
     def close(self) -> None:
         """Close the pooled connections."""
@@ -257,12 +322,20 @@ class UpstreamClient:
     # --- one HTTP attempt ----------------------------------------------------------------------
 
     def _attempt(
-        self, body: dict[str, Any], query: dict[str, str], wanted: frozenset[str], attempt: int
+        self,
+        body: dict[str, Any],
+        query: dict[str, str],
+        wanted: frozenset[str],
+        attempt: int,
+        *,
+        retry_5xx: bool,
     ) -> dict[str, RowResult]:
         metrics.UPSTREAM_ROWS.inc(len(wanted))
         metrics.UPSTREAM_BATCH_ROWS.observe(len(wanted))
         started = self._clock()
         log_fields: dict[str, Any] = {"attempt": attempt, "rows": len(wanted)}
+        if not retry_5xx:
+            log_fields["5xx_judged_by_caller"] = True
         metrics.UPSTREAM_IN_FLIGHT.inc()
         try:
             status, headers, content = self._post(body, query, started)
@@ -358,8 +431,8 @@ class UpstreamClient:
         row_errors = sum(1 for result in results.values() if result.error is not None)
         outcome = "row_error" if row_errors else "ok"
         metrics.UPSTREAM_REQUESTS.labels(outcome=outcome).inc()
-        if self._breaker is not None:
-            self._breaker.record_success()
+        if self._limiter is not None:
+            self._limiter.observe(self._clock() - started, OK)
         with self._lock:
             self._auth_failure = None
         _LOG.debug(
@@ -381,19 +454,17 @@ class UpstreamClient:
         log: bool = True,
     ) -> UpstreamError:
         metrics.UPSTREAM_REQUESTS.labels(outcome=outcome).inc()
-        if self._breaker is not None:
-            # A plain 4xx means upstream is up and answering; only its health trips the breaker.
-            if outcome == "http_4xx":
-                self._breaker.record_success()
-            else:
-                self._breaker.record_failure()
+        if self._limiter is not None and outcome in ("http_429", "timeout"):
+            self._limiter.observe(self._clock() - started, OVERLOAD)
         if not log:
             return UpstreamError(outcome, message, status=status, retry_after=retry_after)
         _LOG.warning(
             "upstream request failed: %s",
             message,
             extra={**log_fields, "upstream_outcome": outcome,
-                   "will_retry": outcome in _RETRYABLE and log_fields["attempt"] < self._retries,
+                   "will_retry": outcome in _RETRYABLE
+                   and log_fields["attempt"] < self._retries
+                   and not (outcome == "http_5xx" and log_fields.get("5xx_judged_by_caller")),
                    "elapsed_ms": self._elapsed_ms(started)},
         )
         return UpstreamError(outcome, message, status=status, retry_after=retry_after)
@@ -502,8 +573,6 @@ def _parse_answer(
         identifier = item["rowIdentifier"]
         if identifier in wanted and identifier not in results:
             results[identifier] = _parse_row(item, redact)
-    for identifier in wanted - results.keys():
-        results[identifier] = RowResult(None, None, MISSING_ROW_ERROR)
     return results
 
 

@@ -380,3 +380,30 @@ def test_the_command_line_rejects_bad_settings() -> None:
     )
     assert result.returncode == 2
     assert "error_rate" in result.stderr
+
+
+@pytest.mark.parametrize(("marker", "status"), [("poison_5xx", 500), ("poison_400", 400)])
+def test_a_poisoned_row_fails_the_whole_request_it_is_in(marker: str, status: int) -> None:
+    app, _, _ = _simulator(**{marker: "bad-row"})
+    mixed = [_row("r1"), _row("r2", inventoryId="x-bad-row-1.com")]
+    assert _measure(app, mixed).status_code == status
+    assert _measure(app, [_row("r1")]).status_code == 200
+    assert _stats(app)["by_status"] == {str(status): 1, "200": 1}
+
+
+def test_poisoning_is_off_until_a_marker_is_set() -> None:
+    app, _, _ = _simulator()
+    assert _measure(app, [_row(inventoryId="poison-anything.com")]).status_code == 200
+
+
+def test_poison_markers_can_be_set_at_runtime() -> None:
+    app, _, _ = _simulator()
+    assert _control(app, poison_400="evil").status_code == 200
+    assert _measure(app, [_row(inventoryId="evil.com")]).status_code == 400
+
+
+def test_stats_report_the_most_requests_in_flight_per_agent() -> None:
+    app, _, _ = _simulator()
+    _measure(app, [_row()], agent="w1")
+    stats = _stats(app)
+    assert stats["max_in_flight"] == 1 and stats["max_in_flight_by_agent"] == {"w1": 1}

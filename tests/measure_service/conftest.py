@@ -32,12 +32,16 @@ class FakeClock:
 class FakeUpstream:
     """Answers like Scope3 (an inventoryId without a dot is a row error), recording each call.
 
-    ``hold()`` keeps calls waiting until ``release()``; ``fail_with`` makes calls raise.
+    ``hold()`` keeps calls waiting until ``release()``; ``fail_with`` makes calls raise. A
+    request holding a row whose inventoryId starts with ``poison`` fails as a whole: with 400 if
+    the id contains ``400``, else with 500.
     """
 
     def __init__(self) -> None:
         self.calls: list[tuple[list[dict[str, Any]], dict[str, str]]] = []
         self.fail_with: UpstreamError | None = None
+        # Verdicts reported with settle(): True when a failure was put down to a row.
+        self.settled: list[bool] = []
         self._gate = Event()
         self._gate.set()
         self.started = Event()
@@ -53,14 +57,28 @@ class FakeUpstream:
         self._gate.set()
 
     def measure(
-        self, rows: Sequence[Mapping[str, Any]], params: Mapping[str, str]
+        self, rows: Sequence[Mapping[str, Any]], params: Mapping[str, str], *,
+        judge_5xx: bool = False,
     ) -> dict[str, RowResult]:
         self.calls.append(([dict(row) for row in rows], dict(params)))
         self.started.set()
         self._gate.wait()
         if self.fail_with is not None:
             raise self.fail_with
+        poisoned = [row for row in rows if str(row["inventoryId"]).startswith("poison")]
+        if poisoned:
+            status = 400 if "400" in poisoned[0]["inventoryId"] else 500
+            error = UpstreamError(
+                "http_4xx" if status == 400 else "http_5xx", f"upstream answered {status}",
+                status=status,
+            )
+            if status == 500 and judge_5xx:
+                error.judged = False
+            raise error
         return {str(row["rowIdentifier"]): _answer(row) for row in rows}
+
+    def settle(self, error: UpstreamError, *, explained: bool) -> None:
+        self.settled.append(explained)
 
 
 def _answer(row: Mapping[str, Any]) -> RowResult:

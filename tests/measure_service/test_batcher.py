@@ -278,3 +278,42 @@ def test_bad_settings_are_refused_naming_the_argument(kwargs: dict[str, float], 
     settings = {"window_s": 0.0, "max_items": 1, "concurrency": 1, **kwargs}
     with pytest.raises(ValueError, match=name):
         Batcher(Recorder(), **settings)  # type: ignore[arg-type]
+
+
+def test_a_batch_is_not_held_while_the_fastest_recent_send_would_answer_in_time() -> None:
+    recorder, time = Recorder(), FakeTime()
+    batcher = timed_batcher(recorder, time, answer_within_s=0.045)
+    measure_latency(batcher, recorder, time, 0.02)
+    measure_latency(batcher, recorder, time, 0.2)
+    assert batcher.latency_s > 0.045 and batcher.hold_s == 0.0
+
+
+def test_a_batch_nobody_waits_for_is_held_behind_one_in_flight() -> None:
+    recorder, time = Recorder(), FakeTime()
+    batcher = timed_batcher(recorder, time, answer_within_s=math.inf)
+    measure_latency(batcher, recorder, time, 0.1)
+    one_batch_in_flight(batcher, recorder, time)
+    batcher.add("g", 1, deadline=time.clock())
+    time.advance(WINDOW_S)
+    assert len(recorder.batches) == 2
+
+
+def test_a_caller_who_stopped_waiting_does_not_get_a_batch_held_for_a_caller_still_waiting(
+) -> None:
+    recorder, time = Recorder(), FakeTime()
+    batcher = timed_batcher(recorder, time, answer_within_s=0.045)
+    measure_latency(batcher, recorder, time, 0.02)
+    one_batch_in_flight(batcher, recorder, time)
+    batcher.add("g", 1, deadline=time.clock() - 1.0)
+    batcher.add("g", 2, deadline=time.clock() + 0.045)
+    time.advance(WINDOW_S)
+    assert recorder.batches[-1] == ("g", [1, 2])
+
+
+def test_before_any_send_comes_back_no_batch_is_held_for_waiting_callers() -> None:
+    recorder, time = Recorder(), FakeTime()
+    batcher = timed_batcher(recorder, time, answer_within_s=0.045)
+    one_batch_in_flight(batcher, recorder, time)
+    batcher.add("g", 1)
+    time.advance(WINDOW_S)
+    assert recorder.batches[-1] == ("g", [1])

@@ -35,19 +35,21 @@ class Harness:
 
     def __init__(
         self, upstream: FakeUpstream, clock: FakeClock, *, max_pending_rows: int = 1000,
-        breaker: Any = None,
+        breaker: Any = None, tenants: int = 1,
     ) -> None:
         self.cache: Cache[RowKey, CachedAnswer] = Cache(10_000, clock=clock)
         self.upstream = upstream
         self.clock = clock
         settings = FetcherSettings(
             ttl_s=TTL_S, stale_s=STALE_S, error_ttl_s=ERROR_TTL_S, batch_window_s=0.0,
-            batch_rows=100, max_pending_rows=max_pending_rows, concurrency=2,
+            batch_rows=100, max_pending_rows=max_pending_rows, concurrency=2, tenants=tenants,
         )
         self.fetcher = Fetcher(self.cache, upstream, settings, breaker=breaker, clock=clock)
 
-    def lookup(self, *keys: RowKey, cost: int = 100, wait_s: float = WAIT_S) -> Lookup:
-        return self.fetcher.lookup([(k, cost) for k in keys], wait_s)
+    def lookup(
+        self, *keys: RowKey, cost: int = 100, wait_s: float = WAIT_S, tenant: str | None = None
+    ) -> Lookup:
+        return self.fetcher.lookup([(k, cost) for k in keys], wait_s, tenant)
 
     def statuses(self, *keys: RowKey, wait_s: float = WAIT_S) -> list[str]:
         return [outcome.status for outcome in self.lookup(*keys, wait_s=wait_s).outcomes]
@@ -136,10 +138,12 @@ def test_past_the_pending_limit_new_misses_are_unavailable(
 ) -> None:
     harness = Harness(upstream, clock, max_pending_rows=2)
     upstream.hold()
-    before = counter("measure_upstream_unavailable_rows_total", reason="queue_full")
+    before = counter("measure_upstream_unavailable_rows_total", reason="tenant_pending_share")
     lookup = harness.lookup(key("a.com"), key("b.com"), key("c.com"), wait_s=0)
     assert [o.status for o in lookup.outcomes] == ["pending", "pending", "unavailable"]
-    assert counter("measure_upstream_unavailable_rows_total", reason="queue_full") - before == 1
+    after = counter("measure_upstream_unavailable_rows_total", reason="tenant_pending_share")
+    assert after - before == 1
+    assert lookup.outcomes[2].reason == "tenant_pending_share"
     upstream.release()
 
 
@@ -243,3 +247,77 @@ def test_a_fetch_refused_by_the_breaker_counts_as_breaker_open(harness: Harness)
     before = counter("measure_upstream_unavailable_rows_total", reason="breaker_open")
     assert harness.statuses(key()) == ["unavailable"]
     assert counter("measure_upstream_unavailable_rows_total", reason="breaker_open") - before == 1
+
+
+def lookup_together(harness: Harness, *requests: tuple[str, list[RowKey]]) -> list[Lookup]:
+    """Lookups by several clients whose misses share one batch (upstream held meanwhile)."""
+    harness.upstream.hold()
+    lookups = [
+        gevent.spawn(harness.lookup, *keys, tenant=tenant) for tenant, keys in requests
+    ]
+    gevent.sleep(0.01)
+    harness.upstream.release()
+    gevent.joinall(lookups, timeout=5)
+    return [greenlet.value for greenlet in lookups]
+
+
+@pytest.mark.parametrize("poison", ["poison-500.com", "poison-400.com"])
+def test_a_poisoned_row_is_cached_as_its_error_and_the_rest_of_its_batch_is_fetched(
+    harness: Harness, poison: str
+) -> None:
+    harness.lookup(key("warm.com"))  # an answer: upstream is known to be healthy
+    ours, theirs = lookup_together(
+        harness, ("a", [key("a1.com"), key("a2.com")]), ("b", [key(poison)])
+    )
+    assert [o.status for o in ours.outcomes] == ["fetched", "fetched"]
+    assert [o.status for o in theirs.outcomes] == ["error"]
+    calls = len(harness.upstream.calls)
+    assert harness.statuses(key(poison)) == ["error"]
+    assert len(harness.upstream.calls) == calls
+
+
+def test_a_poisoned_batch_does_not_count_towards_the_breaker(harness: Harness) -> None:
+    harness.lookup(key("warm.com"))
+    lookup_together(harness, ("a", [key("a1.com")]), ("b", [key("poison-500.com")]))
+    assert harness.upstream.settled and all(harness.upstream.settled)
+
+
+def test_a_client_whose_row_was_at_fault_is_batched_apart_afterwards(harness: Harness) -> None:
+    harness.lookup(key("warm.com"))
+    lookup_together(harness, ("a", [key("a1.com")]), ("b", [key("poison-500.com")]))
+    harness.upstream.calls.clear()
+    lookup_together(harness, ("a", [key("a2.com")]), ("b", [key("b2.com")]))
+    batches = sorted(
+        sorted(row["inventoryId"] for row in rows) for rows, _ in harness.upstream.calls
+    )
+    assert batches == [["a2.com"], ["b2.com"]]
+
+
+def test_a_row_missing_from_the_answer_is_unavailable_and_not_cached(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = harness.upstream.measure
+
+    def drop_one(rows: Any, params: Any, *, judge_5xx: bool = False) -> Any:
+        answers = real(rows, params, judge_5xx=judge_5xx)
+        return {k: v for k, v in answers.items() if k != "1"}
+
+    monkeypatch.setattr(harness.upstream, "measure", drop_one)
+    outcomes = harness.lookup(key("a.com"), key("b.com")).outcomes
+    assert [(o.status, o.reason) for o in outcomes] == [
+        ("fetched", None), ("unavailable", "fetch_failed")]
+    monkeypatch.setattr(harness.upstream, "measure", real)
+    assert harness.statuses(key("b.com")) == ["fetched"]
+
+
+def test_a_key_over_its_pending_share_never_makes_another_keys_rows_unavailable(
+    upstream: FakeUpstream, clock: FakeClock
+) -> None:
+    harness = Harness(upstream, clock, max_pending_rows=10, tenants=2)
+    upstream.hold()
+    flood = harness.lookup(*(key(f"b{i}.com") for i in range(20)), wait_s=0, tenant="b")
+    ours = harness.lookup(*(key(f"a{i}.com") for i in range(5)), wait_s=0, tenant="a")
+    assert [o.status for o in ours.outcomes] == ["pending"] * 5
+    refused = [o for o in flood.outcomes if o.status == "unavailable"]
+    assert refused and {o.reason for o in refused} == {"tenant_pending_share"}
+    upstream.release()

@@ -25,7 +25,6 @@ from measure_service.backoff import Backoff
 from measure_service.breaker import CircuitBreaker
 from measure_service.upstream import (
     MAX_RETRY_AFTER_S,
-    MISSING_ROW_ERROR,
     RowResult,
     UpstreamClient,
     UpstreamError,
@@ -133,12 +132,12 @@ def test_rows_are_matched_by_identifier_when_the_answer_is_out_of_order(
         "a": 1.0, "b": 2.0, "c": 3.0}
 
 
-def test_a_row_missing_from_the_answer_gets_an_error_result(
+def test_a_row_missing_from_the_answer_is_missing_from_the_result(
     clock: _Clock, mocked: responses.RequestsMock
 ) -> None:
     mocked.post(URL, json=_answer(_ok_row("a")))
     results = _client(clock).measure([_row("a"), _row("b")], {})
-    assert results["b"] == RowResult(None, None, MISSING_ROW_ERROR)
+    assert set(results) == {"a"}
 
 
 def test_rows_upstream_added_are_ignored(clock: _Clock, mocked: responses.RequestsMock) -> None:
@@ -395,15 +394,56 @@ def test_an_open_breaker_raises_breaker_open_without_calling(
     assert len(mocked.calls) == 0
 
 
-def test_each_failed_attempt_counts_towards_opening_the_breaker(
+def test_a_retried_call_counts_once_towards_opening_the_breaker(
     clock: _Clock, mocked: responses.RequestsMock
 ) -> None:
     mocked.post(URL, status=500)
-    breaker = CircuitBreaker(3, 10.0, clock)
+    breaker = CircuitBreaker(2, 10.0, clock)
+    client = _client(clock, retries=2, breaker=breaker)
     with pytest.raises(UpstreamError) as caught:
-        _client(clock, retries=2, breaker=breaker).measure([_row("a")], {})
-    assert caught.value.outcome == "http_5xx"
+        client.measure([_row("a")], {})
+    assert caught.value.outcome == "http_5xx" and len(mocked.calls) == 3
+    assert breaker.state == "closed"
+    with pytest.raises(UpstreamError):
+        client.measure([_row("a")], {})
     assert breaker.state == "open"
+
+
+def test_a_5xx_left_to_the_caller_is_neither_retried_nor_counted(
+    clock: _Clock, mocked: responses.RequestsMock
+) -> None:
+    mocked.post(URL, status=500)
+    breaker = CircuitBreaker(1, 10.0, clock)
+    client = _client(clock, retries=2, breaker=breaker)
+    with pytest.raises(UpstreamError) as caught:
+        client.measure([_row("a")], {}, judge_5xx=True)
+    assert caught.value.judged is False and len(mocked.calls) == 1
+    assert breaker.state == "closed"
+
+
+def test_a_5xx_settled_as_explained_by_a_row_does_not_open_the_breaker(
+    clock: _Clock, mocked: responses.RequestsMock
+) -> None:
+    mocked.post(URL, status=500)
+    breaker = CircuitBreaker(1, 10.0, clock)
+    client = _client(clock, retries=0, breaker=breaker)
+    with pytest.raises(UpstreamError) as caught:
+        client.measure([_row("a")], {}, judge_5xx=True)
+    client.settle(caught.value, explained=True)
+    assert breaker.state == "closed"
+
+
+def test_a_5xx_settled_as_unexplained_counts_once(
+    clock: _Clock, mocked: responses.RequestsMock
+) -> None:
+    mocked.post(URL, status=500)
+    breaker = CircuitBreaker(1, 10.0, clock)
+    client = _client(clock, retries=0, breaker=breaker)
+    with pytest.raises(UpstreamError) as caught:
+        client.measure([_row("a")], {}, judge_5xx=True)
+    client.settle(caught.value, explained=False)
+    client.settle(caught.value, explained=False)
+    assert breaker.state == "open" and caught.value.judged
 
 
 def test_a_breaker_that_opens_between_retries_ends_the_call_with_the_real_failure(
@@ -411,8 +451,17 @@ def test_a_breaker_that_opens_between_retries_ends_the_call_with_the_real_failur
 ) -> None:
     mocked.post(URL, status=502)
     breaker = CircuitBreaker(1, 10.0, clock)
+    client = _client(clock, retries=2, breaker=breaker)
+    sleep = clock.sleep
+
+    def other_call_fails_meanwhile(seconds: float) -> None:
+        breaker.record_failure()
+        sleep(seconds)
+
+    clock.sleep = other_call_fails_meanwhile  # type: ignore[method-assign]
+    client._sleep = other_call_fails_meanwhile
     with pytest.raises(UpstreamError) as caught:
-        _client(clock, retries=2, breaker=breaker).measure([_row("a")], {})
+        client.measure([_row("a")], {})
     assert (caught.value.outcome, caught.value.status) == ("http_5xx", 502)
     assert len(mocked.calls) == 1
 
@@ -582,3 +631,27 @@ def test_an_answer_larger_than_the_limit_for_its_rows_is_malformed_and_not_retri
         _client(clock).measure([_row("a")], {})
     assert caught.value.outcome == "malformed"
     assert len(mocked.calls) == 1
+
+
+def test_a_call_is_counted_at_its_first_failure_not_after_its_retries(
+    clock: _Clock, mocked: responses.RequestsMock
+) -> None:
+    mocked.post(URL, status=503)
+    breaker = CircuitBreaker(1, 10.0, clock)
+    with pytest.raises(UpstreamError):
+        _client(clock, retries=2, breaker=breaker).measure([_row("a")], {})
+    assert breaker.state == "open" and len(mocked.calls) == 1
+
+
+def test_a_retry_that_answers_closes_the_failure_streak(
+    clock: _Clock, mocked: responses.RequestsMock
+) -> None:
+    mocked.post(URL, status=503)
+    mocked.post(URL, json=_answer(_ok_row("a")))
+    breaker = CircuitBreaker(2, 10.0, clock)
+    client = _client(clock, retries=2, breaker=breaker)
+    client.measure([_row("a")], {})
+    mocked.replace(responses.POST, URL, status=503)
+    with pytest.raises(UpstreamError):
+        client.measure([_row("a")], {})
+    assert breaker.state == "closed"

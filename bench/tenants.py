@@ -1,0 +1,484 @@
+"""Tenant benchmark: can one client hurt another through the shared upstream path?
+
+Each scenario starts its own service (gunicorn, gevent, ``WEB_CONCURRENCY=2``, two client keys
+A and B) against the Scope3 simulator on loopback, and prints its figures (figure, target, got,
+pass/fail):
+
+- ``poison``: client B sends a poisoned row every 100 ms for 4 s, once of each kind (one that
+  makes upstream answer 500 for any request holding it, one that makes it refuse the whole
+  request with 400), each on a new connection (so both workers get them), while client A sends
+  5 new rows every 100 ms. Figures: the share of A's rows answered from the cache on A's next
+  request (1 s later, on the same keep-alive connection, so the same worker's cache), breaker
+  openings, and what B's poisoned rows got;
+- ``flood``: client B sends 11 x 1000 new rows at once while A sends 5 new rows every 50 ms,
+  upstream answering in 500 +- 50 ms; with the default bounds, a small ``MAX_PENDING_ROWS``
+  and a rows-per-second bound. Figure: A's rows answered ``unavailable`` (target 0), and the
+  reasons B's rows got;
+- ``window``: 20 concurrent clients x 5 new rows (2,000 requests, after 80 unmeasured ones that
+  warm the workers up), upstream 20 +- 5 ms, ``WAIT_FOR_MISSING=true`` and a 45 ms window.
+  Figures: the share ``fetched``, upstream requests in flight per worker
+  against the ceiling (``UPSTREAM_CONCURRENCY``). Then 200 requests/s of 5 new rows, a 1 s
+  window and a 200 ms upstream, so that the limit bounds what is in flight: 5 s healthy and
+  5 s with upstream answering 429 (``Retry-After: 0``) to 30% of requests; the adaptive limit,
+  mean requests in flight and request rate.
+
+Run from the project root::
+
+    .venv/bin/python bench/tenants.py [--scenarios poison,flood,window] [--json out.json]
+"""
+
+from gevent import monkey
+
+# The driver's HTTP calls must yield to each other: patch before anything opens a socket.
+monkey.patch_all()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import re  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import uuid  # noqa: E402
+from collections import Counter  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from dataclasses import asdict, dataclass, field  # noqa: E402
+from datetime import datetime, timezone  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import gevent  # noqa: E402
+from loadgen import percentile  # noqa: E402
+from upstream_economy import UPSTREAM_TOKEN, Client, Reply, Upstream, call_once  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devtools, from a checkout
+from devtools.harness import Processes, Server, free_port, stop  # noqa: E402
+
+APP = "measure_service.wsgi:app"
+WORKERS = 2
+KEY_A = "bench-key-a"
+KEY_B = "bench-key-b"
+POISON_5XX = "poison5xx"
+POISON_400 = "poison400"
+ROWS_PER_REQUEST = 5
+FLOOD_LATENCY_MS = 500
+# Upstream slots per worker (the ceiling of the adaptive limit): the service's default.
+CEILING = 4
+
+
+@dataclass
+class Figure:
+    """One measured figure and whether it met its target (None: no target)."""
+
+    scenario: str
+    figure: str
+    target: str
+    got: str
+    passed: bool | None
+
+
+@dataclass
+class Report:
+    """Every figure, plus the details behind them."""
+
+    figures: list[Figure] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, scenario: str, figure: str, target: str, got: Any,
+            passed: bool | None) -> None:
+        """Record one figure."""
+        self.figures.append(Figure(scenario, figure, target, str(got), passed))
+
+
+# --- clients -----------------------------------------------------------------------------------
+
+def rows(prefix: str, count: int) -> list[dict[str, Any]]:
+    """``count`` rows for keys nobody asked for before (``prefix`` is unique per call)."""
+    return [{"inventoryId": f"{prefix}-{i}.example", "utcDatetime": "2024-10-30",
+             "impressions": 1000, "rowIdentifier": f"r{i}"} for i in range(count)]
+
+
+def post(port: int, key: str, body: list[dict[str, Any]], client: Client | None = None) -> Reply:
+    """POST ``body`` to /v2/measure with ``key``; a new connection (either worker) by default."""
+    document = {"rows": body}
+    if client is not None:
+        return client.call("POST", "/v2/measure", document, token=key)
+    return call_once(port, "POST", "/v2/measure", document, token=key)
+
+
+def statuses(reply: Reply) -> list[str]:
+    """The rows' statuses (``no_answer`` for each row when the request failed)."""
+    return reply.statuses()
+
+
+def reasons(reply: Reply) -> list[str]:
+    """The ``reason`` of each unavailable row."""
+    if reply.status != 200 or not isinstance(reply.document, dict):
+        return []
+    return [str(r.get("reason")) for r in reply.document.get("rows", [])
+            if r.get("status") == "unavailable"]
+
+
+def every(interval_s: float, duration_s: float, action: Callable[[int], Any]) -> list[Any]:
+    """Spawn ``action(i)`` every ``interval_s`` for ``duration_s``; return every result."""
+    greenlets = []
+    started = time.monotonic()
+    for i in range(int(duration_s / interval_s)):
+        gevent.sleep(max(0.0, started + i * interval_s - time.monotonic()))
+        greenlets.append(gevent.spawn(action, i))
+    gevent.joinall(greenlets, timeout=60)
+    return [g.value for g in greenlets if g.successful()]
+
+
+def metric(port: int, name: str, **labels: str) -> float:
+    """The sum of a metric's samples on the service's /metrics that carry ``labels``."""
+    reply = call_once(port, "GET", "/metrics")
+    text = reply.document if isinstance(reply.document, str) else ""
+    total = 0.0
+    for line in text.splitlines():
+        match = re.match(rf"{re.escape(name)}(\{{[^}}]*\}})?\s+(\S+)$", line)
+        if match is None:
+            continue
+        sample_labels = match.group(1) or ""
+        if all(f'{k}="{v}"' in sample_labels for k, v in labels.items()):
+            total += float(match.group(2))
+    return total
+
+
+# --- the benchmark -----------------------------------------------------------------------------
+
+class Bench:
+    """Runs the scenarios against one simulator, with a fresh service for each."""
+
+    def __init__(
+        self, procs: Processes, report: Report, ceiling: int = CEILING,
+        service_root: Path | None = None,
+    ) -> None:
+        """Start the simulator; write figures into ``report``; ``ceiling``: UPSTREAM_CONCURRENCY.
+
+        ``service_root`` runs the service from another checkout (a baseline to compare with).
+        """
+        self.procs = procs
+        self.report = report
+        self.ceiling = ceiling
+        self.service_root = service_root
+        self.upstream = Upstream(procs, free_port())
+        self.upstream.start()
+
+    def service(self, **env: str) -> Server:
+        """A fresh service (cold cache) with 2 gevent workers, keys A and B, and ``env``."""
+        metrics_dir = self.procs.log_dir / f"metrics-{uuid.uuid4().hex[:8]}"
+        metrics_dir.mkdir()
+        full = {
+            "ENV": "bench", "API_KEYS": f"{KEY_A},{KEY_B}", "SCOPE3_API_TOKEN": UPSTREAM_TOKEN,
+            "SCOPE3_API_URL": self.upstream.url, "LOG_LEVEL": "INFO",
+            "ACCESS_LOG": "sample:0.01", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+            "WAIT_FOR_MISSING": "true", "UPSTREAM_CONCURRENCY": str(self.ceiling), **env,
+        }
+        command = None
+        if self.service_root is not None:
+            root = self.service_root.resolve()
+            full["PYTHONPATH"] = str(root)
+            command = ["sh", "-c", f'cd "{root}" && exec "{sys.executable}" -m gunicorn '
+                       f'-c gunicorn.conf.py {APP}']
+        return self.procs.gunicorn(APP, env=full, workers=WORKERS, name="service",
+                                   command=command)
+
+    def fresh_upstream(self, **changes: Any) -> None:
+        """Reset the simulator, then apply ``changes``."""
+        self.upstream.reset()
+        if changes:
+            self.upstream.control(**changes)
+
+    # poison -------------------------------------------------------------------------------------
+    def poison(self) -> None:
+        """B sends a poisoned row every 100 ms (500 kind, then 400 kind) while A sends new rows."""
+        for kind, marker in (("5xx", POISON_5XX), ("400", POISON_400)):
+            self._poison_run(kind, marker)
+
+    def _poison_run(self, kind: str, marker: str) -> None:
+        name = f"1 poison ({kind})"
+        self.fresh_upstream(poison_5xx=POISON_5XX, poison_400=POISON_400)
+        svc = self.service()
+        run = uuid.uuid4().hex[:8]
+        a_next: list[list[str]] = []
+        a_missed: list[dict[str, Any]] = []
+        b_first: list[list[str]] = []
+        try:
+            def client_b(i: int) -> None:
+                b_first.append(statuses(post(svc.port, KEY_B, [
+                    {"inventoryId": f"{marker}-{run}-{i}.example", "utcDatetime": "2024-10-30",
+                     "rowIdentifier": "p"}])))
+
+            def client_a(i: int) -> None:
+                # One keep-alive connection: its worker's cache is the one asked next time.
+                body = rows(f"a{run}-{i}", ROWS_PER_REQUEST)
+                client = Client(svc.port)
+                try:
+                    first = post(svc.port, KEY_A, body, client)
+                    gevent.sleep(1.0)
+                    again = post(svc.port, KEY_A, body, client)
+                    a_next.append(statuses(again))
+                    if statuses(again) != ["hit"] * ROWS_PER_REQUEST:
+                        a_missed.append({"first": statuses(first) + reasons(first),
+                                         "next": statuses(again) + reasons(again),
+                                         "trace": first.document.get("requestId")
+                                         if isinstance(first.document, dict) else None})
+                finally:
+                    client.close()
+
+            b = gevent.spawn(every, 0.1, 4.0, client_b)
+            a = gevent.spawn(every, 0.1, 4.0, client_a)
+            gevent.joinall([a, b])
+            self.upstream.wait_quiet()
+            b_again = Counter(s for i in range(0, 40, 4) for s in statuses(post(
+                svc.port, KEY_B, [{"inventoryId": f"{marker}-{run}-{i}.example",
+                                   "utcDatetime": "2024-10-30", "rowIdentifier": "p"}])))
+            opened = metric(svc.port, "measure_upstream_breaker_transitions_total", to="open")
+            isolated = metric(svc.port, "measure_upstream_isolated_rows_total")
+        finally:
+            stop(svc)
+        stats = self.upstream.stats(keys="0", recent="0")
+        a_rows = [s for reply in a_next for s in reply]
+        hits = a_rows.count("hit")
+        share = hits / max(1, len(a_rows))
+        self.report.add(name, f"A's new rows from the cache on A's next request "
+                        f"({len(a_rows)} rows)", ">= 99%", f"{share:.1%}",
+                        share >= 0.99 and len(a_rows) == 40 * ROWS_PER_REQUEST)
+        self.report.add(name, "breaker openings (both workers)", "0", int(opened), opened == 0)
+        self.report.add(name, "B's poisoned rows asked again (10, new connections)", "-",
+                        dict(b_again), None)
+        self.report.add(name, "upstream requests / rows isolated", "-",
+                        f"{stats['requests']} / {int(isolated)}", None)
+        self.report.details[f"poison_{kind}"] = {
+            "a_next_statuses": dict(Counter(a_rows)), "a_missed": a_missed,
+            "b_first_statuses": dict(Counter(s for reply in b_first for s in reply)),
+            "b_next_statuses": dict(b_again), "upstream": stats,
+        }
+
+    # flood --------------------------------------------------------------------------------------
+    def flood(self) -> None:
+        """B sends 11 x 1000 new rows at once while A sends 5 new rows every 50 ms."""
+        for label, env in (("defaults", {}),
+                           ("MAX_PENDING_ROWS=2000", {"MAX_PENDING_ROWS": "2000"}),
+                           ("UPSTREAM_ROWS_PER_S=2000", {"UPSTREAM_ROWS_PER_S": "2000"})):
+            self._flood_run(label, env)
+
+    def _flood_run(self, label: str, env: dict[str, str]) -> None:
+        name = f"5 flood ({label})"
+        # A slow upstream keeps B's rows pending for a while, as Scope3 at its slowest does.
+        self.fresh_upstream(latency_ms=FLOOD_LATENCY_MS, jitter_ms=50)
+        svc = self.service(**env)
+        run = uuid.uuid4().hex[:8]
+        try:
+            b = [gevent.spawn(post, svc.port, KEY_B, rows(f"b{run}-{i}", 1000))
+                 for i in range(11)]
+            gevent.sleep(0.02)
+            a_replies = every(0.05, 1.0, lambda i: post(
+                svc.port, KEY_A, rows(f"a{run}-{i}", ROWS_PER_REQUEST)))
+            gevent.joinall(b, timeout=60)
+            b_replies = [g.value for g in b if g.successful()]
+            self.upstream.wait_quiet()
+        finally:
+            stop(svc)
+        a_statuses = Counter(s for r in a_replies for s in statuses(r))
+        b_statuses = Counter(s for r in b_replies for s in statuses(r))
+        b_reasons = Counter(x for r in b_replies for x in reasons(r))
+        a_rows = sum(a_statuses.values())
+        self.report.add(name, f"A's new rows unavailable (of {a_rows})", "0",
+                        a_statuses["unavailable"],
+                        a_statuses["unavailable"] == 0 and a_rows == 20 * ROWS_PER_REQUEST)
+        self.report.add(name, "B's rows: statuses / unavailable reasons", "-",
+                        f"{dict(b_statuses)} / {dict(b_reasons)}", None)
+        self.report.details[f"flood {label}"] = {
+            "a_statuses": dict(a_statuses), "b_statuses": dict(b_statuses),
+            "b_reasons": dict(b_reasons),
+        }
+
+    # window -------------------------------------------------------------------------------------
+    def window(self, requests: int = 2000, clients: int = 20) -> None:
+        """20 clients x 5 new rows at 20 ms upstream: fetched share; then the limiter and 429s."""
+        name = f"6 wait window ({self.ceiling} slots)"
+        svc = self.service(WAIT_WINDOW_MS="45")
+        run = uuid.uuid4().hex[:8]
+        try:
+            self.fresh_upstream(latency_ms=20, jitter_ms=5)
+            # A running service: workers that have served and fetched before (connections to
+            # upstream open, code paths warm). Not measured.
+            closed_loop(svc.port, (rows(f"warm{run}-{i}", ROWS_PER_REQUEST)
+                                   for i in range(4 * clients)), clients)
+            self.fresh_upstream(latency_ms=20, jitter_ms=5)
+            fast = closed_loop(svc.port, (rows(f"w{run}-{i}", ROWS_PER_REQUEST)
+                                          for i in range(requests)), clients)
+            healthy = self.upstream.stats(keys="0", recent="0")
+            # The same clients asking for cached rows: what the machine itself costs a request.
+            hot = rows(f"w{run}-0", ROWS_PER_REQUEST)
+            hits = closed_loop(svc.port, (hot for _ in range(requests)), clients)
+            self.upstream.wait_quiet()
+        finally:
+            stop(svc)
+        fast_statuses = Counter(s for r in fast for s in statuses(r))
+        share = fast_statuses["fetched"] / (requests * ROWS_PER_REQUEST)
+        most = max(healthy["max_in_flight_by_agent"].values(), default=0)
+        self.report.add(name, f"20 ms upstream: cold rows fetched ({requests * ROWS_PER_REQUEST})",
+                        ">= 99%", f"{share:.1%}", share >= 0.99)
+        hit_ms = sorted(r.elapsed_s * 1000 for r in hits if r.status == 200)
+        fast_ms = sorted(r.elapsed_s * 1000 for r in fast if r.status == 200)
+        self.report.add(name, "cold requests p50 / p99; all-hit requests p50 / p99", "-",
+                        f"{percentile(fast_ms, 50):.1f} / {percentile(fast_ms, 99):.1f}; "
+                        f"{percentile(hit_ms, 50):.1f} / {percentile(hit_ms, 99):.1f} ms", None)
+        self.report.add(name, "upstream requests in flight per worker, most", f"<= {self.ceiling}",
+                        most, most <= self.ceiling)
+        begun = min((r.sent_at for r in fast), default=0.0)
+        by_second: dict[int, Counter[str]] = {}
+        for reply in fast:
+            by_second.setdefault(int(reply.sent_at - begun), Counter()).update(statuses(reply))
+        self.report.details["window"] = {
+            "fetched_share_by_second": {
+                second: round(counts["fetched"] / max(1, sum(counts.values())), 3)
+                for second, counts in sorted(by_second.items())
+            },
+            "fast_statuses": dict(fast_statuses),
+            "healthy": {k: healthy[k] for k in ("requests", "rows", "by_status",
+                                                "max_in_flight_by_agent")},
+        }
+        self._limiter_under_429s()
+
+    def _limiter_under_429s(self, rate: float = 200.0, phase_s: float = 5.0) -> None:
+        """Requests of 5 new rows arriving at ``rate`` per second, a 1 s window and a 200 ms
+        upstream (so that the limit, not the window or the CPU, bounds what is in flight),
+        upstream healthy and then answering 429 to 30% of requests."""
+        name = f"6 limiter ({self.ceiling} slots)"
+        svc = self.service(WAIT_WINDOW_MS="1000")
+        run = uuid.uuid4().hex[:8]
+        phases: dict[str, dict[str, Any]] = {}
+        try:
+            for phase, changes in (("healthy", {}),
+                                   ("429s", {"status_429_rate": 0.3, "retry_after": 0})):
+                self.fresh_upstream(latency_ms=200, jitter_ms=20, **changes)
+                started = time.monotonic()
+                every(1.0 / rate, phase_s, lambda i, phase=phase: post(
+                    svc.port, KEY_A, rows(f"{phase}{run}-{i}", ROWS_PER_REQUEST)))
+                elapsed = time.monotonic() - started
+                stats = self.upstream.stats(keys="0", recent="0")
+                phases[phase] = {
+                    "limit": metric(svc.port, "measure_upstream_concurrency_limit"),
+                    "requests_per_s": stats["requests"] / elapsed,
+                    "mean_in_flight": sum(stats["busy_s_by_agent"].values()) / elapsed,
+                    "most_in_flight": max(stats["max_in_flight_by_agent"].values(), default=0),
+                    "by_status": stats["by_status"],
+                }
+            self.upstream.wait_quiet()
+        finally:
+            stop(svc)
+        healthy, limited = phases["healthy"], phases["429s"]
+        ceiling = self.ceiling
+        self.report.add(name, "adaptive limit, sum of 2 workers: healthy / 30% 429s",
+                        "lower with 429s", f"{healthy['limit']:g} / {limited['limit']:g}",
+                        limited["limit"] < healthy["limit"])
+        self.report.add(name, "mean upstream requests in flight, 2 workers: healthy / 429s",
+                        "lower with 429s", f"{healthy['mean_in_flight']:.2f} / "
+                        f"{limited['mean_in_flight']:.2f}",
+                        limited["mean_in_flight"] < healthy["mean_in_flight"])
+        self.report.add(name, "upstream requests/s: healthy / with 429s", "-",
+                        f"{healthy['requests_per_s']:.0f} / {limited['requests_per_s']:.0f}",
+                        None)
+        most = max(healthy["most_in_flight"], limited["most_in_flight"])
+        self.report.add(name, "upstream requests in flight per worker, most", f"<= {ceiling}",
+                        most, most <= ceiling)
+        self.report.details["limiter"] = phases
+
+
+def closed_loop(port: int, bodies: Iterator[list[dict[str, Any]]], clients: int) -> list[Reply]:
+    """Send ``bodies`` from ``clients`` keep-alive clients (key A), each when its answer is in."""
+    replies: list[Reply] = []
+
+    def client_loop() -> None:
+        client = Client(port)
+        try:
+            for body in bodies:
+                replies.append(post(port, KEY_A, body, client))
+        finally:
+            client.close()
+
+    gevent.joinall([gevent.spawn(client_loop) for _ in range(clients)])
+    return replies
+
+
+SCENARIOS: dict[str, Callable[[Bench], None]] = {
+    "poison": Bench.poison, "flood": Bench.flood, "window": Bench.window,
+}
+
+
+def run(args: argparse.Namespace) -> Report:
+    """Start the simulator, run the chosen scenarios, stop everything; return the report."""
+    report = Report()
+    report.details["meta"] = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([".venv/bin/python", "bench/tenants.py", *sys.argv[1:]]),
+        "cpus": os.cpu_count(), "python": platform.python_version(), "workers": WORKERS,
+        "service_root": str(args.service_root or "this checkout"),
+        "loadavg_before": os.getloadavg(),
+    }
+    with Processes() as procs:
+        bench = Bench(procs, report, args.ceiling, args.service_root)
+        for key in args.scenarios:
+            print(f"[{time.strftime('%H:%M:%S')}] {key}: {SCENARIOS[key].__doc__}",
+                  file=sys.stderr, flush=True)
+            try:
+                SCENARIOS[key](bench)
+            except Exception as exc:  # one broken scenario must not hide the others' figures
+                report.add(key, "scenario crashed", "runs", f"{type(exc).__name__}: {exc}",
+                           False)
+    report.details["meta"]["loadavg_after"] = os.getloadavg()
+    return report
+
+
+def print_table(report: Report) -> None:
+    """Print the figures as a table."""
+    meta = report.details["meta"]
+    print(f"\ntenants, {meta['date']}, {meta['workers']} gevent workers, {meta['cpus']} CPUs, "
+          f"load {meta['loadavg_before'][0]:.2f} -> {meta['loadavg_after'][0]:.2f}")
+    widths = (22, 58, 16, 30)
+    head = ("scenario", "figure", "target", "got")
+    print("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + "  result")
+    for fig in report.figures:
+        verdict = {True: "pass", False: "FAIL", None: "-"}[fig.passed]
+        cells = (fig.scenario, fig.figure, fig.target, fig.got)
+        print("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + f"  {verdict}")
+    failed = sum(fig.passed is False for fig in report.figures)
+    print(f"\n{failed} figure(s) failed")
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+                        help=f"comma-separated scenarios to run (of {', '.join(SCENARIOS)})")
+    parser.add_argument("--json", type=Path, metavar="OUT", help="also write the report here")
+    parser.add_argument("--service-root", type=Path, metavar="DIR",
+                        help="run the service from this checkout instead (a baseline)")
+    parser.add_argument("--ceiling", type=int, default=CEILING,
+                        help=f"UPSTREAM_CONCURRENCY of the services (default {CEILING})")
+    args = parser.parse_args(argv)
+    chosen = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in SCENARIOS]
+    if unknown or not chosen:
+        parser.error(f"--scenarios takes {', '.join(SCENARIOS)}, got {args.scenarios!r}")
+    args.scenarios = chosen
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; exit 1 when a figure missed its target."""
+    args = _parse_args(argv)
+    report = run(args)
+    print_table(report)
+    if args.json:
+        args.json.write_text(json.dumps(
+            {"figures": [asdict(f) for f in report.figures], "details": report.details},
+            indent=2, default=str))
+    return 1 if any(fig.passed is False for fig in report.figures) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

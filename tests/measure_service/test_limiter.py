@@ -1,0 +1,87 @@
+"""The adaptive limiter: slots by earliest deadline, cut on overload, grown back when healthy."""
+
+from __future__ import annotations
+
+import gevent
+import pytest
+
+from measure_service.limiter import OK, OVERLOAD, AdaptiveLimiter
+from tests.measure_service.conftest import FakeClock
+
+
+def test_it_starts_at_the_ceiling_and_never_exceeds_it(clock: FakeClock) -> None:
+    limiter = AdaptiveLimiter(4, clock=clock)
+    for _ in range(100):
+        limiter.observe(0.02, OK)
+    assert limiter.limit == 4
+
+
+def test_an_overload_signal_halves_the_limit_once_per_round_trip(clock: FakeClock) -> None:
+    limiter = AdaptiveLimiter(16, clock=clock)
+    limiter.observe(0.1, OK)
+    limiter.observe(0.1, OVERLOAD)
+    limiter.observe(0.1, OVERLOAD)
+    assert limiter.limit == 8
+    clock.advance(0.2)
+    limiter.observe(0.1, OVERLOAD)
+    assert limiter.limit == 4
+
+
+def test_the_limit_never_falls_below_the_floor(clock: FakeClock) -> None:
+    limiter = AdaptiveLimiter(8, floor=2, clock=clock)
+    for _ in range(20):
+        clock.advance(1.0)
+        limiter.observe(0.1, OVERLOAD)
+    assert limiter.limit == 2
+
+
+def test_answers_slowing_down_shrink_the_limit(clock: FakeClock) -> None:
+    limiter = AdaptiveLimiter(16, clock=clock)
+    for _ in range(50):
+        limiter.observe(0.02, OK)
+    for _ in range(5):
+        limiter.observe(0.2, OK)
+    assert limiter.limit < 8
+
+
+def test_healthy_answers_grow_the_limit_back(clock: FakeClock) -> None:
+    limiter = AdaptiveLimiter(16, clock=clock)
+    limiter.observe(0.05, OK)
+    limiter.observe(0.05, OVERLOAD)
+    cut = limiter.limit
+    for _ in range(200):
+        limiter.observe(0.05, OK)
+    assert cut < limiter.limit == 16
+
+
+def test_a_freed_slot_goes_to_the_earliest_deadline() -> None:
+    limiter = AdaptiveLimiter(1)
+    limiter.acquire()
+    order: list[str] = []
+
+    def wait(name: str, deadline: float) -> None:
+        with limiter.slot(deadline):
+            order.append(name)
+
+    late = gevent.spawn(wait, "late", 10.0)
+    early = gevent.spawn(wait, "early", 1.0)
+    gevent.sleep(0)
+    limiter.release()
+    gevent.joinall([late, early], timeout=2)
+    assert order == ["early", "late"]
+
+
+def test_a_killed_waiter_leaves_no_slot_behind() -> None:
+    limiter = AdaptiveLimiter(1)
+    limiter.acquire()
+    waiter = gevent.spawn(limiter.acquire)
+    gevent.sleep(0)
+    waiter.kill()
+    limiter.release()
+    assert limiter.in_flight == 0
+
+
+@pytest.mark.parametrize("ceiling", [0, -1, True])
+def test_a_bad_ceiling_is_refused(ceiling: int) -> None:
+    with pytest.raises(ValueError, match="ceiling"):
+        AdaptiveLimiter(ceiling)
