@@ -310,7 +310,7 @@ class Bench:
             self.fresh_upstream(latency_ms=20, jitter_ms=5)
             fast = closed_loop(svc.port, (rows(f"w{run}-{i}", ROWS_PER_REQUEST)
                                           for i in range(requests)), clients)
-            healthy = self.upstream.stats(keys="0", recent="0")
+            healthy = self.upstream.stats(keys="0", recent="0", by_agent="1")
             # The same clients asking for cached rows: what the machine itself costs a request.
             hot = rows(f"w{run}-0", ROWS_PER_REQUEST)
             hits = closed_loop(svc.port, (hot for _ in range(requests)), clients)
@@ -360,7 +360,7 @@ class Bench:
                 every(1.0 / rate, phase_s, lambda i, phase=phase: post(
                     svc.port, KEY_A, rows(f"{phase}{run}-{i}", ROWS_PER_REQUEST)))
                 elapsed = time.monotonic() - started
-                stats = self.upstream.stats(keys="0", recent="0")
+                stats = self.upstream.stats(keys="0", recent="0", by_agent="1")
                 phases[phase] = {
                     "limit": metric(svc.port, "measure_upstream_concurrency_limit"),
                     "requests_per_s": stats["requests"] / elapsed,

@@ -30,15 +30,16 @@ given on the command line.
      "by_status": {"200": 10, "429": 2},      # HTTP status, or "hang"/"reset" (no answer)
      "keys_truncated": false,                 # true once MAX_TRACKED_KEYS distinct keys are seen
      "max_in_flight": 4,                      # most /v2/measure requests being answered at once
-     "max_in_flight_by_agent": {"measure-cache/0.1.0 (pid 7)": 4},
-     "busy_s_by_agent": {"measure-cache/0.1.0 (pid 7)": 1.5},  # summed request durations:
-                                              # over a span of time, the mean in flight
      "repeated_keys_by_agent": {"measure-cache/0.1.0 (pid 7)": 0},  # keys one agent sent twice+
      "control": {"latency_ms": 100.0, ..., "mode": "ok"},
      "rows_per_key": {"nytimes.com|2024-10-30|1000|US||web|pc||gmsf|": 2},   # omit: ?keys=0
      "recent": [{"time": 1732780000.1, "user_agent": "...", "rows": 5, "status": "200"}],
                                               # last RECENT_LOG_SIZE requests; omit: ?recent=0
-     "rows_per_key_by_agent": {"<agent>": {"<key>": 1}}}                    # only ?by_agent=1
+     "rows_per_key_by_agent": {"<agent>": {"<key>": 1}},                    # only ?by_agent=1
+     "max_in_flight_by_agent": {"measure-cache/0.1.0 (pid 7)": 4},          # only ?by_agent=1
+     "busy_s_by_agent": {"measure-cache/0.1.0 (pid 7)": 1.5}}               # only ?by_agent=1:
+                                              # summed request durations; over a span of
+                                              # time, the mean in flight
 
 A key is :func:`row_key`: the fields that change the answer, joined with ``|``.
 """
@@ -405,8 +406,6 @@ class Scope3Simulator:
                 "keys_truncated": self._keys_truncated,
                 "repeated_keys_by_agent": dict(self._repeated_keys_by_agent),
                 "max_in_flight": self._max_in_flight,
-                "max_in_flight_by_agent": dict(self._max_in_flight_by_agent),
-                "busy_s_by_agent": dict(self._busy_s_by_agent),
                 "control": dataclasses.asdict(self._faults),
             }
             if query.get("keys", ["1"])[-1] != "0":
@@ -416,6 +415,8 @@ class Scope3Simulator:
                 for (agent, key), count in self._rows_per_agent_key.items():
                     by_agent.setdefault(agent, {})[key] = count
                 document["rows_per_key_by_agent"] = by_agent
+                document["max_in_flight_by_agent"] = dict(self._max_in_flight_by_agent)
+                document["busy_s_by_agent"] = dict(self._busy_s_by_agent)
             if query.get("recent", ["1"])[-1] != "0":
                 document["recent"] = list(self._recent)
         return _json(start_response, 200, document)

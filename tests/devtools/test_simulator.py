@@ -76,8 +76,8 @@ def _body(response: TestResponse) -> Any:
     return json.loads(response.data)
 
 
-def _stats(app: Scope3Simulator) -> Any:
-    return _body(Client(app).get("/_stats"))
+def _stats(app: Scope3Simulator, query: str = "") -> Any:
+    return _body(Client(app).get(f"/_stats{query}"))
 
 
 def _control(app: Scope3Simulator, **changes: Any) -> TestResponse:
@@ -405,5 +405,5 @@ def test_poison_markers_can_be_set_at_runtime() -> None:
 def test_stats_report_the_most_requests_in_flight_per_agent() -> None:
     app, _, _ = _simulator()
     _measure(app, [_row()], agent="w1")
-    stats = _stats(app)
+    stats = _stats(app, "?by_agent=1")
     assert stats["max_in_flight"] == 1 and stats["max_in_flight_by_agent"] == {"w1": 1}
