@@ -1,4 +1,4 @@
-from weighted_cache.sketch import Doorkeeper, FrequencySketch, spread
+from weighted_cache.sketch import FrequencySketch, spread
 
 
 def test_unseen_key_has_zero_frequency():
@@ -65,11 +65,11 @@ def test_clear_forgets_everything():
     assert sketch.estimate("a") == 0
 
 
-def test_doorkeeper_reports_only_what_was_added():
-    door = Doorkeeper(1000)
-    assert door.add(spread("x")) is False
-    assert door.add(spread("x")) is True
-    assert spread("y") not in door
+def test_the_doorkeeper_holds_only_keys_sighted():
+    sketch = FrequencySketch(1024)
+    sketch.sight("x")
+    assert sketch.estimate("x") == 1
+    assert sketch.estimate("y") == 0
 
 
 def test_spread_separates_neighbouring_integers():
@@ -94,3 +94,34 @@ def test_later_sights_raise_the_counters():
     seen = [sketch.sight("a") for _ in range(3)]
     assert seen == [1, 2, 3]
     assert sketch.estimate("a") == 3
+
+
+def test_ageing_forgets_first_sightings_held_by_the_doorkeeper():
+    sketch = FrequencySketch(1024)
+    for key in range(100):
+        sketch.sight(key)  # first sightings only: the doorkeeper holds them all
+    sketch.age()
+    assert sketch.additions == 0
+
+
+def test_ageing_subtracts_the_halves_that_odd_counters_lose():
+    sketch = FrequencySketch(1 << 12)
+    for key in range(100):
+        sketch.increment(key, 4)  # 1 in the doorkeeper, 3 (odd) in the counters
+    sketch.age()
+    # Each key keeps 1 of its 3 counted sightings; 0 with the doorkeeper cleared.
+    assert sketch.additions == 100
+
+
+def test_ageing_comes_no_sooner_than_the_sample_of_surviving_sightings():
+    sketch = FrequencySketch(1 << 10)
+    ages = 0
+    version = sketch.version
+    for key in range(40 * sketch.sample_size):
+        sketch.sight(key % 2000)
+        sketch.add(())
+        if sketch.version != version:
+            ages += 1
+            version = sketch.version
+    # Most sightings are firsts and die with the doorkeeper, so ageing is rare.
+    assert ages < 40
