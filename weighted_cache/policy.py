@@ -43,14 +43,20 @@ WINDOW_NEW = 5  # in the window; the sketch has not yet seen this insertion
 _WINDOW_MIN = 0.01  # the window's share of the budget: where it starts, and its floor
 _WEIGHTED_WINDOW = 0.2  # the starting share when entry costs vary (see _on_first_fill)
 _PROTECTED_SHARE = 0.8  # share of the main space kept for protected
-# Climber: each sample of requests (one per resident entry, at least
-# _MIN_SAMPLE) may move the window by a step of _STEP_PERCENT of the budget
-# or by twice that, when the evidence for the move exceeds _MIN_GAIN of the
-# sample's requests (see _climb).
+# Climber (see _climb): a sample lasts half a request per resident entry, at
+# least _MIN_SAMPLE, so a cache adapts within a trace a few times its size.
+# Gains are weighed for moves of up to the whole budget, so a window that
+# must grow far to catch any reuse sees it; but a move is at most _MAX_STEPS
+# steps of _STEP_PERCENT of the budget, and only when its evidence beats
+# _MIN_GAIN of the sample's requests and twice its own noise: larger moves
+# measured worse, as the linear estimate of what main gives up holds only
+# near its edge.
 _STEP_PERCENT = 0.0625
-_STEPS = 2
-_SAMPLE_MULT = 1.0
-_MIN_SAMPLE = 256
+_STEPS = 5  # ghost depths: step * 2**level, up to the whole budget
+_MAX_STEPS = 2  # a move is at most this many steps
+_GHOST_SAMPLE = 4096  # caches beyond this many entries track a sample of departed keys
+_SAMPLE_MULT = 0.5
+_MIN_SAMPLE = 64
 _MIN_GAIN = 0.002
 _VICTIM_SAMPLE = 4  # probation-tail entries compared when costs differ
 _MAX_FREQ = 16  # a saturated counter plus the doorkeeper bit
@@ -140,6 +146,9 @@ class _Ghost:
 
     A key that comes back within d of departures would have been hit by a
     segment larger by d: ``gains[level]`` counts those for d = step * 2**level.
+    Keys are held as their spread hashes, and only those under ``mask`` are
+    tracked at all (the caller tests it), which bounds the memory of large
+    caches; the counts are then a sample.
     """
 
     __slots__ = ("clock", "depth", "gains", "order", "stamps")
@@ -147,26 +156,26 @@ class _Ghost:
     def __init__(self) -> None:
         self.clock: float = 0
         self.depth = 0
-        self.stamps: dict[Hashable, float] = {}
-        self.order: deque[tuple[Hashable, float]] = deque()
+        self.stamps: dict[int, float] = {}
+        self.order: deque[tuple[int, float]] = deque()
         self.gains = [0] * _STEPS
 
-    def add(self, key: Hashable) -> None:
-        """Remember ``key`` as departed now; forget those beyond the depth."""
+    def add(self, h: int) -> None:
+        """Remember the key of spread hash ``h`` as departed now; forget those beyond the depth."""
         clock = self.clock
-        self.stamps[key] = clock
-        order = self.order
-        order.append((key, clock))
-        oldest = clock - self.depth
         stamps = self.stamps
+        stamps[h] = clock
+        order = self.order
+        order.append((h, clock))
+        oldest = clock - self.depth
         while order[0][1] < oldest:
             old, stamp = order.popleft()
             if stamps.get(old) == stamp:
                 del stamps[old]
 
-    def returned(self, key: Hashable) -> None:
-        """Credit the return of a departed ``key`` to every depth it is within."""
-        distance = self.clock - self.stamps.pop(key)
+    def returned(self, h: int) -> None:
+        """Credit the return of a departed key to every depth it is within."""
+        distance = self.clock - self.stamps.pop(h)
         gains = self.gains
         d = self.depth
         for level in range(_STEPS - 1, -1, -1):
@@ -211,6 +220,7 @@ class Policy:
         self._probation_hits = 0
         self._window_ghost = _Ghost()  # refused candidates, by window departures
         self._main_ghost = _Ghost()  # main's victims, by main evictions
+        self._ghost_mask = 0
 
     # -- bookkeeping -------------------------------------------------------
 
@@ -329,11 +339,12 @@ class Policy:
         # The sketch sees this use only when the entry leaves the window
         # (see _admit): one hash then serves the sighting and the estimate.
         self._sample_misses += 1
-        key = entry.key
-        if key in self._window_ghost.stamps:
-            self._window_ghost.returned(key)
-        if key in self._main_ghost.stamps:
-            self._main_ghost.returned(key)
+        h = hash((entry.key,))
+        if not h & self._ghost_mask:
+            if h in self._window_ghost.stamps:
+                self._window_ghost.returned(h)
+            if h in self._main_ghost.stamps:
+                self._main_ghost.returned(h)
         window = self.window
         window.append(entry, WINDOW_NEW)
         self.total_cost += entry.cost
@@ -422,14 +433,20 @@ class Policy:
                 victims_freq += self._victim_frequency(victim)
             if (cand_freq if cand_freq < _MAX_FREQ else _MAX_FREQ) > victims_freq:
                 ghost = self._main_ghost
+                mask = self._ghost_mask
                 for victim in victims:
+                    if victim.where != WINDOW:  # main's own victims only
+                        ghost.clock += victim.cost
+                        h = hash((victim.key,))
+                        if not h & mask:
+                            ghost.add(h)
                     self.remove(victim)
                     out.append(victim)
-                    ghost.clock += victim.cost
-                    ghost.add(victim.key)
                 self.probation.append(cand)
                 return
-        self._window_ghost.add(cand.key)
+        h = hash((cand.key,))
+        if not h & self._ghost_mask:
+            self._window_ghost.add(h)
         self.total_cost -= cand.cost  # cand is in no segment: remove() would miss it
         times = self._pending.pop(cand, 0)
         if times:
@@ -461,7 +478,11 @@ class Policy:
         if self._varied_costs:
             self._adjust_window(int(self.max_cost * _WEIGHTED_WINDOW) - self.window_max)
         self._sample_hits = self._sample_misses = 0
-        self._sample_period = self._next_period()
+        self._window_hits = self._probation_hits = 0
+        self._next_period()
+        # A short first sample: a window too small for the workload costs
+        # hits on every request until it moves.
+        self._sample_period = _MIN_SAMPLE
 
     def _select_victims(self, need: float, keep: Entry | None) -> list[Entry] | None:
         """Choose entries freeing at least ``need``, or None if impossible.
@@ -534,6 +555,7 @@ class Policy:
         entries = self.window.count + self.probation.count + self.protected.count
         depth = self._step_cost() << (_STEPS - 1)
         self._window_ghost.depth = self._main_ghost.depth = depth
+        self._ghost_mask = (1 << (entries // _GHOST_SAMPLE).bit_length()) - 1
         return max(int(_SAMPLE_MULT * entries), _MIN_SAMPLE)
 
     def _step_cost(self) -> int:
@@ -551,24 +573,39 @@ class Policy:
         """
         requests = self._sample_hits + self._sample_misses
         step = self._step_cost()
-        probation_density = self._probation_hits / max(self.probation.cost, 1)
-        window_density = self._window_hits / max(self.window.cost, 1)
+        window, probation, protected = self.window, self.probation, self.protected
+        protected_hits = self._sample_hits - self._window_hits - self._probation_hits
+        window_density = self._window_hits / max(window.cost, 1)
+        probation_density = self._probation_hits / max(probation.cost, 1)
+        protected_density = protected_hits / max(protected.cost, 1)
         best, move = _MIN_GAIN * requests, 0
+        scale = self._ghost_mask + 1
+        room = self.max_cost - self.window_max
         for level in range(_STEPS):
             d = step << level
-            grow = self._window_ghost.gains[level] - probation_density * d
-            if grow > best and d <= self.max_cost - self.window_max:
-                best, move = grow, d
-            shrink = self._main_ghost.gains[level] - window_density * d
-            if shrink > best and d <= self.window_max - self._window_floor():
-                best, move = shrink, -d
+            if d <= room or (d >> 1) < room:
+                d = min(d, room)  # the last move may be a part step, up to the whole budget
+                gain = scale * self._window_ghost.gains[level]
+                # Main gives up probation first, then protected.
+                cold = min(d, probation.cost)
+                loss = probation_density * cold + protected_density * (d - cold)
+                # Counts of rare events: ask for twice their noise.
+                if gain - loss > best and gain - loss > 2 * math.sqrt(scale * gain + loss):
+                    best, move = gain - loss, d
+            if d <= self.window_max - self._window_floor():
+                gain = scale * self._main_ghost.gains[level]
+                loss = window_density * d
+                if gain - loss > best and gain - loss > 2 * math.sqrt(scale * gain + loss):
+                    best, move = gain - loss, -d
         self._sample_hits = self._sample_misses = 0
         self._window_hits = self._probation_hits = 0
         self._window_ghost.gains = [0] * _STEPS
         self._main_ghost.gains = [0] * _STEPS
         self._sample_period = self._next_period()
         if move:
-            self._adjust_window(move)
+            # Evidence seen far off sets the direction; the move stays short.
+            limit = step * _MAX_STEPS
+            self._adjust_window(max(min(move, limit), -limit))
 
     def _adjust_window(self, amount: int) -> None:
         if amount > 0:
