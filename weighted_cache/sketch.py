@@ -90,19 +90,22 @@ class FrequencySketch:
         h = hash((key,))
         door = self._door
         dm = self._door_mask
-        first = False
-        for i in (h & dm, (h >> 21) & dm, (h >> 42) & dm):
-            byte = door[i >> 3]
-            bit = 1 << (i & 7)
-            if not byte & bit:
-                door[i >> 3] = byte | bit
-                first = True
+        # Straight-line code, not loops over the probes and rows: this runs
+        # once per miss, where a loop's overhead is a large share.
+        i, j, k = h & dm, (h >> 21) & dm, (h >> 42) & dm
+        bi, bj = door[i >> 3], door[j >> 3]
+        first = not (bi >> (i & 7) & 1 and bj >> (j & 7) & 1 and door[k >> 3] >> (k & 7) & 1)
+        if first:
+            door[i >> 3] = bi | 1 << (i & 7)
+            door[j >> 3] |= 1 << (j & 7)
+            door[k >> 3] |= 1 << (k & 7)
         t = self._table
         m = self._mask
         w = self._width
         i, j, k, n = h & m, ((h >> 15) & m) | w, ((h >> 30) & m) | (w << 1), \
             ((h >> 45) & m) | (w * 3)
-        low = min(t[i], t[j], t[k], t[n])
+        ti, tj, tk, tn = t[i], t[j], t[k], t[n]
+        low = min(ti, tj, tk, tn)
         if first:
             self._door_sightings += 1
             self.additions += 1
@@ -112,9 +115,14 @@ class FrequencySketch:
             # Conservative update: raise only the counters at the minimum,
             # which limits overestimation from collisions.
             low += 1
-            for s in (i, j, k, n):
-                if t[s] < low:
-                    t[s] = low
+            if ti < low:
+                t[i] = low
+            if tj < low:
+                t[j] = low
+            if tk < low:
+                t[k] = low
+            if tn < low:
+                t[n] = low
             # No version bump: these counters are the sighted key's own, and
             # move another key's estimate only through a collision.
         return low + 1
@@ -134,12 +142,20 @@ class FrequencySketch:
         for key, times in counts:
             h = hash((key,))
             i, j, k, n = h & m, ((h >> 15) & m) | w1, ((h >> 30) & m) | w2, ((h >> 45) & m) | w3
-            low = min(t[i], t[j], t[k], t[n])
+            ti, tj, tk, tn = t[i], t[j], t[k], t[n]
+            low = min(ti, tj, tk, tn)
             if low < _MAX_COUNT:
-                new = min(low + times, _MAX_COUNT)
-                for s in (i, j, k, n):
-                    if t[s] < new:
-                        t[s] = new
+                new = low + times
+                if new > _MAX_COUNT:
+                    new = _MAX_COUNT
+                if ti < new:
+                    t[i] = new
+                if tj < new:
+                    t[j] = new
+                if tk < new:
+                    t[k] = new
+                if tn < new:
+                    t[n] = new
                 added += times
         self.additions += added
         self.version += 1
