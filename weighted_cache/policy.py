@@ -425,13 +425,34 @@ class Policy:
             return
         if not self._filled:
             self._on_first_fill()
-        victims = self._select_victims(excess if excess < cand.cost else cand.cost, keep)
+        need = excess if excess < cand.cost else cand.cost
+        head = self.probation.head
+        victim: Entry = head.next
+        second: Entry = victim.next
+        victims: list[Entry] | None
+        if (victim is not head and victim is not keep and victim.cost >= need
+                and (second is head or (second.cost == victim.cost
+                                        and (second.next is head
+                                             or second.next.cost == victim.cost)))):
+            # The usual case: the LRU entry suffices and its sampled
+            # neighbours cost the same, so ranking them would keep LRU order.
+            # Its estimate is reused while the counters are unchanged: a
+            # victim that keeps winning is judged over and over.
+            if victim is self._victim and sketch.version == self._victim_version:
+                base = self._victim_base
+            else:
+                base = sketch.estimate(victim.key)
+                self._victim, self._victim_base, self._victim_version = (
+                    victim, base, sketch.version)
+            victims_freq = base + self._pending.get(victim, 0)
+            victims = [victim]
+        else:
+            victims = self._sample_victims(need, keep)
+            victims_freq = 0 if victims is None else sum(self.frequency(v) for v in victims)
         if victims is not None:
             cand_freq = (seen if fresh else sketch.estimate(cand.key)) + self._pending.get(cand, 0)
-            victims_freq = 0
-            for victim in victims:
-                victims_freq += self._victim_frequency(victim)
-            if (cand_freq if cand_freq < _MAX_FREQ else _MAX_FREQ) > victims_freq:
+            if (cand_freq if cand_freq < _MAX_FREQ else _MAX_FREQ) > (
+                    victims_freq if victims_freq < _MAX_FREQ else _MAX_FREQ):
                 ghost = self._main_ghost
                 mask = self._ghost_mask
                 for victim in victims:
@@ -453,17 +474,6 @@ class Policy:
             self._depart(cand.key, times)
         out.append(cand)
 
-    def _victim_frequency(self, victim: Entry) -> int:
-        sketch = self.sketch
-        if victim is self._victim and sketch.version == self._victim_version:
-            base = self._victim_base
-        else:
-            # A doorkeeper false positive appearing meanwhile is missed.
-            base = sketch.estimate(victim.key)
-            self._victim, self._victim_base, self._victim_version = victim, base, sketch.version
-        freq = base + self._pending.get(victim, 0)
-        return freq if freq < _MAX_FREQ else _MAX_FREQ
-
     def _on_first_fill(self) -> None:
         """Start the climber, and pick the starting window, once the cache is full.
 
@@ -484,21 +494,15 @@ class Policy:
         # hits on every request until it moves.
         self._sample_period = _MIN_SAMPLE
 
-    def _select_victims(self, need: float, keep: Entry | None) -> list[Entry] | None:
+    def _sample_victims(self, need: float, keep: Entry | None) -> list[Entry] | None:
         """Choose entries freeing at least ``need``, or None if impossible.
 
-        Victims come from the probation tail, then protected, then the
+        Victims come from the probation tail, ranked by frequency per unit
+        of cost within a sample of _VICTIM_SAMPLE, then protected, then the
         window.
         """
         head = self.probation.head
         first: Entry = head.next
-        if first is not head and first is not keep and first.cost >= need:
-            # The usual case: the LRU entry suffices.  It goes unless a
-            # sampled neighbour costs differently (then rank them below).
-            second: Entry = first.next
-            if second is head or (second.cost == first.cost
-                                  and (second.next is head or second.next.cost == first.cost)):
-                return [first]
         chosen: list[Entry] = []
         freed: float = 0
         cursor = first

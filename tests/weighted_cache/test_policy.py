@@ -88,7 +88,7 @@ def test_on_equal_frequency_the_costlier_entry_leaves_first():
     small = fill(policy, ["s1", "s2"], cost=1)
     large = fill(policy, ["l1"], cost=4)
     fill(policy, ["s3", "s4"], cost=1)
-    victims = policy._select_victims(2, None)
+    victims = policy._sample_victims(2, None)
     assert victims == large
     assert not any(e in victims for e in small)
 
