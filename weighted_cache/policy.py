@@ -3,9 +3,11 @@
 Layout (Caffeine's W-TinyLFU): new entries enter a small LRU *window*;
 entries leaving the window are *candidates* for the main space, a segmented
 LRU of *probation* and *protected*.  A candidate is admitted only if the
-sketch says it is used more often than what it would push out.  A hill
+sketch says it is used more often than what it would push out.  A
 climber moves budget between window and main space so that recency-heavy
-workloads get a large window and frequency-heavy ones a small one.
+workloads get a large window and frequency-heavy ones a small one; it
+weighs, within each sample, the hits that ghost entries (keys refused or
+evicted lately) show a move would gain against those it would give up.
 
 Every size here is in cost units.  A candidate whose cost needs several
 victims must out-score their *summed* frequency, so one big object cannot
@@ -249,6 +251,9 @@ class Policy:
         self._pending_total = 0
         self._departed.clear()
         self.sketch.clear()
+        for ghost in (self._window_ghost, self._main_ghost):
+            ghost.stamps.clear()
+            ghost.order.clear()
 
     # -- frequency -----------------------------------------------------------
 
