@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 import sys
-from collections import deque
 from collections.abc import Hashable, Iterator
 
 from .sketch import FrequencySketch
@@ -148,36 +147,35 @@ class _Ghost:
 
     A key that comes back within d of departures would have been hit by a
     segment larger by d: ``gains[level]`` counts those for d = step * 2**level.
-    Keys are held as their spread hashes, and only those under ``mask`` are
-    tracked at all (the caller tests it), which bounds the memory of large
-    caches; the counts are then a sample.
+    Keys live in two generations, each spanning ``depth`` of departures, so
+    forgetting is one dict swap rather than a queue; a key found beyond the
+    depth counts for nothing.  Large caches track only the keys whose spread
+    hash falls under the policy's ghost mask (the caller tests it when a key
+    leaves), which bounds the memory; the counts are then a sample.
     """
 
-    __slots__ = ("clock", "depth", "gains", "order", "stamps")
+    __slots__ = ("clock", "depth", "gains", "older", "recent", "since")
 
     def __init__(self) -> None:
         self.clock: float = 0
         self.depth = 0
-        self.stamps: dict[int, float] = {}
-        self.order: deque[tuple[int, float]] = deque()
+        self.recent: dict[Hashable, float] = {}
+        self.older: dict[Hashable, float] = {}
+        self.since: float = 0  # the clock when ``recent`` was started
         self.gains = [0] * _STEPS
 
-    def add(self, h: int) -> None:
-        """Remember the key of spread hash ``h`` as departed now; forget those beyond the depth."""
+    def add(self, key: Hashable) -> None:
+        """Remember ``key`` as departed now."""
         clock = self.clock
-        stamps = self.stamps
-        stamps[h] = clock
-        order = self.order
-        order.append((h, clock))
-        oldest = clock - self.depth
-        while order[0][1] < oldest:
-            old, stamp = order.popleft()
-            if stamps.get(old) == stamp:
-                del stamps[old]
+        if clock - self.since > self.depth:
+            self.older, self.recent, self.since = self.recent, {}, clock
+        self.recent[key] = clock
 
-    def returned(self, h: int) -> None:
-        """Credit the return of a departed key to every depth it is within."""
-        distance = self.clock - self.stamps.pop(h)
+    def returned(self, key: Hashable) -> None:
+        """Credit the return of a departed ``key`` to every depth it is within."""
+        stamp = self.recent.pop(key, None)
+        older = self.older.pop(key, 0.0)
+        distance = self.clock - (older if stamp is None else stamp)
         gains = self.gains
         d = self.depth
         for level in range(_STEPS - 1, -1, -1):
@@ -185,6 +183,11 @@ class _Ghost:
                 break
             gains[level] += 1
             d >>= 1
+
+    def clear(self) -> None:
+        """Forget every key."""
+        self.recent.clear()
+        self.older.clear()
 
 
 class Policy:
@@ -251,9 +254,8 @@ class Policy:
         self._pending_total = 0
         self._departed.clear()
         self.sketch.clear()
-        for ghost in (self._window_ghost, self._main_ghost):
-            ghost.stamps.clear()
-            ghost.order.clear()
+        self._window_ghost.clear()
+        self._main_ghost.clear()
 
     # -- frequency -----------------------------------------------------------
 
@@ -344,12 +346,13 @@ class Policy:
         # The sketch sees this use only when the entry leaves the window
         # (see _admit): one hash then serves the sighting and the estimate.
         self._sample_misses += 1
-        h = hash((entry.key,))
-        if not h & self._ghost_mask:
-            if h in self._window_ghost.stamps:
-                self._window_ghost.returned(h)
-            if h in self._main_ghost.stamps:
-                self._main_ghost.returned(h)
+        key = entry.key
+        ghost = self._window_ghost
+        if key in ghost.recent or key in ghost.older:
+            ghost.returned(key)
+        ghost = self._main_ghost
+        if key in ghost.recent or key in ghost.older:
+            ghost.returned(key)
         window = self.window
         window.append(entry, WINDOW_NEW)
         self.total_cost += entry.cost
@@ -463,16 +466,14 @@ class Policy:
                 for victim in victims:
                     if victim.where != WINDOW:  # main's own victims only
                         ghost.clock += victim.cost
-                        h = hash((victim.key,))
-                        if not h & mask:
-                            ghost.add(h)
+                        if not hash((victim.key,)) & mask:
+                            ghost.add(victim.key)
                     self.remove(victim)
                     out.append(victim)
                 self.probation.append(cand)
                 return
-        h = hash((cand.key,))
-        if not h & self._ghost_mask:
-            self._window_ghost.add(h)
+        if not hash((cand.key,)) & self._ghost_mask:
+            self._window_ghost.add(cand.key)
         self.total_cost -= cand.cost  # cand is in no segment: remove() would miss it
         times = self._pending.pop(cand, 0)
         if times:
