@@ -591,7 +591,12 @@ class Policy:
         best, move = _MIN_GAIN * requests, 0
         scale = self._ghost_mask + 1
         room = self.max_cost - self.window_max
-        for level in range(_STEPS):
+        # Depths beyond _MAX_STEPS are weighed only while the window catches
+        # no reuse at all: then it sits before a cliff that short moves never
+        # show (reuse farther off than the next step).  Otherwise the linear
+        # estimate of what main gives up is trusted only near its edge.
+        levels = _STEPS if self._window_hits == 0 else _MAX_STEPS
+        for level in range(levels):
             d = step << level
             if d <= room or (d >> 1) < room:
                 d = min(d, room)  # the last move may be a part step, up to the whole budget
