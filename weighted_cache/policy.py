@@ -46,12 +46,10 @@ _WEIGHTED_WINDOW = 0.2  # the starting share when entry costs vary (see _on_firs
 _PROTECTED_SHARE = 0.8  # share of the main space kept for protected
 # Climber (see _climb): a sample lasts half a request per resident entry, at
 # least _MIN_SAMPLE, so a cache adapts within a trace a few times its size.
-# Gains are weighed for moves of up to the whole budget, so a window that
-# must grow far to catch any reuse sees it; but a move is at most _MAX_STEPS
-# steps of _STEP_PERCENT of the budget, and only when its evidence beats
-# _MIN_GAIN of the sample's requests and twice its own noise: larger moves
-# measured worse, as the linear estimate of what main gives up holds only
-# near its edge.
+# A move is at most _MAX_STEPS steps of _STEP_PERCENT of the budget, taken
+# only when its evidence beats _MIN_GAIN of the sample's requests and twice
+# its own noise: larger moves measured worse, as the linear estimate of what
+# main gives up holds only near its edge.
 _STEP_PERCENT = 0.0625
 _STEPS = 5  # ghost depths: step * 2**level, up to the whole budget
 _MAX_STEPS = 2  # a move is at most this many steps
