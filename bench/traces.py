@@ -121,6 +121,19 @@ def read_int32_be(path: Path) -> list[int]:
     return [key for (key,) in struct.iter_unpack(">i", data)]
 
 
+def read_address(path: Path) -> list[int]:
+    """Memory address traces, lines ``op 0xADDRESS size``: the key is the address."""
+    keys: list[int] = []
+    for lineno, fields in _lines(path):
+        if len(fields) < 2:
+            raise ValueError(f"{path}:{lineno}: expected 2 fields, got {len(fields)}")
+        try:
+            keys.append(int(fields[1], 16))
+        except ValueError:
+            raise ValueError(f"{path}:{lineno}: not a hexadecimal address: {fields[1]!r}") from None
+    return keys
+
+
 def read_adapt_size(path: Path) -> tuple[list[Hashable], list[int]]:
     """AdaptSize lines ``time key size``.
 
@@ -165,6 +178,8 @@ TRACE_FILES: dict[str, TraceFile] = {
     "multi1": TraceFile("caffeine-lirs-multi1.trace.gz", read_int_lines),
     "2_pools": TraceFile("caffeine-lirs-2_pools.trace.gz", read_int_lines),
     "web07": TraceFile("caffeine-cache2k-web07.trace.xz", read_int32_be),
+    "orm": TraceFile("caffeine-cache2k-orm-busy.trace.xz", read_int32_be),
+    "gcc": TraceFile("caffeine-address-gcc.trace.gz", read_address),
     "adapt_size": TraceFile(
         "caffeine-adapt_size-request.trace.xz", weighted_reader=read_adapt_size
     ),

@@ -3,9 +3,11 @@
 Layout (Caffeine's W-TinyLFU): new entries enter a small LRU *window*;
 entries leaving the window are *candidates* for the main space, a segmented
 LRU of *probation* and *protected*.  A candidate is admitted only if the
-sketch says it is used more often than what it would push out.  A hill
+sketch says it is used more often than what it would push out.  A
 climber moves budget between window and main space so that recency-heavy
-workloads get a large window and frequency-heavy ones a small one.
+workloads get a large window and frequency-heavy ones a small one; it
+weighs, within each sample, the hits that ghost entries (keys refused or
+evicted lately) show a move would gain against those it would give up.
 
 Every size here is in cost units.  A candidate whose cost needs several
 victims must out-score their *summed* frequency, so one big object cannot
@@ -13,9 +15,9 @@ flush many popular small ones.  Victims are picked from a short sample at
 the probation tail: when the sampled costs differ, the entry with the least
 frequency per unit of cost goes first (ties: the costlier one), which is
 Ristretto's "sampled eviction that respects cost" confined to the LRU end.
-With equal costs plain LRU order stands, which measured better on the
-unit-cost traces.  Protected is kept in CLOCK order rather than strict LRU
-(hits set a flag instead of relinking), which keeps reads cheap.
+With equal costs plain LRU order stands.  Protected is kept in CLOCK order
+rather than strict LRU (hits set a flag instead of relinking), which keeps
+reads cheap.
 
 This module only decides; the cache owns the entries and calls it under
 its lock.  Nothing here blocks.
@@ -24,32 +26,42 @@ its lock.  Nothing here blocks.
 from __future__ import annotations
 
 import math
-from collections import Counter
+import sys
 from collections.abc import Hashable, Iterator
 
 from .sketch import FrequencySketch
-from .store import PROBATION, PROTECTED, PROTECTED_HOT, REMOVED, WINDOW, WINDOW_NEW, Entry
+from .store import REMOVED, Entry
 
-_WINDOW_START = 0.01  # share of the budget the window starts with
-_WEIGHTED_WINDOW = 0.2  # the same when entry costs vary (see _on_first_fill)
+# Where an entry is, kept on the entry so no queue needs a lookup; REMOVED (0) is what a new
+# Entry holds: in no queue.
+WINDOW = 1
+PROBATION = 2
+PROTECTED = 3
+PROTECTED_HOT = 4  # protected, and read since the CLOCK hand last passed it
+WINDOW_NEW = 5  # in the window; the sketch has not yet seen this insertion
+
+_WINDOW_MIN = 0.01  # the window's share of the budget: where it starts, and its floor
+_WEIGHTED_WINDOW = 0.2  # the starting share when entry costs vary (see _on_first_fill)
 _PROTECTED_SHARE = 0.8  # share of the main space kept for protected
-_STEP_PERCENT = 0.0625  # climber step, as a share of the budget
-_RESTART_THRESHOLD = 0.05  # hit-rate change that restarts the climber
-_STEP_DECAY = 0.98
-# A sample whose hit rate moved by d moves the window by at least this * d
-# of the budget, up to _MAX_MOVE: a recency-heavy phase is followed far in a
-# few samples, where Caffeine's fixed 6.25% steps would need dozens.  The cap
-# keeps a scan (the hit rate falls whatever the window) from swinging the
-# whole budget into the window, which would flush the hot entries.
-_STEP_GAIN = 1.5
-_MAX_MOVE = 0.35
-_STEP_SIGN = -1.0  # the first move shrinks the window, as Caffeine does
-_SAMPLE_MULT = 15.0  # climber sample: this many requests per resident entry
+# Climber (see _climb): a sample lasts half a request per resident entry, at
+# least _MIN_SAMPLE, so a cache adapts within a trace a few times its size.
+# A move is at most _MAX_STEPS steps of _STEP_PERCENT of the budget, taken
+# only when its evidence beats _MIN_GAIN of the sample's requests and twice
+# its own noise: larger moves measured worse, as the linear estimate of what
+# main gives up holds only near its edge.
+_STEP_PERCENT = 0.0625
+_STEPS = 5  # ghost depths: step * 2**level, up to the whole budget
+_MAX_STEPS = 2  # a move is at most this many steps
+_GHOST_SAMPLE = 4096  # caches beyond this many entries track a sample of departed keys
+_SAMPLE_MULT = 0.5
+_MIN_SAMPLE = 64
+_MIN_GAIN = 0.002
 _VICTIM_SAMPLE = 4  # probation-tail entries compared when costs differ
 _MAX_FREQ = 16  # a saturated counter plus the doorkeeper bit
 # Entries whose unwritten uses are held at once; bounds that table's memory.
 _PENDING_LIMIT = 16384
 _DEPARTED_BATCH = 32
+_NEVER = sys.maxsize
 
 
 class Segment:
@@ -81,20 +93,15 @@ class Segment:
             yield entry
             entry = following
 
-    def first(self) -> Entry | None:
-        """The least recently used entry, or None."""
-        entry: Entry = self.head.next
-        return None if entry is self.head else entry
-
-    def append(self, entry: Entry) -> None:
-        """Queue ``entry`` as the most recently used."""
+    def append(self, entry: Entry, tag: int = 0) -> None:
+        """Queue ``entry`` as the most recently used, tagged ``tag`` or the queue's own."""
         head = self.head
         last = head.prev
         entry.prev = last
         entry.next = head
         last.next = entry
         head.prev = entry
-        entry.where = self.tag
+        entry.where = tag or self.tag
         self.cost += entry.cost
         self.count += 1
 
@@ -132,6 +139,54 @@ class Segment:
         self.count = 0
 
 
+class _Ghost:
+    """Keys that recently left, each stamped with a departure clock in cost units.
+
+    A key that comes back within d of departures would have been hit by a
+    segment larger by d: ``gains[level]`` counts those for d = step * 2**level.
+    Keys live in two generations, each spanning ``depth`` of departures, so
+    forgetting is one dict swap rather than a queue; a key found beyond the
+    depth counts for nothing.  Large caches track only the keys whose spread
+    hash falls under the policy's ghost mask (the caller tests it when a key
+    leaves), which bounds the memory; the counts are then a sample.
+    """
+
+    __slots__ = ("clock", "depth", "gains", "older", "recent", "since")
+
+    def __init__(self) -> None:
+        self.clock: float = 0
+        self.depth = 0
+        self.recent: dict[Hashable, float] = {}
+        self.older: dict[Hashable, float] = {}
+        self.since: float = 0  # the clock when ``recent`` was started
+        self.gains = [0] * _STEPS
+
+    def add(self, key: Hashable) -> None:
+        """Remember ``key`` as departed now."""
+        clock = self.clock
+        if clock - self.since > self.depth:
+            self.older, self.recent, self.since = self.recent, {}, clock
+        self.recent[key] = clock
+
+    def returned(self, key: Hashable) -> None:
+        """Credit the return of a departed ``key`` to every depth it is within."""
+        stamp = self.recent.pop(key, None)
+        older = self.older.pop(key, 0.0)
+        distance = self.clock - (older if stamp is None else stamp)
+        gains = self.gains
+        d = self.depth
+        for level in range(_STEPS - 1, -1, -1):
+            if distance > d:
+                break
+            gains[level] += 1
+            d >>= 1
+
+    def clear(self) -> None:
+        """Forget every key."""
+        self.recent.clear()
+        self.older.clear()
+
+
 class Policy:
     """Decides which entries stay, for a budget of ``max_cost``."""
 
@@ -144,26 +199,35 @@ class Policy:
                           self.window)
         self.max_cost = max_cost
         self.total_cost: float = 0  # cost of every entry tracked, candidates included
-        self.window_max = int(max_cost * _WINDOW_START)
+        self.window_max = self._window_floor()
         self.protected_max = 0
         self._set_main()
         # Uses not yet written to the sketch, per resident entry (see record_hits).
-        self._pending: Counter[Entry] = Counter()
+        self._pending: dict[Entry, int] = {}
         self._pending_total = 0
         self._departed: list[tuple[Hashable, int]] = []
-        self._victim: Entry | None = None  # last single victim and its estimate
+        # The last single victim's sketch estimate, reused while the counters
+        # are unchanged: a victim that keeps winning is judged over and over.
+        self._victim: Entry | None = None
         self._victim_base = 0
         self._victim_version = -1
-        self._step = _STEP_SIGN * _STEP_PERCENT * max_cost
-        self._filled = False
         self._first_cost: float = 0
         self._varied_costs = False
-        self._prev_rate = 0.0
+        self._filled = False
+        # Climber: no samples are taken before the cache first fills.
         self._sample_hits = 0
         self._sample_misses = 0
-        self._sample_period = 0
+        self._sample_period = _NEVER
+        self._window_hits = 0
+        self._probation_hits = 0
+        self._window_ghost = _Ghost()  # refused candidates, by window departures
+        self._main_ghost = _Ghost()  # main's victims, by main evictions
+        self._ghost_mask = 0
 
     # -- bookkeeping -------------------------------------------------------
+
+    def _window_floor(self) -> int:
+        return max(int(self.max_cost * _WINDOW_MIN), 1)
 
     def _set_main(self) -> None:
         self.protected_max = int((self.max_cost - self.window_max) * _PROTECTED_SHARE)
@@ -174,8 +238,9 @@ class Policy:
         if segment is not None:
             segment.unlink(entry)
             self.total_cost -= entry.cost
-        if self._pending:
-            self._write_back(entry)
+        times = self._pending.pop(entry, 0)
+        if times:
+            self._depart(entry.key, times)
 
     def clear(self) -> None:
         """Forget every entry and all frequencies."""
@@ -186,35 +251,25 @@ class Policy:
         self._pending_total = 0
         self._departed.clear()
         self.sketch.clear()
+        self._window_ghost.clear()
+        self._main_ghost.clear()
 
     # -- frequency -----------------------------------------------------------
-
-    def _use(self, entry: Entry) -> None:
-        pending = self._pending
-        pending[entry] = pending.get(entry, 0) + 1  # skips Counter.__missing__
-        self._pending_total += 1
-        if len(self._pending) > _PENDING_LIMIT:
-            self._write_back_all()
-
-    def _write_back(self, entry: Entry) -> None:
-        times = self._pending.pop(entry, 0)
-        if times:
-            self._depart(entry.key, times)
 
     def _depart(self, key: Hashable, times: int) -> None:
         """Queue the unwritten uses of an entry that left (or was refused)."""
         self._pending_total -= times
-        # Departed entries are written in batches (one inlined loop in the
-        # sketch); until then their key reads a little low.
+        # Departed entries are written in batches; until then their key
+        # reads a little low.
         departed = self._departed
         departed.append((key, times))
         if len(departed) >= _DEPARTED_BATCH:
-            self.sketch.increment_many(departed)
+            self.sketch.add(departed)
             departed.clear()
 
     def _write_back_all(self) -> None:
         self._departed.extend((e.key, n) for e, n in self._pending.items())
-        self.sketch.increment_many(self._departed)
+        self.sketch.add(self._departed)
         self._departed.clear()
         self._pending.clear()
         self._pending_total = 0
@@ -229,33 +284,24 @@ class Policy:
     def record_hits(self, reads: list[Entry]) -> None:
         """Apply a batch of buffered reads: count them and refresh recency.
 
-        Uses are tallied per entry in ``_pending`` (a C-speed Counter update)
-        instead of going through the sketch one by one: a pure-Python
-        count-min increment costs about a microsecond, far above the budget
-        of a cache hit.  Tallies are written to the sketch when the entry
-        leaves and before the sketch ages, and are added to the sketch's
-        estimate meanwhile, so admission compares the same frequencies.
+        Uses are tallied per entry in ``_pending`` instead of going through
+        the sketch one by one: a pure-Python count-min increment costs about
+        a microsecond, far above the budget of a cache hit.  Tallies are
+        written to the sketch when the entry leaves and before the sketch
+        ages, and are added to the sketch's estimate meanwhile, so admission
+        compares the same frequencies.
         """
         pending = self._pending
+        get = pending.get
+        reorder = self._reorder
+        for entry in reads:
+            pending[entry] = get(entry, 0) + 1
+            where = entry.where
+            if where == PROTECTED:
+                entry.where = PROTECTED_HOT
+            elif where != PROTECTED_HOT:
+                reorder(entry)
         n = len(reads)
-        if n > 16:
-            pending.update(reads)  # counts in C, after some fixed overhead
-            for entry in reads:
-                where = entry.where
-                if where == PROTECTED:
-                    entry.where = PROTECTED_HOT
-                elif where != PROTECTED_HOT:
-                    self._reorder(entry)
-        else:
-            # Few reads (a write drains the buffer first): one loop, fewer calls.
-            get = pending.get
-            for entry in reads:
-                pending[entry] = get(entry, 0) + 1
-                where = entry.where
-                if where == PROTECTED:
-                    entry.where = PROTECTED_HOT
-                elif where != PROTECTED_HOT:
-                    self._reorder(entry)
         self._pending_total += n
         self._sample_hits += n
         if (self.sketch.additions + self._pending_total >= self.sketch.sample_size
@@ -276,13 +322,18 @@ class Policy:
         where = entry.where
         if where in (WINDOW, WINDOW_NEW):
             self.window.move_to_end(entry)
+            self._window_hits += 1
         elif where == PROBATION:
+            self._probation_hits += 1
             self.probation.unlink(entry)
             self.protected.append(entry)
             if self.protected.cost > self.protected_max:
                 self._demote_protected()
         else:
-            self._write_back(entry)  # left the cache after it was read
+            # Read, then removed before the reads were applied.
+            times = self._pending.pop(entry, 0)
+            if times:
+                self._depart(entry.key, times)
 
     def add(self, entry: Entry) -> list[Entry]:
         """Track a new entry; return the entries that must leave.
@@ -292,38 +343,19 @@ class Policy:
         # The sketch sees this use only when the entry leaves the window
         # (see _admit): one hash then serves the sighting and the estimate.
         self._sample_misses += 1
+        key = entry.key
+        ghost = self._window_ghost
+        if key in ghost.recent or key in ghost.older:
+            ghost.returned(key)
+        ghost = self._main_ghost
+        if key in ghost.recent or key in ghost.older:
+            ghost.returned(key)
         window = self.window
-        # Segment.append, inlined: this runs for every miss.
-        head = window.head
-        last = head.prev
-        entry.prev = last
-        entry.next = head
-        last.next = entry
-        head.prev = entry
-        entry.where = WINDOW_NEW
-        cost = entry.cost
-        window.cost += cost
-        window.count += 1
-        self.total_cost += cost
+        window.append(entry, WINDOW_NEW)
+        self.total_cost += entry.cost
         out: list[Entry] = []
         if window.cost > self.window_max or self.total_cost > self.max_cost:
-            cand: Entry = head.next
-            if (window.cost - cand.cost <= self.window_max
-                    and self.total_cost - cand.cost <= self.max_cost):
-                # One candidate leaves the window and then everything fits:
-                # _evict's loops reduce to this single admission.
-                fresh = cand.where == WINDOW_NEW
-                # window.unlink(cand), inlined.
-                after = cand.next
-                head.next = after
-                after.prev = head
-                cand.prev = cand.next = None
-                cand.where = REMOVED
-                window.cost -= cand.cost
-                window.count -= 1
-                self._admit(cand, None, out, fresh)
-            else:
-                self._evict(entry, False, out)
+            self._evict(entry, False, out)
         if self._sample_hits + self._sample_misses >= self._sample_period:
             self._climb()
         return out
@@ -335,7 +367,8 @@ class Policy:
         """
         if entry.where == WINDOW_NEW:
             self.sketch.sight(entry.key)  # its insertion, before the update's own use
-        self._use(entry)
+        self._pending[entry] = self._pending.get(entry, 0) + 1
+        self._pending_total += 1
         segment = self._segments[entry.where]
         assert segment is not None
         new_cost = entry.cost
@@ -353,9 +386,8 @@ class Policy:
         """Change the budget; return the entries that no longer fit."""
         share = self.window_max / self.max_cost
         self.max_cost = max_cost
-        self.window_max = int(max_cost * share)
+        self.window_max = max(int(max_cost * share), self._window_floor())
         self._set_main()
-        self._step = math.copysign(_STEP_PERCENT * max_cost, self._step)
         self._demote_protected()
         out: list[Entry] = []
         self._evict(None, True, out)
@@ -386,7 +418,9 @@ class Policy:
         """Judge ``cand``, just out of the window; ``fresh`` if the sketch
         has not yet seen its insertion."""
         # ``cand`` has left the window but still counts in total_cost.
-        seen = self.sketch.sight(cand.key) if fresh else -1
+        self._window_ghost.clock += cand.cost
+        sketch = self.sketch
+        seen = sketch.sight(cand.key) if fresh else -1
         excess = self.total_cost - self.max_cost
         if excess <= 0:
             self._first_cost = self._first_cost or cand.cost
@@ -399,58 +433,44 @@ class Policy:
         need = excess if excess < cand.cost else cand.cost
         head = self.probation.head
         victim: Entry = head.next
-        nxt: Entry = victim.next
+        second: Entry = victim.next
+        victims: list[Entry] | None
         if (victim is not head and victim is not keep and victim.cost >= need
-                and (nxt is head or (nxt.cost == victim.cost
-                                     and (nxt.next is head or nxt.next.cost == victim.cost)))):
-            # Unit-cost fast path: the LRU entry suffices and its sampled
-            # neighbours cost the same, so the cost-aware ranking would agree.
-            # frequency() is inlined for both sides.
-            sketch, pending = self.sketch, self._pending
-            cand_freq = (seen if fresh else sketch.estimate(cand.key)) + pending.get(cand, 0)
-            if cand_freq > _MAX_FREQ:
-                cand_freq = _MAX_FREQ
-            # Losing candidates leave the same victim in place, so its
-            # sketch estimate is reused until the counters change.  (A
-            # doorkeeper false positive appearing meanwhile is missed.)
+                and (second is head or (second.cost == victim.cost
+                                        and (second.next is head
+                                             or second.next.cost == victim.cost)))):
+            # The usual case: the LRU entry suffices and its sampled
+            # neighbours cost the same, so ranking them would keep LRU order.
+            # Its estimate is reused while the counters are unchanged: a
+            # victim that keeps winning is judged over and over.
             if victim is self._victim and sketch.version == self._victim_version:
                 base = self._victim_base
             else:
                 base = sketch.estimate(victim.key)
-                self._victim, self._victim_base = victim, base
-                self._victim_version = sketch.version
-            victim_freq = base + pending.get(victim, 0)
-            if victim_freq > _MAX_FREQ:
-                victim_freq = _MAX_FREQ
-            if cand_freq > victim_freq:
-                # remove(victim) inlined: it is probation's LRU entry.
-                victim.prev = victim.next = None
-                victim.where = REMOVED
-                head.next = nxt
-                nxt.prev = head
-                probation = self.probation
-                vcost = victim.cost
-                probation.cost -= vcost
-                probation.count -= 1
-                self.total_cost -= vcost
-                times = pending.pop(victim, 0)
-                if times:
-                    self._depart(victim.key, times)
-                out.append(victim)
-                probation.append(cand)
-                return
+                self._victim, self._victim_base, self._victim_version = (
+                    victim, base, sketch.version)
+            victims_freq = base + self._pending.get(victim, 0)
+            victims = [victim]
         else:
-            victims = self._select_victims(need, keep)
-            if victims is not None:
-                cand_freq = seen if fresh else self.frequency(cand)
-                if fresh:
-                    cand_freq = min(cand_freq + self._pending.get(cand, 0), _MAX_FREQ)
-                if cand_freq > sum(self.frequency(v) for v in victims):
-                    for victim in victims:
-                        self.remove(victim)
-                        out.append(victim)
-                    self.probation.append(cand)
-                    return
+            victims = self._sample_victims(need, keep)
+            victims_freq = 0 if victims is None else sum(self.frequency(v) for v in victims)
+        if victims is not None:
+            cand_freq = (seen if fresh else sketch.estimate(cand.key)) + self._pending.get(cand, 0)
+            if (cand_freq if cand_freq < _MAX_FREQ else _MAX_FREQ) > (
+                    victims_freq if victims_freq < _MAX_FREQ else _MAX_FREQ):
+                ghost = self._main_ghost
+                mask = self._ghost_mask
+                for victim in victims:
+                    if victim.where != WINDOW:  # main's own victims only
+                        ghost.clock += victim.cost
+                        if not hash((victim.key,)) & mask:
+                            ghost.add(victim.key)
+                    self.remove(victim)
+                    out.append(victim)
+                self.probation.append(cand)
+                return
+        if not hash((cand.key,)) & self._ghost_mask:
+            self._window_ghost.add(cand.key)
         self.total_cost -= cand.cost  # cand is in no segment: remove() would miss it
         times = self._pending.pop(cand, 0)
         if times:
@@ -458,29 +478,37 @@ class Policy:
         out.append(cand)
 
     def _on_first_fill(self) -> None:
-        """Pick the starting window once the cache is full.
+        """Start the climber, and pick the starting window, once the cache is full.
 
         With varied costs a 1% window is smaller than many single entries,
         which then skip the recency stage and face admission cold; a 20%
         window measured best on the weighted trace (object and byte hit
-        ratio), while unit costs keep Caffeine's 1%.  The climber adapts
-        from there.
+        ratio), while unit costs keep Caffeine's 1%.  Samples start here:
+        while the cache fills every candidate is admitted, so those hit
+        rates say nothing about the window.
         """
         self._filled = True
         if self._varied_costs:
             self._adjust_window(int(self.max_cost * _WEIGHTED_WINDOW) - self.window_max)
-            self._step = abs(self._step)
+        self._sample_hits = self._sample_misses = 0
+        self._window_hits = self._probation_hits = 0
+        self._next_period()
+        # A short first sample: a window too small for the workload costs
+        # hits on every request until it moves.
+        self._sample_period = _MIN_SAMPLE
 
-    def _select_victims(self, need: float, keep: Entry | None) -> list[Entry] | None:
+    def _sample_victims(self, need: float, keep: Entry | None) -> list[Entry] | None:
         """Choose entries freeing at least ``need``, or None if impossible.
 
-        Victims come from the probation tail, then protected, then the
+        Victims come from the probation tail, ranked by frequency per unit
+        of cost within a sample of _VICTIM_SAMPLE, then protected, then the
         window.
         """
         head = self.probation.head
+        first: Entry = head.next
         chosen: list[Entry] = []
         freed: float = 0
-        cursor = head.next
+        cursor = first
         sample: list[Entry] = []
         # Keep a window of up to _VICTIM_SAMPLE unpicked entries from the tail.
         while freed < need:
@@ -530,26 +558,66 @@ class Policy:
 
     # -- adaptive window -------------------------------------------------------
 
-    def _climb(self) -> None:
-        requests = self._sample_hits + self._sample_misses
-        if requests < self._sample_period:
-            return
-        if self._sample_period:
-            rate = self._sample_hits / requests
-            change = rate - self._prev_rate
-            amount = self._step if change >= 0 else -self._step
-            move = min(_STEP_GAIN * abs(change), _MAX_MOVE) * self.max_cost
-            if move > abs(amount):
-                amount = math.copysign(move, amount)
-            if abs(change) >= _RESTART_THRESHOLD:
-                self._step = math.copysign(_STEP_PERCENT * self.max_cost, amount)
-            else:
-                self._step = _STEP_DECAY * amount
-            self._prev_rate = rate
-            self._adjust_window(int(amount))
+    def _next_period(self) -> int:
         entries = self.window.count + self.probation.count + self.protected.count
-        self._sample_period = int(_SAMPLE_MULT * max(entries, 16))
+        depth = self._step_cost() << (_STEPS - 1)
+        self._window_ghost.depth = self._main_ghost.depth = depth
+        self._ghost_mask = (1 << (entries // _GHOST_SAMPLE).bit_length()) - 1
+        return max(int(_SAMPLE_MULT * entries), _MIN_SAMPLE)
+
+    def _step_cost(self) -> int:
+        return max(int(self.max_cost * _STEP_PERCENT), 1)
+
+    def _climb(self) -> None:
+        """Move the window towards where the sample just ended says hits are.
+
+        Growing the window by d would have gained the refused candidates
+        that came back within d window departures, and cost main's coldest
+        d of budget, estimated at probation's hit density.  Shrinking it
+        would have gained main's victims that came back within d evictions,
+        and cost the window's density times d.  Both are measured over the
+        same requests, so a change of phase moves both sides alike.
+        """
+        requests = self._sample_hits + self._sample_misses
+        step = self._step_cost()
+        window, probation, protected = self.window, self.probation, self.protected
+        protected_hits = self._sample_hits - self._window_hits - self._probation_hits
+        window_density = self._window_hits / max(window.cost, 1)
+        probation_density = self._probation_hits / max(probation.cost, 1)
+        protected_density = protected_hits / max(protected.cost, 1)
+        best, move = _MIN_GAIN * requests, 0
+        scale = self._ghost_mask + 1
+        room = self.max_cost - self.window_max
+        # Depths beyond _MAX_STEPS are weighed only while the window catches
+        # no reuse at all: then it sits before a cliff that short moves never
+        # show (reuse farther off than the next step).  Otherwise the linear
+        # estimate of what main gives up is trusted only near its edge.
+        levels = _STEPS if self._window_hits == 0 else _MAX_STEPS
+        for level in range(levels):
+            d = step << level
+            if d <= room or (d >> 1) < room:
+                d = min(d, room)  # the last move may be a part step, up to the whole budget
+                gain = scale * self._window_ghost.gains[level]
+                # Main gives up probation first, then protected.
+                cold = min(d, probation.cost)
+                loss = probation_density * cold + protected_density * (d - cold)
+                # Counts of rare events: ask for twice their noise.
+                if gain - loss > best and gain - loss > 2 * math.sqrt(scale * gain + loss):
+                    best, move = gain - loss, d
+            if d <= self.window_max - self._window_floor():
+                gain = scale * self._main_ghost.gains[level]
+                loss = window_density * d
+                if gain - loss > best and gain - loss > 2 * math.sqrt(scale * gain + loss):
+                    best, move = gain - loss, -d
         self._sample_hits = self._sample_misses = 0
+        self._window_hits = self._probation_hits = 0
+        self._window_ghost.gains = [0] * _STEPS
+        self._main_ghost.gains = [0] * _STEPS
+        self._sample_period = self._next_period()
+        if move:
+            # Evidence seen far off sets the direction; the move stays short.
+            limit = step * _MAX_STEPS
+            self._adjust_window(max(min(move, limit), -limit))
 
     def _adjust_window(self, amount: int) -> None:
         if amount > 0:
@@ -568,7 +636,7 @@ class Policy:
                     self.window.append(entry)
                     quota -= entry.cost
         elif amount < 0:
-            self.window_max -= min(-amount, self.window_max)
+            self.window_max -= max(min(-amount, self.window_max - self._window_floor()), 0)
             self._set_main()
             # Shrinking moves the window's oldest into probation unjudged.
             window = self.window
@@ -578,5 +646,3 @@ class Policy:
                     self.sketch.sight(entry.key)
                 window.unlink(entry)
                 self.probation.append(entry)
-
-

@@ -5,14 +5,8 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Any
 
-# Segment tags kept on each entry so the policy knows which queue holds it
-# without a dictionary lookup per queue.
+# What a new Entry's ``where`` holds: in no policy queue. The policy owns the other tags.
 REMOVED = 0
-WINDOW = 1
-PROBATION = 2
-PROTECTED = 3
-PROTECTED_HOT = 4  # protected, and read since the CLOCK hand last passed it
-WINDOW_NEW = 5  # in the window; the sketch has not yet seen this insertion
 
 
 class Entry:

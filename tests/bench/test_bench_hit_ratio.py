@@ -80,10 +80,49 @@ def test_a_point_within_one_of_the_better_reference_passes() -> None:
 
 
 def test_a_point_exactly_one_below_the_better_reference_passes() -> None:
-    row = hit_ratio.UnitRow("oltp", 2000, 43.9, 42.0, 45.0, 60.0, (42.5, 44.9, 60.4))
+    row = hit_ratio.UnitRow("oltp", 2000, 43.9, 42.0, 44.5, 60.0, (42.5, 44.9, 60.4))
     assert row.verdict() == "pass"
 
 
 def test_a_point_a_tenth_short_of_the_target_fails() -> None:
-    row = hit_ratio.UnitRow("oltp", 2000, 43.8, 42.0, 45.0, 60.0, (42.5, 44.9, 60.4))
-    assert row.verdict() == "FAIL -0.1"
+    row = hit_ratio.UnitRow("oltp", 2000, 43.8, 42.0, 44.5, 60.0, (42.5, 44.9, 60.4))
+    assert row.verdict().startswith("FAIL -0.1")
+
+
+def test_a_point_is_judged_against_the_measured_theine_too() -> None:
+    row = hit_ratio.UnitRow("web07", 2048, 53.0, 55.7, 54.2, 68.1)
+    assert row.verdict().startswith("FAIL -1.7")
+
+
+def test_a_dip_of_more_than_half_a_point_at_twice_the_size_fails() -> None:
+    row = hit_ratio.UnitRow("recency", 1000, 33.0, 33.3, 31.4, 33.4, ours_double=32.4)
+    assert "dips" in row.verdict()
+
+
+def test_a_synthetic_point_far_from_the_optimum_fails_where_lru_is_near_it() -> None:
+    row = hit_ratio.UnitRow("recency", 1000, 32.4, 33.4, 31.4, 38.0, synthetic=True)
+    assert "under OPT" in row.verdict()
+
+
+def test_a_synthetic_point_far_from_the_optimum_passes_where_lru_and_theine_are_too() -> None:
+    row = hit_ratio.UnitRow("loop-syn", 5000, 40.0, 0.0, 39.0, 48.8, synthetic=True)
+    assert row.verdict() == "pass"
+
+
+def test_dips_between_listed_sizes_are_reported() -> None:
+    rows = [hit_ratio.UnitRow("t", 100, 30.0, 0, 0, 0), hit_ratio.UnitRow("t", 400, 29.0, 0, 0, 0)]
+    assert hit_ratio.dips(rows) == ["t: 30.0 at 100, 29.0 at 400"]
+
+
+def test_the_weighted_point_must_reach_both_lru_and_lfu() -> None:
+    ours = hit_ratio.Tally(100, 30, 1000, 300)
+    lru = hit_ratio.Tally(100, 29, 1000, 310)
+    lfu = hit_ratio.Tally(100, 31, 1000, 250)
+    assert hit_ratio.WeightedRow(0.05, 10, ours, lru, lfu).verdict() == (
+        "FAIL object -1.0, bytes -1.0")
+
+
+def test_lfu_counts_an_object_larger_than_the_cache_as_an_uncached_miss() -> None:
+    trace = Trace("w", [(1, 10), (1, 10), (2, 3), (2, 3)], [10, 10, 3, 3])
+    tally = hit_ratio.replay_lfu(trace, 5)
+    assert (tally.hits, tally.cost_hit, tally.cost_requested) == (1, 3, 26)

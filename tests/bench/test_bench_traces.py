@@ -117,3 +117,14 @@ def test_traces_dir_option_wins_over_the_environment(
 ) -> None:
     monkeypatch.setenv(traces.TRACES_ENV, "/elsewhere")
     assert traces.resolve_traces_dir(str(tmp_path)) == tmp_path
+
+
+def test_address_reader_keys_each_access_by_its_hexadecimal_address(tmp_path: Path) -> None:
+    path = _gz(tmp_path / "t.trace.gz", "s 0x1f 1\nl 0x20 6\nl 0x1F 1\n")
+    assert traces.read_address(path) == [31, 32, 31]
+
+
+def test_address_reader_names_the_line_of_a_bad_address(tmp_path: Path) -> None:
+    path = _gz(tmp_path / "t.trace.gz", "s 0x1f 1\nl zz 6\n")
+    with pytest.raises(ValueError, match=r"t\.trace\.gz:2"):
+        traces.read_address(path)

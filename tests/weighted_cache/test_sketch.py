@@ -1,4 +1,4 @@
-from weighted_cache.sketch import Doorkeeper, FrequencySketch, spread
+from weighted_cache.sketch import FrequencySketch, spread
 
 
 def test_unseen_key_has_zero_frequency():
@@ -25,13 +25,13 @@ def test_counters_saturate_at_fifteen_plus_doorkeeper():
     assert sketch.estimate("hot") == 16
 
 
-def test_batched_increments_match_single_ones():
+def test_batched_additions_match_single_increments():
     one, many = FrequencySketch(4096), FrequencySketch(4096)
     for key in range(50):
         one.increment(key)
-        many.increment(key)
+        many.sight(key)
         one.increment(key, 3)
-    many.increment_many([(key, 3) for key in range(50)])
+    many.add([(key, 3) for key in range(50)])
     assert [one.estimate(k) for k in range(50)] == [many.estimate(k) for k in range(50)]
 
 
@@ -65,11 +65,11 @@ def test_clear_forgets_everything():
     assert sketch.estimate("a") == 0
 
 
-def test_doorkeeper_reports_only_what_was_added():
-    door = Doorkeeper(1000)
-    assert door.add(spread("x")) is False
-    assert door.add(spread("x")) is True
-    assert spread("y") not in door
+def test_the_doorkeeper_holds_only_keys_sighted():
+    sketch = FrequencySketch(1024)
+    sketch.sight("x")
+    assert sketch.estimate("x") == 1
+    assert sketch.estimate("y") == 0
 
 
 def test_spread_separates_neighbouring_integers():
@@ -94,3 +94,33 @@ def test_later_sights_raise_the_counters():
     seen = [sketch.sight("a") for _ in range(3)]
     assert seen == [1, 2, 3]
     assert sketch.estimate("a") == 3
+
+
+def test_ageing_forgets_first_sightings_held_by_the_doorkeeper():
+    sketch = FrequencySketch(1024)
+    for key in range(100):
+        sketch.sight(key)  # first sightings only: the doorkeeper holds them all
+    sketch.age()
+    assert sketch.additions == 0
+
+
+def test_ageing_subtracts_the_halves_that_odd_counters_lose():
+    sketch = FrequencySketch(1 << 12)
+    for key in range(100):
+        sketch.increment(key, 4)  # 1 in the doorkeeper, 3 (odd) in the counters
+    sketch.age()
+    # Each key keeps 1 of its 3 counted sightings, and none in the cleared doorkeeper;
+    # without the subtractions the count would be (100 + 300) / 2.
+    assert 100 <= sketch.additions < 120
+
+
+def test_one_hit_wonders_age_the_sketch_no_sooner_than_once_per_sample():
+    sketch = FrequencySketch(1 << 10)
+    ages = 0
+    for key in range(10 * sketch.sample_size):
+        sketch.sight(key)
+        if sketch.additions >= sketch.sample_size:
+            sketch.age()
+            ages += 1
+    # Each ageing leaves nothing of them behind, so a full sample is needed for the next one.
+    assert ages == 10
