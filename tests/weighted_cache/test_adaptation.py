@@ -11,16 +11,15 @@ from collections import OrderedDict
 from collections.abc import Sequence
 
 import pytest
+import synthetic  # bench/, on the path through tests/conftest.py
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import bench_module
 from weighted_cache import Cache
 from weighted_cache.policy import PROBATION, PROTECTED, PROTECTED_HOT, WINDOW, WINDOW_NEW, Policy
 from weighted_cache.sketch import FrequencySketch
 from weighted_cache.store import Entry
 
-synthetic = bench_module("synthetic")
 _MISS = object()
 
 
@@ -128,7 +127,7 @@ def test_the_policy_tracks_every_entry_once_and_within_budget(
     for action, key, number in events:
         entry = live.get(key)
         if action == "add" and entry is None:
-            entry = Entry(key, key, min(number, budget), 0.0)
+            entry = Entry(key, key, min(number, policy.max_cost), 0.0)  # as Cache guarantees
             live[key] = entry
             out = policy.add(entry)
         elif action == "hit" and entry is not None:
