@@ -53,9 +53,16 @@ def test_setitem_of_a_value_costlier_than_the_budget_raises_and_drops_the_old_va
 
 def test_setitem_refused_by_admission_returns_quietly_and_is_reported():
     rejected = []
-    cache: Cache[object, object] = Cache(10, on_reject=lambda k, v, c: rejected.append(k))
-    _warm(cache, range(10))
-    cache["newcomer"] = 1
+    cache: Cache[object, object] = Cache(
+        10, cost_fn=lambda value: value, on_reject=lambda k, v, c: rejected.append(k)
+    )
+    for key in range(10):
+        cache[key] = 1
+    for _ in range(5):
+        for key in range(10):
+            cache[key]
+    # Larger than the window: judged at once against the frequent residents, and refused.
+    cache["newcomer"] = 5
     assert "newcomer" not in cache
     assert rejected == ["newcomer"]
     assert cache.metrics.sets_rejected == 1
