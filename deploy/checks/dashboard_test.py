@@ -3,9 +3,9 @@
 Starts the Scope3 simulator, the service (gunicorn, 2 gevent workers, from the checkout) and
 Debian's ``prometheus`` scraping it every second, all on loopback. Then drives traffic in phases,
 so that every panel has something to show: hits and misses, stale hits, evictions, rejections and
-expirations (a small cache with a short TTL), coalesced misses, a slow upstream (wait-window
-timeouts, requests in flight), then an upstream answering 500 (retries, the breaker opening,
-unavailable rows) and its recovery (the breaker half-opening and closing).
+expirations (a small cache with a short TTL), coalesced misses, a slow upstream with some 429s
+(wait-window timeouts, requests in flight, retries), then an upstream answering 500 (the breaker
+opening, unavailable rows) and its recovery (the breaker half-opening and closing).
 
 Each query of each panel of ``deploy/grafana-dashboard.json``, and each PromQL example of the
 README, is then evaluated through
@@ -91,7 +91,7 @@ SERVICE_ENV = {
 DRIVEN_LABELS: dict[str, tuple[str, frozenset[str]]] = {
     "flask_http_request_duration_seconds": ("status", frozenset({"200", "401"})),
     "flask_http_request_total": ("status", frozenset({"200", "401"})),
-    "measure_upstream_requests_total": ("outcome", frozenset({"ok", "http_5xx"})),
+    "measure_upstream_requests_total": ("outcome", frozenset({"ok", "http_429", "http_5xx"})),
     "measure_upstream_unavailable_rows_total": ("reason", frozenset({"breaker_open"})),
     "measure_upstream_breaker_transitions_total": (
         "to", frozenset({"open", "half_open", "closed"})),
@@ -299,12 +299,14 @@ def run_phases(load: Load, simulator: str, phase_s: float,
     time.sleep(phase_s)
     load.coalesce(rounds=10)
 
-    phase("slow upstream: wait-window timeouts, requests in flight")
-    control(latency_ms=300, jitter_ms=50)
+    # A 5xx is judged by the fetcher (split, re-sent), not retried by the client: the retries
+    # come from 429s, which the client retries after their Retry-After.
+    phase("slow upstream, some 429s: wait-window timeouts, requests in flight, retries")
+    control(latency_ms=300, jitter_ms=50, status_429_rate=0.3, retry_after=0.2)
     time.sleep(phase_s / 2)
 
-    phase("upstream answers 500: retries, breaker open, unavailable rows")
-    control(latency_ms=20, jitter_ms=5, mode="500")
+    phase("upstream answers 500: breaker open, unavailable rows")
+    control(latency_ms=20, jitter_ms=5, status_429_rate=0.0, mode="500")
     time.sleep(phase_s / 2)
     on_breaker_open()
 
