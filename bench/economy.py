@@ -69,6 +69,19 @@ class Report:
         self.figures.append(Figure(scenario, figure, target, text, passed))
 
 
+def print_figures(report: Report, title: str, widths: tuple[int, int, int, int]) -> None:
+    """Print ``title``, then the figures as a table, then how many failed."""
+    print(f"\n{title}")
+    head = ("scenario", "figure", "target", "got")
+    print("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + "  result")
+    for fig in report.figures:
+        verdict = {True: "pass", False: "FAIL", None: "-"}[fig.passed]
+        cells = (fig.scenario, fig.figure, fig.target, fig.got)
+        print("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + f"  {verdict}")
+    failed = sum(fig.passed is False for fig in report.figures)
+    print(f"\n{failed} figure(s) failed")
+
+
 # --- HTTP --------------------------------------------------------------------------------------
 
 @dataclass

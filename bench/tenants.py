@@ -42,14 +42,22 @@ import time  # noqa: E402
 import uuid  # noqa: E402
 from collections import Counter  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
-from dataclasses import asdict, dataclass, field  # noqa: E402
+from dataclasses import asdict  # noqa: E402
 from datetime import datetime, timezone  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import gevent  # noqa: E402
+from economy import (  # noqa: E402
+    UPSTREAM_TOKEN,
+    Client,
+    Reply,
+    Report,
+    Upstream,
+    call_once,
+    print_figures,
+)
 from loadgen import percentile  # noqa: E402
-from upstream_economy import UPSTREAM_TOKEN, Client, Reply, Upstream, call_once  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devtools, from a checkout
 from devtools.harness import Processes, Server, free_port, stop  # noqa: E402
@@ -64,30 +72,6 @@ ROWS_PER_REQUEST = 5
 FLOOD_LATENCY_MS = 500
 # Upstream slots per worker (the ceiling of the adaptive limit): the service's default.
 CEILING = 4
-
-
-@dataclass
-class Figure:
-    """One measured figure and whether it met its target (None: no target)."""
-
-    scenario: str
-    figure: str
-    target: str
-    got: str
-    passed: bool | None
-
-
-@dataclass
-class Report:
-    """Every figure, plus the details behind them."""
-
-    figures: list[Figure] = field(default_factory=list)
-    details: dict[str, Any] = field(default_factory=dict)
-
-    def add(self, scenario: str, figure: str, target: str, got: Any,
-            passed: bool | None) -> None:
-        """Record one figure."""
-        self.figures.append(Figure(scenario, figure, target, str(got), passed))
 
 
 # --- clients -----------------------------------------------------------------------------------
@@ -437,17 +421,9 @@ def run(args: argparse.Namespace) -> Report:
 def print_table(report: Report) -> None:
     """Print the figures as a table."""
     meta = report.details["meta"]
-    print(f"\ntenants, {meta['date']}, {meta['workers']} gevent workers, {meta['cpus']} CPUs, "
-          f"load {meta['loadavg_before'][0]:.2f} -> {meta['loadavg_after'][0]:.2f}")
-    widths = (22, 58, 16, 30)
-    head = ("scenario", "figure", "target", "got")
-    print("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + "  result")
-    for fig in report.figures:
-        verdict = {True: "pass", False: "FAIL", None: "-"}[fig.passed]
-        cells = (fig.scenario, fig.figure, fig.target, fig.got)
-        print("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + f"  {verdict}")
-    failed = sum(fig.passed is False for fig in report.figures)
-    print(f"\n{failed} figure(s) failed")
+    print_figures(report, f"tenants, {meta['date']}, {meta['workers']} gevent workers, "
+                  f"{meta['cpus']} CPUs, load {meta['loadavg_before'][0]:.2f} -> "
+                  f"{meta['loadavg_after'][0]:.2f}", (22, 58, 16, 30))
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -45,7 +45,16 @@ import economy_retry_after  # noqa: E402
 import economy_stale  # noqa: E402
 import economy_upstream_down  # noqa: E402
 import economy_wait_window  # noqa: E402
-from economy import FULL, QUICK, SIM_JITTER_MS, SIM_LATENCY_MS, WORKERS, Bench, Report  # noqa: E402
+from economy import (  # noqa: E402
+    FULL,
+    QUICK,
+    SIM_JITTER_MS,
+    SIM_LATENCY_MS,
+    WORKERS,
+    Bench,
+    Report,
+    print_figures,
+)
 
 from devtools.harness import Processes  # noqa: E402
 
@@ -83,17 +92,8 @@ def run(args: argparse.Namespace) -> Report:
 def print_table(report: Report) -> None:
     """Print the figures as a table."""
     meta = report.details["meta"]
-    print(f"\nupstream economy, {meta['date']}, {meta['workers']} gevent workers, "
-          f"simulator {meta['simulator']}, {meta['cpus']} CPUs")
-    widths = (16, 62, 14, 22)
-    head = ("scenario", "figure", "target", "got")
-    print("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + "  result")
-    for fig in report.figures:
-        verdict = {True: "pass", False: "FAIL", None: "-"}[fig.passed]
-        cells = (fig.scenario, fig.figure, fig.target, fig.got)
-        print("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + f"  {verdict}")
-    failed = sum(fig.passed is False for fig in report.figures)
-    print(f"\n{failed} figure(s) failed")
+    print_figures(report, f"upstream economy, {meta['date']}, {meta['workers']} gevent workers, "
+                  f"simulator {meta['simulator']}, {meta['cpus']} CPUs", (16, 62, 14, 22))
 
 
 def _progress(message: str) -> None:
