@@ -33,6 +33,9 @@ MAX_REGION = 64
 MAX_ROW_IDENTIFIER = 256
 # Longest utcDatetime spelling with room for surrounding spaces; checked before parsing.
 MAX_DATE_TEXT = 64
+# Names beside ``rows`` in a body are ignored, so a body needs few; a bound keeps a body of
+# thousands of names from costing a worker its time.
+MAX_TOP_LEVEL_NAMES = 16
 # Scope3's enums (v2 data dictionary): values are matched in any case and forwarded lower-case.
 CHANNELS = frozenset(
     {"app", "ctv-bvod", "digital-audio", "dooh", "olv", "social", "streaming-video", "web"}
@@ -210,13 +213,14 @@ def parse_body(body: bytes, max_rows: int) -> list[Any]:
     dicts: a Python hook per object would make a hostile body costly.
     Plain bodies (the usual request) are read by orjson instead, when that is surely the same.
     """
-    document = _decode_plain(body)
+    document = _decode_plain(body, max_rows)
     if document is None:
         document = _decode_strict(body)
     elif isinstance(document, dict):
         document = tuple(document.items())
     if not isinstance(document, tuple):
         raise BodyError("body must be a JSON object with a rows list")
+    _check_names(len(document))
     rows = _rows_of(document)
     if rows is None:
         raise BodyError("rows is required")
@@ -229,20 +233,41 @@ def parse_body(body: bytes, max_rows: int) -> list[Any]:
     return [_row_object(row) for row in rows]
 
 
-def _decode_plain(body: bytes) -> Any:
+def _check_names(count: int) -> None:
+    if count > MAX_TOP_LEVEL_NAMES:
+        raise BodyError(
+            f"body has {count} top-level names; at most {MAX_TOP_LEVEL_NAMES} are allowed"
+        )
+
+
+def _decode_plain(body: bytes, max_rows: int) -> Any:
     """The document, when orjson's reading of ``body`` is surely the strict one; else None.
+
+    Raises BodyError at once for a body that would be refused whatever the strict reading
+    says (too many top-level names, or a ``rows`` list longer than ``max_rows``), so that a
+    hostile body is not parsed a second time.
 
     orjson keeps the last of duplicate keys and reads integers past 64 bits as floats. The body
     is read by orjson only when its shape is a plain request (an object whose lists hold
     objects of scalars, no brace, bracket or colon inside a string), with as many colons as keys
     parsed (none was dropped) and no 19-digit number; anything else takes the strict path.
     """
+    # A plain request has a brace per row and a colon per name: a body with more of either
+    # (nested objects, a long row, or braces and colons inside strings) is not one, and is
+    # read once, strictly, instead of twice.
+    if (body.count(b"{") > max_rows + 1
+            or body.count(b":") > max_rows * _MAX_ROW_PAIRS + MAX_TOP_LEVEL_NAMES):
+        return None
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
     if not isinstance(document, dict):
         return None
+    _check_names(len(document))
+    for name, value in document.items():
+        if isinstance(value, list) and len(value) > max_rows and name.lower() == "rows":
+            raise BodyError(f"rows has {len(value)} entries; at most {max_rows} are allowed")
     lists = [value for value in document.values() if isinstance(value, list)]
     objects = [item for items in lists for item in items if isinstance(item, dict)]
     plain = (
