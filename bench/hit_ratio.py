@@ -79,8 +79,8 @@ TOLERANCE = 1.0  # points below max(LRU, theine) still accepted
 MAX_DIP = 0.5  # points the hit ratio may lose when the capacity doubles
 OPT_GAP = 5.0  # points under Belady accepted on a synthetic trace where LRU or theine are
 QUICK_ACCESSES = 100_000
-# The longest traces (arc-P6 12.7M accesses, orm-busy 5M) are replayed from their start up to
-# this many accesses unless --full: pure-Python replays take about 10 s per million accesses.
+# The longest traces are replayed from their start up to this many accesses unless --full:
+# pure-Python replays of the whole of them take too long for a routine run.
 LONG_TRACES = ("p6", "orm")
 LONG_TRACE_ACCESSES = 2_000_000
 

@@ -200,7 +200,7 @@ def l2_worker(url: str, seconds: float, pools: bool = True) -> dict[str, Any]:
     elapsed = time.perf_counter() - started
     sweep = {size: _pool_run(url, size, batches, seconds / 2) for size in (1, 2, 4, 8, 16)
              if pools}
-    # The MGET alone, for comparison with the ~0.2 ms per 100 keys quoted for hiredis.
+    # The MGET alone, for comparison with what hiredis is quoted at (bench/README.md).
     names = [f"bench4:{i}" for i in range(100)]
     client = connect(config)
     mget_started = time.perf_counter()

@@ -42,8 +42,8 @@ _LATENCY_WEIGHT = 0.3
 # Recent sends whose fastest decides whether a batch could still be answered in time: a batch
 # is held only when even that one would be too slow (jitter and a busy CPU lengthen many sends,
 # and holding on the average would give up answers that would have come in time). Few, so that
-# holding starts a few sends after upstream slows down: with 16, the sends of a 20 ms upstream
-# kept a 200 ms one from being held for most of a second.
+# holding starts a few sends after upstream slows down, not once a long memory of fast sends
+# has rolled over.
 _RECENT_SENDS = 4
 
 
@@ -140,8 +140,8 @@ class Batcher(Generic[G, T]):
         latency = self.latency_s
         # Holding saves requests but delays answers, so it happens only when it cannot cost a
         # waiting caller its answer: nobody waits, or even the fastest recent send, leaving now,
-        # would come back after the batch's most pressed caller stopped waiting (a 45 ms window,
-        # a 100 ms upstream). The hold lasts one send: a batch waiting that long leaves about
+        # would come back after the batch's most pressed caller stopped waiting (an upstream
+        # slower than the window). The hold lasts one send: a batch waiting that long leaves about
         # when the one ahead comes back anyway, so a longer hold saves nothing, and the cap only
         # cuts short a straggler or a hung call (the breaker needs the next failures to come
         # soon).

@@ -35,8 +35,8 @@ from measure_service.upstream import RowResult, UpstreamError
 # 4xx statuses by which upstream refuses a request for what is in it; others (401, 403, 404,
 # 429, ...) are about us or upstream, and the same for any row.
 REFUSAL_STATUSES = frozenset({400, 413, 422})
-# Sends a failed batch may spend finding its culprits, beyond the one send per owner: enough to
-# bisect two bad rows out of a part of 500.
+# Sends a failed batch may spend finding its culprits per level of halving, beyond the one send
+# per owner: two bad rows in one part need both halves searched at each level.
 _SENDS_PER_LEVEL = 4
 
 

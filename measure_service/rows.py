@@ -290,8 +290,9 @@ def _decode_strict(body: bytes) -> Any:
 
     Objects come back as tuples of pairs, so that duplicate keys can be seen.
     """
-    # A 1 MB body can hold 350k objects; collecting while they are built only slows the parse
-    # (nothing can be freed before it ends). The parse never yields, so no other greenlet runs.
+    # A large body holds a great many objects; collecting while they are built only slows the
+    # parse (nothing can be freed before it ends). The parse never yields, so no other greenlet
+    # runs meanwhile.
     collecting = gc.isenabled()
     gc.disable()
     try:
@@ -473,7 +474,7 @@ def _date(value: Any) -> str:
 
 
 # Requests repeat a handful of dates: parsing each spelling once saves most of a row's cost.
-# Keys are at most MAX_DATE_TEXT characters, so the memo is bounded (about 1 MB when full).
+# Keys are at most MAX_DATE_TEXT characters, so the memo's size is bounded.
 @functools.lru_cache(maxsize=4096)
 def _normalise_date(value: str) -> str:
     match = _DATE.fullmatch(value.strip())
