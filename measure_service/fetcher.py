@@ -222,8 +222,6 @@ class Fetcher:
         shares (the client key, or None without authentication).
         """
         now = self._clock()
-        # When this request stops waiting: the batcher holds no batch that would miss it.
-        deadline = time.monotonic() + wait_s
         settings = self._settings
         outcomes: list[RowOutcome] = []
         waits: list[tuple[int, AsyncResult]] = []
@@ -255,6 +253,9 @@ class Fetcher:
         if missed and self._shared is not None:
             missed, shared, shared_stale = self._read_shared(missed, outcomes, tenant)
             stale += shared_stale
+        # When this request stops waiting: the batcher holds no batch that would miss it. Read
+        # only for misses, so that a request of hits makes no clock call for it.
+        deadline = time.monotonic() + wait_s if missed else 0.0
         for index, key, cost in missed:
             result = self._flights.join(key)
             if result is not None:

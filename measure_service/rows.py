@@ -255,8 +255,8 @@ def _decode_plain(body: bytes, max_rows: int) -> Any:
     # A plain request has a brace per row and a colon per name: a body with more of either
     # (nested objects, a long row, or braces and colons inside strings) is not one, and is
     # read once, strictly, instead of twice.
-    if (body.count(b"{") > max_rows + 1
-            or body.count(b":") > max_rows * _MAX_ROW_PAIRS + MAX_TOP_LEVEL_NAMES):
+    braces, colons = body.count(b"{"), body.count(b":")
+    if braces > max_rows + 1 or colons > max_rows * _MAX_ROW_PAIRS + MAX_TOP_LEVEL_NAMES:
         return None
     try:
         document = orjson.loads(body)
@@ -271,9 +271,9 @@ def _decode_plain(body: bytes, max_rows: int) -> Any:
     lists = [value for value in document.values() if isinstance(value, list)]
     objects = [item for items in lists for item in items if isinstance(item, dict)]
     plain = (
-        body.count(b"{") == 1 + len(objects)
+        braces == 1 + len(objects)
         and body.count(b"[") == len(lists)
-        and body.count(b":") == len(document) + sum(map(len, objects))
+        and colons == len(document) + sum(map(len, objects))
         and _LONG_NUMBER not in body.translate(_DIGITS_TO_ZERO)
     )
     return document if plain else None
