@@ -6,6 +6,7 @@ them and prints the table.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import http.client
 import json
@@ -16,7 +17,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -67,6 +68,24 @@ class Report:
         """Append one figure; floats are printed with 3 significant decimals."""
         text = f"{got:.3g}" if isinstance(got, float) else str(got)
         self.figures.append(Figure(scenario, figure, target, text, passed))
+
+
+def chosen_scenarios(parser: argparse.ArgumentParser, raw: str, known: Iterable[str]) -> list[str]:
+    """The comma-separated scenario names of ``raw``; a parser error for an unknown one."""
+    known = list(known)
+    chosen = [name.strip() for name in raw.split(",") if name.strip()]
+    if not chosen or any(name not in known for name in chosen):
+        parser.error(f"--scenarios takes {', '.join(known)}, got {raw!r}")
+    return chosen
+
+
+def finish(report: Report, json_path: Path | None) -> int:
+    """Write the report to ``json_path`` if given; the exit code: 1 when a figure failed."""
+    if json_path:
+        json_path.write_text(json.dumps(
+            {"figures": [asdict(f) for f in report.figures], "details": report.details},
+            indent=2, default=str))
+    return 1 if any(fig.passed is False for fig in report.figures) else 0
 
 
 def print_figures(report: Report, title: str, widths: tuple[int, int, int, int]) -> None:

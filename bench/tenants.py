@@ -33,7 +33,6 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
 import re  # noqa: E402
@@ -42,7 +41,6 @@ import time  # noqa: E402
 import uuid  # noqa: E402
 from collections import Counter  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
-from dataclasses import asdict  # noqa: E402
 from datetime import datetime, timezone  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -55,6 +53,8 @@ from economy import (  # noqa: E402
     Report,
     Upstream,
     call_once,
+    chosen_scenarios,
+    finish,
     print_figures,
 )
 from loadgen import percentile  # noqa: E402
@@ -436,11 +436,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ceiling", type=int, default=CEILING,
                         help=f"UPSTREAM_CONCURRENCY of the services (default {CEILING})")
     args = parser.parse_args(argv)
-    chosen = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    unknown = [s for s in chosen if s not in SCENARIOS]
-    if unknown or not chosen:
-        parser.error(f"--scenarios takes {', '.join(SCENARIOS)}, got {args.scenarios!r}")
-    args.scenarios = chosen
+    args.scenarios = chosen_scenarios(parser, args.scenarios, SCENARIOS)
     return args
 
 
@@ -449,11 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     report = run(args)
     print_table(report)
-    if args.json:
-        args.json.write_text(json.dumps(
-            {"figures": [asdict(f) for f in report.figures], "details": report.details},
-            indent=2, default=str))
-    return 1 if any(fig.passed is False for fig in report.figures) else 0
+    return finish(report, args.json)
 
 
 if __name__ == "__main__":

@@ -28,13 +28,11 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
-from dataclasses import asdict  # noqa: E402
 from datetime import datetime, timezone  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -53,6 +51,8 @@ from economy import (  # noqa: E402
     WORKERS,
     Bench,
     Report,
+    chosen_scenarios,
+    finish,
     print_figures,
 )
 
@@ -108,11 +108,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="comma-separated scenario numbers to run (default: all)")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the report here")
     args = parser.parse_args(argv)
-    chosen = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    unknown = [s for s in chosen if s not in SCENARIOS]
-    if unknown or not chosen:
-        parser.error(f"--scenarios takes numbers from 1 to 6, got {args.scenarios!r}")
-    args.scenarios = chosen
+    args.scenarios = chosen_scenarios(parser, args.scenarios, SCENARIOS)
     return args
 
 
@@ -121,11 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     report = run(args)
     print_table(report)
-    if args.json:
-        args.json.write_text(json.dumps(
-            {"figures": [asdict(f) for f in report.figures], "details": report.details},
-            indent=2, default=str))
-    return 1 if any(fig.passed is False for fig in report.figures) else 0
+    return finish(report, args.json)
 
 
 if __name__ == "__main__":
