@@ -8,13 +8,14 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from devtools.harness import Processes, StartError  # noqa: E402
+from devtools.harness import Processes, Server, StartError  # noqa: E402
 from measure_service.config import boolean  # noqa: E402
 
 # The simulator checks this token, so the demo exercises the real upstream auth path.
@@ -65,29 +66,40 @@ def banner(port: int, sim_port: int, api_key: str, waits: bool, logs: Path) -> s
     )
 
 
+def serve(name: str, start: Callable[[Processes], tuple[str, list[Server]]]) -> int:
+    """Run ``start`` (which starts the stack and returns its banner and processes), print the
+    banner, and wait until Ctrl-C or until one of the processes stops."""
+    try:
+        with Processes() as procs:
+            text, servers = start(procs)
+            print(text, flush=True)
+            while all(server.process.poll() is None for server in servers):
+                time.sleep(0.5)
+            print(f"{name}: a process stopped; see the logs in {procs.log_dir}", file=sys.stderr)
+            return 1
+    except StartError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, SystemExit):
+        return 0
+
+
 def main() -> int:
     """Start the simulator and the service, print a curl example, and wait for Ctrl-C."""
     port = int(os.environ.get("PORT", "3000"))
     sim_port = int(os.environ.get("SIMULATOR_PORT", "8081"))
     api_key = os.environ.get("DEMO_API_KEY", "demo-key")
     env = service_env(api_key, dict(os.environ))
-    try:
-        with Processes() as procs:
-            simulator = procs.simulator(
-                latency_ms=100, jitter_ms=30, token=UPSTREAM_TOKEN, port=sim_port
-            )
-            service = procs.service(simulator, env=env, port=port)
-            waits = boolean("WAIT_FOR_MISSING", env["WAIT_FOR_MISSING"])
-            print(banner(port, sim_port, api_key, waits, procs.log_dir), flush=True)
-            while service.process.poll() is None and simulator.process.poll() is None:
-                time.sleep(0.5)
-            print(f"demo: a process stopped; see the logs in {procs.log_dir}", file=sys.stderr)
-            return 1
-    except StartError as exc:
-        print(f"demo: {exc}", file=sys.stderr)
-        return 1
-    except (KeyboardInterrupt, SystemExit):
-        return 0
+
+    def start(procs: Processes) -> tuple[str, list[Server]]:
+        simulator = procs.simulator(
+            latency_ms=100, jitter_ms=30, token=UPSTREAM_TOKEN, port=sim_port
+        )
+        service = procs.service(simulator, env=env, port=port)
+        waits = boolean("WAIT_FOR_MISSING", env["WAIT_FOR_MISSING"])
+        return banner(port, sim_port, api_key, waits, procs.log_dir), [service, simulator]
+
+    return serve("demo", start)
 
 
 if __name__ == "__main__":

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from devtools.demo import EXAMPLE_BODY, UPSTREAM_TOKEN, service_env  # noqa: E402
-from devtools.harness import REDIS_SERVER, Processes, StartError  # noqa: E402
+from devtools.demo import EXAMPLE_BODY, UPSTREAM_TOKEN, serve, service_env  # noqa: E402
+from devtools.harness import REDIS_SERVER, Processes, Server  # noqa: E402
 
 
 def banner(ports: list[int], sim_port: int, redis_url: str, api_key: str, logs: Path) -> str:
@@ -54,26 +53,19 @@ def main() -> int:
     ports = [port, int(os.environ.get("SECOND_PORT", str(port + 1)))]
     sim_port = int(os.environ.get("SIMULATOR_PORT", "8081"))
     api_key = os.environ.get("DEMO_API_KEY", "demo-key")
-    try:
-        with Processes() as procs:
-            redis = procs.redis("--maxmemory", "256mb")
-            simulator = procs.simulator(
-                latency_ms=100, jitter_ms=30, token=UPSTREAM_TOKEN, port=sim_port
-            )
-            env = {**service_env(api_key, dict(os.environ)), "WEB_CONCURRENCY": "2",
-                   "REDIS_URL": redis.url}
-            services = [procs.service(simulator, env=env, port=p) for p in ports]
-            print(banner(ports, sim_port, redis.url, api_key, procs.log_dir), flush=True)
-            while all(s.process.poll() is None for s in [*services, simulator, redis]):
-                time.sleep(0.5)
-            print(f"demo-shared: a process stopped; see the logs in {procs.log_dir}",
-                  file=sys.stderr)
-            return 1
-    except StartError as exc:
-        print(f"demo-shared: {exc}", file=sys.stderr)
-        return 1
-    except (KeyboardInterrupt, SystemExit):
-        return 0
+
+    def start(procs: Processes) -> tuple[str, list[Server]]:
+        redis = procs.redis("--maxmemory", "256mb")
+        simulator = procs.simulator(
+            latency_ms=100, jitter_ms=30, token=UPSTREAM_TOKEN, port=sim_port
+        )
+        env = {**service_env(api_key, dict(os.environ)), "WEB_CONCURRENCY": "2",
+               "REDIS_URL": redis.url}
+        services = [procs.service(simulator, env=env, port=p) for p in ports]
+        text = banner(ports, sim_port, redis.url, api_key, procs.log_dir)
+        return text, [*services, simulator, redis]
+
+    return serve("demo-shared", start)
 
 
 if __name__ == "__main__":
