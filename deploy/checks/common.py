@@ -9,11 +9,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,8 +18,14 @@ from typing import Any, TypeVar
 import requests
 
 ROOT = Path(__file__).resolve().parents[2]
-# The simulator is a dev tool of the checkout: its module path is the one place naming it.
-SIMULATOR_MODULE = os.environ.get("SIMULATOR_MODULE", "devtools.simulator")
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+# The checks start the simulator and the service with the project's one process harness.
+from devtools import probes  # noqa: E402
+from devtools.harness import Processes, free_port  # noqa: E402
+
+__all__ = ["Processes", "free_port"]
 API_KEY = "deploy-check-key"
 UPSTREAM_TOKEN = "deploy-check-upstream-token"
 
@@ -70,85 +73,22 @@ def ensure_commands(name: str, commands: Mapping[str, str]) -> None:
         raise Skip(f"{', '.join(still)} still missing after installing {' '.join(packages)}")
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def wait_until(check: Callable[[], T | None], timeout_s: float, what: str,
                interval_s: float = 0.05) -> T:
-    """Poll ``check`` until it returns something truthy and return it; RuntimeError on timeout."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+    """Poll ``check`` until it returns something truthy and return it; RuntimeError on timeout.
+
+    A request that fails while the thing polled is still starting counts as not yet.
+    """
+
+    def attempt() -> T | None:
         with contextlib.suppress(requests.RequestException):
-            result = check()
-            if result:
-                return result
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what}: not within {timeout_s:.0f} s")
-        time.sleep(interval_s)
+            return check()
+        return None
 
-
-class Processes:
-    """Host processes of one check, each logging to a file; all stopped on exit."""
-
-    def __init__(self, log_dir: Path) -> None:
-        """Write each process's output to a file in ``log_dir``."""
-        self.log_dir = log_dir
-        self._running: list[subprocess.Popen[bytes]] = []
-
-    def start(self, name: str, argv: Sequence[str],
-              env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
-        """Start ``argv`` from the checkout's root with ``env`` added to ours."""
-        with open(self.log_dir / f"{name}.log", "wb") as log:
-            process = subprocess.Popen(
-                list(argv), cwd=ROOT, env={**os.environ, **(env or {})},
-                stdout=log, stderr=subprocess.STDOUT,
-            )
-        self._running.append(process)
-        return process
-
-    def simulator(self, latency_ms: float = 20, jitter_ms: float = 5) -> str:
-        """Start the Scope3 simulator on a free loopback port; return its base URL."""
-        port = free_port()
-        process = self.start("simulator", [
-            sys.executable, "-m", SIMULATOR_MODULE, "--host", "127.0.0.1", "--port", str(port),
-            "--latency-ms", str(latency_ms), "--jitter-ms", str(jitter_ms),
-            "--token", UPSTREAM_TOKEN,
-        ])
-        url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: _alive(process) and requests.get(f"{url}/_stats", timeout=2).ok,
-                   20, f"simulator ({SIMULATOR_MODULE}) answering on {url}")
-        return url
-
-    def log_tail(self, name: str, lines: int = 30) -> str:
-        """The last lines a process wrote."""
-        path = self.log_dir / f"{name}.log"
-        if not path.exists():
-            return ""
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop_all(self) -> None:
-        """SIGTERM every process, SIGKILL those still alive after 10 s."""
-        for process in self._running:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self._running:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        self._running.clear()
-
-
-def _alive(process: subprocess.Popen[bytes]) -> bool:
-    if process.poll() is not None:
-        raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
-    return True
+    try:
+        return probes.eventually(attempt, timeout_s, interval_s=interval_s)
+    except TimeoutError:
+        raise RuntimeError(f"{what}: not within {timeout_s:.0f} s") from None
 
 
 def measure_rows(prefix: str, count: int, **fields: Any) -> list[dict[str, Any]]:

@@ -401,17 +401,9 @@ def main(argv: list[str] | None = None) -> int:
     processes = Processes(work)
     started = time.monotonic()
     try:
-        simulator = processes.simulator(latency_ms=20, jitter_ms=5)
-        port = free_port()
-        processes.start("service", [
-            sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
-            "measure_service.wsgi:app",
-        ], env={**SERVICE_ENV, "HOST": "127.0.0.1", "PORT": str(port),
-                "SCOPE3_API_URL": simulator, "PYTHONPATH": str(ROOT),
-                "PROMETHEUS_MULTIPROC_DIR": str(work / "metrics")})
-        (work / "metrics").mkdir()
-        url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: requests.get(f"{url}/readyz", timeout=2).ok, 30, "service ready")
+        simulator = processes.simulator(latency_ms=20, jitter_ms=5, token=UPSTREAM_TOKEN)
+        service = processes.service(simulator, env=SERVICE_ENV)
+        port, url = service.port, service.url
 
         prom_port = free_port()
         config = work / "prometheus.yml"
@@ -425,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         processes.start("prometheus", [
             "prometheus", f"--config.file={config}", f"--storage.tsdb.path={work / 'tsdb'}",
             f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn",
-        ])
+        ], port=prom_port, ready_path="/-/ready")
         prom = Prometheus(f"http://127.0.0.1:{prom_port}")
         wait_until(lambda: prom.api("query", query=f'up{{job="{JOB}"}} == 1')["result"], 30,
                    "Prometheus scraping the service", interval_s=0.5)
@@ -438,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
                                  if a["labels"].get("alertname") == "MeasureUpstreamBreakerOpen")
 
         load = Load(url)
-        marks = run_phases(load, simulator, args.phase_seconds, on_breaker_open)
+        marks = run_phases(load, simulator.url, args.phase_seconds, on_breaker_open)
         time.sleep(2 * SCRAPE_INTERVAL_S + 0.5)
         start, end = marks[0][1], time.time()
         say(NAME, f"load: {load.sent} requests, HTTP {dict(sorted(load.statuses.items()))}, "
@@ -503,10 +495,10 @@ def main(argv: list[str] | None = None) -> int:
     except (AssertionError, RuntimeError, requests.RequestException, OSError) as exc:
         failures.append(str(exc))
         say(NAME, f"FAILED: {exc}")
-        for name in ("service", "prometheus", "simulator"):
-            tail = processes.log_tail(name, 15)
+        for log in sorted(processes.log_dir.glob("*.log")):
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
             if tail:
-                say(NAME, f"last lines of {name}:\n{tail}")
+                say(NAME, f"last lines of {log.stem}:\n{tail}")
     finally:
         processes.stop_all()
         shutil.rmtree(work, ignore_errors=True)

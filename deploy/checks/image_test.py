@@ -213,7 +213,7 @@ def run_checks(args: argparse.Namespace, work: Path, checks: Checks,
                  f"{healthcheck.get('Test')}")
 
     # 2. Start it against the simulator, and wait for the image's own HEALTHCHECK.
-    simulator = processes.simulator(latency_ms=20, jitter_ms=5)
+    simulator = processes.simulator(latency_ms=20, jitter_ms=5, token=UPSTREAM_TOKEN).url
     port = free_port()
     container = run_id
     env = {
