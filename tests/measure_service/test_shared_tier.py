@@ -213,6 +213,32 @@ def test_a_holder_whose_lease_lapsed_cannot_overwrite_a_newer_value(
     assert slow.read([key()])[key()].total_emissions == 2.0
 
 
+def test_a_holder_that_stalled_past_its_lease_cannot_overwrite_the_row_of_the_one_that_took_over(
+    redis_server: RedisServer, redis_db: Any, wall: WallClock
+) -> None:
+    stalled = tier_for(redis_server.url, wall, lease_s=0.05)
+    took_over = tier_for(redis_server.url, wall)
+    assert stalled.claim([key()]) == [FETCH]
+    gevent.sleep(0.1)
+    wall.now += 1
+    assert took_over.claim([key()]) == [FETCH]
+    wall.now += 1
+    took_over.write([(key(), RowResult(2.0, "modeled", None))])
+    wall.now += 1  # the stalled holder writes last, but fetched first
+    stalled.write([(key(), RowResult(1.0, "modeled", None))])
+    assert stalled.read([key()])[key()].total_emissions == 2.0
+
+
+def test_a_row_fetched_under_a_lease_is_dated_when_the_lease_was_taken(
+    tiers: list[SharedTier], wall: WallClock
+) -> None:
+    taken_at = wall.now
+    tiers[0].claim([key()])
+    wall.now += 3
+    tiers[0].write([(key(), FOUND)])
+    assert tiers[1].read([key()])[key()].fetched_at == taken_at
+
+
 def test_a_holder_whose_lease_lapsed_cannot_overwrite_the_new_holders_lease(
     redis_server: RedisServer, redis_db: Any, wall: WallClock
 ) -> None:
