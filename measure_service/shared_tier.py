@@ -65,7 +65,8 @@ READ_CHUNK = 100
 # Spread of the Redis expiry, so rows fetched together do not all expire in the same second.
 TTL_JITTER = 0.05
 # Watchers poll a held lease at first soon (a fast upstream answers in tens of ms), then back
-# off; the cap bounds how late a lapsed lease is noticed.
+# off; the cap bounds how late a holder's value is noticed (a lapse is looked for at the
+# lease's end, whatever the backoff).
 FIRST_POLL_S = 0.005
 MAX_POLL_S = 0.1
 # Readiness probes PING Redis at most this often per worker, however often they come.
@@ -265,8 +266,10 @@ class SharedTier:
         self._held: dict[RowKey, _Lease] = {}
         # Rows watched for another holder's value: key -> (callbacks, next delay).
         self._watched: dict[RowKey, _Watch] = {}
-        # Time left on another holder's lease, as the last claim of a watched row saw it.
-        self._lease_left: dict[RowKey, float] = {}
+        # When another holder's lease ends (monotonic), as the last claim of a watched row saw
+        # it: the time the claim was sent plus the PTTL it read, never later than the real end
+        # however late the answer is handled.
+        self._lease_ends: dict[RowKey, float] = {}
         self._schedule: list[tuple[float, int, RowKey]] = []
         self._sequence = 0
         self._wake = gevent.event.Event()
@@ -315,6 +318,7 @@ class SharedTier:
         if not asked or not self._breaker.allow():
             return claims
         tokens = [os.urandom(8).hex() for _ in asked]
+        sent = time.monotonic()
         now = self._wall_clock()
         fresh_after_ms = round((now - self._ttl_s) * 1000)
         answers = self._run(
@@ -324,7 +328,7 @@ class SharedTier:
             return claims
         won = 0  # FETCH with a lease taken now (FETCH without one is counted nowhere)
         for (index, key), token, answer in zip(asked, tokens, answers, strict=True):
-            claims[index] = self._settle_claim(key, _Lease(token, now), answer)
+            claims[index] = self._settle_claim(key, _Lease(token, now), answer, sent)
             won += claims[index] is FETCH
         if won:
             metrics.SHARED_LEASES.labels(taken).inc(won)
@@ -436,7 +440,7 @@ class SharedTier:
         """Seconds ``row`` may still be kept in the in-process cache (never past Redis's)."""
         return self._lifetime_left(row, self._wall_clock())
 
-    def _settle_claim(self, key: RowKey, lease: _Lease, answer: Any) -> Claim:
+    def _settle_claim(self, key: RowKey, lease: _Lease, answer: Any, sent: float) -> Claim:
         kind = answer[0] if isinstance(answer, list) and answer else None
         if kind == 1:
             row = decode(answer[1])
@@ -447,7 +451,8 @@ class SharedTier:
             self._held[key] = lease
             return FETCH
         if kind == 3:
-            self._lease_left[key] = int(answer[1]) / 1000 if len(answer) > 1 else MAX_POLL_S
+            left = int(answer[1]) / 1000 if len(answer) > 1 else MAX_POLL_S
+            self._lease_ends[key] = sent + left
             return WAIT
         return FETCH
 
@@ -573,8 +578,9 @@ class SharedTier:
         """When to look at a watched row again: backing off from ``last_delay``, but never
         later than just after the holder's lease runs out (as the last claim read it), so that
         a holder that died is replaced the moment its lease lapses."""
-        lease_left = self._lease_left.pop(key, MAX_POLL_S)
-        return min(MAX_POLL_S, last_delay * 2, lease_left + LEASE_END_MARGIN_S)
+        ends = self._lease_ends.pop(key, math.inf)
+        return max(0.0, min(MAX_POLL_S, last_delay * 2,
+                            ends + LEASE_END_MARGIN_S - time.monotonic()))
 
     def _schedule_poll(self, key: RowKey, delay: float) -> None:
         self._sequence += 1

@@ -286,13 +286,14 @@ def test_a_watcher_gets_the_holders_value(tiers: list[SharedTier]) -> None:
 def test_a_watcher_takes_over_a_lease_its_holder_let_lapse(
     redis_server: RedisServer, redis_db: Any, wall: WallClock
 ) -> None:
-    dead = tier_for(redis_server.url, wall, lease_s=0.1)
+    # Long enough that the waiter's claim comes before it lapses on a busy machine.
+    dead = tier_for(redis_server.url, wall, lease_s=0.5)
     waiter = tier_for(redis_server.url, wall)
     dead.claim([key()])
     assert waiter.claim([key()]) == [WAIT]
     got: list[str] = []
     waiter.watch(key(), lambda k, row: got.append("value"), lambda k: got.append("fetch"))
-    with gevent.Timeout(2):
+    with gevent.Timeout(5):
         while not got:
             gevent.sleep(0.01)
     assert got == ["fetch"]
