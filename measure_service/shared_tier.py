@@ -264,7 +264,7 @@ class SharedTier:
         # Leases this worker holds, by row key: the token proves it at write or release, and
         # the wall-clock time it was taken dates the row fetched under it.
         self._held: dict[RowKey, _Lease] = {}
-        # Rows watched for another holder's value: key -> (callbacks, next delay).
+        # Rows watched for another holder's value: key -> (callbacks, backoff).
         self._watched: dict[RowKey, _Watch] = {}
         # When another holder's lease ends (monotonic), as the last claim of a watched row saw
         # it: the time the claim was sent plus the PTTL it read, never later than the real end
@@ -345,9 +345,8 @@ class SharedTier:
         if self._closed:
             on_fetch(key)
             return
-        delay = self._next_look(key, FIRST_POLL_S / 2)
-        self._watched[key] = _Watch(on_value, on_fetch, delay)
-        self._schedule_poll(key, delay)
+        self._watched[key] = _Watch(on_value, on_fetch, FIRST_POLL_S)
+        self._schedule_poll(key, self._next_look(key, FIRST_POLL_S))
         if self._watcher is None:
             self._watcher = spawn(self._watch_loop)
 
@@ -574,13 +573,13 @@ class SharedTier:
 
     # --- watching other holders' leases --------------------------------------------------------
 
-    def _next_look(self, key: RowKey, last_delay: float) -> float:
-        """When to look at a watched row again: backing off from ``last_delay``, but never
-        later than just after the holder's lease runs out (as the last claim read it), so that
-        a holder that died is replaced the moment its lease lapses."""
+    def _next_look(self, key: RowKey, backoff: float) -> float:
+        """Seconds until the next look at a watched row: ``backoff``, but never later than
+        just after the holder's lease runs out (as the last claim read it), so that a holder
+        that died is replaced the moment its lease lapses. The backoff itself goes on
+        growing: a lease taken over by another watcher is not polled in a tight loop."""
         ends = self._lease_ends.pop(key, math.inf)
-        return max(0.0, min(MAX_POLL_S, last_delay * 2,
-                            ends + LEASE_END_MARGIN_S - time.monotonic()))
+        return max(0.0, min(backoff, ends + LEASE_END_MARGIN_S - time.monotonic()))
 
     def _schedule_poll(self, key: RowKey, delay: float) -> None:
         self._sequence += 1
@@ -619,9 +618,9 @@ class SharedTier:
                 metrics.SHARED_LEASES.labels("waited").inc()
                 watch.on_value(key, claim)
             elif claim is WAIT:
-                delay = self._next_look(key, watch.delay)
-                self._watched[key] = watch._replace(delay=delay)
-                self._schedule_poll(key, delay)
+                backoff = min(MAX_POLL_S, watch.delay * 2)
+                self._watched[key] = watch._replace(delay=backoff)
+                self._schedule_poll(key, self._next_look(key, backoff))
             else:
                 del self._watched[key]
                 watch.on_fetch(key)

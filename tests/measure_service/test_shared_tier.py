@@ -300,6 +300,29 @@ def test_a_watcher_takes_over_a_lease_its_holder_let_lapse(
     assert redis_db.get(shared_tier.key_name(PREFIX, key()) + ":lease") is not None
 
 
+def test_a_watcher_that_lost_the_race_for_a_lapsed_lease_backs_off(
+    redis_server: RedisServer, redis_db: Any, wall: WallClock
+) -> None:
+    dead = tier_for(redis_server.url, wall, lease_s=0.5)
+    winner = tier_for(redis_server.url, wall)
+    loser = tier_for(redis_server.url, wall)
+    dead.claim([key()])
+    assert loser.claim([key()]) == [WAIT]
+    gevent.sleep(0.55)
+    assert winner.claim([key()]) == [FETCH]
+    looks: list[int] = []
+    claim = loser._claim
+
+    def counted(*args: Any) -> Any:
+        looks.append(1)
+        return claim(*args)
+
+    loser._claim = counted  # type: ignore[method-assign]
+    loser.watch(key(), lambda k, row: None, lambda k: None)
+    gevent.sleep(0.3)
+    assert 1 <= len(looks) <= 10  # backing off from 5 ms, not polling in a loop
+
+
 # --- failures ----------------------------------------------------------------------------------
 
 def test_an_unreachable_redis_reads_as_a_miss_and_claims_let_the_worker_fetch(
