@@ -14,6 +14,10 @@ the number of requests follows the upstream latency and the rows, not how long t
 to arrive. Every item carries the deadline of the caller waiting for it, so a batch is held
 only when that cannot cost anyone an answer, and batches wait for a free upstream slot (from the
 limiter, see ``limiter``) in order of their earliest deadline.
+
+An item added ``at_once`` has been waited for long enough already (a fetch taken over from a
+worker that never finished it): it goes to the head of its group's queue, and the batch that
+carries it leaves now, with no window and no hold, first in line for a slot.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ def _wait_event(event: Event, timeout: float) -> None:
 class _Group(Generic[T]):
     """One group's waiting items, its flusher greenlet, and how many of its batches are out."""
 
-    __slots__ = ("deadlines", "flusher", "in_flight", "items", "wake")
+    __slots__ = ("deadlines", "flusher", "in_flight", "items", "rush", "wake")
 
     def __init__(self) -> None:
         self.items: list[T] = []
@@ -64,6 +68,8 @@ class _Group(Generic[T]):
         self.wake = Event()
         self.flusher: gevent.Greenlet | None = None
         self.in_flight = 0
+        # The next batch carries an item added at once: it leaves without window or hold.
+        self.rush = False
 
 
 class Batcher(Generic[G, T]):
@@ -149,18 +155,28 @@ class Batcher(Generic[G, T]):
             return latency
         return 0.0
 
-    def add(self, group: G, item: T, deadline: float | None = None) -> None:
-        """Queue ``item`` in ``group``, awaited until ``deadline`` (on ``clock``); never blocks."""
+    def add(
+        self, group: G, item: T, deadline: float | None = None, *, at_once: bool = False
+    ) -> None:
+        """Queue ``item`` in ``group``, awaited until ``deadline`` (on ``clock``); never blocks.
+
+        ``at_once``: send it now, in the group's next batch, ahead of other batches waiting for
+        a slot (see the module docstring).
+        """
         if self._closed:
             raise RuntimeError("batcher is closed")
         state = self._groups.get(group)
         if state is None:
             state = self._groups[group] = _Group()
-        state.items.append(item)
-        state.deadlines.append(
-            self._clock() + self._answer_within_s if deadline is None else deadline
-        )
-        if len(state.items) >= self._max_items:
+        due = self._clock() + self._answer_within_s if deadline is None else deadline
+        if at_once:
+            state.items.insert(0, item)
+            state.deadlines.insert(0, due)
+            state.rush = True
+        else:
+            state.items.append(item)
+            state.deadlines.append(due)
+        if at_once or len(state.items) >= self._max_items:
             state.wake.set()
         if state.flusher is None:
             state.flusher = spawn(self._flush, group, state)
@@ -178,16 +194,17 @@ class Batcher(Generic[G, T]):
 
     def _flush(self, group: G, state: _Group[T]) -> None:
         opened = self._clock()
-        self._wait_until(state, opened + self._window_s, self._is_full)
+        self._wait_until(state, opened + self._window_s, self._must_go)
         # Callers who stopped waiting do not count: only those an early send could still serve.
         ahead = self._earliest_ahead(state)
         hold_s = self._hold_s(0.0 if ahead is None else ahead - opened)
         self._wait_until(state, opened + max(self._window_s, hold_s), self._may_leave)
-        ahead = self._earliest_ahead(state)
+        ahead = -math.inf if state.rush else self._earliest_ahead(state)
         with self._limiter.slot(math.inf if ahead is None else ahead):
             batch = state.items[: self._max_items]
             del state.items[: self._max_items]
             del state.deadlines[: self._max_items]
+            state.rush = False
             state.wake.clear()
             state.flusher = spawn(self._flush, group, state) if state.items else None
             state.in_flight += 1
@@ -214,11 +231,11 @@ class Batcher(Generic[G, T]):
         now = self._clock()
         return min((d for d in state.deadlines[: self._max_items] if d > now), default=None)
 
-    def _is_full(self, state: _Group[T]) -> bool:
-        return len(state.items) >= self._max_items
+    def _must_go(self, state: _Group[T]) -> bool:
+        return state.rush or len(state.items) >= self._max_items
 
     def _may_leave(self, state: _Group[T]) -> bool:
-        return state.in_flight == 0 or len(state.items) >= self._max_items
+        return state.rush or state.in_flight == 0 or len(state.items) >= self._max_items
 
     def _wait_until(
         self, state: _Group[T], deadline: float, done: Callable[[_Group[T]], bool]

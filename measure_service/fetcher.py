@@ -406,11 +406,15 @@ class Fetcher:
             self._finish(key, self._remember(key, row, 1 if flight is None else flight.cost))
 
     def _fetch_again(self, key: RowKey) -> None:
-        """Fetch ``key`` here after all: its lease lapsed (now ours) or Redis failed."""
+        """Fetch ``key`` here after all: its lease lapsed (now ours) or Redis failed.
+
+        At once: its callers have waited for another worker's fetch already, and a batch
+        window or hold would only add to that.
+        """
         flight = self._in_flight.get(key)
         if key in self._flights and flight is not None:
             item = _Item(key, None, flight.tenant)
-            self._batcher.add(_Group(key.params, None), item, time.monotonic())
+            self._batcher.add(_Group(key.params, None), item, time.monotonic(), at_once=True)
 
     def _lower_cost(self, key: RowKey, entry: CachedAnswer, cost: float) -> CachedAnswer:
         """Re-store ``entry`` at the lower ``cost`` a heavier row asks for, keeping its expiry."""
@@ -446,37 +450,41 @@ class Fetcher:
             if not items:
                 return
         params = group.params.upstream()
+        took: list[float] = []
         isolation: Isolation | None = None
         try:
             isolation = self._isolator.begin(
                 [item.tenant for item in items],
-                lambda positions: self._measure(params, items, positions),
+                lambda positions: self._measure(params, items, positions, took),
             )
             if not isolation.done:
-                spawn(self._isolate, params, items, isolation)
+                spawn(self._isolate, params, items, isolation, took)
         except Exception:
             _LOG.exception("upstream batch crashed", extra={"rows": len(items)})
         finally:
             if isolation is None or isolation.done:
-                self._conclude(params, items, isolation)
+                self._conclude(params, items, isolation, took)
 
-    def _isolate(self, params: dict[str, str], items: list[_Item], isolation: Isolation) -> None:
+    def _isolate(
+        self, params: dict[str, str], items: list[_Item], isolation: Isolation, took: list[float]
+    ) -> None:
         """Split a failed batch until every row is judged, then resolve its keys."""
 
         def send(positions: Sequence[int]) -> dict[int, RowResult]:
             # No deadline: batches whose callers still wait go first, the rest in turn.
             with self._limiter.slot():
-                return self._measure(params, items, positions)
+                return self._measure(params, items, positions, took)
 
         try:
             isolation.go_on(send)
         except Exception:
             _LOG.exception("upstream batch crashed", extra={"rows": len(items)})
         finally:
-            self._conclude(params, items, isolation)
+            self._conclude(params, items, isolation, took)
 
     def _conclude(
-        self, params: dict[str, str], items: list[_Item], isolation: Isolation | None
+        self, params: dict[str, str], items: list[_Item], isolation: Isolation | None,
+        took: list[float],
     ) -> None:
         """Cache the answers of a finished batch, log it, and fail every key left unanswered."""
         verdicts = isolation.verdicts if isolation is not None else Verdicts()
@@ -490,7 +498,7 @@ class Fetcher:
                 _LOG.info(
                     "upstream batch fetched",
                     extra={"rows": len(items), "params": params, "sends": verdicts.sends,
-                           **_trace_ids(items)},
+                           "upstream_ms": round(sum(took) * 1000, 1), **_trace_ids(items)},
                 )
             elif failure is not None:
                 self._log_failure(failure, items, verdicts)
@@ -505,16 +513,24 @@ class Fetcher:
                 self._shared.release([keys[index] for index in failed])
 
     def _measure(
-        self, params: dict[str, str], items: list[_Item], positions: Sequence[int]
+        self, params: dict[str, str], items: list[_Item], positions: Sequence[int],
+        took: list[float],
     ) -> dict[int, RowResult]:
-        """One upstream request for the batch rows at ``positions``; answers by position."""
+        """One upstream request for the batch rows at ``positions``; answers by position.
+
+        Appends to ``took`` how long the upstream client took, retries included.
+        """
         rows = [items[position].key.upstream_row(str(position)) for position in positions]
         by_tenant: dict[Tenant, int] = {}
         for position in positions:
             tenant = items[position].tenant
             by_tenant[tenant] = by_tenant.get(tenant, 0) + 1
         self._quotas.charge_request(by_tenant)
-        answers = self._upstream.measure(rows, params, judge_5xx=True)
+        started = time.perf_counter()
+        try:
+            answers = self._upstream.measure(rows, params, judge_5xx=True)
+        finally:
+            took.append(time.perf_counter() - started)
         return {
             position: answers[str(position)]
             for position in positions

@@ -16,9 +16,13 @@ batch upstream):
 - else the first asker takes the lease (``SET NX PX`` with a random token) and fetches;
 - the others :meth:`watch` it: a watcher greenlet polls (pipelined, with backoff) until the
   value appears, or until the lease vanishes without a value (the holder died or failed) and
-  the watcher takes the lease itself;
+  the watcher takes the lease itself. Each poll reads the lease's time left (PTTL), and the
+  next poll is due no later than the moment the lease lapses: a dead holder is replaced then,
+  not a poll interval later;
 - the holder writes with a compare-and-set script: a holder whose lease has lapsed may not
-  overwrite a newer value, nor release somebody else's lease.
+  overwrite a newer value, nor release somebody else's lease. A row is dated by when its lease
+  was taken (before it was sent upstream), so a holder that stalled past its lease and writes
+  after the worker that took over has the older row, and is refused.
 
 Failure is not an outage: every call is bounded by short socket timeouts, and a circuit breaker
 makes the tier cost nothing while Redis is down; then reads miss, claims say "fetch it
@@ -61,13 +65,15 @@ READ_CHUNK = 100
 # Spread of the Redis expiry, so rows fetched together do not all expire in the same second.
 TTL_JITTER = 0.05
 # Watchers poll a held lease at first soon (a fast upstream answers in tens of ms), then back
-# off; the cap bounds how late a lapsed lease is noticed.
+# off; the cap bounds how late a holder's value is noticed (a lapse is looked for at the
+# lease's end, whatever the backoff).
 FIRST_POLL_S = 0.005
 MAX_POLL_S = 0.1
 # Readiness probes PING Redis at most this often per worker, however often they come.
 STATUS_PING_INTERVAL_S = 1.0
-# A watcher looks again this long after the lease it waits on should have expired.
-LEASE_END_MARGIN_S = 0.002
+# A watcher looks again this long after the lease it waits on should have expired: PTTL
+# counts whole milliseconds, rounded down.
+LEASE_END_MARGIN_S = 0.001
 # Keys one watcher poll sends in one pipeline.
 POLL_CHUNK = 200
 
@@ -255,12 +261,15 @@ class SharedTier:
         self._cluster = cluster
         self._description = description
         self._wall_clock = wall_clock
-        # Leases this worker holds, by row key: the token proves it at write or release.
-        self._held: dict[RowKey, str] = {}
-        # Rows watched for another holder's value: key -> (callbacks, next delay).
+        # Leases this worker holds, by row key: the token proves it at write or release, and
+        # the wall-clock time it was taken dates the row fetched under it.
+        self._held: dict[RowKey, _Lease] = {}
+        # Rows watched for another holder's value: key -> (callbacks, backoff).
         self._watched: dict[RowKey, _Watch] = {}
-        # Time left on another holder's lease, as the last claim of a watched row saw it.
-        self._lease_left: dict[RowKey, float] = {}
+        # When another holder's lease ends (monotonic), as the last claim of a watched row saw
+        # it: the time the claim was sent plus the PTTL it read, never later than the real end
+        # however late the answer is handled.
+        self._lease_ends: dict[RowKey, float] = {}
         self._schedule: list[tuple[float, int, RowKey]] = []
         self._sequence = 0
         self._wake = gevent.event.Event()
@@ -309,7 +318,9 @@ class SharedTier:
         if not asked or not self._breaker.allow():
             return claims
         tokens = [os.urandom(8).hex() for _ in asked]
-        fresh_after_ms = round((self._wall_clock() - self._ttl_s) * 1000)
+        sent = time.monotonic()
+        now = self._wall_clock()
+        fresh_after_ms = round((now - self._ttl_s) * 1000)
         answers = self._run(
             "claim", lambda: self._claim([key for _, key in asked], tokens, fresh_after_ms)
         )
@@ -317,7 +328,7 @@ class SharedTier:
             return claims
         won = 0  # FETCH with a lease taken now (FETCH without one is counted nowhere)
         for (index, key), token, answer in zip(asked, tokens, answers, strict=True):
-            claims[index] = self._settle_claim(key, token, answer)
+            claims[index] = self._settle_claim(key, _Lease(token, now), answer, sent)
             won += claims[index] is FETCH
         if won:
             metrics.SHARED_LEASES.labels(taken).inc(won)
@@ -334,16 +345,25 @@ class SharedTier:
         if self._closed:
             on_fetch(key)
             return
-        self._lease_left.pop(key, None)  # the first look comes sooner anyway
         self._watched[key] = _Watch(on_value, on_fetch, FIRST_POLL_S)
-        self._schedule_poll(key, FIRST_POLL_S)
+        self._schedule_poll(key, self._next_look(key, FIRST_POLL_S))
         if self._watcher is None:
             self._watcher = spawn(self._watch_loop)
 
     def write(self, results: Iterable[tuple[RowKey, RowResult]]) -> None:
-        """Store rows just fetched; a lease this worker lost does not overwrite a newer value."""
+        """Store rows just fetched; a lease this worker lost does not overwrite a newer value.
+
+        A row fetched under a lease is dated by when the lease was taken, before the fetch was
+        sent; one fetched without a lease (Redis was out at the claim), by now.
+        """
         now = self._wall_clock()
-        batch = [(key, self._row(result, now), self._held.pop(key, "")) for key, result in results]
+        batch = []
+        for key, result in results:
+            lease = self._held.pop(key, None)
+            if lease is None:
+                batch.append((key, self._row(result, now), ""))
+            else:
+                batch.append((key, self._row(result, min(now, lease.taken_at)), lease.token))
         if not batch or not self._breaker.allow():
             return
         answers = self._run("write", lambda: self._write(batch))
@@ -355,7 +375,7 @@ class SharedTier:
 
     def release(self, keys: Iterable[RowKey]) -> None:
         """Give up the leases of rows this worker failed to fetch, so a waiter takes over."""
-        leases = [(key, token) for key in keys if (token := self._held.pop(key, None))]
+        leases = [(key, lease.token) for key in keys if (lease := self._held.pop(key, None))]
         if not leases or not self._breaker.allow():
             return
         self._run("release", lambda: self._release(leases))
@@ -419,7 +439,7 @@ class SharedTier:
         """Seconds ``row`` may still be kept in the in-process cache (never past Redis's)."""
         return self._lifetime_left(row, self._wall_clock())
 
-    def _settle_claim(self, key: RowKey, token: str, answer: Any) -> Claim:
+    def _settle_claim(self, key: RowKey, lease: _Lease, answer: Any, sent: float) -> Claim:
         kind = answer[0] if isinstance(answer, list) and answer else None
         if kind == 1:
             row = decode(answer[1])
@@ -427,10 +447,11 @@ class SharedTier:
                 return row
             return FETCH  # the script's quick check passed but the envelope is bad: refetch
         if kind == 2:
-            self._held[key] = token
+            self._held[key] = lease
             return FETCH
         if kind == 3:
-            self._lease_left[key] = int(answer[1]) / 1000 if len(answer) > 1 else MAX_POLL_S
+            left = int(answer[1]) / 1000 if len(answer) > 1 else MAX_POLL_S
+            self._lease_ends[key] = sent + left
             return WAIT
         return FETCH
 
@@ -552,6 +573,14 @@ class SharedTier:
 
     # --- watching other holders' leases --------------------------------------------------------
 
+    def _next_look(self, key: RowKey, backoff: float) -> float:
+        """Seconds until the next look at a watched row: ``backoff``, but never later than
+        just after the holder's lease runs out (as the last claim read it), so that a holder
+        that died is replaced the moment its lease lapses. The backoff itself goes on
+        growing: a lease taken over by another watcher is not polled in a tight loop."""
+        ends = self._lease_ends.pop(key, math.inf)
+        return max(0.0, min(backoff, ends + LEASE_END_MARGIN_S - time.monotonic()))
+
     def _schedule_poll(self, key: RowKey, delay: float) -> None:
         self._sequence += 1
         heapq.heappush(self._schedule, (time.monotonic() + delay, self._sequence, key))
@@ -589,15 +618,17 @@ class SharedTier:
                 metrics.SHARED_LEASES.labels("waited").inc()
                 watch.on_value(key, claim)
             elif claim is WAIT:
-                # Back off, but look again just after the holder's lease runs out: a holder
-                # that died is replaced then, not up to a poll interval later.
-                lease_left = self._lease_left.pop(key, MAX_POLL_S)
-                delay = min(MAX_POLL_S, watch.delay * 2, lease_left + LEASE_END_MARGIN_S)
-                self._watched[key] = watch._replace(delay=delay)
-                self._schedule_poll(key, delay)
+                backoff = min(MAX_POLL_S, watch.delay * 2)
+                self._watched[key] = watch._replace(delay=backoff)
+                self._schedule_poll(key, self._next_look(key, backoff))
             else:
                 del self._watched[key]
                 watch.on_fetch(key)
+
+
+class _Lease(NamedTuple):
+    token: str
+    taken_at: float  # wall clock
 
 
 class _Watch(NamedTuple):

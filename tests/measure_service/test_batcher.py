@@ -317,3 +317,47 @@ def test_before_any_send_comes_back_no_batch_is_held_for_waiting_callers() -> No
     batcher.add("g", 1)
     time.advance(WINDOW_S)
     assert recorder.batches[-1] == ("g", [1])
+
+
+def test_an_item_added_at_once_leaves_without_waiting_for_the_window() -> None:
+    recorder, time = Recorder(), FakeTime()
+    batcher = timed_batcher(recorder, time)
+    batcher.add("g", 1)
+    batcher.add("g", 2, at_once=True)
+    gevent.idle()
+    assert recorder.batches == [("g", [2, 1])]
+
+
+def test_an_item_added_at_once_is_not_held_behind_a_batch_in_flight() -> None:
+    recorder, time = Recorder(), FakeTime()
+    batcher = timed_batcher(recorder, time, answer_within_s=math.inf)
+    measure_latency(batcher, recorder, time, 0.1)
+    one_batch_in_flight(batcher, recorder, time)
+    batcher.add("g", 1, at_once=True)
+    gevent.idle()
+    assert recorder.batches[-1] == ("g", [1])
+
+
+def test_a_batch_with_an_item_added_at_once_is_first_in_line_for_a_slot() -> None:
+    recorder, time = Recorder(), FakeTime()
+    batcher = timed_batcher(recorder, time, concurrency=1)
+    one_batch_in_flight(batcher, recorder, time)
+    batcher.add("h", 1, deadline=time.clock() + 1.0)
+    time.advance(WINDOW_S)
+    batcher.add("k", 2, deadline=time.clock() + 5.0, at_once=True)
+    gevent.idle()
+    recorder.gate.set()
+    wait_for_batches(recorder, 3)
+    assert [group for group, _ in recorder.batches[1:]] == ["k", "h"]
+
+
+def test_an_item_added_at_once_goes_in_the_next_batch_even_behind_a_full_queue() -> None:
+    recorder, time = Recorder(), FakeTime()
+    batcher = timed_batcher(recorder, time, max_items=2, concurrency=1)
+    one_batch_in_flight(batcher, recorder, time)
+    for item in (1, 2, 3):
+        batcher.add("h", item)
+    batcher.add("h", 4, at_once=True)
+    recorder.gate.set()
+    wait_for_batches(recorder, 2)
+    assert recorder.batches[1] == ("h", [4, 1])

@@ -213,6 +213,32 @@ def test_a_holder_whose_lease_lapsed_cannot_overwrite_a_newer_value(
     assert slow.read([key()])[key()].total_emissions == 2.0
 
 
+def test_a_holder_that_stalled_past_its_lease_cannot_overwrite_the_row_of_the_one_that_took_over(
+    redis_server: RedisServer, redis_db: Any, wall: WallClock
+) -> None:
+    stalled = tier_for(redis_server.url, wall, lease_s=0.05)
+    took_over = tier_for(redis_server.url, wall)
+    assert stalled.claim([key()]) == [FETCH]
+    gevent.sleep(0.1)
+    wall.now += 1
+    assert took_over.claim([key()]) == [FETCH]
+    wall.now += 1
+    took_over.write([(key(), RowResult(2.0, "modeled", None))])
+    wall.now += 1  # the stalled holder writes last, but fetched first
+    stalled.write([(key(), RowResult(1.0, "modeled", None))])
+    assert stalled.read([key()])[key()].total_emissions == 2.0
+
+
+def test_a_row_fetched_under_a_lease_is_dated_when_the_lease_was_taken(
+    tiers: list[SharedTier], wall: WallClock
+) -> None:
+    taken_at = wall.now
+    tiers[0].claim([key()])
+    wall.now += 3
+    tiers[0].write([(key(), FOUND)])
+    assert tiers[1].read([key()])[key()].fetched_at == taken_at
+
+
 def test_a_holder_whose_lease_lapsed_cannot_overwrite_the_new_holders_lease(
     redis_server: RedisServer, redis_db: Any, wall: WallClock
 ) -> None:
@@ -260,17 +286,41 @@ def test_a_watcher_gets_the_holders_value(tiers: list[SharedTier]) -> None:
 def test_a_watcher_takes_over_a_lease_its_holder_let_lapse(
     redis_server: RedisServer, redis_db: Any, wall: WallClock
 ) -> None:
-    dead = tier_for(redis_server.url, wall, lease_s=0.1)
+    # Long enough that the waiter's claim comes before it lapses on a busy machine.
+    dead = tier_for(redis_server.url, wall, lease_s=0.5)
     waiter = tier_for(redis_server.url, wall)
     dead.claim([key()])
     assert waiter.claim([key()]) == [WAIT]
     got: list[str] = []
     waiter.watch(key(), lambda k, row: got.append("value"), lambda k: got.append("fetch"))
-    with gevent.Timeout(2):
+    with gevent.Timeout(5):
         while not got:
             gevent.sleep(0.01)
     assert got == ["fetch"]
     assert redis_db.get(shared_tier.key_name(PREFIX, key()) + ":lease") is not None
+
+
+def test_a_watcher_that_lost_the_race_for_a_lapsed_lease_backs_off(
+    redis_server: RedisServer, redis_db: Any, wall: WallClock
+) -> None:
+    dead = tier_for(redis_server.url, wall, lease_s=0.5)
+    winner = tier_for(redis_server.url, wall)
+    loser = tier_for(redis_server.url, wall)
+    dead.claim([key()])
+    assert loser.claim([key()]) == [WAIT]
+    gevent.sleep(0.55)
+    assert winner.claim([key()]) == [FETCH]
+    looks: list[int] = []
+    claim = loser._claim
+
+    def counted(*args: Any) -> Any:
+        looks.append(1)
+        return claim(*args)
+
+    loser._claim = counted  # type: ignore[method-assign]
+    loser.watch(key(), lambda k, row: None, lambda k: None)
+    gevent.sleep(0.3)
+    assert 1 <= len(looks) <= 10  # backing off from 5 ms, not polling in a loop
 
 
 # --- failures ----------------------------------------------------------------------------------
