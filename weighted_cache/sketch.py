@@ -164,9 +164,19 @@ class FrequencySketch:
         added = 0
         for key, times in counts:
             h = hash((key,))
-            i, j, k, n = h & m, ((h >> 15) & m) | w1, ((h >> 30) & m) | w2, ((h >> 45) & m) | w3
-            ti, tj, tk, tn = t[i], t[j], t[k], t[n]
-            low = min(ti, tj, tk, tn)
+            i = h & m
+            j = h >> 15 & m | w1
+            k = h >> 30 & m | w2
+            n = h >> 45 & m | w3
+            ti = t[i]
+            tj = t[j]
+            tk = t[k]
+            tn = t[n]
+            low = ti if ti < tj else tj
+            if tk < low:
+                low = tk
+            if tn < low:
+                low = tn
             if low < _MAX_COUNT:
                 new = low + times
                 if new > _MAX_COUNT:
