@@ -158,7 +158,11 @@ class Cache(MutableMapping[K, V]):
 
     def get(self, key: K, default: Any = None) -> Any:
         """Return the value for ``key``, or ``default`` if absent or expired."""
-        with self._lock:
+        # acquire/release rather than ``with``: the statement's method lookups
+        # cost as much as the rest of a hit.
+        lock = self._lock
+        lock.acquire()
+        try:
             try:
                 entry = self._data.get(key)
             except TypeError:
@@ -179,6 +183,8 @@ class Cache(MutableMapping[K, V]):
                 self._metrics.misses += 1
                 callbacks = []
                 self._expire(entry, callbacks)
+        finally:
+            lock.release()
         if callbacks:
             self._run(callbacks)
         return default
@@ -250,7 +256,9 @@ class Cache(MutableMapping[K, V]):
             cost = _check_cost(cost)
         ttl = self._default_ttl if ttl is None else _check_ttl(ttl)
         callbacks: list[_Callback] = []
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # not ``with``: see get
+        try:
             try:
                 entry = self._data.get(key)  # first, so an unhashable key fails before any change
             except TypeError:
@@ -303,6 +311,8 @@ class Cache(MutableMapping[K, V]):
                 else:
                     metrics.sets_rejected += 1
                     self._reject(key, value, cost, callbacks)
+        finally:
+            lock.release()
         if callbacks:
             self._run(callbacks)
         return stored

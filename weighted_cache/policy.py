@@ -202,8 +202,10 @@ class Policy:
         self.window_max = self._window_floor()
         self.protected_max = 0
         self._set_main()
-        # Uses not yet written to the sketch, per resident entry (see record_hits).
-        self._pending: dict[Entry, int] = {}
+        # Entries holding uses not yet written to the sketch (see record_hits),
+        # in the order of their first such use; those that left since hold 0.
+        self._pending: list[Entry] = []
+        self._pending_entries = 0  # how many of them still hold uses
         self._pending_total = 0
         self._departed: list[tuple[Hashable, int]] = []
         # The last single victim's sketch estimate, reused while the counters
@@ -238,16 +240,18 @@ class Policy:
         if segment is not None:
             segment.unlink(entry)
             self.total_cost -= entry.cost
-        times = self._pending.pop(entry, 0)
-        if times:
-            self._depart(entry.key, times)
+        if entry.uses:
+            self._depart(entry)
 
     def clear(self) -> None:
         """Forget every entry and all frequencies."""
         for segment in (self.window, self.probation, self.protected):
             segment.clear()
         self.total_cost = 0
+        for entry in self._pending:
+            entry.uses = 0
         self._pending.clear()
+        self._pending_entries = 0
         self._pending_total = 0
         self._departed.clear()
         self.sketch.clear()
@@ -256,27 +260,36 @@ class Policy:
 
     # -- frequency -----------------------------------------------------------
 
-    def _depart(self, key: Hashable, times: int) -> None:
+    def _depart(self, entry: Entry) -> None:
         """Queue the unwritten uses of an entry that left (or was refused)."""
+        times = entry.uses
+        entry.uses = 0
+        self._pending_entries -= 1
         self._pending_total -= times
         # Departed entries are written in batches; until then their key
         # reads a little low.
         departed = self._departed
-        departed.append((key, times))
+        departed.append((entry.key, times))
         if len(departed) >= _DEPARTED_BATCH:
             self.sketch.add(departed)
             departed.clear()
 
     def _write_back_all(self) -> None:
-        self._departed.extend((e.key, n) for e, n in self._pending.items())
-        self.sketch.add(self._departed)
-        self._departed.clear()
+        departed = self._departed
+        for entry in self._pending:
+            times = entry.uses
+            if times:
+                departed.append((entry.key, times))
+                entry.uses = 0
+        self.sketch.add(departed)
+        departed.clear()
         self._pending.clear()
+        self._pending_entries = 0
         self._pending_total = 0
 
     def frequency(self, entry: Entry) -> int:
         """Estimated recent uses of a resident entry, unwritten uses included."""
-        freq = self.sketch.estimate(entry.key) + self._pending.get(entry, 0)
+        freq = self.sketch.estimate(entry.key) + entry.uses
         return freq if freq < _MAX_FREQ else _MAX_FREQ
 
     # -- events from the cache ----------------------------------------------
@@ -284,7 +297,7 @@ class Policy:
     def record_hits(self, reads: list[Entry]) -> None:
         """Apply a batch of buffered reads: count them and refresh recency.
 
-        Uses are tallied per entry in ``_pending`` instead of going through
+        Uses are tallied on each entry (``uses``) instead of going through
         the sketch one by one: a pure-Python count-min increment costs about
         a microsecond, far above the budget of a cache hit.  Tallies are
         written to the sketch when the entry leaves and before the sketch
@@ -292,21 +305,28 @@ class Policy:
         compares the same frequencies.
         """
         pending = self._pending
-        get = pending.get
+        first_uses = len(pending)
         reorder = self._reorder
         for entry in reads:
-            pending[entry] = get(entry, 0) + 1
+            uses = entry.uses
+            if not uses:
+                pending.append(entry)
+            entry.uses = uses + 1
             where = entry.where
             if where == PROTECTED:
                 entry.where = PROTECTED_HOT
             elif where != PROTECTED_HOT:
                 reorder(entry)
         n = len(reads)
+        self._pending_entries += len(pending) - first_uses
         self._pending_total += n
         self._sample_hits += n
         if (self.sketch.additions + self._pending_total >= self.sketch.sample_size
-                or len(pending) > _PENDING_LIMIT):
+                or self._pending_entries > _PENDING_LIMIT):
             self._write_back_all()
+        elif len(pending) > 2 * _PENDING_LIMIT:
+            # Most of the list left since: drop those, keeping the order.
+            pending[:] = [entry for entry in pending if entry.uses]
         if self._sample_hits + self._sample_misses >= self._sample_period:
             self._climb()
 
@@ -331,9 +351,7 @@ class Policy:
                 self._demote_protected()
         else:
             # Read, then removed before the reads were applied.
-            times = self._pending.pop(entry, 0)
-            if times:
-                self._depart(entry.key, times)
+            self._depart(entry)
 
     def add(self, entry: Entry) -> list[Entry]:
         """Track a new entry; return the entries that must leave.
@@ -367,7 +385,10 @@ class Policy:
         """
         if entry.where == WINDOW_NEW:
             self.sketch.sight(entry.key)  # its insertion, before the update's own use
-        self._pending[entry] = self._pending.get(entry, 0) + 1
+        if not entry.uses:
+            self._pending.append(entry)
+            self._pending_entries += 1
+        entry.uses += 1
         self._pending_total += 1
         segment = self._segments[entry.where]
         assert segment is not None
@@ -449,13 +470,13 @@ class Policy:
                 base = sketch.estimate(victim.key)
                 self._victim, self._victim_base, self._victim_version = (
                     victim, base, sketch.version)
-            victims_freq = base + self._pending.get(victim, 0)
+            victims_freq = base + victim.uses
             victims = [victim]
         else:
             victims = self._sample_victims(need, keep)
             victims_freq = 0 if victims is None else sum(self.frequency(v) for v in victims)
         if victims is not None:
-            cand_freq = (seen if fresh else sketch.estimate(cand.key)) + self._pending.get(cand, 0)
+            cand_freq = (seen if fresh else sketch.estimate(cand.key)) + cand.uses
             if (cand_freq if cand_freq < _MAX_FREQ else _MAX_FREQ) > (
                     victims_freq if victims_freq < _MAX_FREQ else _MAX_FREQ):
                 ghost = self._main_ghost
@@ -472,9 +493,8 @@ class Policy:
         if not hash((cand.key,)) & self._ghost_mask:
             self._window_ghost.add(cand.key)
         self.total_cost -= cand.cost  # cand is in no segment: remove() would miss it
-        times = self._pending.pop(cand, 0)
-        if times:
-            self._depart(cand.key, times)
+        if cand.uses:
+            self._depart(cand)
         out.append(cand)
 
     def _on_first_fill(self) -> None:

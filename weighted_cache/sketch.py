@@ -70,8 +70,16 @@ class FrequencySketch:
         t = self._table
         m = self._mask
         w = self._width
-        count = min(t[h & m], t[((h >> 15) & m) | w], t[((h >> 30) & m) | (w << 1)],
-                    t[((h >> 45) & m) | (w * 3)])
+        count = t[h & m]
+        c = t[h >> 15 & m | w]
+        if c < count:
+            count = c
+        c = t[h >> 30 & m | w << 1]
+        if c < count:
+            count = c
+        c = t[h >> 45 & m | w * 3]
+        if c < count:
+            count = c
         door = self._door
         dm = self._door_mask
         i, j, k = h & dm, (h >> 21) & dm, (h >> 42) & dm
@@ -92,25 +100,40 @@ class FrequencySketch:
         dm = self._door_mask
         # Straight-line code, not loops over the probes and rows: this runs
         # once per miss, where a loop's overhead is a large share.
-        i, j, k = h & dm, (h >> 21) & dm, (h >> 42) & dm
-        bi, bj = door[i >> 3], door[j >> 3]
-        first = not (bi >> (i & 7) & 1 and bj >> (j & 7) & 1 and door[k >> 3] >> (k & 7) & 1)
+        i = h & dm
+        j = h >> 21 & dm
+        k = h >> 42 & dm
+        bit_i = 1 << (i & 7)
+        bit_j = 1 << (j & 7)
+        bit_k = 1 << (k & 7)
+        i >>= 3
+        j >>= 3
+        k >>= 3
+        first = not (door[i] & bit_i and door[j] & bit_j and door[k] & bit_k)
         if first:
-            door[i >> 3] = bi | 1 << (i & 7)
-            door[j >> 3] |= 1 << (j & 7)
-            door[k >> 3] |= 1 << (k & 7)
+            door[i] |= bit_i
+            door[j] |= bit_j
+            door[k] |= bit_k
         t = self._table
         m = self._mask
         w = self._width
-        i, j, k, n = h & m, ((h >> 15) & m) | w, ((h >> 30) & m) | (w << 1), \
-            ((h >> 45) & m) | (w * 3)
-        ti, tj, tk, tn = t[i], t[j], t[k], t[n]
-        low = min(ti, tj, tk, tn)
+        i = h & m
+        j = h >> 15 & m | w
+        k = h >> 30 & m | w << 1
+        n = h >> 45 & m | w * 3
+        ti = t[i]
+        tj = t[j]
+        tk = t[k]
+        tn = t[n]
+        low = ti if ti < tj else tj
+        if tk < low:
+            low = tk
+        if tn < low:
+            low = tn
         if first:
             self._door_sightings += 1
             self.additions += 1
-            return low + 1
-        if low < _MAX_COUNT:
+        elif low < _MAX_COUNT:
             self.additions += 1
             # Conservative update: raise only the counters at the minimum,
             # which limits overestimation from collisions.
@@ -141,9 +164,19 @@ class FrequencySketch:
         added = 0
         for key, times in counts:
             h = hash((key,))
-            i, j, k, n = h & m, ((h >> 15) & m) | w1, ((h >> 30) & m) | w2, ((h >> 45) & m) | w3
-            ti, tj, tk, tn = t[i], t[j], t[k], t[n]
-            low = min(ti, tj, tk, tn)
+            i = h & m
+            j = h >> 15 & m | w1
+            k = h >> 30 & m | w2
+            n = h >> 45 & m | w3
+            ti = t[i]
+            tj = t[j]
+            tk = t[k]
+            tn = t[n]
+            low = ti if ti < tj else tj
+            if tk < low:
+                low = tk
+            if tn < low:
+                low = tn
             if low < _MAX_COUNT:
                 new = low + times
                 if new > _MAX_COUNT:

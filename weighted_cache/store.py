@@ -15,10 +15,12 @@ class Entry:
     ``expire`` is 0.0 for entries that never expire, so the read path can
     skip the clock call with a single truth test.  ``prev``/``next`` link the
     entry into its policy queue: two slots on an object that exists anyway
-    cost far less than a node of a separate ordered container.
+    cost far less than a node of a separate ordered container.  ``uses``
+    holds the reads the policy has not yet written to its sketch, for the
+    same reason.
     """
 
-    __slots__ = ("cost", "expire", "key", "next", "prev", "value", "where")
+    __slots__ = ("cost", "expire", "key", "next", "prev", "uses", "value", "where")
 
     def __init__(self, key: Hashable, value: Any, cost: float, expire: float) -> None:
         self.key = key
@@ -26,6 +28,7 @@ class Entry:
         self.cost = cost
         self.expire = expire
         self.where = REMOVED
+        self.uses = 0
         # Any, not Entry | None: linked entries always have both links, and
         # narrowing on every hop would slow the policy's inner loops.
         self.prev: Any = None
