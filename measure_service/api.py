@@ -1,7 +1,7 @@
 """The HTTP surface: POST /v2/measure, /healthcheck and /readyz, auth, JSON errors.
 
 HTTP in and out only: validation lives in ``rows``, caching and fetching in ``fetcher``, trace
-ids and HTTP metrics in ``bookkeeping``. :class:`MeasureEndpoint` is the one door of
+ids and HTTP metrics in ``request_telemetry``. :class:`MeasureEndpoint` is the one door of
 ``POST /v2/measure``: a plain WSGI handler that gives every answer of that path, each gate
 written once. Flask serves the other routes (health, readiness, OpenAPI, metrics) and answers
 their errors as JSON too.

@@ -51,7 +51,7 @@ def _wait_event(event: Event, timeout: float) -> None:
     event.wait(timeout)
 
 
-class _Group(Generic[T]):
+class _GroupState(Generic[T]):
     """One group's waiting items, its flusher greenlet, and how many of its batches are out."""
 
     __slots__ = ("deadlines", "flusher", "in_flight", "items", "wake")
@@ -112,7 +112,7 @@ class Batcher(Generic[G, T]):
         self._wait = wait
         self._latency_s: float | None = None
         self._recent_s: deque[float] = deque(maxlen=_RECENT_SENDS)
-        self._groups: dict[G, _Group[T]] = {}
+        self._groups: dict[G, _GroupState[T]] = {}
         self._closed = False
 
     @property
@@ -155,7 +155,7 @@ class Batcher(Generic[G, T]):
             raise RuntimeError("batcher is closed")
         state = self._groups.get(group)
         if state is None:
-            state = self._groups[group] = _Group()
+            state = self._groups[group] = _GroupState()
         state.items.append(item)
         state.deadlines.append(
             self._clock() + self._answer_within_s if deadline is None else deadline
@@ -176,7 +176,7 @@ class Batcher(Generic[G, T]):
         gevent.killall(flushers, block=False)
         self._groups.clear()
 
-    def _flush(self, group: G, state: _Group[T]) -> None:
+    def _flush(self, group: G, state: _GroupState[T]) -> None:
         opened = self._clock()
         self._wait_until(state, opened + self._window_s, self._is_full)
         # Callers who stopped waiting do not count: only those an early send could still serve.
@@ -208,20 +208,20 @@ class Batcher(Generic[G, T]):
         else:
             self._latency_s += _LATENCY_WEIGHT * (elapsed - self._latency_s)
 
-    def _earliest_ahead(self, state: _Group[T]) -> float | None:
+    def _earliest_ahead(self, state: _GroupState[T]) -> float | None:
         """The earliest deadline still ahead in the batch that would leave now; None when
         nobody waits for any of its items any more."""
         now = self._clock()
         return min((d for d in state.deadlines[: self._max_items] if d > now), default=None)
 
-    def _is_full(self, state: _Group[T]) -> bool:
+    def _is_full(self, state: _GroupState[T]) -> bool:
         return len(state.items) >= self._max_items
 
-    def _may_leave(self, state: _Group[T]) -> bool:
+    def _may_leave(self, state: _GroupState[T]) -> bool:
         return state.in_flight == 0 or len(state.items) >= self._max_items
 
     def _wait_until(
-        self, state: _Group[T], deadline: float, done: Callable[[_Group[T]], bool]
+        self, state: _GroupState[T], deadline: float, done: Callable[[_GroupState[T]], bool]
     ) -> None:
         """Wait until ``done(state)`` or ``deadline``; the group's wake-up event re-checks."""
         while not done(state):

@@ -34,7 +34,7 @@ from typing import Any, NamedTuple, Protocol
 import gevent
 from gevent.event import AsyncResult
 
-from measure_service import metrics
+from measure_service import prometheus_metrics
 from measure_service.batcher import Batcher
 from measure_service.greenlets import spawn
 from measure_service.isolation import Isolation, Isolator, Verdicts
@@ -155,7 +155,7 @@ class _Item(NamedTuple):
     tenant: Tenant
 
 
-class _Group(NamedTuple):
+class _BatchKey(NamedTuple):
     """A batch group: one set of query parameters, and a suspect client batched apart."""
 
     params: QueryParams
@@ -203,7 +203,7 @@ class Fetcher:
         self._isolator = Isolator(self._settle, confirm=settings.retries > 0)
         self._suspects: dict[Tenant, float] = {}
         self._limiter = limiter if limiter is not None else AdaptiveLimiter(settings.concurrency)
-        self._batcher: Batcher[_Group, _Item] = Batcher(
+        self._batcher: Batcher[_BatchKey, _Item] = Batcher(
             self._send,
             window_s=settings.batch_window_s,
             max_items=settings.batch_rows,
@@ -308,7 +308,7 @@ class Fetcher:
         self._in_flight[key] = _Flight(cost, tenant)
         apart = tenant if self._is_suspect(tenant) else None
         item = _Item(key, current_trace_id(), tenant)
-        self._batcher.add(_Group(key.params, apart), item, deadline)
+        self._batcher.add(_BatchKey(key.params, apart), item, deadline)
         return result
 
     def _finish(self, key: RowKey, outcome: CachedAnswer | BaseException) -> None:
@@ -410,7 +410,7 @@ class Fetcher:
         flight = self._in_flight.get(key)
         if key in self._flights and flight is not None:
             item = _Item(key, None, flight.tenant)
-            self._batcher.add(_Group(key.params, None), item, time.monotonic())
+            self._batcher.add(_BatchKey(key.params, None), item, time.monotonic())
 
     def _lower_cost(self, key: RowKey, entry: CachedAnswer, cost: float) -> CachedAnswer:
         """Re-store ``entry`` at the lower ``cost`` a heavier row asks for, keeping its expiry."""
@@ -431,11 +431,11 @@ class Fetcher:
         with gevent.Timeout(wait_s, False):
             for _, result in waits:
                 result.wait()
-        metrics.WAIT_SECONDS.observe(time.monotonic() - started)
+        prometheus_metrics.WAIT_SECONDS.observe(time.monotonic() - started)
         done = all(result.ready() for _, result in waits)
-        metrics.WAIT_OUTCOMES.labels("all_fetched" if done else "timed_out").inc()
+        prometheus_metrics.WAIT_OUTCOMES.labels("all_fetched" if done else "timed_out").inc()
 
-    def _send(self, group: _Group, items: list[_Item]) -> None:
+    def _send(self, group: _BatchKey, items: list[_Item]) -> None:
         """Fetch one batch (in the batcher's upstream slot) and resolve every key in it.
 
         A batch failed for its rows' input goes on being split in a greenlet of its own, each
@@ -544,7 +544,7 @@ class Fetcher:
                 rejected += 1
             self._finish(key, entry)
         if rejected:
-            metrics.CACHE_REJECTED.inc(rejected)
+            prometheus_metrics.CACHE_REJECTED.inc(rejected)
 
     def _note_suspects(self, items: list[_Item], verdicts: Verdicts) -> None:
         """Batch the clients whose rows failed a batch apart from the others for a while."""
@@ -553,7 +553,7 @@ class Fetcher:
             self._suspects[tenant] = until
         if not verdicts.culprits:
             return
-        metrics.UPSTREAM_ISOLATED_ROWS.inc(len(verdicts.culprits))
+        prometheus_metrics.UPSTREAM_ISOLATED_ROWS.inc(len(verdicts.culprits))
         _LOG.warning(
             "upstream failed a batch because of rows: cached as their errors",
             extra={"rows": len(items), "culprits": len(verdicts.culprits),
@@ -592,12 +592,12 @@ def _trace_ids(items: list[_Item]) -> dict[str, list[str]]:
 def _count(hits: int, stale: int, misses: int, coalesced: int, refused: dict[str, int]) -> None:
     """Record one request's counts: one increment per metric, never one per row."""
     if hits:
-        metrics.CACHE_HITS.inc(hits)
+        prometheus_metrics.CACHE_HITS.inc(hits)
     if stale:
-        metrics.CACHE_STALE.inc(stale)
+        prometheus_metrics.CACHE_STALE.inc(stale)
     if misses:
-        metrics.CACHE_MISSES.inc(misses)
+        prometheus_metrics.CACHE_MISSES.inc(misses)
     if coalesced:
-        metrics.UPSTREAM_COALESCED.inc(coalesced)
+        prometheus_metrics.UPSTREAM_COALESCED.inc(coalesced)
     for reason, count in refused.items():
-        metrics.UPSTREAM_UNAVAILABLE.labels(reason).inc(count)
+        prometheus_metrics.UPSTREAM_UNAVAILABLE.labels(reason).inc(count)

@@ -1,6 +1,6 @@
 """What every request needs, done once at the WSGI layer: trace id, HTTP metrics, request line.
 
-:class:`RequestBookkeeping` wraps the Flask app. For each request it
+:class:`RequestTelemetry` wraps the Flask app. For each request it
 
 - takes the client's ``X-Trace-Id`` if safe, else makes one; makes it the current trace id (so
   every log line of the request has it, see ``logs``), returns it in the ``X-Trace-Id`` header,
@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from measure_service import logs, metrics
+from measure_service import logs, prometheus_metrics
 
 # Scrapes and probes are not traffic.
 UNTRACKED_PATHS = ("/metrics", "/healthcheck", "/readyz")
@@ -34,7 +34,7 @@ StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 
-class RequestBookkeeping:
+class RequestTelemetry:
     """WSGI wrapper giving each request its trace id, its HTTP metrics and its DEBUG line."""
 
     def __init__(self, app: WSGIApp, routes: Iterable[str]) -> None:
@@ -98,6 +98,6 @@ class RequestBookkeeping:
 def _children(key: tuple[str, str, str]) -> tuple[Any, Any]:
     method, route, status = key
     return (
-        metrics.HTTP_LATENCY.labels(method, route, status),
-        metrics.HTTP_REQUESTS.labels(method, status),
+        prometheus_metrics.HTTP_LATENCY.labels(method, route, status),
+        prometheus_metrics.HTTP_REQUESTS.labels(method, status),
     )

@@ -28,9 +28,9 @@ from prometheus_client.mmap_dict import MmapedDict, mmap_key  # noqa: E402
 
 if not getattr(values.ValueClass, "_multiprocess", False):
     raise RuntimeError(
-        "prometheus_client was imported before measure_service.metrics without "
+        "prometheus_client was imported before measure_service.prometheus_metrics without "
         "PROMETHEUS_MULTIPROC_DIR set: its values would not reach /metrics. Set the variable, or "
-        "import measure_service.metrics first."
+        "import measure_service.prometheus_metrics first."
     )
 
 
@@ -137,7 +137,7 @@ FAST_BUCKETS = (
 UPSTREAM_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.45, 0.6, 1.0, 2.0, 5.0, 10.0)
 BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 
-# --- HTTP (recorded by bookkeeping; names as prometheus_flask_exporter's defaults) -------------
+# --- HTTP (recorded by request_telemetry; names as prometheus_flask_exporter's defaults) -------
 HTTP_LATENCY = Histogram(
     "flask_http_request_duration_seconds",
     "HTTP request duration in seconds, by method, route (path) and status.",
