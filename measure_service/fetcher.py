@@ -102,9 +102,12 @@ class RowOutcome(NamedTuple):
     reason: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Lookup:
-    """The outcomes of one request's rows, in order, and the counts the access log reports."""
+class Lookup(NamedTuple):
+    """The outcomes of one request's rows, in order, and the counts the access log reports.
+
+    A NamedTuple, like RowOutcome: a frozen dataclass sets each field through
+    ``object.__setattr__``, and one is built per request.
+    """
 
     outcomes: list[RowOutcome]
     hits: int
@@ -138,6 +141,7 @@ class FetchFailed(Exception):
 
 
 _PENDING = RowOutcome("pending")
+_new_tuple = tuple.__new__
 
 
 class _Flight(NamedTuple):
@@ -243,7 +247,8 @@ class Fetcher:
                 hits += status != "stale"
                 if cost < entry.cost:
                     entry = self._lower_cost(key, entry, cost)
-                outcomes.append(RowOutcome(status, entry))
+                # tuple.__new__: a NamedTuple's own __new__ is a Python call, paid per row.
+                outcomes.append(_new_tuple(RowOutcome, (status, entry, None)))
                 continue
             missed.append((len(outcomes), key, cost))
             outcomes.append(_PENDING)
@@ -286,7 +291,7 @@ class Fetcher:
                 outcomes[index] = RowOutcome("unavailable", None, reason)
                 refused[reason] = refused.get(reason, 0) + 1
         _count(hits, stale, misses, coalesced, refused)
-        return Lookup(outcomes, hits + stale + shared, misses - shared)
+        return _new_tuple(Lookup, (outcomes, hits + stale + shared, misses - shared))
 
     def close(self) -> None:
         """Stop batching; every fetch still queued fails so that no waiter hangs."""
