@@ -226,7 +226,8 @@ class Fetcher:
         shares (the client key, or None without authentication).
         """
         now = self._clock()
-        settings = self._settings
+        ttl_s = self._settings.ttl_s
+        get = self._cache.get
         outcomes: list[RowOutcome] = []
         waits: list[tuple[int, AsyncResult]] = []
         hits = stale = coalesced = 0
@@ -234,11 +235,11 @@ class Fetcher:
         missed: list[tuple[int, RowKey, float]] = []
         status: RowStatus
         for key, cost in rows:
-            entry = self._cache.get(key)
+            entry = get(key)
             if entry is not None:
                 if entry.error is not None:
                     status = "error"
-                elif now - entry.fetched_at < settings.ttl_s:
+                elif now - entry.fetched_at < ttl_s:
                     status = "hit"
                 else:
                     status = "stale"

@@ -42,8 +42,8 @@ class RequestTelemetry:
         self._app = app
         self._untracked = frozenset(UNTRACKED_PATHS)
         self._routes = frozenset(routes) - self._untracked
-        # Label children by (method, path, status): labels() costs more than the increment.
-        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        # Recorders by (method, path, status): labels() costs more than the increment.
+        self._recorders: dict[tuple[str, str, str], Callable[[float], None]] = {}
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         """Serve the request through the wrapped app under its trace id, then record it."""
@@ -74,11 +74,10 @@ class RequestTelemetry:
         if path not in self._untracked:
             route = path if path in self._routes else "unmatched"
             key = (method if method in _METHODS else "other", route, status[:3])
-            children = self._children.get(key)
-            if children is None:
-                children = self._children[key] = _children(key)
-            children[0].observe(elapsed_s)
-            children[1].inc()
+            record = self._recorders.get(key)
+            if record is None:
+                record = self._recorders[key] = prometheus_metrics.http_recorder(*key)
+            record(elapsed_s)
         if _LOG.isEnabledFor(logging.DEBUG):
             _LOG.debug(
                 "request handled",
@@ -94,10 +93,3 @@ class RequestTelemetry:
                 },
             )
 
-
-def _children(key: tuple[str, str, str]) -> tuple[Any, Any]:
-    method, route, status = key
-    return (
-        prometheus_metrics.HTTP_LATENCY.labels(method, route, status),
-        prometheus_metrics.HTTP_REQUESTS.labels(method, status),
-    )
