@@ -13,6 +13,7 @@ from flask import Flask
 
 from measure_service import api, logs, metrics_endpoint, openapi, shared_tier
 from measure_service.breaker import CircuitBreaker
+from measure_service.concurrency_limiter import AdaptiveLimiter
 from measure_service.config import Config
 from measure_service.fetcher import (
     AnswerCache,
@@ -21,7 +22,6 @@ from measure_service.fetcher import (
     FetcherSettings,
     Upstream,
 )
-from measure_service.limiter import AdaptiveLimiter
 from measure_service.request_telemetry import RequestTelemetry
 from measure_service.rows import RowKey
 from measure_service.upstream import UpstreamClient

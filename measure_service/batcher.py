@@ -13,7 +13,7 @@ every free slot into a small request: a group has one non-full batch out per rou
 the number of requests follows the upstream latency and the rows, not how long the burst takes
 to arrive. Every item carries the deadline of the caller waiting for it, so a batch is held
 only when that cannot cost anyone an answer, and batches wait for a free upstream slot (from the
-limiter, see ``limiter``) in order of their earliest deadline.
+limiter, see ``concurrency_limiter``) in order of their earliest deadline.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from typing import Any, Generic, TypeVar
 import gevent
 from gevent.event import Event
 
+from measure_service.concurrency_limiter import AdaptiveLimiter
 from measure_service.greenlets import spawn
-from measure_service.limiter import AdaptiveLimiter
 
 G = TypeVar("G", bound=Hashable)
 T = TypeVar("T")

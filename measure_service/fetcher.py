@@ -17,7 +17,7 @@ Row statuses it produces:
   is never cached, so the next request for the key tries again.
 
 A batch that upstream fails because of one row's input is split to find that row (see
-``isolation``): the row gets its error, cached like any row error, and the others their
+``row_isolation``): the row gets its error, cached like any row error, and the others their
 answers. A client whose row was at fault has its next batches sent apart from other clients'
 rows for a while, so that it pays for further bad rows itself.
 """
@@ -36,11 +36,11 @@ from gevent.event import AsyncResult
 
 from measure_service import prometheus_metrics
 from measure_service.batcher import Batcher
+from measure_service.concurrency_limiter import AdaptiveLimiter
 from measure_service.greenlets import spawn
-from measure_service.isolation import Isolation, Isolator, Verdicts
-from measure_service.limiter import AdaptiveLimiter
 from measure_service.logs import current_trace_id
 from measure_service.quotas import Tenant, TenantQuotas
+from measure_service.row_isolation import Isolation, Isolator, Verdicts
 from measure_service.rows import QueryParams, RowKey, RowStatus
 from measure_service.shared_tier import FETCH, WAIT, SharedRow, SharedTier
 from measure_service.singleflight import SingleFlight

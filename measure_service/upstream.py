@@ -13,7 +13,7 @@ Retry policy, per call to :meth:`UpstreamClient.measure`:
 The circuit breaker hears of every attempt, but an answer refusing a call (5xx, 429, malformed)
 counts once per call however often it is retried; no answer at all (timeout, connection error)
 counts at each attempt, since each is a fresh sign that upstream is unreachable. A caller that
-isolates failures (see ``isolation``) asks with ``judge_5xx=True``: a 5xx answer is then left
+isolates failures (see ``row_isolation``) asks with ``judge_5xx=True``: a 5xx answer is then left
 for it to judge with :meth:`settle`, since a batch may fail because of one row's input, which
 says nothing about upstream's health.
 
@@ -44,7 +44,7 @@ from urllib3.exceptions import ReadTimeoutError
 from measure_service import prometheus_metrics
 from measure_service.backoff import Backoff
 from measure_service.breaker import CircuitBreaker
-from measure_service.limiter import OK, OVERLOAD, AdaptiveLimiter
+from measure_service.concurrency_limiter import OK, OVERLOAD, AdaptiveLimiter
 from measure_service.logs import REDACTED
 
 _LOG = logging.getLogger(__name__)
