@@ -563,6 +563,8 @@ def _country(value: Any) -> str | None:
 
 
 def _region(value: Any) -> str | None:
+    if value is None:
+        return None  # absent or null, as in most rows
     text = _optional_string("region", value)
     if text is None:
         return None
@@ -570,6 +572,8 @@ def _region(value: Any) -> str | None:
 
 
 def _choice(field: str, value: Any, allowed: frozenset[str]) -> str | None:
+    if value is None:
+        return None  # absent or null, as in most rows for some of these fields
     shared = _SHARED.get(value) if value.__class__ is str else None
     if shared is not None and shared in allowed:
         return shared  # the usual spelling: exactly a canonical value
