@@ -1,7 +1,7 @@
 """What the upstream economy scenarios share: an HTTP client, the simulator on a fixed port,
-pollers and samplers of the service's workers, and :class:`Bench`, which starts a fresh service
-for each scenario. The scenarios are the ``economy_*.py`` modules; ``upstream_economy.py`` runs
-them and prints the table.
+pollers and samplers of the service's workers, and :class:`EconomyBench`, which starts a fresh
+service for each scenario. The scenarios are the ``economy_*.py`` modules; ``upstream_economy.py``
+runs them and prints the table.
 """
 
 from __future__ import annotations
@@ -243,7 +243,7 @@ def closed_loop(port: int, bodies: Iterable[list[dict[str, Any]]], connections: 
 
 # --- the simulator and the service -------------------------------------------------------------
 
-class Upstream:
+class RestartableSimulator:
     """The simulator on a fixed port, which can be stopped and started again on that port."""
 
     def __init__(self, procs: Processes, port: int) -> None:
@@ -504,7 +504,7 @@ FULL = Sizes(window_requests=400, down_seconds=10.0, stale_seconds=8.0)
 QUICK = Sizes(window_requests=100, down_seconds=4.0, stale_seconds=3.0)
 
 
-class Bench:
+class EconomyBench:
     """Runs the scenarios against one simulator, restarting the service for each."""
 
     def __init__(self, procs: Processes, sizes: Sizes, report: Report) -> None:
@@ -512,7 +512,7 @@ class Bench:
         self.procs = procs
         self.sizes = sizes
         self.report = report
-        self.upstream = Upstream(procs, free_port())
+        self.upstream = RestartableSimulator(procs, free_port())
         self.upstream.start()
 
     def service(self, **env: str) -> Server:

@@ -7,7 +7,7 @@ from collections import Counter
 
 from economy import (
     ROWS_PER_REQUEST,
-    Bench,
+    EconomyBench,
     burst,
     cold_rows,
     spread_s,
@@ -16,7 +16,7 @@ from economy import (
 from devtools.harness import stop
 
 
-def run(bench: Bench) -> None:
+def run(bench: EconomyBench) -> None:
     """400 concurrent 5-row requests over 2,000 distinct cold keys."""
     name = "2 batching"
     bench.fresh_upstream()

@@ -6,7 +6,7 @@ import uuid
 from collections import Counter
 
 from economy import (
-    Bench,
+    EconomyBench,
     burst,
     cold_rows,
 )
@@ -14,7 +14,7 @@ from economy import (
 from devtools.harness import stop
 
 
-def run(bench: Bench) -> None:
+def run(bench: EconomyBench) -> None:
     """400 concurrent requests for the same 20 cold keys."""
     name = "1 coalescing"
     bench.fresh_upstream()

@@ -10,7 +10,7 @@ from collections import Counter
 
 from economy import (
     ROWS_PER_REQUEST,
-    Bench,
+    EconomyBench,
     closed_loop,
     cold_rows,
     measure,
@@ -20,7 +20,7 @@ from economy import (
 from devtools.harness import stop
 
 
-def run(bench: Bench) -> None:
+def run(bench: EconomyBench) -> None:
     """429 with Retry-After: 2: no request from that worker for 2 s, then the rows."""
     name = "5 Retry-After"
     latency_s = 0.02

@@ -12,7 +12,7 @@ from typing import Any
 
 from economy import (
     ROWS_PER_REQUEST,
-    Bench,
+    EconomyBench,
     closed_loop,
     cold_rows,
 )
@@ -20,7 +20,7 @@ from economy import (
 from devtools.harness import stop
 
 
-def run(bench: Bench) -> None:
+def run(bench: EconomyBench) -> None:
     """Short TTL, upstream down past it: hot keys are served stale, none lost."""
     name = "6 stale"
     ttl_s = 2

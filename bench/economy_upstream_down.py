@@ -17,7 +17,7 @@ from economy import (
     STATUS_TALLY,
     UPSTREAM_CONCURRENCY,
     WORKERS,
-    Bench,
+    EconomyBench,
     GaugePoller,
     MissStream,
     Sampler,
@@ -35,7 +35,7 @@ from loadgen import Target, run_closed
 from devtools.harness import stop
 
 
-def run(bench: Bench) -> None:
+def run(bench: EconomyBench) -> None:
     """Hit-path throughput, errors, memory and breaker timing with upstream refused/hung."""
     name = "4 upstream down"
     sizes = bench.sizes

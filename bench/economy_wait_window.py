@@ -10,8 +10,8 @@ from collections import Counter
 from economy import (
     ROWS_PER_REQUEST,
     UPSTREAM_TOKEN,
-    Bench,
     Client,
+    EconomyBench,
     closed_loop,
     cold_rows,
 )
@@ -20,7 +20,7 @@ from loadgen import percentile
 from devtools.harness import stop
 
 
-def run(bench: Bench) -> None:
+def run(bench: EconomyBench) -> None:
     """Cold rows with WAIT_FOR_MISSING=true and a 45 ms window, fast then slow upstream."""
     name = "3 wait window"
     count = bench.sizes.window_requests
@@ -71,7 +71,7 @@ def run(bench: Bench) -> None:
     }
 
 
-def upstream_round_trip_ms(bench: Bench, latency_ms: float) -> float:
+def upstream_round_trip_ms(bench: EconomyBench, latency_ms: float) -> float:
     """Median time of 15 requests to the simulator itself on one keep-alive connection.
 
     Shows what the service's upstream calls cost beyond the configured latency.

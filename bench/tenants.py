@@ -51,7 +51,7 @@ from economy import (  # noqa: E402
     Client,
     Reply,
     Report,
-    Upstream,
+    RestartableSimulator,
     call_once,
     chosen_scenarios,
     finish,
@@ -131,7 +131,7 @@ def metric(port: int, name: str, **labels: str) -> float:
 
 # --- the benchmark -----------------------------------------------------------------------------
 
-class Bench:
+class TenantsBench:
     """Runs the scenarios against one simulator, with a fresh service for each."""
 
     def __init__(
@@ -146,7 +146,7 @@ class Bench:
         self.report = report
         self.ceiling = ceiling
         self.service_root = service_root
-        self.upstream = Upstream(procs, free_port())
+        self.upstream = RestartableSimulator(procs, free_port())
         self.upstream.start()
 
     def service(self, **env: str) -> Server:
@@ -389,8 +389,8 @@ def closed_loop(port: int, bodies: Iterator[list[dict[str, Any]]], clients: int)
     return replies
 
 
-SCENARIOS: dict[str, Callable[[Bench], None]] = {
-    "poison": Bench.poison, "flood": Bench.flood, "window": Bench.window,
+SCENARIOS: dict[str, Callable[[TenantsBench], None]] = {
+    "poison": TenantsBench.poison, "flood": TenantsBench.flood, "window": TenantsBench.window,
 }
 
 
@@ -405,7 +405,7 @@ def run(args: argparse.Namespace) -> Report:
         "loadavg_before": os.getloadavg(),
     }
     with Processes() as procs:
-        bench = Bench(procs, report, args.ceiling, args.service_root)
+        bench = TenantsBench(procs, report, args.ceiling, args.service_root)
         for key in args.scenarios:
             print(f"[{time.strftime('%H:%M:%S')}] {key}: {SCENARIOS[key].__doc__}",
                   file=sys.stderr, flush=True)

@@ -49,7 +49,7 @@ from economy import (  # noqa: E402
     SIM_JITTER_MS,
     SIM_LATENCY_MS,
     WORKERS,
-    Bench,
+    EconomyBench,
     Report,
     chosen_scenarios,
     finish,
@@ -58,7 +58,7 @@ from economy import (  # noqa: E402
 
 from devtools.harness import Processes  # noqa: E402
 
-SCENARIOS: dict[str, Callable[[Bench], None]] = {
+SCENARIOS: dict[str, Callable[[EconomyBench], None]] = {
     "1": economy_coalescing.run, "2": economy_batching.run, "3": economy_wait_window.run,
     "4": economy_upstream_down.run, "5": economy_retry_after.run, "6": economy_stale.run,
 }
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> Report:
         "loadavg_before": os.getloadavg(),
     }
     with Processes() as procs:
-        bench = Bench(procs, QUICK if args.quick else FULL, report)
+        bench = EconomyBench(procs, QUICK if args.quick else FULL, report)
         for key in args.scenarios:
             _progress(f"scenario {key}: {SCENARIOS[key].__doc__}")
             try:

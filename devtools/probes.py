@@ -24,7 +24,7 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 def parse_metrics(text: str) -> Samples:
     """Every sample of a Prometheus text exposition, by name and label set."""
     # Imported here: prometheus_client picks its value class at its first import, which must
-    # come after the service has set up its metrics directory (measure_service.metrics).
+    # come after the service has set up its metrics directory (measure_service.prometheus_metrics).
     from prometheus_client.parser import text_string_to_metric_families
 
     return {

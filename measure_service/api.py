@@ -1,7 +1,7 @@
 """The HTTP surface: POST /v2/measure, /healthcheck and /readyz, auth, JSON errors.
 
 HTTP in and out only: validation lives in ``rows``, caching and fetching in ``fetcher``, trace
-ids and HTTP metrics in ``bookkeeping``. :class:`MeasureEndpoint` is the one door of
+ids and HTTP metrics in ``request_telemetry``. :class:`MeasureEndpoint` is the one door of
 ``POST /v2/measure``: a plain WSGI handler that gives every answer of that path, each gate
 written once. Flask serves the other routes (health, readiness, OpenAPI, metrics) and answers
 their errors as JSON too.
@@ -349,22 +349,21 @@ def _document(rows: list[Row], outcomes: Iterator[RowOutcome]) -> dict[str, Any]
     coverage = dict.fromkeys(ROW_STATUSES, 0)
     out_rows = []
     total = 0.0
-    for row in rows:
-        outcome = _INVALID if row.key is None else next(outcomes)
-        coverage[outcome.status] += 1
+    for row_identifier, property_name, date, weight, key, error, _ in rows:
+        status, entry, reason = _INVALID if key is None else next(outcomes)
+        coverage[status] += 1
         item: dict[str, Any] = {
-            "rowIdentifier": row.row_identifier,
-            "propertyName": row.property_name,
-            "utcDateTime": row.date,
-            "weight": row.weight,
+            "rowIdentifier": row_identifier,
+            "propertyName": property_name,
+            "utcDateTime": date,
+            "weight": weight,
             "totalEmissions": None,
-            "status": outcome.status,
+            "status": status,
         }
-        entry = outcome.entry
-        if outcome.reason is not None:
-            item["reason"] = outcome.reason
-        if row.error is not None:
-            item["error"] = {"message": row.error}
+        if reason is not None:
+            item["reason"] = reason
+        if error is not None:
+            item["error"] = {"message": error}
         elif entry is not None:
             if entry.error is not None:
                 item["error"] = {"message": entry.error}

@@ -11,9 +11,9 @@ from collections.abc import Callable
 
 from flask import Flask
 
-from measure_service import api, exporter, logs, openapi, shared_tier
-from measure_service.bookkeeping import RequestBookkeeping
+from measure_service import api, logs, metrics_endpoint, openapi, shared_tier
 from measure_service.breaker import CircuitBreaker
+from measure_service.concurrency_limiter import AdaptiveLimiter
 from measure_service.config import Config
 from measure_service.fetcher import (
     AnswerCache,
@@ -22,7 +22,7 @@ from measure_service.fetcher import (
     FetcherSettings,
     Upstream,
 )
-from measure_service.limiter import AdaptiveLimiter
+from measure_service.request_telemetry import RequestTelemetry
 from measure_service.rows import RowKey
 from measure_service.upstream import UpstreamClient
 from weighted_cache import Cache as WeightedCache
@@ -62,7 +62,7 @@ def create_app(
     if config.metrics_port is not None:
         served = api.MetricsListener(served, config.metrics_port)
     routes = {path for _, path in served_routes(app)}
-    app.wsgi_app = RequestBookkeeping(served, routes)  # type: ignore[method-assign]
+    app.wsgi_app = RequestTelemetry(served, routes)  # type: ignore[method-assign]
     return app
 
 
@@ -84,7 +84,7 @@ def register_extensions(app: Flask) -> None:
     The cache metrics read ``app.extensions[CACHE_EXTENSION]``; their refreshes stop first when
     the app closes.
     """
-    stop_refreshing = exporter.install(app, app.extensions[CACHE_EXTENSION])
+    stop_refreshing = metrics_endpoint.install(app, app.extensions[CACHE_EXTENSION])
     app.extensions[_CLOSERS].insert(0, stop_refreshing)
 
 

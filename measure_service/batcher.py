@@ -13,7 +13,7 @@ every free slot into a small request: a group has one non-full batch out per rou
 the number of requests follows the upstream latency and the rows, not how long the burst takes
 to arrive. Every item carries the deadline of the caller waiting for it, so a batch is held
 only when that cannot cost anyone an answer, and batches wait for a free upstream slot (from the
-limiter, see ``limiter``) in order of their earliest deadline.
+limiter, see ``concurrency_limiter``) in order of their earliest deadline.
 
 An item added ``at_once`` has been waited for long enough already (a fetch taken over from a
 worker that never finished it): it goes to the head of its group's queue, and the batch that
@@ -31,8 +31,8 @@ from typing import Any, Generic, TypeVar
 import gevent
 from gevent.event import Event
 
+from measure_service.concurrency_limiter import AdaptiveLimiter
 from measure_service.greenlets import spawn
-from measure_service.limiter import AdaptiveLimiter
 
 G = TypeVar("G", bound=Hashable)
 T = TypeVar("T")
@@ -55,7 +55,7 @@ def _wait_event(event: Event, timeout: float) -> None:
     event.wait(timeout)
 
 
-class _Group(Generic[T]):
+class _GroupState(Generic[T]):
     """One group's waiting items, its flusher greenlet, and how many of its batches are out."""
 
     __slots__ = ("deadlines", "flusher", "in_flight", "items", "rush", "wake")
@@ -118,7 +118,7 @@ class Batcher(Generic[G, T]):
         self._wait = wait
         self._latency_s: float | None = None
         self._recent_s: deque[float] = deque(maxlen=_RECENT_SENDS)
-        self._groups: dict[G, _Group[T]] = {}
+        self._groups: dict[G, _GroupState[T]] = {}
         self._closed = False
 
     @property
@@ -167,7 +167,7 @@ class Batcher(Generic[G, T]):
             raise RuntimeError("batcher is closed")
         state = self._groups.get(group)
         if state is None:
-            state = self._groups[group] = _Group()
+            state = self._groups[group] = _GroupState()
         due = self._clock() + self._answer_within_s if deadline is None else deadline
         if at_once:
             state.items.insert(0, item)
@@ -192,7 +192,7 @@ class Batcher(Generic[G, T]):
         gevent.killall(flushers, block=False)
         self._groups.clear()
 
-    def _flush(self, group: G, state: _Group[T]) -> None:
+    def _flush(self, group: G, state: _GroupState[T]) -> None:
         opened = self._clock()
         self._wait_until(state, opened + self._window_s, self._must_go)
         # Callers who stopped waiting do not count: only those an early send could still serve.
@@ -225,20 +225,20 @@ class Batcher(Generic[G, T]):
         else:
             self._latency_s += _LATENCY_WEIGHT * (elapsed - self._latency_s)
 
-    def _earliest_ahead(self, state: _Group[T]) -> float | None:
+    def _earliest_ahead(self, state: _GroupState[T]) -> float | None:
         """The earliest deadline still ahead in the batch that would leave now; None when
         nobody waits for any of its items any more."""
         now = self._clock()
         return min((d for d in state.deadlines[: self._max_items] if d > now), default=None)
 
-    def _must_go(self, state: _Group[T]) -> bool:
+    def _must_go(self, state: _GroupState[T]) -> bool:
         return state.rush or len(state.items) >= self._max_items
 
-    def _may_leave(self, state: _Group[T]) -> bool:
+    def _may_leave(self, state: _GroupState[T]) -> bool:
         return state.rush or state.in_flight == 0 or len(state.items) >= self._max_items
 
     def _wait_until(
-        self, state: _Group[T], deadline: float, done: Callable[[_Group[T]], bool]
+        self, state: _GroupState[T], deadline: float, done: Callable[[_GroupState[T]], bool]
     ) -> None:
         """Wait until ``done(state)`` or ``deadline``; the group's wake-up event re-checks."""
         while not done(state):

@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Literal
 
-from measure_service import metrics
+from measure_service import prometheus_metrics
 
 State = Literal["closed", "open", "half_open"]
 
@@ -183,5 +183,5 @@ class CircuitBreaker:
 
 
 def _record_upstream_transition(_before: State, after: State) -> None:
-    metrics.BREAKER_TRANSITIONS.labels(to=after).inc()
-    metrics.BREAKER_OPEN.set(0 if after == "closed" else 1)
+    prometheus_metrics.BREAKER_TRANSITIONS.labels(to=after).inc()
+    prometheus_metrics.BREAKER_OPEN.set(0 if after == "closed" else 1)

@@ -17,7 +17,7 @@ Row statuses it produces:
   is never cached, so the next request for the key tries again.
 
 A batch that upstream fails because of one row's input is split to find that row (see
-``isolation``): the row gets its error, cached like any row error, and the others their
+``row_isolation``): the row gets its error, cached like any row error, and the others their
 answers. A client whose row was at fault has its next batches sent apart from other clients'
 rows for a while, so that it pays for further bad rows itself.
 """
@@ -34,13 +34,13 @@ from typing import Any, NamedTuple, Protocol
 import gevent
 from gevent.event import AsyncResult
 
-from measure_service import metrics
+from measure_service import prometheus_metrics
 from measure_service.batcher import Batcher
+from measure_service.concurrency_limiter import AdaptiveLimiter
 from measure_service.greenlets import spawn
-from measure_service.isolation import Isolation, Isolator, Verdicts
-from measure_service.limiter import AdaptiveLimiter
 from measure_service.logs import current_trace_id
 from measure_service.quotas import Tenant, TenantQuotas
+from measure_service.row_isolation import Isolation, Isolator, Verdicts
 from measure_service.rows import QueryParams, RowKey, RowStatus
 from measure_service.shared_tier import FETCH, WAIT, SharedRow, SharedTier
 from measure_service.singleflight import SingleFlight
@@ -102,9 +102,12 @@ class RowOutcome(NamedTuple):
     reason: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Lookup:
-    """The outcomes of one request's rows, in order, and the counts the access log reports."""
+class Lookup(NamedTuple):
+    """The outcomes of one request's rows, in order, and the counts the access log reports.
+
+    A NamedTuple, like RowOutcome: a frozen dataclass sets each field through
+    ``object.__setattr__``, and one is built per request.
+    """
 
     outcomes: list[RowOutcome]
     hits: int
@@ -138,6 +141,7 @@ class FetchFailed(Exception):
 
 
 _PENDING = RowOutcome("pending")
+_new_tuple = tuple.__new__
 
 
 class _Flight(NamedTuple):
@@ -155,7 +159,7 @@ class _Item(NamedTuple):
     tenant: Tenant
 
 
-class _Group(NamedTuple):
+class _BatchKey(NamedTuple):
     """A batch group: one set of query parameters, and a suspect client batched apart."""
 
     params: QueryParams
@@ -203,7 +207,7 @@ class Fetcher:
         self._isolator = Isolator(self._settle, confirm=settings.retries > 0)
         self._suspects: dict[Tenant, float] = {}
         self._limiter = limiter if limiter is not None else AdaptiveLimiter(settings.concurrency)
-        self._batcher: Batcher[_Group, _Item] = Batcher(
+        self._batcher: Batcher[_BatchKey, _Item] = Batcher(
             self._send,
             window_s=settings.batch_window_s,
             max_items=settings.batch_rows,
@@ -222,7 +226,8 @@ class Fetcher:
         shares (the client key, or None without authentication).
         """
         now = self._clock()
-        settings = self._settings
+        ttl_s = self._settings.ttl_s
+        get = self._cache.get
         outcomes: list[RowOutcome] = []
         waits: list[tuple[int, AsyncResult]] = []
         hits = stale = coalesced = 0
@@ -230,11 +235,11 @@ class Fetcher:
         missed: list[tuple[int, RowKey, float]] = []
         status: RowStatus
         for key, cost in rows:
-            entry = self._cache.get(key)
+            entry = get(key)
             if entry is not None:
                 if entry.error is not None:
                     status = "error"
-                elif now - entry.fetched_at < settings.ttl_s:
+                elif now - entry.fetched_at < ttl_s:
                     status = "hit"
                 else:
                     status = "stale"
@@ -243,7 +248,8 @@ class Fetcher:
                 hits += status != "stale"
                 if cost < entry.cost:
                     entry = self._lower_cost(key, entry, cost)
-                outcomes.append(RowOutcome(status, entry))
+                # tuple.__new__: a NamedTuple's own __new__ is a Python call, paid per row.
+                outcomes.append(_new_tuple(RowOutcome, (status, entry, None)))
                 continue
             missed.append((len(outcomes), key, cost))
             outcomes.append(_PENDING)
@@ -286,7 +292,7 @@ class Fetcher:
                 outcomes[index] = RowOutcome("unavailable", None, reason)
                 refused[reason] = refused.get(reason, 0) + 1
         _count(hits, stale, misses, coalesced, refused)
-        return Lookup(outcomes, hits + stale + shared, misses - shared)
+        return _new_tuple(Lookup, (outcomes, hits + stale + shared, misses - shared))
 
     def close(self) -> None:
         """Stop batching; every fetch still queued fails so that no waiter hangs."""
@@ -308,7 +314,7 @@ class Fetcher:
         self._in_flight[key] = _Flight(cost, tenant)
         apart = tenant if self._is_suspect(tenant) else None
         item = _Item(key, current_trace_id(), tenant)
-        self._batcher.add(_Group(key.params, apart), item, deadline)
+        self._batcher.add(_BatchKey(key.params, apart), item, deadline)
         return result
 
     def _finish(self, key: RowKey, outcome: CachedAnswer | BaseException) -> None:
@@ -414,7 +420,7 @@ class Fetcher:
         flight = self._in_flight.get(key)
         if key in self._flights and flight is not None:
             item = _Item(key, None, flight.tenant)
-            self._batcher.add(_Group(key.params, None), item, time.monotonic(), at_once=True)
+            self._batcher.add(_BatchKey(key.params, None), item, time.monotonic(), at_once=True)
 
     def _lower_cost(self, key: RowKey, entry: CachedAnswer, cost: float) -> CachedAnswer:
         """Re-store ``entry`` at the lower ``cost`` a heavier row asks for, keeping its expiry."""
@@ -435,11 +441,11 @@ class Fetcher:
         with gevent.Timeout(wait_s, False):
             for _, result in waits:
                 result.wait()
-        metrics.WAIT_SECONDS.observe(time.monotonic() - started)
+        prometheus_metrics.WAIT_SECONDS.observe(time.monotonic() - started)
         done = all(result.ready() for _, result in waits)
-        metrics.WAIT_OUTCOMES.labels("all_fetched" if done else "timed_out").inc()
+        prometheus_metrics.WAIT_OUTCOMES.labels("all_fetched" if done else "timed_out").inc()
 
-    def _send(self, group: _Group, items: list[_Item]) -> None:
+    def _send(self, group: _BatchKey, items: list[_Item]) -> None:
         """Fetch one batch (in the batcher's upstream slot) and resolve every key in it.
 
         A batch failed for its rows' input goes on being split in a greenlet of its own, each
@@ -560,7 +566,7 @@ class Fetcher:
                 rejected += 1
             self._finish(key, entry)
         if rejected:
-            metrics.CACHE_REJECTED.inc(rejected)
+            prometheus_metrics.CACHE_REJECTED.inc(rejected)
 
     def _note_suspects(self, items: list[_Item], verdicts: Verdicts) -> None:
         """Batch the clients whose rows failed a batch apart from the others for a while."""
@@ -569,7 +575,7 @@ class Fetcher:
             self._suspects[tenant] = until
         if not verdicts.culprits:
             return
-        metrics.UPSTREAM_ISOLATED_ROWS.inc(len(verdicts.culprits))
+        prometheus_metrics.UPSTREAM_ISOLATED_ROWS.inc(len(verdicts.culprits))
         _LOG.warning(
             "upstream failed a batch because of rows: cached as their errors",
             extra={"rows": len(items), "culprits": len(verdicts.culprits),
@@ -608,12 +614,12 @@ def _trace_ids(items: list[_Item]) -> dict[str, list[str]]:
 def _count(hits: int, stale: int, misses: int, coalesced: int, refused: dict[str, int]) -> None:
     """Record one request's counts: one increment per metric, never one per row."""
     if hits:
-        metrics.CACHE_HITS.inc(hits)
+        prometheus_metrics.CACHE_HITS.inc(hits)
     if stale:
-        metrics.CACHE_STALE.inc(stale)
+        prometheus_metrics.CACHE_STALE.inc(stale)
     if misses:
-        metrics.CACHE_MISSES.inc(misses)
+        prometheus_metrics.CACHE_MISSES.inc(misses)
     if coalesced:
-        metrics.UPSTREAM_COALESCED.inc(coalesced)
+        prometheus_metrics.UPSTREAM_COALESCED.inc(coalesced)
     for reason, count in refused.items():
-        metrics.UPSTREAM_UNAVAILABLE.labels(reason).inc(count)
+        prometheus_metrics.UPSTREAM_UNAVAILABLE.labels(reason).inc(count)

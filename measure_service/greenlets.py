@@ -13,7 +13,7 @@ from typing import Any
 
 import gevent
 
-from measure_service import metrics
+from measure_service import prometheus_metrics
 
 
 def spawn(func: Callable[..., Any], *args: Any) -> gevent.Greenlet:
@@ -22,10 +22,10 @@ def spawn(func: Callable[..., Any], *args: Any) -> gevent.Greenlet:
     A new greenlet otherwise starts with an empty context, and its log lines would lose the id.
     """
     greenlet = gevent.spawn(contextvars.copy_context().run, func, *args)
-    metrics.BACKGROUND_GREENLETS.inc()
+    prometheus_metrics.BACKGROUND_GREENLETS.inc()
     greenlet.link(_ended)
     return greenlet
 
 
 def _ended(_greenlet: gevent.Greenlet) -> None:
-    metrics.BACKGROUND_GREENLETS.dec()
+    prometheus_metrics.BACKGROUND_GREENLETS.dec()

@@ -19,7 +19,7 @@ import gc
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from sys import getsizeof, intern
 from typing import Any, Literal, NamedTuple, get_args
 
@@ -153,11 +153,12 @@ class Row(NamedTuple):
 
 def entry_cost(key: RowKey, weight: int) -> float:
     """The cache cost of ``key``'s entry: ``weight_to_cost(weight)`` times its size in units."""
-    size = ENTRY_OVERHEAD_BYTES + getsizeof(key.inventory_id)
-    if key.region is not None:
-        size += getsizeof(key.region)
-    if key.framework is not None:
-        size += getsizeof(key.framework)
+    inventory_id, _, _, _, region, _, _, _, framework, _ = key
+    size = ENTRY_OVERHEAD_BYTES + getsizeof(inventory_id)
+    if region is not None:
+        size += getsizeof(region)
+    if framework is not None:
+        size += getsizeof(framework)
     steps = -(-size // _SIZE_STEP)
     return weight_to_cost(weight) * steps / 8
 
@@ -213,15 +214,15 @@ def parse_body(body: bytes, max_rows: int) -> list[Any]:
     dicts: a Python hook per object would make a hostile body costly.
     Plain bodies (the usual request) are read by orjson instead, when that is surely the same.
     """
-    document = _decode_plain(body, max_rows)
-    if document is None:
+    plain = _decode_plain(body, max_rows)
+    if plain is not None:
+        rows = _rows_of(plain.items())
+    else:
         document = _decode_strict(body)
-    elif isinstance(document, dict):
-        document = tuple(document.items())
-    if not isinstance(document, tuple):
-        raise BodyError("body must be a JSON object with a rows list")
-    _check_names(len(document))
-    rows = _rows_of(document)
+        if not isinstance(document, tuple):
+            raise BodyError("body must be a JSON object with a rows list")
+        _check_names(len(document))
+        rows = _rows_of(document)
     if rows is None:
         raise BodyError("rows is required")
     if not isinstance(rows, list):
@@ -230,7 +231,8 @@ def parse_body(body: bytes, max_rows: int) -> list[Any]:
         raise BodyError("rows must not be empty")
     if len(rows) > max_rows:
         raise BodyError(f"rows has {len(rows)} entries; at most {max_rows} are allowed")
-    return [_row_object(row) for row in rows]
+    # orjson built the rows of a plain body as dicts already.
+    return rows if plain is not None else [_row_object(row) for row in rows]
 
 
 def _check_names(count: int) -> None:
@@ -240,7 +242,7 @@ def _check_names(count: int) -> None:
         )
 
 
-def _decode_plain(body: bytes, max_rows: int) -> Any:
+def _decode_plain(body: bytes, max_rows: int) -> dict[str, Any] | None:
     """The document, when orjson's reading of ``body`` is surely the strict one; else None.
 
     Raises BodyError at once for a body that would be refused whatever the strict reading
@@ -318,19 +320,20 @@ def validate_row(raw: Any, params: QueryParams) -> Row:
     except _RowError as exc:
         return Row(None, None, None, 0, None, str(exc))
     row_identifier = fields.get("rowIdentifier")
-    if isinstance(row_identifier, bool) or not isinstance(row_identifier, (str, int, type(None))):
-        return Row(None, None, None, 0, None, "rowIdentifier must be a string or an integer")
-    if isinstance(row_identifier, str) and (
-        len(row_identifier) > MAX_ROW_IDENTIFIER or _BAD_TEXT.search(row_identifier)
+    if isinstance(row_identifier, str):
+        if len(row_identifier) > MAX_ROW_IDENTIFIER or not _is_clean(row_identifier):
+            return Row(
+                None, None, None, 0, None,
+                f"rowIdentifier must be at most {MAX_ROW_IDENTIFIER} characters, "
+                "without control characters or lone surrogates",
+            )
+    elif row_identifier is not None and (
+        isinstance(row_identifier, bool) or not isinstance(row_identifier, int)
     ):
-        return Row(
-            None, None, None, 0, None,
-            f"rowIdentifier must be at most {MAX_ROW_IDENTIFIER} characters, "
-            "without control characters or lone surrogates",
-        )
+        return Row(None, None, None, 0, None, "rowIdentifier must be a string or an integer")
     try:
         weight = _weight(fields.get("weight"))
-        inventory_id = _inventory_id(fields.get("inventoryId"))
+        property_name = _inventory_id(fields.get("inventoryId"))
         date = _date(fields.get("utcDatetime"))
         impressions = _impressions(fields.get("impressions"))
         country = _country(fields.get("country"))
@@ -343,14 +346,17 @@ def validate_row(raw: Any, params: QueryParams) -> Row:
         # Echo the name only when it is valid text: an invalid one may be a megabyte long.
         name = _echoable(inventory)
         return Row(row_identifier, name, None, 0, None, str(exc))
-    key = RowKey(
-        inventory_id, date, impressions, country, region, channel, device_type, network,
+    # Built by tuple.__new__: a NamedTuple's own __new__ is a Python call, paid per row.
+    key: RowKey = _new_tuple(RowKey, (
+        property_name.lower(), date, impressions, country, region, channel, device_type, network,
         params.framework, params.latest,
+    ))
+    return _new_tuple(
+        Row, (row_identifier, property_name, date, weight, key, None, entry_cost(key, weight))
     )
-    return Row(
-        row_identifier, fields["inventoryId"].strip(), date, weight, key, None,
-        entry_cost(key, weight),
-    )
+
+
+_new_tuple = tuple.__new__
 
 
 class _RowError(ValueError):
@@ -376,7 +382,7 @@ def _object(pairs: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
     return document
 
 
-def _rows_of(pairs: tuple[tuple[str, Any], ...]) -> Any:
+def _rows_of(pairs: Iterable[tuple[str, Any]]) -> Any:
     """The value of the top-level ``rows`` (any case); other top-level names are ignored."""
     found = [value for name, value in pairs if len(name) == 4 and name.lower() == "rows"]
     if len(found) > 1:
@@ -436,16 +442,22 @@ def _canonical_fields(raw: Mapping[str, Any]) -> Mapping[str, Any]:
 
 def _echoable(value: Any) -> str | None:
     """``value`` trimmed, when it is short clean text that can go back in an answer."""
-    if not isinstance(value, str) or len(value) > MAX_INVENTORY_ID or _BAD_TEXT.search(value):
+    if not isinstance(value, str) or len(value) > MAX_INVENTORY_ID or not _is_clean(value):
         return None
     return value.strip()
+
+
+def _is_clean(text: str) -> bool:
+    """Whether ``text`` has no control character and no lone surrogate (see ``_BAD_TEXT``)."""
+    # Printable text has neither (both are unprintable categories), and the check is a C loop.
+    return text.isprintable() or _BAD_TEXT.search(text) is None
 
 
 def _text(field: str, value: str, limit: int) -> str:
     """``value`` trimmed, refused when too long or holding control characters or surrogates."""
     if len(value) > limit:
         raise _RowError(f"{field} must be at most {limit} characters")
-    if _BAD_TEXT.search(value):
+    if not _is_clean(value):
         raise _RowError(
             f"{field} must not contain control characters or lone surrogates (not UTF-8)"
         )
@@ -453,11 +465,12 @@ def _text(field: str, value: str, limit: int) -> str:
 
 
 def _inventory_id(value: Any) -> str:
+    """The inventoryId as given, trimmed (the key holds it lower-cased)."""
     if value is None:
         raise _RowError("inventoryId is required")
     if not isinstance(value, str):
         raise _RowError("inventoryId must be a string")
-    text = _text("inventoryId", value, MAX_INVENTORY_ID).lower()
+    text = _text("inventoryId", value, MAX_INVENTORY_ID)
     if not text:
         raise _RowError("inventoryId must not be empty")
     return text
@@ -550,6 +563,8 @@ def _country(value: Any) -> str | None:
 
 
 def _region(value: Any) -> str | None:
+    if value is None:
+        return None  # absent or null, as in most rows
     text = _optional_string("region", value)
     if text is None:
         return None
@@ -557,6 +572,8 @@ def _region(value: Any) -> str | None:
 
 
 def _choice(field: str, value: Any, allowed: frozenset[str]) -> str | None:
+    if value is None:
+        return None  # absent or null, as in most rows for some of these fields
     shared = _SHARED.get(value) if value.__class__ is str else None
     if shared is not None and shared in allowed:
         return shared  # the usual spelling: exactly a canonical value

@@ -50,7 +50,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from measure_service import metrics
+from measure_service import prometheus_metrics
 from measure_service.breaker import CircuitBreaker, State
 from measure_service.config import Config, redact_url
 from measure_service.greenlets import spawn
@@ -300,11 +300,11 @@ class SharedTier:
             elif self._lifetime_left(row, now) > 0:
                 found[key] = row
         if undecodable:
-            metrics.SHARED_ERRORS.labels("undecodable").inc(undecodable)
+            prometheus_metrics.SHARED_ERRORS.labels("undecodable").inc(undecodable)
         if found:
-            metrics.SHARED_HITS.inc(len(found))
+            prometheus_metrics.SHARED_HITS.inc(len(found))
         if len(found) < len(keys):
-            metrics.SHARED_MISSES.inc(len(keys) - len(found))
+            prometheus_metrics.SHARED_MISSES.inc(len(keys) - len(found))
         return found
 
     def claim(self, keys: Sequence[RowKey]) -> list[Claim]:
@@ -331,7 +331,7 @@ class SharedTier:
             claims[index] = self._settle_claim(key, _Lease(token, now), answer, sent)
             won += claims[index] is FETCH
         if won:
-            metrics.SHARED_LEASES.labels(taken).inc(won)
+            prometheus_metrics.SHARED_LEASES.labels(taken).inc(won)
         return claims
 
     def watch(
@@ -371,7 +371,7 @@ class SharedTier:
             return
         lost = sum(1 for answer in answers if answer == 0)
         if lost:
-            metrics.SHARED_LEASES.labels("lost").inc(lost)
+            prometheus_metrics.SHARED_LEASES.labels("lost").inc(lost)
 
     def release(self, keys: Iterable[RowKey]) -> None:
         """Give up the leases of rows this worker failed to fetch, so a waiter takes over."""
@@ -464,7 +464,7 @@ class SharedTier:
             # Redis answered: it is up. OOM (maxmemory with noeviction) refuses writes only.
             self._breaker.record_success()
             kind = "full" if "maxmemory" in str(exc) else "response_error"
-            metrics.SHARED_ERRORS.labels(kind).inc()
+            prometheus_metrics.SHARED_ERRORS.labels(kind).inc()
             if kind == "full":
                 self._note_full(True)
             else:
@@ -475,16 +475,16 @@ class SharedTier:
                 # Every pooled connection is busy: this worker is overloaded, Redis is not
                 # down, so the breaker is not told.
                 self._breaker.record_success()
-                metrics.SHARED_ERRORS.labels("pool_exhausted").inc()
+                prometheus_metrics.SHARED_ERRORS.labels("pool_exhausted").inc()
                 return None
             kind = "timeout" if isinstance(exc, redis.exceptions.TimeoutError) else "connection"
-            metrics.SHARED_ERRORS.labels(kind).inc()
+            prometheus_metrics.SHARED_ERRORS.labels(kind).inc()
             # The breaker's transitions are the log lines; one per failure would flood.
             _LOG.debug("redis %s failed: %s", op, exc, extra={"op": op, "kind": kind})
             self._breaker.record_failure()
             return None
         finally:
-            metrics.SHARED_LATENCY.labels(op).observe(time.perf_counter() - started)
+            prometheus_metrics.SHARED_LATENCY.labels(op).observe(time.perf_counter() - started)
         self._breaker.record_success()
         if op in ("claim", "write") and self._full_since is not None:
             self._note_full(False)
@@ -615,7 +615,7 @@ class SharedTier:
                 continue
             if isinstance(claim, SharedRow):
                 del self._watched[key]
-                metrics.SHARED_LEASES.labels("waited").inc()
+                prometheus_metrics.SHARED_LEASES.labels("waited").inc()
                 watch.on_value(key, claim)
             elif claim is WAIT:
                 backoff = min(MAX_POLL_S, watch.delay * 2)
@@ -675,8 +675,8 @@ def _transition_logger(description: str) -> Callable[[State, State], None]:
     """One log line when the tier degrades and one when it recovers, never one per request."""
 
     def on_transition(before: State, after: State) -> None:
-        metrics.SHARED_BREAKER_TRANSITIONS.labels(to=after).inc()
-        metrics.SHARED_BREAKER_OPEN.set(0 if after == "closed" else 1)
+        prometheus_metrics.SHARED_BREAKER_TRANSITIONS.labels(to=after).inc()
+        prometheus_metrics.SHARED_BREAKER_OPEN.set(0 if after == "closed" else 1)
         if before == "closed" and after == "open":
             _LOG.warning(
                 "shared tier degraded: redis unreachable, serving from memory and upstream",

@@ -13,7 +13,7 @@ Retry policy, per call to :meth:`UpstreamClient.measure`:
 The circuit breaker hears of every attempt, but an answer refusing a call (5xx, 429, malformed)
 counts once per call however often it is retried; no answer at all (timeout, connection error)
 counts at each attempt, since each is a fresh sign that upstream is unreachable. A caller that
-isolates failures (see ``isolation``) asks with ``judge_5xx=True``: a 5xx answer is then left
+isolates failures (see ``row_isolation``) asks with ``judge_5xx=True``: a 5xx answer is then left
 for it to judge with :meth:`settle`, since a batch may fail because of one row's input, which
 says nothing about upstream's health.
 
@@ -41,10 +41,10 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ReadTimeoutError
 
-from measure_service import metrics
+from measure_service import prometheus_metrics
 from measure_service.backoff import Backoff
 from measure_service.breaker import CircuitBreaker
-from measure_service.limiter import OK, OVERLOAD, AdaptiveLimiter
+from measure_service.concurrency_limiter import OK, OVERLOAD, AdaptiveLimiter
 from measure_service.logs import REDACTED
 
 _LOG = logging.getLogger(__name__)
@@ -261,7 +261,7 @@ class UpstreamClient:
                     break
                 raise UpstreamError("breaker_open", "circuit breaker is open; upstream not called")
             if last_error is not None:
-                metrics.UPSTREAM_RETRIES.inc()
+                prometheus_metrics.UPSTREAM_RETRIES.inc()
             try:
                 results = self._attempt(body, query, wanted, attempt, retry_5xx=not judge_5xx)
             except UpstreamError as exc:
@@ -330,13 +330,13 @@ class UpstreamClient:
         *,
         retry_5xx: bool,
     ) -> dict[str, RowResult]:
-        metrics.UPSTREAM_ROWS.inc(len(wanted))
-        metrics.UPSTREAM_BATCH_ROWS.observe(len(wanted))
+        prometheus_metrics.UPSTREAM_ROWS.inc(len(wanted))
+        prometheus_metrics.UPSTREAM_BATCH_ROWS.observe(len(wanted))
         started = self._clock()
         log_fields: dict[str, Any] = {"attempt": attempt, "rows": len(wanted)}
         if not retry_5xx:
             log_fields["5xx_judged_by_caller"] = True
-        metrics.UPSTREAM_IN_FLIGHT.inc()
+        prometheus_metrics.UPSTREAM_IN_FLIGHT.inc()
         try:
             status, headers, content = self._post(body, query, started)
         except (requests.Timeout, _DeadlineExceeded) as exc:
@@ -357,8 +357,8 @@ class UpstreamClient:
                 log_fields, started,
             ) from exc
         finally:
-            metrics.UPSTREAM_IN_FLIGHT.dec()
-            metrics.UPSTREAM_LATENCY.observe(max(0.0, self._clock() - started))
+            prometheus_metrics.UPSTREAM_IN_FLIGHT.dec()
+            prometheus_metrics.UPSTREAM_LATENCY.observe(max(0.0, self._clock() - started))
 
         log_fields["upstream_status"] = status
         if 200 <= status < 300:
@@ -430,7 +430,7 @@ class UpstreamClient:
     ) -> dict[str, RowResult]:
         row_errors = sum(1 for result in results.values() if result.error is not None)
         outcome = "row_error" if row_errors else "ok"
-        metrics.UPSTREAM_REQUESTS.labels(outcome=outcome).inc()
+        prometheus_metrics.UPSTREAM_REQUESTS.labels(outcome=outcome).inc()
         if self._limiter is not None:
             self._limiter.observe(self._clock() - started, OK)
         with self._lock:
@@ -453,7 +453,7 @@ class UpstreamClient:
         retry_after: float | None = None,
         log: bool = True,
     ) -> UpstreamError:
-        metrics.UPSTREAM_REQUESTS.labels(outcome=outcome).inc()
+        prometheus_metrics.UPSTREAM_REQUESTS.labels(outcome=outcome).inc()
         if self._limiter is not None and outcome in ("http_429", "timeout"):
             self._limiter.observe(self._clock() - started, OVERLOAD)
         if not log:

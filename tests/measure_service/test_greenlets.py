@@ -3,7 +3,7 @@ from __future__ import annotations
 import gevent
 import gevent.event
 
-from measure_service import greenlets, logs, metrics
+from measure_service import greenlets, logs, prometheus_metrics
 
 
 def test_a_spawned_greenlet_sees_the_spawners_trace_id() -> None:
@@ -25,7 +25,7 @@ def test_a_plain_greenlet_does_not_see_it() -> None:
 
 
 def test_spawned_greenlets_are_counted_while_alive_and_uncounted_after() -> None:
-    gauge = metrics.BACKGROUND_GREENLETS
+    gauge = prometheus_metrics.BACKGROUND_GREENLETS
     before = gauge._value.get()
     release = gevent.event.Event()
     greenlet = greenlets.spawn(release.wait)

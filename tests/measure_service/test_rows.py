@@ -445,3 +445,21 @@ def test_a_body_with_many_top_level_names_is_refused_naming_the_bound() -> None:
 def test_too_many_rows_are_refused_before_any_second_parse() -> None:
     with pytest.raises(BodyError, match="rows has 5 entries"):
         parse_body(b'{"rows": [{}, {}, {}, {}, {}]}', max_rows=3)
+
+
+def _has_control_or_surrogate(text: str) -> bool:
+    return any(
+        code <= 0x1F or 0x7F <= code <= 0x9F or 0xD800 <= code <= 0xDFFF
+        for code in map(ord, text)
+    )
+
+
+@given(st.text(alphabet=st.characters(exclude_categories=()), max_size=40))
+def test_text_is_refused_exactly_when_it_holds_a_control_character_or_a_lone_surrogate(
+    text: str,
+) -> None:
+    bad = _has_control_or_surrogate(text)
+    as_identifier = validate_row(row(rowIdentifier=text), NO_PARAMS)
+    assert (as_identifier.error is not None) == bad
+    as_region = validate_row(row(region=text), NO_PARAMS)
+    assert (as_region.error is not None) == bad

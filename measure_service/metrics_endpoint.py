@@ -1,13 +1,13 @@
 """The /metrics endpoint and the cache's own figures, summed over all workers.
 
 prometheus_flask_exporter's ``GunicornInternalPrometheusMetrics`` serves ``/metrics`` from the
-app itself. Every worker writes its values to its own files in ``PROMETHEUS_MULTIPROC_DIR`` (see
-``metrics``), and a scrape, which reaches one worker, reads the files of all of them: counters and
-histograms add up, and the cache gauges are ``livesum``, so a worker's gauges leave the sum once
-gunicorn's ``child_exit`` hook marks it dead.
+app itself. Every worker writes its values to its own files in ``PROMETHEUS_MULTIPROC_DIR``
+(see ``prometheus_metrics``), and a scrape, which reaches one worker, reads the files of all of
+them: counters and histograms add up, and the cache gauges are ``livesum``, so a worker's gauges
+leave the sum once gunicorn's ``child_exit`` hook marks it dead.
 
 The exporter's own HTTP metrics are off: its Flask hooks would cost a large share of the hit
-path. ``bookkeeping`` records the same names for a fraction of that.
+path. ``request_telemetry`` records the same names for a fraction of that.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 import gevent
 from flask import Flask
 
-from measure_service import metrics
+from measure_service import prometheus_metrics
 from weighted_cache import Cache as WeightedCache
 
 # How often each worker copies its cache's figures into its metric files.
@@ -45,27 +45,31 @@ class CacheMetrics:
         """Bring the gauges up to date and add new evictions and expirations to the counters."""
         cache = self._cache
         stats = cache.metrics
-        self._evicted = _add_growth(metrics.CACHE_EVICTIONS, stats.keys_evicted, self._evicted)
-        self._expired = _add_growth(metrics.CACHE_EXPIRATIONS, stats.keys_expired, self._expired)
-        metrics.CACHE_ENTRIES.set(len(cache))
-        metrics.CACHE_COST_USED.set(cache.cost_used)
-        metrics.CACHE_MAX_COST.set(cache.max_cost)
+        self._evicted = _add_growth(
+            prometheus_metrics.CACHE_EVICTIONS, stats.keys_evicted, self._evicted
+        )
+        self._expired = _add_growth(
+            prometheus_metrics.CACHE_EXPIRATIONS, stats.keys_expired, self._expired
+        )
+        prometheus_metrics.CACHE_ENTRIES.set(len(cache))
+        prometheus_metrics.CACHE_COST_USED.set(cache.cost_used)
+        prometheus_metrics.CACHE_MAX_COST.set(cache.max_cost)
 
 
 def install(app: Flask, cache: object) -> Callable[[], None]:
     """Serve ``/metrics`` from ``app``, write this worker's values to its files each second and
     before each scrape, with a weighted_cache ``cache``'s figures; returns what stops that.
     """
-    # Imported here, after ``metrics`` has set up the multiprocess directory it needs.
+    # Imported here, after ``prometheus_metrics`` has set up the multiprocess directory it needs.
     from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
 
-    refresh: Callable[[], None] = metrics.flush
+    refresh: Callable[[], None] = prometheus_metrics.flush
     if isinstance(cache, WeightedCache):
         cache_metrics = CacheMetrics(cache)
 
         def refresh() -> None:
             cache_metrics.refresh()
-            metrics.flush()
+            prometheus_metrics.flush()
 
     refresh()
     # One exporter per app, each with its own registry: many apps in one process (tests) do not
@@ -82,7 +86,7 @@ def install(app: Flask, cache: object) -> Callable[[], None]:
         # Blocking: once the app is closed, its refresher is gone (no greenlet outlives
         # close_app), and what it last counted is in the files.
         refresher.kill(block=True, timeout=1.0)
-        metrics.flush()
+        prometheus_metrics.flush()
 
     return stop
 

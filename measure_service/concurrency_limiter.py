@@ -25,7 +25,7 @@ from contextlib import contextmanager
 
 from gevent.event import Event
 
-from measure_service import metrics
+from measure_service import prometheus_metrics
 
 # The answer latency may rise this far above the long-run latency before the limit shrinks:
 # batches of different sizes and jitter vary it that much without upstream being overloaded.
@@ -66,7 +66,7 @@ class AdaptiveLimiter:
         self._last_backoff = -math.inf
         self._waiters: list[tuple[float, int, Event]] = []
         self._order = itertools.count()
-        metrics.UPSTREAM_LIMIT.set(self.limit)
+        prometheus_metrics.UPSTREAM_LIMIT.set(self.limit)
 
     @property
     def limit(self) -> int:
@@ -136,7 +136,7 @@ class AdaptiveLimiter:
 
     def _set(self, limit: float) -> None:
         self._limit = max(float(self._floor), min(float(self._ceiling), limit))
-        metrics.UPSTREAM_LIMIT.set(self.limit)
+        prometheus_metrics.UPSTREAM_LIMIT.set(self.limit)
         self._wake()
 
     def _wake(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gevent
 import pytest
 
-from measure_service.limiter import OK, OVERLOAD, AdaptiveLimiter
+from measure_service.concurrency_limiter import OK, OVERLOAD, AdaptiveLimiter
 from tests.measure_service.conftest import FakeClock
 
 

@@ -1,4 +1,4 @@
-"""The WSGI bookkeeping wrapper: trace id, HTTP metrics labels, and the DEBUG request line."""
+"""The request telemetry wrapper: trace id, HTTP metrics labels, and the DEBUG request line."""
 
 from __future__ import annotations
 
@@ -13,17 +13,17 @@ from flask import Flask
 from prometheus_client import REGISTRY
 
 from measure_service import logs
-from measure_service.bookkeeping import RequestBookkeeping
+from measure_service.request_telemetry import RequestTelemetry
 
 
 def make_app() -> Flask:
-    app = Flask("bookkeeping")
+    app = Flask("telemetry")
 
     @app.route("/known", methods=["GET", "POST"])
     def known() -> dict[str, Any]:
         return {"trace": logs.current_trace_id()}
 
-    app.wsgi_app = RequestBookkeeping(app.wsgi_app, ["/known"])  # type: ignore[method-assign]
+    app.wsgi_app = RequestTelemetry(app.wsgi_app, ["/known"])  # type: ignore[method-assign]
     return app
 
 
@@ -51,7 +51,7 @@ def test_an_unusual_method_is_counted_as_other() -> None:
 
 @pytest.fixture
 def debug_lines() -> Iterator[io.StringIO]:
-    logger = logging.getLogger("measure_service.bookkeeping")
+    logger = logging.getLogger("measure_service.request_telemetry")
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logs.json_formatter())

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from measure_service.isolation import Isolator
+from measure_service.row_isolation import Isolator
 from measure_service.upstream import RowResult, UpstreamError
 
 OK = RowResult(1.0, "modeled", None)

@@ -15,7 +15,7 @@ from flask.testing import FlaskClient
 from prometheus_client import REGISTRY
 
 from devtools.probes import Samples, parse_metrics
-from measure_service import bookkeeping, exporter, metrics
+from measure_service import metrics_endpoint, prometheus_metrics, request_telemetry
 from measure_service.app import close_app, create_app
 from measure_service.config import Config
 from tests.measure_service.conftest import FakeClock, FakeUpstream
@@ -79,10 +79,10 @@ def test_metrics_serves_the_service_metrics_as_prometheus_text(client: FlaskClie
 
 
 @pytest.mark.parametrize(("name", "label", "values"), [
-    ("measure_upstream_requests_total", "outcome", metrics.UPSTREAM_OUTCOMES),
-    ("measure_upstream_unavailable_rows_total", "reason", metrics.UNAVAILABLE_REASONS),
-    ("measure_upstream_breaker_transitions_total", "to", metrics.BREAKER_STATES),
-    ("measure_wait_window_total", "outcome", metrics.WAIT_RESULTS),
+    ("measure_upstream_requests_total", "outcome", prometheus_metrics.UPSTREAM_OUTCOMES),
+    ("measure_upstream_unavailable_rows_total", "reason", prometheus_metrics.UNAVAILABLE_REASONS),
+    ("measure_upstream_breaker_transitions_total", "to", prometheus_metrics.BREAKER_STATES),
+    ("measure_wait_window_total", "outcome", prometheus_metrics.WAIT_RESULTS),
 ])
 def test_every_known_label_value_is_exported_before_its_first_increment(
     client: FlaskClient, name: str, label: str, values: tuple[str, ...]
@@ -121,7 +121,7 @@ def test_an_unknown_url_is_counted_as_unmatched_not_by_its_path(client: FlaskCli
     assert not any("page-7f3a" in str(labels) for _, labels in after)
 
 
-@pytest.mark.parametrize("path", bookkeeping.UNTRACKED_PATHS)
+@pytest.mark.parametrize("path", request_telemetry.UNTRACKED_PATHS)
 def test_probes_and_scrapes_are_not_counted(client: FlaskClient, path: str) -> None:
     before = scrape(client)
     client.get(path)
@@ -161,7 +161,7 @@ def counter(name: str) -> float:
 
 def test_evictions_reach_the_counter_once_each() -> None:
     cache: Cache[int, int] = Cache(3)
-    recorder = exporter.CacheMetrics(cache)
+    recorder = metrics_endpoint.CacheMetrics(cache)
     for key in range(3):
         cache.set(key, key)
     cache.set(0, 0, cost=2)  # pushes one other entry out
@@ -174,7 +174,7 @@ def test_evictions_reach_the_counter_once_each() -> None:
 
 def test_expirations_reach_the_counter(clock: FakeClock) -> None:
     cache: Cache[str, int] = Cache(100, clock=clock)
-    recorder = exporter.CacheMetrics(cache)
+    recorder = metrics_endpoint.CacheMetrics(cache)
     cache.set("short", 1, ttl=1.0)
     clock.advance(2.0)
     assert cache.get("short") is None
@@ -196,7 +196,7 @@ def test_many_apps_in_one_process_each_serve_metrics(upstream: FakeUpstream) -> 
 
 def test_an_app_whose_cache_is_not_a_weighted_cache_still_serves_metrics() -> None:
     plain = Flask("plain")
-    stop = exporter.install(plain, object())
+    stop = metrics_endpoint.install(plain, object())
     try:
         assert plain.test_client().get("/metrics").status_code == 200
     finally:

@@ -1,6 +1,6 @@
 """What every request needs, done once at the WSGI layer: trace id, HTTP metrics, request line.
 
-:class:`RequestBookkeeping` wraps the Flask app. For each request it
+:class:`RequestTelemetry` wraps the Flask app. For each request it
 
 - takes the client's ``X-Trace-Id`` if safe, else makes one; makes it the current trace id (so
   every log line of the request has it, see ``logs``), returns it in the ``X-Trace-Id`` header,
@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from measure_service import logs, metrics
+from measure_service import logs, prometheus_metrics
 
 # Scrapes and probes are not traffic.
 UNTRACKED_PATHS = ("/metrics", "/healthcheck", "/readyz")
@@ -34,7 +34,7 @@ StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 
-class RequestBookkeeping:
+class RequestTelemetry:
     """WSGI wrapper giving each request its trace id, its HTTP metrics and its DEBUG line."""
 
     def __init__(self, app: WSGIApp, routes: Iterable[str]) -> None:
@@ -42,8 +42,8 @@ class RequestBookkeeping:
         self._app = app
         self._untracked = frozenset(UNTRACKED_PATHS)
         self._routes = frozenset(routes) - self._untracked
-        # Label children by (method, path, status): labels() costs more than the increment.
-        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        # Recorders by (method, path, status): labels() costs more than the increment.
+        self._recorders: dict[tuple[str, str, str], Callable[[float], None]] = {}
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         """Serve the request through the wrapped app under its trace id, then record it."""
@@ -74,11 +74,10 @@ class RequestBookkeeping:
         if path not in self._untracked:
             route = path if path in self._routes else "unmatched"
             key = (method if method in _METHODS else "other", route, status[:3])
-            children = self._children.get(key)
-            if children is None:
-                children = self._children[key] = _children(key)
-            children[0].observe(elapsed_s)
-            children[1].inc()
+            record = self._recorders.get(key)
+            if record is None:
+                record = self._recorders[key] = prometheus_metrics.http_recorder(*key)
+            record(elapsed_s)
         if _LOG.isEnabledFor(logging.DEBUG):
             _LOG.debug(
                 "request handled",
@@ -94,10 +93,3 @@ class RequestBookkeeping:
                 },
             )
 
-
-def _children(key: tuple[str, str, str]) -> tuple[Any, Any]:
-    method, route, status = key
-    return (
-        metrics.HTTP_LATENCY.labels(method, route, status),
-        metrics.HTTP_REQUESTS.labels(method, status),
-    )
