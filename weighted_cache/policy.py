@@ -43,11 +43,8 @@ WINDOW_NEW = 5  # in the window; the sketch has not yet seen this insertion
 _WINDOW_MIN = 0.01  # the window's share of the budget: where it starts, and its floor
 _WEIGHTED_WINDOW = 0.2  # the starting share when entry costs vary (see _on_first_fill)
 _PROTECTED_SHARE = 0.8  # share of the main space kept for protected
-# Climber (see _climb): a sample lasts half a request per resident entry, so a
-# cache adapts within a trace a few times its size, but never fewer than
-# _MIN_SAMPLE requests: the climber tests every sample, and on shorter ones
-# the counts are so small that noise passes the bar by chance over a trace's
-# many samples, walking the window away from where the hits are.
+# Climber (see _climb): a sample lasts half a request per resident entry, at
+# least _MIN_SAMPLE, so a cache adapts within a trace a few times its size.
 # A move is at most _MAX_STEPS steps of _STEP_PERCENT of the budget, taken
 # only when its evidence beats _MIN_GAIN of the sample's requests and twice
 # its own noise: larger moves measured worse, as the linear estimate of what
@@ -57,7 +54,7 @@ _STEPS = 5  # ghost depths: step * 2**level, up to the whole budget
 _MAX_STEPS = 2  # a move is at most this many steps
 _GHOST_SAMPLE = 4096  # caches beyond this many entries track a sample of departed keys
 _SAMPLE_MULT = 0.5
-_MIN_SAMPLE = 1024
+_MIN_SAMPLE = 64
 _MIN_GAIN = 0.002
 _VICTIM_SAMPLE = 4  # probation-tail entries compared when costs differ
 _MAX_FREQ = 16  # a saturated counter plus the doorkeeper bit
