@@ -587,8 +587,8 @@ class Policy:
         falls below the running mean of the samples before the move.
         """
         requests = self._sample_hits + self._sample_misses
+        rate = self._sample_hits / requests
         mean = self._mean_rate
-        rate = self._sample_hits / requests if requests else max(mean, 0.0)
         self._mean_rate = rate if mean < 0 else mean + _RATE_WEIGHT * (rate - mean)
         trial, self._trial = self._trial, 0
         if trial and rate < self._trial_baseline:
