@@ -56,9 +56,6 @@ _GHOST_SAMPLE = 4096  # caches beyond this many entries track a sample of depart
 _SAMPLE_MULT = 0.5
 _MIN_SAMPLE = 64
 _MIN_GAIN = 0.002
-# A move is kept only if the next sample's hit rate is at least the running mean of the
-# samples before it; the mean gives the latest sample this weight.
-_RATE_WEIGHT = 0.25
 _VICTIM_SAMPLE = 4  # probation-tail entries compared when costs differ
 _MAX_FREQ = 16  # a saturated counter plus the doorkeeper bit
 # Entries whose unwritten uses are held at once; bounds that table's memory.
@@ -226,9 +223,6 @@ class Policy:
         self._window_ghost = _Ghost()  # refused candidates, by window departures
         self._main_ghost = _Ghost()  # main's victims, by main evictions
         self._ghost_mask = 0
-        self._trial = 0  # the last move, until the next sample confirms or undoes it
-        self._trial_baseline = 0.0  # the mean hit rate it must reach
-        self._mean_rate = -1.0  # running mean of the samples' hit rates; -1 before the first
 
     # -- bookkeeping -------------------------------------------------------
 
@@ -582,20 +576,9 @@ class Policy:
         d of budget, estimated at probation's hit density.  Shrinking it
         would have gained main's victims that came back within d evictions,
         and cost the window's density times d.  Both are measured over the
-        same requests, so a change of phase moves both sides alike.  A move
-        must then show as hits: the next sample undoes it if its hit rate
-        falls below the running mean of the samples before the move.
+        same requests, so a change of phase moves both sides alike.
         """
         requests = self._sample_hits + self._sample_misses
-        rate = self._sample_hits / requests
-        mean = self._mean_rate
-        self._mean_rate = rate if mean < 0 else mean + _RATE_WEIGHT * (rate - mean)
-        trial, self._trial = self._trial, 0
-        if trial and rate < self._trial_baseline:
-            # The ghosts' case for the last move did not show as hits: undo it.
-            self._end_sample()
-            self._adjust_window(-trial)
-            return
         step = self._step_cost()
         window, probation, protected = self.window, self.probation, self.protected
         protected_hits = self._sample_hits - self._window_hits - self._probation_hits
@@ -609,8 +592,7 @@ class Policy:
         # no reuse at all: then it sits before a cliff that short moves never
         # show (reuse farther off than the next step).  Otherwise the linear
         # estimate of what main gives up is trusted only near its edge.
-        cliff = self._window_hits == 0
-        levels = _STEPS if cliff else _MAX_STEPS
+        levels = _STEPS if self._window_hits == 0 else _MAX_STEPS
         for level in range(levels):
             d = step << level
             if d <= room or (d >> 1) < room:
@@ -627,22 +609,15 @@ class Policy:
                 loss = window_density * d
                 if gain - loss > best and gain - loss > 2 * math.sqrt(scale * gain + loss):
                     best, move = gain - loss, -d
-        self._end_sample()
-        if move:
-            # Evidence seen far off sets the direction; the move stays short.
-            limit = step * _MAX_STEPS
-            before = self.window_max
-            self._adjust_window(max(min(move, limit), -limit))
-            # A move towards a cliff cannot show as hits before it is crossed.
-            self._trial = 0 if cliff else self.window_max - before
-            self._trial_baseline = rate if mean < 0 else mean
-
-    def _end_sample(self) -> None:
         self._sample_hits = self._sample_misses = 0
         self._window_hits = self._probation_hits = 0
         self._window_ghost.gains = [0] * _STEPS
         self._main_ghost.gains = [0] * _STEPS
         self._sample_period = self._next_period()
+        if move:
+            # Evidence seen far off sets the direction; the move stays short.
+            limit = step * _MAX_STEPS
+            self._adjust_window(max(min(move, limit), -limit))
 
     def _adjust_window(self, amount: int) -> None:
         if amount > 0:
