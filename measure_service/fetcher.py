@@ -16,23 +16,27 @@ Row statuses it produces:
   waited on failed (timeouts, 5xx, a row missing from upstream's answer, ...). A failed fetch
   is never cached, so the next request for the key tries again.
 
-A batch that upstream fails because of one row's input is split to find that row (see
-``isolation``): the row gets its error, cached like any row error, and the others their
-answers. A client whose row was at fault has its next batches sent apart from other clients'
-rows for a while, so that it pays for further bad rows itself.
+A batch that one row's input spoils (upstream fails it, hangs on it, answers it slowly or
+wrongly) is split to find that row (see ``isolation``): the row gets its error, cached like any
+row error, and the others their answers. A client whose rows were at fault (or slow) has its
+next batches sent apart from other clients' rows for a while, so that it pays for further bad
+rows itself: its batches hold at most half of the upstream slots, and their latency does not
+steer the adaptive limit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, cast
 
 import gevent
 from gevent.event import AsyncResult
+from gevent.lock import BoundedSemaphore
 
 from measure_service import metrics
 from measure_service.batcher import Batcher
@@ -67,7 +71,13 @@ class Upstream(Protocol):
     """The part of ``UpstreamClient`` the fetcher uses."""
 
     def measure(
-        self, rows: Sequence[Mapping[str, Any]], params: Mapping[str, str], *, judge_5xx: bool
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        params: Mapping[str, str],
+        *,
+        judge: bool,
+        read_timeout_s: float | None,
+        observe_latency: bool,
     ) -> Mapping[str, RowResult]: ...
     def settle(self, error: UpstreamError, *, explained: bool) -> None: ...
 
@@ -200,11 +210,16 @@ class Fetcher:
             tenants=settings.tenants,
             clock=time.monotonic,
         )
-        self._isolator = Isolator(self._settle, confirm=settings.retries > 0)
+        self._isolator = Isolator(
+            self._settle, confirm=settings.retries > 0, is_suspect=self._is_suspect_owner
+        )
         self._suspects: dict[Tenant, float] = {}
         self._limiter = limiter if limiter is not None else AdaptiveLimiter(settings.concurrency)
+        # Per suspect client: the upstream slots its batches may hold at once.
+        self._lanes: dict[Tenant, BoundedSemaphore] = {}
         self._batcher: Batcher[_Group, _Item] = Batcher(
             self._send,
+            gate=self._lane,
             window_s=settings.batch_window_s,
             max_items=settings.batch_rows,
             concurrency=settings.concurrency,
@@ -320,6 +335,23 @@ class Fetcher:
             self._flights.fail(key, outcome)
         else:
             self._flights.resolve(key, outcome)
+
+    def _is_suspect_owner(self, owner: Hashable) -> bool:
+        # Without client keys there is one owner: it is never set apart from itself.
+        return owner is not None and self._is_suspect(owner)
+
+    def _lane(self, group: _Group) -> contextlib.AbstractContextManager[Any] | None:
+        """What a batch of ``group`` holds beside its upstream slot: a suspect client's lane."""
+        return None if group.apart is None else self._lane_of(group.apart)
+
+    def _lane_of(self, tenant: Tenant) -> contextlib.AbstractContextManager[Any]:
+        """The lane of a suspect ``tenant`` (half of the slots), or nothing to hold."""
+        if tenant is None:
+            return contextlib.nullcontext()
+        lane: BoundedSemaphore | None = self._lanes.get(tenant)
+        if lane is None:
+            lane = self._lanes[tenant] = BoundedSemaphore(max(1, self._limiter.ceiling // 2))
+        return cast(contextlib.AbstractContextManager[Any], lane)
 
     def _is_suspect(self, tenant: Tenant) -> bool:
         until = self._suspects.get(tenant)
@@ -450,7 +482,7 @@ class Fetcher:
         try:
             isolation = self._isolator.begin(
                 [item.tenant for item in items],
-                lambda positions: self._measure(params, items, positions),
+                lambda positions, timeout_s: self._measure(params, items, positions, timeout_s),
             )
             if not isolation.done:
                 spawn(self._isolate, params, items, isolation)
@@ -463,10 +495,13 @@ class Fetcher:
     def _isolate(self, params: dict[str, str], items: list[_Item], isolation: Isolation) -> None:
         """Split a failed batch until every row is judged, then resolve its keys."""
 
-        def send(positions: Sequence[int]) -> dict[int, RowResult]:
+        def send(positions: Sequence[int], timeout_s: float | None) -> dict[int, RowResult]:
+            owners = {items[position].tenant for position in positions}
+            owner = next(iter(owners)) if len(owners) == 1 else None
+            lane = self._lane_of(owner if self._is_suspect_owner(owner) else None)
             # No deadline: batches whose callers still wait go first, the rest in turn.
-            with self._limiter.slot():
-                return self._measure(params, items, positions)
+            with lane, self._limiter.slot():
+                return self._measure(params, items, positions, timeout_s)
 
         try:
             isolation.go_on(send)
@@ -505,16 +540,27 @@ class Fetcher:
                 self._shared.release([keys[index] for index in failed])
 
     def _measure(
-        self, params: dict[str, str], items: list[_Item], positions: Sequence[int]
+        self,
+        params: dict[str, str],
+        items: list[_Item],
+        positions: Sequence[int],
+        timeout_s: float | None = None,
     ) -> dict[int, RowResult]:
-        """One upstream request for the batch rows at ``positions``; answers by position."""
+        """One upstream request for the batch rows at ``positions``; answers by position.
+
+        ``timeout_s`` shortens the read timeout. A request of suspects' rows only says nothing
+        of upstream's speed: its latency does not steer the adaptive limit.
+        """
         rows = [items[position].key.upstream_row(str(position)) for position in positions]
         by_tenant: dict[Tenant, int] = {}
         for position in positions:
             tenant = items[position].tenant
             by_tenant[tenant] = by_tenant.get(tenant, 0) + 1
         self._quotas.charge_request(by_tenant)
-        answers = self._upstream.measure(rows, params, judge_5xx=True)
+        answers = self._upstream.measure(
+            rows, params, judge=True, read_timeout_s=timeout_s,
+            observe_latency=not all(self._is_suspect_owner(tenant) for tenant in by_tenant),
+        )
         return {
             position: answers[str(position)]
             for position in positions

@@ -23,7 +23,7 @@ class Upstream:
         self.requests: list[list[int]] = []
         self.settled: list[bool] = []
 
-    def send(self, positions: Sequence[int]) -> dict[int, RowResult]:
+    def send(self, positions: Sequence[int], timeout_s: float | None = None) -> dict[int, RowResult]:
         self.requests.append(list(positions))
         statuses = [self.poisoned[p] for p in positions if p in self.poisoned]
         if self.down:
@@ -80,9 +80,9 @@ def test_a_lone_row_failing_once_then_answered_gets_its_answer() -> None:
     sends = iter([True, False])
     real = upstream.send
 
-    def flaky(positions: Sequence[int]) -> dict[int, RowResult]:
+    def flaky(positions: Sequence[int], timeout_s: float | None = None) -> dict[int, RowResult]:
         upstream.down = next(sends)
-        return real(positions)
+        return real(positions, timeout_s)
 
     upstream.poisoned = {}
     verdicts = Isolator(upstream.settle).fetch(["a"], flaky)

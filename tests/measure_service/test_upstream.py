@@ -416,7 +416,7 @@ def test_a_5xx_left_to_the_caller_is_neither_retried_nor_counted(
     breaker = CircuitBreaker(1, 10.0, clock)
     client = _client(clock, retries=2, breaker=breaker)
     with pytest.raises(UpstreamError) as caught:
-        client.measure([_row("a")], {}, judge_5xx=True)
+        client.measure([_row("a")], {}, judge=True)
     assert caught.value.judged is False and len(mocked.calls) == 1
     assert breaker.state == "closed"
 
@@ -428,7 +428,7 @@ def test_a_5xx_settled_as_explained_by_a_row_does_not_open_the_breaker(
     breaker = CircuitBreaker(1, 10.0, clock)
     client = _client(clock, retries=0, breaker=breaker)
     with pytest.raises(UpstreamError) as caught:
-        client.measure([_row("a")], {}, judge_5xx=True)
+        client.measure([_row("a")], {}, judge=True)
     client.settle(caught.value, explained=True)
     assert breaker.state == "closed"
 
@@ -440,7 +440,7 @@ def test_a_5xx_settled_as_unexplained_counts_once(
     breaker = CircuitBreaker(1, 10.0, clock)
     client = _client(clock, retries=0, breaker=breaker)
     with pytest.raises(UpstreamError) as caught:
-        client.measure([_row("a")], {}, judge_5xx=True)
+        client.measure([_row("a")], {}, judge=True)
     client.settle(caught.value, explained=False)
     client.settle(caught.value, explained=False)
     assert breaker.state == "open" and caught.value.judged
