@@ -17,9 +17,10 @@ trustworthy answer form a failed part, which is split and sent again:
    A part of one owner gets the whole read timeout: a slow answer for its own rows is still
    its answer;
 3. rows are matched to answers by identity (the upstream client drops an identifier it finds
-   twice); a row upstream left out is a failed part. A row error in the answer to rows of
-   several owners may be another owner's doing, so such rows are sent again by owner; in a
-   send of one owner's rows a row error is that row's answer;
+   twice); a row upstream left out is a failed part. A row error is the row's answer when the
+   row was sent alone, or with rows of the same owner some of which were answered; otherwise
+   (rows of several owners, or every row failed) it may be another row's doing, and the rows
+   are sent again, split;
 4. a row that fails alone, after failing in the batch, is at fault: its verdict is a row
    error, which the caller caches like any upstream row error. For a 400 that is certain. Any
    other failure is put down to the row only when upstream answered some other request since
@@ -291,11 +292,17 @@ class Isolation:
         self.isolator._note_answer(elapsed, owners)
         missing: list[int] = []
         doubtful: list[int] = []
+        # A row error is the row's own only when the send could not have spread it: the row
+        # was alone, or one owner's rows were sent and some of them were answered.
+        clean = any(
+            (answer := answers.get(p)) is not None and answer.error is None for p in positions
+        )
+        trusted = len(positions) == 1 or (len(owners) == 1 and clean)
         for position in positions:
             answer = answers.get(position)
             if answer is None:
                 missing.append(position)
-            elif answer.error is not None and len(owners) > 1:
+            elif answer.error is not None and not trusted:
                 doubtful.append(position)
             else:
                 self.verdicts.answers[position] = answer
@@ -304,7 +311,7 @@ class Isolation:
             return _Attempt(missing + doubtful, Incomplete("upstream's answer left out rows"),
                             elapsed, late)
         if doubtful:
-            return _Attempt(doubtful, Incomplete("upstream failed rows of several clients"),
+            return _Attempt(doubtful, Incomplete("upstream failed every row of the request"),
                             elapsed, late)
         return _Attempt([], None, elapsed, late)
 
