@@ -211,7 +211,8 @@ class Fetcher:
             clock=time.monotonic,
         )
         self._isolator = Isolator(
-            self._settle, confirm=settings.retries > 0, is_suspect=self._is_suspect_owner
+            self._settle, confirm=settings.retries > 0, is_suspect=self._is_suspect_owner,
+            on_suspect=self._note_suspect,
         )
         self._suspects: dict[Tenant, float] = {}
         self._limiter = limiter if limiter is not None else AdaptiveLimiter(settings.concurrency)
@@ -496,9 +497,9 @@ class Fetcher:
         """Split a failed batch until every row is judged, then resolve its keys."""
 
         def send(positions: Sequence[int], timeout_s: float | None) -> dict[int, RowResult]:
+            # A part of one client's rows holds its lane: rows being judged may hang.
             owners = {items[position].tenant for position in positions}
-            owner = next(iter(owners)) if len(owners) == 1 else None
-            lane = self._lane_of(owner if self._is_suspect_owner(owner) else None)
+            lane = self._lane_of(next(iter(owners)) if len(owners) == 1 else None)
             # No deadline: batches whose callers still wait go first, the rest in turn.
             with lane, self._limiter.slot():
                 return self._measure(params, items, positions, timeout_s)
@@ -592,11 +593,15 @@ class Fetcher:
         if rejected:
             metrics.CACHE_REJECTED.inc(rejected)
 
+    def _note_suspect(self, tenant: Hashable) -> None:
+        """Batch a client whose rows spoiled a batch apart from the others for a while."""
+        if tenant is not None:
+            self._suspects[tenant] = time.monotonic() + SUSPECT_FOR_S
+
     def _note_suspects(self, items: list[_Item], verdicts: Verdicts) -> None:
-        """Batch the clients whose rows failed a batch apart from the others for a while."""
-        until = time.monotonic() + SUSPECT_FOR_S
+        """Batch the clients whose rows spoiled a batch apart from the others for a while."""
         for tenant in verdicts.suspects:
-            self._suspects[tenant] = until
+            self._note_suspect(tenant)
         if not verdicts.culprits:
             return
         metrics.UPSTREAM_ISOLATED_ROWS.inc(len(verdicts.culprits))

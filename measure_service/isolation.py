@@ -66,7 +66,7 @@ _SENDS_PER_LEVEL = 4
 # A send of several owners' rows may take this many times the usual answer time (the 90th
 # percentile of recent answers) before it is taken as spoiled by one of them: far beyond a
 # healthy answer's spread, well within the time a waiting caller comes back.
-DEADLINE_FACTOR = 4.0
+DEADLINE_FACTOR = 3.0
 # The usual answer time before enough answers were seen (Scope3 answers in 70-450 ms; most in
 # less than 200), and the fewest answers that replace it.
 INITIAL_ANSWER_S = 0.2
@@ -121,6 +121,7 @@ class Isolator:
         *,
         confirm: bool = True,
         is_suspect: Callable[[Hashable], bool] = lambda owner: False,
+        on_suspect: Callable[[Hashable], None] = lambda owner: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """Report judged failures through ``settle``; ``clock`` times the answers.
@@ -128,11 +129,13 @@ class Isolator:
         ``confirm``: a batch of one row that fails is sent once more before it is judged
         (False when upstream calls must not be repeated, ``UPSTREAM_RETRIES=0``).
         ``is_suspect(owner)``: whether the owner's rows recently spoiled a batch; sends holding
-        its rows do not time the usual answer.
+        its rows do not time the usual answer. ``on_suspect(owner)`` hears of a suspect as soon
+        as it is found, before the batch is judged (a hang takes a timeout or two to judge).
         """
         self._settle = settle
         self._confirm = confirm
         self._is_suspect = is_suspect
+        self._on_suspect = on_suspect
         self._clock = clock
         self._answered_at = -math.inf
         self._answer_s: deque[float] = deque(maxlen=_SAMPLES)
@@ -158,7 +161,7 @@ class Isolator:
         """The read timeout of a send of several owners' rows (see the module doc)."""
         samples = sorted(self._answer_s)
         if len(samples) < _MIN_SAMPLES:
-            usual = max([INITIAL_ANSWER_S, *samples])
+            usual = INITIAL_ANSWER_S
         else:
             usual = samples[int(0.9 * (len(samples) - 1))]
         return max(MIN_DEADLINE_S, DEADLINE_FACTOR * usual)
@@ -239,7 +242,7 @@ class Isolation:
     def split_failed(self, positions: list[int]) -> None:
         """Send each part of a failed group of rows at once; go on with the parts that fail."""
         parts = self.split(positions)
-        attempts = _run_all([functools.partial(self.attempt, part) for part in parts])
+        attempts = self.attempt_all(parts)
         healthy = self.isolator._answered_since(self.started)
         follow_ups = []
         for attempt in attempts:
@@ -253,12 +256,33 @@ class Isolation:
                     follow_ups.append(attempt.failed)
             else:
                 self.give_up_or_judge(attempt.failed, attempt.error)
-        bad = [(part, a) for part, a in zip(parts, attempts, strict=True)
+        bad = [part for part, a in zip(parts, attempts, strict=True)
                if a.error is not None or a.late]
         if bad and len(bad) < len(parts):
-            for part, _ in bad:
-                self.verdicts.suspects.update(self.owners[p] for p in part)
+            for part in bad:
+                self.suspect(part)
         _run_all([functools.partial(self.split_failed, part) for part in follow_ups])
+
+    def attempt_all(self, parts: list[list[int]]) -> list[_Attempt]:
+        """Send ``parts`` at once. A part still unanswered when a send of several owners would
+        have timed out, while another was answered in time, makes its owners suspects now."""
+        if len(parts) == 1:
+            return [self.attempt(parts[0])]
+        greenlets = [spawn(self.attempt, part) for part in parts]
+        gevent.wait(greenlets, timeout=self.deadline_s)
+        answered = any(g.ready() and g.successful() and g.value.error is None for g in greenlets)
+        if answered:
+            for part, greenlet in zip(parts, greenlets, strict=True):
+                if not greenlet.ready():
+                    self.suspect(part)
+        gevent.joinall(greenlets)
+        return [greenlet.get() for greenlet in greenlets]
+
+    def suspect(self, positions: list[int]) -> None:
+        """Make the owners of ``positions`` suspects, and say so at once."""
+        for owner in {self.owners[p] for p in positions} - self.verdicts.suspects:
+            self.verdicts.suspects.add(owner)
+            self.isolator._on_suspect(owner)
 
     def split(self, positions: list[int]) -> list[list[int]]:
         """By owner when there are several, else in halves."""
@@ -320,14 +344,14 @@ class Isolation:
         answers others; a row left out of the answer fails, its owner a suspect."""
         if isinstance(error, Incomplete):
             self.fail([position], error)
-            self.verdicts.suspects.add(self.owners[position])
+            self.suspect([position])
             return
         if not _certain(error) and not self.isolator._answered_since(self.started):
             self.fail([position], error)
             return
         self.verdicts.answers[position] = RowResult(None, None, _row_error(error))
         self.verdicts.culprits.add(position)
-        self.verdicts.suspects.add(self.owners[position])
+        self.suspect([position])
 
     def fail(self, positions: list[int], error: BaseException) -> None:
         for position in positions:
