@@ -82,7 +82,8 @@ class Batcher(Generic[G, T]):
     ``answer_within_s`` is how long callers wait for an item added without its own deadline:
     0 when nobody waits, infinite (the default) when every answer is awaited.
     ``send`` runs in a greenlet spawned in the context of the request whose item opened the batch
-    (so its log lines carry that trace id); it must not raise. ``clock`` times the sends and
+    (so its log lines carry that trace id); it must not raise. A send that returns False is not
+    timed: it failed in a way that says nothing of upstream's speed. ``clock`` times the sends and
     ``wait(event, timeout)`` waits for a group's wake-up event; tests inject both.
     """
 
@@ -204,10 +205,11 @@ class Batcher(Generic[G, T]):
             state.flusher = spawn(self._flush, group, state) if state.items else None
             state.in_flight += 1
             started = self._clock()
+            answered = None
             try:
-                self._send(group, batch)
+                answered = self._send(group, batch)
             finally:
-                if timed:
+                if timed and answered is not False:
                     self._note_latency(max(0.0, self._clock() - started))
                 state.in_flight -= 1
                 state.wake.set()

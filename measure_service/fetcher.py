@@ -20,8 +20,9 @@ A batch that one row's input spoils (upstream fails it, hangs on it, answers it 
 wrongly) is split to find that row (see ``isolation``): the row gets its error, cached like any
 row error, and the others their answers. A client whose rows were at fault (or slow) has its
 next batches sent apart from other clients' rows for a while, so that it pays for further bad
-rows itself: its batches hold at most half of the upstream slots, and their latency does not
-steer the adaptive limit.
+rows itself: its batches hold at most half of the upstream slots (as do the parts of one
+client's rows sent while a batch is split), and their latency does not steer the adaptive
+limit.
 """
 
 from __future__ import annotations
@@ -32,17 +33,16 @@ import logging
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol, cast
+from typing import Any, NamedTuple, Protocol
 
 import gevent
 from gevent.event import AsyncResult
-from gevent.lock import BoundedSemaphore
 
 from measure_service import metrics
 from measure_service.batcher import Batcher
 from measure_service.greenlets import spawn
 from measure_service.isolation import Isolation, Isolator, Verdicts
-from measure_service.limiter import AdaptiveLimiter
+from measure_service.limiter import AdaptiveLimiter, Share
 from measure_service.logs import current_trace_id
 from measure_service.quotas import Tenant, TenantQuotas
 from measure_service.rows import QueryParams, RowKey, RowStatus
@@ -217,7 +217,7 @@ class Fetcher:
         self._suspects: dict[Tenant, float] = {}
         self._limiter = limiter if limiter is not None else AdaptiveLimiter(settings.concurrency)
         # Per suspect client: the upstream slots its batches may hold at once.
-        self._lanes: dict[Tenant, BoundedSemaphore] = {}
+        self._lanes: dict[Tenant, Share] = {}
         self._batcher: Batcher[_Group, _Item] = Batcher(
             self._send,
             gate=self._lane,
@@ -346,13 +346,13 @@ class Fetcher:
         return None if group.apart is None else self._lane_of(group.apart)
 
     def _lane_of(self, tenant: Tenant) -> contextlib.AbstractContextManager[Any]:
-        """The lane of a suspect ``tenant`` (half of the slots), or nothing to hold."""
+        """The lane of ``tenant`` (half of the slots, see ``limiter.Share``), or nothing."""
         if tenant is None:
             return contextlib.nullcontext()
-        lane: BoundedSemaphore | None = self._lanes.get(tenant)
+        lane = self._lanes.get(tenant)
         if lane is None:
-            lane = self._lanes[tenant] = BoundedSemaphore(max(1, self._limiter.ceiling // 2))
-        return cast(contextlib.AbstractContextManager[Any], lane)
+            lane = self._lanes[tenant] = Share(self._limiter)
+        return lane
 
     def _is_suspect(self, tenant: Tenant) -> bool:
         until = self._suspects.get(tenant)
@@ -468,16 +468,17 @@ class Fetcher:
         done = all(result.ready() for _, result in waits)
         metrics.WAIT_OUTCOMES.labels("all_fetched" if done else "timed_out").inc()
 
-    def _send(self, group: _Group, items: list[_Item]) -> None:
+    def _send(self, group: _Group, items: list[_Item]) -> bool:
         """Fetch one batch (in the batcher's upstream slot) and resolve every key in it.
 
         A batch failed for its rows' input goes on being split in a greenlet of its own, each
         send taking a slot like any batch: the batches behind it need not wait for that.
+        Returns False when the first send failed (its duration is no answer time to learn).
         """
         if self._shared is not None:
             items = self._claim(items)
             if not items:
-                return
+                return True
         params = group.params.upstream()
         isolation: Isolation | None = None
         try:
@@ -492,6 +493,7 @@ class Fetcher:
         finally:
             if isolation is None or isolation.done:
                 self._conclude(params, items, isolation)
+        return isolation is not None and isolation.answered_first
 
     def _isolate(self, params: dict[str, str], items: list[_Item], isolation: Isolation) -> None:
         """Split a failed batch until every row is judged, then resolve its keys."""
@@ -500,8 +502,9 @@ class Fetcher:
             # A part of one client's rows holds its lane: rows being judged may hang.
             owners = {items[position].tenant for position in positions}
             lane = self._lane_of(next(iter(owners)) if len(owners) == 1 else None)
-            # No deadline: batches whose callers still wait go first, the rest in turn.
-            with lane, self._limiter.slot():
+            # In the order the batches were first sent: a part must not starve behind every
+            # new batch (its rows' callers come back for them).
+            with lane, self._limiter.slot(isolation.started):
                 return self._measure(params, items, positions, timeout_s)
 
         try:

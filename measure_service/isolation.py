@@ -31,7 +31,9 @@ trustworthy answer form a failed part, which is split and sent again:
    has a budget of sends, so a client sending many bad rows pays with its own rows' answers.
 
 Owners whose part failed, or answered only after the shorter timeout, while another part was
-answered in time are *suspects*: the caller batches their rows apart for a while.
+answered in time are *suspects*, as are the owners of a send of one owner's rows still
+unanswered after the shorter timeout while upstream answered other sends: the caller batches
+their rows apart for a while.
 
 The breaker hears once per batch: an ordinary failure when some row failed without a culprit
 (or nothing explained the failure at all: no culprit, no suspect), else nothing, since one
@@ -67,11 +69,14 @@ _SENDS_PER_LEVEL = 4
 # percentile of recent answers) before it is taken as spoiled by one of them: far beyond a
 # healthy answer's spread, well within the time a waiting caller comes back.
 DEADLINE_FACTOR = 3.0
-# The usual answer time before enough answers were seen (Scope3 answers in 70-450 ms; most in
-# less than 200), and the fewest answers that replace it.
-INITIAL_ANSWER_S = 0.2
+# The usual answer time before enough answers were seen (Scope3 answers in 70-450 ms, most
+# in less than 150), and the fewest answers that replace it.
+INITIAL_ANSWER_S = 0.15
 _MIN_SAMPLES = 8
 _SAMPLES = 64
+# Share of that read timeout after which a part of a split batch still unanswered, while another
+# part was answered, is overdue: half the usual answer time beyond it.
+_PART_OVERDUE = 1.5 / DEADLINE_FACTOR
 # The shortest read timeout a send of several owners gets: scheduling noise on a busy host.
 MIN_DEADLINE_S = 0.2
 
@@ -112,6 +117,10 @@ Send = Callable[[Sequence[int], float | None], Mapping[int, RowResult]]
 Settle = Callable[[UpstreamError, bool], None]
 
 
+def _ignore(owner: Hashable) -> None:
+    """No one hears of suspects."""
+
+
 class Isolator:
     """Sends batches, splitting failed ones to find the rows at fault (see the module doc)."""
 
@@ -121,7 +130,7 @@ class Isolator:
         *,
         confirm: bool = True,
         is_suspect: Callable[[Hashable], bool] = lambda owner: False,
-        on_suspect: Callable[[Hashable], None] = lambda owner: None,
+        on_suspect: Callable[[Hashable], None] = _ignore,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """Report judged failures through ``settle``; ``clock`` times the answers.
@@ -136,6 +145,7 @@ class Isolator:
         self._confirm = confirm
         self._is_suspect = is_suspect
         self._on_suspect = on_suspect
+        self._watch = on_suspect is not _ignore
         self._clock = clock
         self._answered_at = -math.inf
         self._answer_s: deque[float] = deque(maxlen=_SAMPLES)
@@ -223,6 +233,13 @@ class Isolation:
             self.give_up_or_judge(first.failed, first.error)
         self.finish()
 
+    @property
+    def answered_first(self) -> bool:
+        """Whether upstream answered the first send of the whole batch."""
+        return self.first is not None and not (
+            self.first.error is not None and not isinstance(self.first.error, Incomplete)
+        )
+
     def go_on(self, send: Send) -> None:
         """Split what the first send left, sending the parts with ``send``, until all is judged."""
         self.send = send
@@ -264,17 +281,21 @@ class Isolation:
         _run_all([functools.partial(self.split_failed, part) for part in follow_ups])
 
     def attempt_all(self, parts: list[list[int]]) -> list[_Attempt]:
-        """Send ``parts`` at once. A part still unanswered when a send of several owners would
-        have timed out, while another was answered in time, makes its owners suspects now."""
+        """Send ``parts`` at once. A part still unanswered well past the usual answer time,
+        while another part was answered, makes its owners suspects now (its batch already
+        failed once: no need to wait for a whole timeout to batch them apart)."""
         if len(parts) == 1:
             return [self.attempt(parts[0])]
         greenlets = [spawn(self.attempt, part) for part in parts]
-        gevent.wait(greenlets, timeout=self.deadline_s)
-        answered = any(g.ready() and g.successful() and g.value.error is None for g in greenlets)
-        if answered:
-            for part, greenlet in zip(parts, greenlets, strict=True):
-                if not greenlet.ready():
-                    self.suspect(part)
+        waited = 0.0
+        for wait_s in (self.deadline_s * _PART_OVERDUE, self.deadline_s):
+            gevent.wait(greenlets, timeout=wait_s - waited)
+            waited = wait_s
+            if any(g.ready() and g.successful() and g.value.error is None for g in greenlets):
+                for part, greenlet in zip(parts, greenlets, strict=True):
+                    if not greenlet.ready():
+                        self.suspect(part)
+                break
         gevent.joinall(greenlets)
         return [greenlet.get() for greenlet in greenlets]
 
@@ -305,6 +326,10 @@ class Isolation:
         timeout_s = self.deadline_s if len(owners) > 1 else None
         assert self.send is not None
         started = self.isolator._clock()
+        # A send of one owner's rows has upstream's whole read timeout; outliving a send of
+        # several owners while upstream answers others makes its owner a suspect already.
+        watch = (gevent.spawn_later(self.deadline_s, self.overdue, positions, started)
+                 if timeout_s is None and self.isolator._watch else None)
         try:
             answers = self.send(positions, timeout_s)
         except UpstreamError as exc:
@@ -312,6 +337,9 @@ class Isolation:
             if not exc.judged:
                 self.unsettled.append(exc)
             return _Attempt(list(positions), exc, elapsed, elapsed >= self.deadline_s)
+        finally:
+            if watch is not None:
+                watch.kill(block=False)
         elapsed = self.isolator._clock() - started
         self.isolator._note_answer(elapsed, owners)
         missing: list[int] = []
@@ -338,6 +366,12 @@ class Isolation:
             return _Attempt(doubtful, Incomplete("upstream failed every row of the request"),
                             elapsed, late)
         return _Attempt([], None, elapsed, late)
+
+    def overdue(self, positions: list[int], started: float) -> None:
+        """A send still unanswered after :attr:`deadline_s`: suspect its owners if upstream
+        answered another send meanwhile."""
+        if self.isolator._answered_since(started):
+            self.suspect(positions)
 
     def judge_alone(self, position: int, error: UpstreamError) -> None:
         """A row that failed alone: at fault for a refusal, or for a failure while upstream
