@@ -20,9 +20,8 @@ A batch that one row's input spoils (upstream fails it, hangs on it, answers it 
 wrongly) is split to find that row (see ``isolation``): the row gets its error, cached like any
 row error, and the others their answers. A client whose rows were at fault (or slow) has its
 next batches sent apart from other clients' rows for a while, so that it pays for further bad
-rows itself: its batches hold at most half of the upstream slots (as do the parts of one
-client's rows sent while a batch is split), and their latency does not steer the adaptive
-limit.
+rows itself: its batches (and the parts of its rows sent while a batch is split) hold at most
+half of the upstream slots, and their latency does not steer the adaptive limit.
 """
 
 from __future__ import annotations
@@ -499,9 +498,10 @@ class Fetcher:
         """Split a failed batch until every row is judged, then resolve its keys."""
 
         def send(positions: Sequence[int], timeout_s: float | None) -> dict[int, RowResult]:
-            # A part of one client's rows holds its lane: rows being judged may hang.
+            # A part of a suspect client's rows holds its lane, as its batches do.
             owners = {items[position].tenant for position in positions}
-            lane = self._lane_of(next(iter(owners)) if len(owners) == 1 else None)
+            owner = next(iter(owners)) if len(owners) == 1 else None
+            lane = self._lane_of(owner if self._is_suspect_owner(owner) else None)
             # In the order the batches were first sent: a part must not starve behind every
             # new batch (its rows' callers come back for them).
             with lane, self._limiter.slot(isolation.started):
