@@ -184,7 +184,11 @@ class Bench:
     def poison(self) -> None:
         """B sends a poisoned row every 100 ms (each kind in turn) while A sends new rows."""
         for kind in POISON_KINDS:
-            self.poison_run(kind)
+            try:
+                self.poison_run(kind)
+            except Exception as exc:  # one kind that could not run must not hide the others
+                self.report.add(f"1 poison ({kind})", "scenario crashed", "runs",
+                                f"{type(exc).__name__}: {str(exc)[:200]}", False)
 
     def poison_run(self, kind: str) -> None:
         """B sends a row poisoned with ``kind`` every 100 ms while A sends new rows."""
