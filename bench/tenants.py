@@ -66,6 +66,7 @@ from loadgen import percentile  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devtools, from a checkout
 from devtools.harness import Processes, Server, free_port, stop  # noqa: E402
+from devtools.simulator import measure_row  # noqa: E402
 
 APP = "measure_service.wsgi:app"
 WORKERS = 2
@@ -107,6 +108,21 @@ def reasons(reply: Reply) -> list[str]:
         return []
     return [str(r.get("reason")) for r in reply.document.get("rows", [])
             if r.get("status") == "unavailable"]
+
+
+def wrong_values(body: list[dict[str, Any]], reply: Reply) -> list[dict[str, Any]]:
+    """The rows of ``reply`` answered (hit or fetched) with anything but the simulator's value
+    for the same row of ``body``: another row's answer, or an error."""
+    if reply.status != 200 or not isinstance(reply.document, dict):
+        return []
+    wrong = []
+    for sent, got in zip(body, reply.document.get("rows", []), strict=False):
+        if got.get("status") not in ("hit", "fetched", "error"):
+            continue
+        expected = measure_row(sent, {})["totalEmissions"]
+        if got.get("status") == "error" or got.get("totalEmissions") != expected:
+            wrong.append({"row": sent["inventoryId"], "got": got, "expected": expected})
+    return wrong
 
 
 def every(interval_s: float, duration_s: float, action: Callable[[int], Any]) -> list[Any]:
@@ -200,6 +216,7 @@ class Bench:
         a_next: list[list[str]] = []
         a_missed: list[dict[str, Any]] = []
         a_http: Counter[int] = Counter()
+        a_wrong: list[dict[str, Any]] = []
         b_first: list[list[str]] = []
         b_http: Counter[int] = Counter()
         try:
@@ -220,6 +237,7 @@ class Bench:
                     again = post(svc.port, KEY_A, body, client)
                     a_http.update((first.status, again.status))
                     a_next.append(statuses(again))
+                    a_wrong.extend(wrong_values(body, again))
                     if statuses(again) != ["hit"] * ROWS_PER_REQUEST:
                         a_missed.append({"first": statuses(first) + reasons(first),
                                          "next": statuses(again) + reasons(again),
@@ -254,6 +272,8 @@ class Bench:
                         share >= 0.99 and len(a_rows) == 40 * ROWS_PER_REQUEST)
         self.report.add(name, "breaker openings (both workers)", "0", int(opened), opened == 0)
         self.report.add(name, "A's requests answered 5xx or not at all", "0", a_5xx, a_5xx == 0)
+        self.report.add(name, "A's rows answered with another row's value (or an error)", "0",
+                        len(a_wrong), not a_wrong)
         per_row = sum(poisoned.values()) / max(1, len(poisoned))
         self.report.add(name, "upstream requests per poisoned row (mean / most)", "-",
                         f"{per_row:.2f} / {max(poisoned.values(), default=0)} "
@@ -268,7 +288,7 @@ class Bench:
             "a_http": dict(a_http), "b_http": dict(b_http), "rows_isolated": isolated,
             "b_first_statuses": dict(Counter(s for reply in b_first for s in reply)),
             "b_next_statuses": dict(b_again), "upstream": stats,
-            "sends_per_poisoned_row": poisoned,
+            "sends_per_poisoned_row": poisoned, "a_wrong": a_wrong[:20],
         }
 
     # flood --------------------------------------------------------------------------------------
