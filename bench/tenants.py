@@ -4,12 +4,17 @@ Each scenario starts its own service (gunicorn, gevent, ``WEB_CONCURRENCY=2``, t
 A and B) against the Scope3 simulator on loopback, and prints its figures (figure, target, got,
 pass/fail):
 
-- ``poison``: client B sends a poisoned row every 100 ms for 4 s, once of each kind (one that
-  makes upstream answer 500 for any request holding it, one that makes it refuse the whole
-  request with 400), each on a new connection (so both workers get them), while client A sends
-  5 new rows every 100 ms. Figures: the share of A's rows answered from the cache on A's next
-  request (1 s later, on the same keep-alive connection, so the same worker's cache), breaker
-  openings, and what B's poisoned rows got;
+- ``poison_<kind>``: client B sends a poisoned row every 100 ms for 4 s, each on a new
+  connection (so both workers get them), while client A sends 5 new rows every 100 ms. The
+  kinds are the simulator's (see ``POISON_KINDS``): a row that makes upstream answer 500 for
+  any request holding it (``5xx``), refuse the whole request with 400, hang, answer 2.5 s late
+  (``slow``), reset the connection, answer a body that is not JSON (``malformed``), leave rows
+  out (``short``), answer the rows out of order with the poisoned row under another row's
+  identifier (``identity``), or fail every row of the request (``row_error``). ``poison`` runs
+  every kind. Figures: the share of A's rows answered from the cache on A's next request (1 s
+  later, on the same keep-alive connection, so the same worker's cache), breaker openings,
+  5xx answers to A, upstream requests per poisoned row (requests that carried one, per
+  distinct poisoned row), and what B's poisoned rows got;
 - ``flood``: client B sends 11 x 1000 new rows at once while A sends 5 new rows every 50 ms,
   upstream answering in 500 +- 50 ms; with the default bounds, a small ``MAX_PENDING_ROWS``
   and a rows-per-second bound. Figure: A's rows answered ``unavailable`` (target 0), and the
@@ -61,13 +66,15 @@ from loadgen import percentile  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devtools, from a checkout
 from devtools.harness import Processes, Server, free_port, stop  # noqa: E402
+from devtools.simulator import measure_row  # noqa: E402
 
 APP = "measure_service.wsgi:app"
 WORKERS = 2
 KEY_A = "bench-key-a"
 KEY_B = "bench-key-b"
-POISON_5XX = "poison5xx"
-POISON_400 = "poison400"
+# The simulator's poison kinds, each with the inventoryId text that marks its rows.
+POISON_KINDS = ("5xx", "400", "hang", "slow", "reset", "malformed", "short", "identity",
+                "row_error")
 ROWS_PER_REQUEST = 5
 FLOOD_LATENCY_MS = 500
 # Upstream slots per worker (the ceiling of the adaptive limit): the service's default.
@@ -101,6 +108,21 @@ def reasons(reply: Reply) -> list[str]:
         return []
     return [str(r.get("reason")) for r in reply.document.get("rows", [])
             if r.get("status") == "unavailable"]
+
+
+def wrong_values(body: list[dict[str, Any]], reply: Reply) -> list[dict[str, Any]]:
+    """The rows of ``reply`` answered (hit or fetched) with anything but the simulator's value
+    for the same row of ``body``: another row's answer, or an error."""
+    if reply.status != 200 or not isinstance(reply.document, dict):
+        return []
+    wrong = []
+    for sent, got in zip(body, reply.document.get("rows", []), strict=False):
+        if got.get("status") not in ("hit", "fetched", "error"):
+            continue
+        expected = measure_row(sent, {})["totalEmissions"]
+        if got.get("status") == "error" or got.get("totalEmissions") != expected:
+            wrong.append({"row": sent["inventoryId"], "got": got, "expected": expected})
+    return wrong
 
 
 def every(interval_s: float, duration_s: float, action: Callable[[int], Any]) -> list[Any]:
@@ -176,23 +198,34 @@ class TenantsBench:
 
     # poison -------------------------------------------------------------------------------------
     def poison(self) -> None:
-        """B sends a poisoned row every 100 ms (500 kind, then 400 kind) while A sends new rows."""
-        for kind, marker in (("5xx", POISON_5XX), ("400", POISON_400)):
-            self._poison_run(kind, marker)
+        """B sends a poisoned row every 100 ms (each kind in turn) while A sends new rows."""
+        for kind in POISON_KINDS:
+            try:
+                self.poison_run(kind)
+            except Exception as exc:  # one kind that could not run must not hide the others
+                self.report.add(f"1 poison ({kind})", "scenario crashed", "runs",
+                                f"{type(exc).__name__}: {str(exc)[:200]}", False)
 
-    def _poison_run(self, kind: str, marker: str) -> None:
+    def poison_run(self, kind: str) -> None:
+        """B sends a row poisoned with ``kind`` every 100 ms while A sends new rows."""
         name = f"1 poison ({kind})"
-        self.fresh_upstream(poison_5xx=POISON_5XX, poison_400=POISON_400)
+        marker = f"poison{kind.replace('_', '')}"
+        self.fresh_upstream(**{f"poison_{kind}": marker})
         svc = self.service()
         run = uuid.uuid4().hex[:8]
         a_next: list[list[str]] = []
         a_missed: list[dict[str, Any]] = []
+        a_http: Counter[int] = Counter()
+        a_wrong: list[dict[str, Any]] = []
         b_first: list[list[str]] = []
+        b_http: Counter[int] = Counter()
         try:
             def client_b(i: int) -> None:
-                b_first.append(statuses(post(svc.port, KEY_B, [
+                reply = post(svc.port, KEY_B, [
                     {"inventoryId": f"{marker}-{run}-{i}.example", "utcDatetime": "2024-10-30",
-                     "rowIdentifier": "p"}])))
+                     "rowIdentifier": "p"}])
+                b_http[reply.status] += 1
+                b_first.append(statuses(reply))
 
             def client_a(i: int) -> None:
                 # One keep-alive connection: its worker's cache is the one asked next time.
@@ -202,7 +235,9 @@ class TenantsBench:
                     first = post(svc.port, KEY_A, body, client)
                     gevent.sleep(1.0)
                     again = post(svc.port, KEY_A, body, client)
+                    a_http.update((first.status, again.status))
                     a_next.append(statuses(again))
+                    a_wrong.extend(wrong_values(body, again))
                     if statuses(again) != ["hit"] * ROWS_PER_REQUEST:
                         a_missed.append({"first": statuses(first) + reasons(first),
                                          "next": statuses(again) + reasons(again),
@@ -214,7 +249,9 @@ class TenantsBench:
             b = gevent.spawn(every, 0.1, 4.0, client_b)
             a = gevent.spawn(every, 0.1, 4.0, client_a)
             gevent.joinall([a, b])
-            self.upstream.wait_quiet()
+            a_done = self.upstream.stats(keys="0", recent="0")
+            # B's rows may still be being judged (a hang costs a timeout or two each).
+            self.upstream.wait_quiet(timeout_s=60)
             b_again = Counter(s for i in range(0, 40, 4) for s in statuses(post(
                 svc.port, KEY_B, [{"inventoryId": f"{marker}-{run}-{i}.example",
                                    "utcDatetime": "2024-10-30", "rowIdentifier": "p"}])))
@@ -222,22 +259,36 @@ class TenantsBench:
             isolated = metric(svc.port, "measure_upstream_isolated_rows_total")
         finally:
             stop(svc)
-        stats = self.upstream.stats(keys="0", recent="0")
+        stats = self.upstream.stats(recent="0")
+        per_key = stats.pop("rows_per_key")
+        poisoned = {key: count for key, count in per_key.items() if marker in key}
+        clean = sum(count for key, count in per_key.items() if marker not in key)
         a_rows = [s for reply in a_next for s in reply]
         hits = a_rows.count("hit")
         share = hits / max(1, len(a_rows))
+        a_5xx = sum(count for status, count in a_http.items() if status >= 500 or status == 0)
         self.report.add(name, f"A's new rows from the cache on A's next request "
                         f"({len(a_rows)} rows)", ">= 99%", f"{share:.1%}",
                         share >= 0.99 and len(a_rows) == 40 * ROWS_PER_REQUEST)
         self.report.add(name, "breaker openings (both workers)", "0", int(opened), opened == 0)
-        self.report.add(name, "B's poisoned rows asked again (10, new connections)", "-",
-                        dict(b_again), None)
-        self.report.add(name, "upstream requests / rows isolated", "-",
-                        f"{stats['requests']} / {int(isolated)}", None)
+        self.report.add(name, "A's requests answered 5xx or not at all", "0", a_5xx, a_5xx == 0)
+        self.report.add(name, "A's rows answered with another row's value (or an error)", "0",
+                        len(a_wrong), not a_wrong)
+        per_row = sum(poisoned.values()) / max(1, len(poisoned))
+        self.report.add(name, "upstream requests per poisoned row (mean / most)", "-",
+                        f"{per_row:.2f} / {max(poisoned.values(), default=0)} "
+                        f"({len(poisoned)} rows)", None)
+        self.report.add(name, "upstream requests (while A ran / in all); clean rows sent", "-",
+                        f"{a_done['requests']} / {stats['requests']}; {clean}", None)
+        self.report.add(name, "B's poisoned rows: first answer / asked again (10)", "-",
+                        f"{dict(Counter(s for reply in b_first for s in reply))} / "
+                        f"{dict(b_again)}", None)
         self.report.details[f"poison_{kind}"] = {
             "a_next_statuses": dict(Counter(a_rows)), "a_missed": a_missed,
+            "a_http": dict(a_http), "b_http": dict(b_http), "rows_isolated": isolated,
             "b_first_statuses": dict(Counter(s for reply in b_first for s in reply)),
             "b_next_statuses": dict(b_again), "upstream": stats,
+            "sends_per_poisoned_row": poisoned, "a_wrong": a_wrong[:20],
         }
 
     # flood --------------------------------------------------------------------------------------
@@ -389,8 +440,18 @@ def closed_loop(port: int, bodies: Iterator[list[dict[str, Any]]], clients: int)
     return replies
 
 
+def _poison_scenario(kind: str) -> Callable[[TenantsBench], None]:
+    def scenario(bench: TenantsBench) -> None:
+        bench.poison_run(kind)
+
+    scenario.__doc__ = f"B sends a row poisoned with {kind!r} every 100 ms while A sends new rows."
+    return scenario
+
+
 SCENARIOS: dict[str, Callable[[TenantsBench], None]] = {
-    "poison": TenantsBench.poison, "flood": TenantsBench.flood, "window": TenantsBench.window,
+    "poison": TenantsBench.poison,
+    **{f"poison_{kind}": _poison_scenario(kind) for kind in POISON_KINDS},
+    "flood": TenantsBench.flood, "window": TenantsBench.window,
 }
 
 
@@ -428,7 +489,7 @@ def print_table(report: Report) -> None:
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+    parser.add_argument("--scenarios", default="poison,flood,window",
                         help=f"comma-separated scenarios to run (of {', '.join(SCENARIOS)})")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the report here")
     parser.add_argument("--service-root", type=Path, metavar="DIR",

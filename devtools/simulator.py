@@ -18,9 +18,25 @@ mode               what every ``/v2/measure`` request gets
 
 In mode ``ok``, each request independently hangs, gets 500 or gets 429 with probabilities
 ``hang_rate``, ``error_rate`` and ``status_429_rate``, drawn from a random source seeded with
-``--seed``. Poisoned rows fail the whole request they are in, in any mode that answers: a row
-whose inventoryId contains ``poison_5xx`` (when set) gets the request a 500, one containing
-``poison_400`` a 400 refusing it, as upstreams do when one row's input breaks them.
+``--seed``.
+
+Poisoned rows spoil the whole request they are in, in any mode that answers, as upstreams do
+when one row's input breaks them. Each ``poison_<kind>`` field, when set, is a text: a row whose
+inventoryId contains it poisons its request with that kind (the first poisoned row decides):
+
+======================  ====================================================================
+``poison_5xx``          HTTP 500
+``poison_400``          HTTP 400 refusing the whole request
+``poison_hang``         no answer until the next ``/_control`` or ``/_reset`` (or 10 min)
+``poison_slow``         a right answer, ``poison_slow_ms`` (2500) late
+``poison_reset``        the TCP connection is reset, no answer
+``poison_malformed``    HTTP 200 with a body that is not JSON
+``poison_short``        HTTP 200 whose rows stop before the poisoned row
+``poison_identity``     HTTP 200, rows in reverse order, the poisoned row's answer carrying
+                        another row's ``rowIdentifier`` (alone: a made-up one)
+``poison_row_error``    HTTP 200 in which every row carries an error
+======================  ====================================================================
+
 ``GET /_stats`` reports what arrived; ``POST /_reset`` clears it and restores the settings
 given on the command line.
 
@@ -64,6 +80,13 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 MODES = ("ok", "hang", "500", "429", "malformed", "reset", "slow_body")
+# What a poisoned row does to its request (the ``poison_<kind>`` fields).
+POISON_KINDS = (
+    "5xx", "400", "hang", "slow", "reset", "malformed", "short", "identity", "row_error"
+)
+# The kinds that replace the request's outcome; the others change the answer's rows.
+_POISON_OUTCOMES = {"5xx": "500", "400": "400", "hang": "hang", "reset": "reset",
+                    "malformed": "malformed"}
 # The WSGI environ key under which the gevent handler offers to reset the connection.
 RESET_HOOK = "measure_simulator.reset_connection"
 # Bounds so that a long load test cannot grow the simulator without limit.
@@ -101,9 +124,17 @@ class Faults:
     mode: str = "ok"
     poison_5xx: str = ""
     poison_400: str = ""
+    poison_hang: str = ""
+    poison_slow: str = ""
+    poison_reset: str = ""
+    poison_malformed: str = ""
+    poison_short: str = ""
+    poison_identity: str = ""
+    poison_row_error: str = ""
+    poison_slow_ms: float = 2500.0
 
     def __post_init__(self) -> None:
-        for name in ("latency_ms", "jitter_ms", "retry_after"):
+        for name in ("latency_ms", "jitter_ms", "retry_after", "poison_slow_ms"):
             value = getattr(self, name)
             if not _is_number(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -113,20 +144,23 @@ class Faults:
                 raise ValueError(f"{name} must be a number from 0 to 1, got {value!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        for name in ("poison_5xx", "poison_400"):
-            if not isinstance(getattr(self, name), str):
-                raise ValueError(f"{name} must be a string (empty: off)")
+        for kind in POISON_KINDS:
+            if not isinstance(getattr(self, f"poison_{kind}"), str):
+                raise ValueError(f"poison_{kind} must be a string (empty: off)")
 
-    def poison(self, rows: Sequence[Mapping[str, Any]]) -> str | None:
-        """The status (``"500"``, ``"400"``) a poisoned row among ``rows`` gets, else None."""
-        for row in rows:
+    def poison(self, rows: Sequence[Mapping[str, Any]]) -> tuple[str, int] | None:
+        """The kind of the first poisoned row among ``rows`` and its index, else None."""
+        markers = [(kind, marker) for kind in POISON_KINDS
+                   if (marker := getattr(self, f"poison_{kind}"))]
+        if not markers:
+            return None
+        for index, row in enumerate(rows):
             inventory = row.get("inventoryId")
             if not isinstance(inventory, str):
                 continue
-            if self.poison_5xx and self.poison_5xx in inventory:
-                return "500"
-            if self.poison_400 and self.poison_400 in inventory:
-                return "400"
+            for kind, marker in markers:
+                if marker in inventory:
+                    return kind, index
         return None
 
     def updated(self, changes: Mapping[str, Any]) -> Faults:
@@ -269,8 +303,12 @@ class Scope3Simulator:
             outcome = self._draw_outcome(faults)
             delay_s = self._draw_delay(faults)
             release = self._release
-        if outcome in ("ok", "slow_body", "malformed"):
-            outcome = faults.poison(rows) or outcome
+        poison = faults.poison(rows) if outcome in ("ok", "slow_body", "malformed") else None
+        if poison is not None:
+            kind, _ = poison
+            outcome = _POISON_OUTCOMES.get(kind, outcome)
+            if kind == "slow":
+                delay_s += faults.poison_slow_ms / 1000.0
         status = {"hang": "hang", "reset": "reset", "500": "500", "429": "429",
                   "400": "400"}.get(outcome, "200")
         self._record(arrived, agent, rows, params, status)
@@ -278,7 +316,7 @@ class Scope3Simulator:
         started = self._clock()
         try:
             return self._answer(environ, start_response, rows, params, outcome, delay_s,
-                                faults, release)
+                                faults, release, poison)
         finally:
             self._leave(agent, self._clock() - started)
 
@@ -307,8 +345,8 @@ class Scope3Simulator:
         delay_s: float,
         faults: Faults,
         release: _Event,
+        poison: tuple[str, int] | None = None,
     ) -> Iterable[bytes]:
-
         if outcome == "hang":
             release.wait(HANG_LIMIT_S)
             return _json(start_response, 504, {"message": "simulated hang ended"})
@@ -330,14 +368,14 @@ class Scope3Simulator:
             start_response("200 OK", [*_JSON_HEADERS, ("Content-Length", str(len(body)))])
             return [body]
 
-        answered = [measure_row(row, params) for row in rows]
+        answered = _spoil([measure_row(row, params) for row in rows], poison)
         document = {
             "requestId": str(uuid.uuid4()),
             "totalEmissions": round(sum(row["totalEmissions"] or 0.0 for row in answered), 6),
             "rows": answered,
         }
         with self._lock:
-            self._rows_answered += len(rows)
+            self._rows_answered += len(answered)
         body = json.dumps(document).encode()
         if outcome == "slow_body":
             start_response("200 OK", list(_JSON_HEADERS))
@@ -460,6 +498,25 @@ class Scope3Simulator:
         released.set()
 
 
+def _spoil(answered: list[dict[str, Any]], poison: tuple[str, int] | None) -> list[dict[str, Any]]:
+    """The answer's rows as a poisoned row of the kinds that answer 200 leaves them."""
+    if poison is None:
+        return answered
+    kind, index = poison
+    if kind == "short":
+        return answered[:index]
+    if kind == "row_error":
+        return [{"rowIdentifier": row["rowIdentifier"], "totalEmissions": None,
+                 "inventoryCoverage": None, "error": {"message": "the batch failed"}}
+                for row in answered]
+    if kind == "identity":
+        others = [row["rowIdentifier"] for i, row in enumerate(answered) if i != index]
+        spoiled = dict(answered[index])
+        spoiled["rowIdentifier"] = others[0] if others else f"{spoiled['rowIdentifier']}-x"
+        return [spoiled if i == index else row for i, row in enumerate(answered)][::-1]
+    return answered
+
+
 class _BadRequest(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -553,6 +610,11 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Faults]
                         help="a request with a row whose inventoryId contains TEXT gets 500")
     parser.add_argument("--poison-400", default="", metavar="TEXT",
                         help="a request with a row whose inventoryId contains TEXT gets 400")
+    for kind in POISON_KINDS[2:]:
+        parser.add_argument(f"--poison-{kind.replace('_', '-')}", default="", metavar="TEXT",
+                            help=f"a row whose inventoryId contains TEXT: poison_{kind}")
+    parser.add_argument("--poison-slow-ms", type=float, default=2500.0,
+                        help="how late poison_slow answers")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN'")
     parser.add_argument("--access-log", action="store_true", help="log every request to stderr")
@@ -561,8 +623,8 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Faults]
         faults = Faults(
             latency_ms=args.latency_ms, jitter_ms=args.jitter_ms, error_rate=args.error_rate,
             status_429_rate=args.status_429_rate, retry_after=args.retry_after,
-            hang_rate=args.hang_rate, mode=args.mode, poison_5xx=args.poison_5xx,
-            poison_400=args.poison_400,
+            hang_rate=args.hang_rate, mode=args.mode, poison_slow_ms=args.poison_slow_ms,
+            **{f"poison_{kind}": getattr(args, f"poison_{kind}") for kind in POISON_KINDS},
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -22,6 +22,7 @@ carries it leaves now, with no window and no hold, first in line for a slot.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections import deque
@@ -81,10 +82,14 @@ class Batcher(Generic[G, T]):
     module docstring). Then it takes one of the ``limiter``'s slots (by default a limiter of
     ``concurrency`` slots), in order of its earliest deadline.
 
+    ``gate(group)``, when given, may return a context that a batch of ``group`` enters before it
+    waits for its slot and holds while it is sent (a lane bounding that group's share of the
+    slots); such a group's sends are not timed, since they are set apart for being slow or bad.
     ``answer_within_s`` is how long callers wait for an item added without its own deadline:
     0 when nobody waits, infinite (the default) when every answer is awaited.
     ``send`` runs in a greenlet spawned in the context of the request whose item opened the batch
-    (so its log lines carry that trace id); it must not raise. ``clock`` times the sends and
+    (so its log lines carry that trace id); it must not raise. A send that returns False is not
+    timed: it failed in a way that says nothing of upstream's speed. ``clock`` times the sends and
     ``wait(event, timeout)`` waits for a group's wake-up event; tests inject both.
     """
 
@@ -97,6 +102,7 @@ class Batcher(Generic[G, T]):
         concurrency: int,
         answer_within_s: float = math.inf,
         limiter: AdaptiveLimiter | None = None,
+        gate: Callable[[G], contextlib.AbstractContextManager[Any] | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wait: Callable[[Event, float], Any] = _wait_event,
     ) -> None:
@@ -114,6 +120,7 @@ class Batcher(Generic[G, T]):
         self._max_items = max_items
         self._limiter = limiter if limiter is not None else AdaptiveLimiter(concurrency)
         self._answer_within_s = answer_within_s
+        self._gate = gate
         self._clock = clock
         self._wait = wait
         self._latency_s: float | None = None
@@ -199,6 +206,12 @@ class Batcher(Generic[G, T]):
         ahead = self._earliest_ahead(state)
         hold_s = self._hold_s(0.0 if ahead is None else ahead - opened)
         self._wait_until(state, opened + max(self._window_s, hold_s), self._may_leave)
+        gate = self._gate(group) if self._gate is not None else None
+        with gate if gate is not None else contextlib.nullcontext():
+            self._send_next(group, state, timed=gate is None)
+
+    def _send_next(self, group: G, state: _GroupState[T], *, timed: bool) -> None:
+        """Take a slot and send the group's next batch."""
         ahead = -math.inf if state.rush else self._earliest_ahead(state)
         with self._limiter.slot(math.inf if ahead is None else ahead):
             batch = state.items[: self._max_items]
@@ -209,10 +222,12 @@ class Batcher(Generic[G, T]):
             state.flusher = spawn(self._flush, group, state) if state.items else None
             state.in_flight += 1
             started = self._clock()
+            answered = None
             try:
-                self._send(group, batch)
+                answered = self._send(group, batch)
             finally:
-                self._note_latency(max(0.0, self._clock() - started))
+                if timed and answered is not False:
+                    self._note_latency(max(0.0, self._clock() - started))
                 state.in_flight -= 1
                 state.wake.set()
                 if state.flusher is None and state.in_flight == 0 and not self._closed:

@@ -37,6 +37,9 @@ _LONG_WEIGHT = 0.02
 # The gradient never cuts the limit by more than half in one answer.
 _MIN_GRADIENT = 0.5
 
+# How often a party waiting for its share looks at the limit again.
+_SHARE_RECHECK_S = 0.1
+
 # What an answer says about upstream's load.
 OK = "ok"
 OVERLOAD = "overload"
@@ -150,3 +153,34 @@ class AdaptiveLimiter:
             f"AdaptiveLimiter(limit={self.limit}, ceiling={self._ceiling}, "
             f"in_flight={self._in_flight})"
         )
+
+
+class Share:
+    """One party's share of a limiter's slots: at most half of its current limit (at least one).
+
+    Held *before* a slot is taken, so that a party whose requests hang (a client whose rows
+    make upstream slow) waits here, never holding every slot the others need. The bound
+    follows the limit as it adapts.
+    """
+
+    def __init__(self, limiter: AdaptiveLimiter) -> None:
+        """A share of ``limiter``'s slots."""
+        self._limiter = limiter
+        self._held = 0
+        self._freed = Event()
+
+    @property
+    def bound(self) -> int:
+        """Slots the party may hold now."""
+        return max(1, self._limiter.limit // 2)
+
+    def __enter__(self) -> None:
+        while self._held >= self.bound:
+            self._freed.clear()
+            # The limit may also grow while nothing is freed: look again now and then.
+            self._freed.wait(_SHARE_RECHECK_S)
+        self._held += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self._held -= 1
+        self._freed.set()

@@ -295,9 +295,9 @@ class Config:
     )
     upstream_retries: int = setting(
         "UPSTREAM_RETRIES", "2", integer(0, 10),
-        "retries of a failed upstream request (429, timeouts, network errors). A batch that"
-        " gets a 5xx is split and its parts sent again instead (a lone row: once more, unless"
-        " this is 0).",
+        "retries of a failed upstream request (429). A batch that fails in a way one row may"
+        " cause (5xx, timeout, dropped connection, malformed answer) is split and its parts"
+        " sent again instead (a lone row: once more, unless this is 0).",
     )
     max_pending_rows: int = setting(
         "MAX_PENDING_ROWS", "10000", integer(1),

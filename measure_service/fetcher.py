@@ -16,18 +16,21 @@ Row statuses it produces:
   waited on failed (timeouts, 5xx, a row missing from upstream's answer, ...). A failed fetch
   is never cached, so the next request for the key tries again.
 
-A batch that upstream fails because of one row's input is split to find that row (see
-``row_isolation``): the row gets its error, cached like any row error, and the others their
-answers. A client whose row was at fault has its next batches sent apart from other clients'
-rows for a while, so that it pays for further bad rows itself.
+A batch that one row's input spoils (upstream fails it, hangs on it, answers it slowly or
+wrongly) is split to find that row (see ``row_isolation``): the row gets its error, cached like any
+row error, and the others their answers. A client whose rows were at fault (or slow) has its
+next batches sent apart from other clients' rows for a while, so that it pays for further bad
+rows itself: its batches (and the parts of its rows sent while a batch is split) hold at most
+half of the upstream slots, and their latency does not steer the adaptive limit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -36,7 +39,7 @@ from gevent.event import AsyncResult
 
 from measure_service import prometheus_metrics
 from measure_service.batcher import Batcher
-from measure_service.concurrency_limiter import AdaptiveLimiter
+from measure_service.concurrency_limiter import AdaptiveLimiter, Share
 from measure_service.greenlets import spawn
 from measure_service.logs import current_trace_id
 from measure_service.quotas import Tenant, TenantQuotas
@@ -67,7 +70,13 @@ class Upstream(Protocol):
     """The part of ``UpstreamClient`` the fetcher uses."""
 
     def measure(
-        self, rows: Sequence[Mapping[str, Any]], params: Mapping[str, str], *, judge_5xx: bool
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        params: Mapping[str, str],
+        *,
+        judge: bool,
+        read_timeout_s: float | None,
+        observe_latency: bool,
     ) -> Mapping[str, RowResult]: ...
     def settle(self, error: UpstreamError, *, explained: bool) -> None: ...
 
@@ -204,11 +213,17 @@ class Fetcher:
             tenants=settings.tenants,
             clock=time.monotonic,
         )
-        self._isolator = Isolator(self._settle, confirm=settings.retries > 0)
+        self._isolator = Isolator(
+            self._settle, confirm=settings.retries > 0, is_suspect=self._is_suspect_owner,
+            on_suspect=self._note_suspect,
+        )
         self._suspects: dict[Tenant, float] = {}
         self._limiter = limiter if limiter is not None else AdaptiveLimiter(settings.concurrency)
+        # Per suspect client: the upstream slots its batches may hold at once.
+        self._lanes: dict[Tenant, Share] = {}
         self._batcher: Batcher[_BatchKey, _Item] = Batcher(
             self._send,
+            gate=self._lane,
             window_s=settings.batch_window_s,
             max_items=settings.batch_rows,
             concurrency=settings.concurrency,
@@ -326,6 +341,23 @@ class Fetcher:
             self._flights.fail(key, outcome)
         else:
             self._flights.resolve(key, outcome)
+
+    def _is_suspect_owner(self, owner: Hashable) -> bool:
+        # Without client keys there is one owner: it is never set apart from itself.
+        return owner is not None and self._is_suspect(owner)
+
+    def _lane(self, group: _BatchKey) -> contextlib.AbstractContextManager[Any] | None:
+        """What a batch of ``group`` holds beside its upstream slot: a suspect client's lane."""
+        return None if group.apart is None else self._lane_of(group.apart)
+
+    def _lane_of(self, tenant: Tenant) -> contextlib.AbstractContextManager[Any]:
+        """The lane of ``tenant`` (half of the slots, see ``limiter.Share``), or nothing."""
+        if tenant is None:
+            return contextlib.nullcontext()
+        lane = self._lanes.get(tenant)
+        if lane is None:
+            lane = self._lanes[tenant] = Share(self._limiter)
+        return lane
 
     def _is_suspect(self, tenant: Tenant) -> bool:
         until = self._suspects.get(tenant)
@@ -445,23 +477,26 @@ class Fetcher:
         done = all(result.ready() for _, result in waits)
         prometheus_metrics.WAIT_OUTCOMES.labels("all_fetched" if done else "timed_out").inc()
 
-    def _send(self, group: _BatchKey, items: list[_Item]) -> None:
+    def _send(self, group: _BatchKey, items: list[_Item]) -> bool:
         """Fetch one batch (in the batcher's upstream slot) and resolve every key in it.
 
         A batch failed for its rows' input goes on being split in a greenlet of its own, each
         send taking a slot like any batch: the batches behind it need not wait for that.
+        Returns False when the first send failed (its duration is no answer time to learn).
         """
         if self._shared is not None:
             items = self._claim(items)
             if not items:
-                return
+                return True
         params = group.params.upstream()
         took: list[float] = []
         isolation: Isolation | None = None
         try:
             isolation = self._isolator.begin(
                 [item.tenant for item in items],
-                lambda positions: self._measure(params, items, positions, took),
+                lambda positions, timeout_s: self._measure(
+                    params, items, positions, took, timeout_s
+                ),
             )
             if not isolation.done:
                 spawn(self._isolate, params, items, isolation, took)
@@ -470,16 +505,22 @@ class Fetcher:
         finally:
             if isolation is None or isolation.done:
                 self._conclude(params, items, isolation, took)
+        return isolation is not None and isolation.answered_first
 
     def _isolate(
         self, params: dict[str, str], items: list[_Item], isolation: Isolation, took: list[float]
     ) -> None:
         """Split a failed batch until every row is judged, then resolve its keys."""
 
-        def send(positions: Sequence[int]) -> dict[int, RowResult]:
-            # No deadline: batches whose callers still wait go first, the rest in turn.
-            with self._limiter.slot():
-                return self._measure(params, items, positions, took)
+        def send(positions: Sequence[int], timeout_s: float | None) -> dict[int, RowResult]:
+            # A part of a suspect client's rows holds its lane, as its batches do.
+            owners = {items[position].tenant for position in positions}
+            owner = next(iter(owners)) if len(owners) == 1 else None
+            lane = self._lane_of(owner if self._is_suspect_owner(owner) else None)
+            # In the order the batches were first sent: a part must not starve behind every
+            # new batch (its rows' callers come back for them).
+            with lane, self._limiter.slot(isolation.started):
+                return self._measure(params, items, positions, took, timeout_s)
 
         try:
             isolation.go_on(send)
@@ -519,12 +560,18 @@ class Fetcher:
                 self._shared.release([keys[index] for index in failed])
 
     def _measure(
-        self, params: dict[str, str], items: list[_Item], positions: Sequence[int],
+        self,
+        params: dict[str, str],
+        items: list[_Item],
+        positions: Sequence[int],
         took: list[float],
+        timeout_s: float | None = None,
     ) -> dict[int, RowResult]:
         """One upstream request for the batch rows at ``positions``; answers by position.
 
-        Appends to ``took`` how long the upstream client took, retries included.
+        Appends to ``took`` how long the upstream client took, retries included. ``timeout_s``
+        shortens the read timeout. A request of suspects' rows only says nothing of upstream's
+        speed: its latency does not steer the adaptive limit.
         """
         rows = [items[position].key.upstream_row(str(position)) for position in positions]
         by_tenant: dict[Tenant, int] = {}
@@ -534,7 +581,10 @@ class Fetcher:
         self._quotas.charge_request(by_tenant)
         started = time.perf_counter()
         try:
-            answers = self._upstream.measure(rows, params, judge_5xx=True)
+            answers = self._upstream.measure(
+                rows, params, judge=True, read_timeout_s=timeout_s,
+                observe_latency=not all(self._is_suspect_owner(tenant) for tenant in by_tenant),
+            )
         finally:
             took.append(time.perf_counter() - started)
         return {
@@ -568,11 +618,15 @@ class Fetcher:
         if rejected:
             prometheus_metrics.CACHE_REJECTED.inc(rejected)
 
+    def _note_suspect(self, tenant: Hashable) -> None:
+        """Batch a client whose rows spoiled a batch apart from the others for a while."""
+        if tenant is not None:
+            self._suspects[tenant] = time.monotonic() + SUSPECT_FOR_S
+
     def _note_suspects(self, items: list[_Item], verdicts: Verdicts) -> None:
-        """Batch the clients whose rows failed a batch apart from the others for a while."""
-        until = time.monotonic() + SUSPECT_FOR_S
+        """Batch the clients whose rows spoiled a batch apart from the others for a while."""
         for tenant in verdicts.suspects:
-            self._suspects[tenant] = until
+            self._note_suspect(tenant)
         if not verdicts.culprits:
             return
         prometheus_metrics.UPSTREAM_ISOLATED_ROWS.inc(len(verdicts.culprits))

@@ -1,47 +1,96 @@
-"""Finds the row that failed a batch, so that one client's bad row costs no one else an answer.
+"""Finds the rows that spoiled a batch, so that one client's bad row costs no one else an answer.
 
-Misses of every client share upstream batches, and upstream may fail a whole request because of
-one row's input: a 5xx for any batch holding it, or a 400 refusing the request. The
-:class:`Isolator` sends a batch and, when it fails that way, splits it and sends the parts:
+Misses of every client share upstream batches, and one row's input may spoil the whole request
+it is in, in many ways: a 5xx, a 400 refusing the request, no answer in time (a hang, or an
+answer far slower than usual), a dropped connection, a body that is not Scope3's shape, or a
+200 that leaves rows out, answers one row under another's identifier, or fails every row. The
+:class:`Isolator` sends a batch and treats all of these the same way: the rows left without a
+trustworthy answer form a failed part, which is split and sent again:
 
 1. first by owner (the API key whose request started each fetch), so every client's rows are
-   retried apart from everyone else's, then by halves (bisection) within a failed part;
-2. a row that fails alone, after failing in the batch (a batch of one row is sent twice unless
-   retries are off), is at fault: its verdict is a row error, which the caller caches like any
-   upstream row error. For a 400 that is certain (upstream answered, and refused that row). A
-   5xx is put down to the row only when upstream answered some other request since the batch
-   was first sent; otherwise upstream itself may be failing, and the row just fails;
-3. parts that fail while upstream answers nothing else are not split further: an upstream that
-   is down costs a batch three requests, not one per row. Each split batch also has a budget
-   of sends, so a client sending many bad rows pays with its own rows' answers only.
+   retried apart from everyone else's, then by halves (bisection) within a failed part. The
+   parts of a split are sent at once, each in its own greenlet, so that a part that hangs
+   delays no other;
+2. a send holding rows of several owners gets a shorter read timeout than upstream's (a few
+   times the usual answer time, see :meth:`Isolator.deadline_s`): a row that makes upstream
+   slow or hang makes such a send fail soon, and the split sends the other owners' rows apart.
+   A part of one owner gets the whole read timeout: a slow answer for its own rows is still
+   its answer;
+3. rows are matched to answers by identity (the upstream client drops an identifier it finds
+   twice); a row upstream left out is a failed part. A row error is the row's answer when the
+   row was sent alone, or with rows of the same owner some of which were answered; otherwise
+   (rows of several owners, or every row failed) it may be another row's doing, and the rows
+   are sent again, split;
+4. a row that fails alone, after failing in the batch, is at fault: its verdict is a row
+   error, which the caller caches like any upstream row error. For a 400 that is certain. Any
+   other failure is put down to the row only when upstream answered some other request since
+   the batch was first sent; otherwise upstream itself may be failing, and the row just fails.
+   A row upstream leaves out of its answer even alone is never cached as an error: it fails;
+5. parts that fail while upstream answers nothing else are not split further: an upstream that
+   is down costs a batch one request per owner and two more, not one per row. Each batch also
+   has a budget of sends, so a client sending many bad rows pays with its own rows' answers.
+
+Owners whose part failed, or answered only after the shorter timeout, while another part was
+answered in time are *suspects*, as are the owners of a send of one owner's rows still
+unanswered after the shorter timeout while upstream answered other sends: the caller batches
+their rows apart for a while.
 
 The breaker hears once per batch: an ordinary failure when some row failed without a culprit
-(or no culprit was found at all, a transient failure), else nothing, since one row's input
-says nothing about upstream's health.
-
-Timeouts, connection errors, 429 and malformed answers are never split: no row explains them.
-After the first failed send, the splitting may go on elsewhere (see :meth:`Isolator.begin`).
+(or nothing explained the failure at all: no culprit, no suspect), else nothing, since one
+row's input says nothing about upstream's health.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
+import gevent
+
+from measure_service.greenlets import spawn
 from measure_service.upstream import RowResult, UpstreamError
+
+R = TypeVar("R")
 
 # 4xx statuses by which upstream refuses a request for what is in it; others (401, 403, 404,
 # 429, ...) are about us or upstream, and the same for any row.
 REFUSAL_STATUSES = frozenset({400, 413, 422})
+# Failures one row's input may cause, besides refusals.
+_ROW_MAY_CAUSE = frozenset({"http_5xx", "timeout", "connection_error", "malformed"})
 # Sends a failed batch may spend finding its culprits per level of halving, beyond the one send
 # per owner: two bad rows in one part need both halves searched at each level.
 _SENDS_PER_LEVEL = 4
+# A send of several owners' rows may take this many times the usual answer time (the 90th
+# percentile of recent answers) before it is taken as spoiled by one of them: far beyond a
+# healthy answer's spread, well within the time a waiting caller comes back.
+DEADLINE_FACTOR = 3.0
+# The usual answer time before enough answers were seen (Scope3 answers in 70-450 ms, most
+# in less than 150), and the fewest answers that replace it.
+INITIAL_ANSWER_S = 0.15
+_MIN_SAMPLES = 8
+_SAMPLES = 64
+# Share of that read timeout after which a part of a split batch still unanswered, while another
+# part was answered, is overdue: half the usual answer time beyond it.
+_PART_OVERDUE = 1.5 / DEADLINE_FACTOR
+# The shortest read timeout a send of several owners gets: scheduling noise on a busy host.
+MIN_DEADLINE_S = 0.2
 
 
 class BudgetSpent(Exception):
     """A failed batch spent its sends before these rows were answered or judged."""
+
+
+class Incomplete(UpstreamError):
+    """Upstream answered, but without a trustworthy answer for these rows."""
+
+    def __init__(self, message: str) -> None:
+        """Upstream's HTTP answer was fine: the breaker has heard of it already."""
+        super().__init__("malformed", message)
 
 
 @dataclass(slots=True)
@@ -56,15 +105,20 @@ class Verdicts:
     answers: dict[int, RowResult] = field(default_factory=dict)
     failures: dict[int, BaseException] = field(default_factory=dict)
     culprits: set[int] = field(default_factory=set)
-    # Owners whose rows were at fault, or failed while other owners' rows were answered.
+    # Owners whose rows were at fault, or failed (or were slow) while others' rows were answered.
     suspects: set[Hashable] = field(default_factory=set)
     sends: int = 0
 
 
-# Sends the rows at the given positions of the batch; raises UpstreamError.
-Send = Callable[[Sequence[int]], Mapping[int, RowResult]]
+# Sends the rows at the given positions of the batch, with a read timeout in seconds (None:
+# upstream's own); raises UpstreamError.
+Send = Callable[[Sequence[int], float | None], Mapping[int, RowResult]]
 # Reports a failure whose ``judged`` is False to the breaker: (error, explained).
 Settle = Callable[[UpstreamError, bool], None]
+
+
+def _ignore(owner: Hashable) -> None:
+    """No one hears of suspects."""
 
 
 class Isolator:
@@ -75,17 +129,26 @@ class Isolator:
         settle: Settle,
         *,
         confirm: bool = True,
+        is_suspect: Callable[[Hashable], bool] = lambda owner: False,
+        on_suspect: Callable[[Hashable], None] = _ignore,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """Report judged failures through ``settle``; ``clock`` times the answers.
 
-        ``confirm``: a batch of one row that fails with 5xx is sent once more before it is
-        judged (False when upstream calls must not be repeated, ``UPSTREAM_RETRIES=0``).
+        ``confirm``: a batch of one row that fails is sent once more before it is judged
+        (False when upstream calls must not be repeated, ``UPSTREAM_RETRIES=0``).
+        ``is_suspect(owner)``: whether the owner's rows recently spoiled a batch; sends holding
+        its rows do not time the usual answer. ``on_suspect(owner)`` hears of a suspect as soon
+        as it is found, before the batch is judged (a hang takes a timeout or two to judge).
         """
         self._settle = settle
         self._confirm = confirm
+        self._is_suspect = is_suspect
+        self._on_suspect = on_suspect
+        self._watch = on_suspect is not _ignore
         self._clock = clock
         self._answered_at = -math.inf
+        self._answer_s: deque[float] = deque(maxlen=_SAMPLES)
 
     def fetch(self, owners: Sequence[Hashable], send: Send) -> Verdicts:
         """Send every position of a batch (``owners[i]`` started position i) and judge each."""
@@ -95,7 +158,7 @@ class Isolator:
         return isolation.verdicts
 
     def begin(self, owners: Sequence[Hashable], send: Send) -> Isolation:
-        """Send the whole batch once; when it failed for its rows, the result must go on.
+        """Send the whole batch once; when rows were left unanswered, the result must go on.
 
         The caller may go on elsewhere (the splitting takes several round trips, and need not
         delay the batches behind this one).
@@ -104,11 +167,33 @@ class Isolator:
         isolation.begin(send)
         return isolation
 
+    def deadline_s(self) -> float:
+        """The read timeout of a send of several owners' rows (see the module doc)."""
+        samples = sorted(self._answer_s)
+        if len(samples) < _MIN_SAMPLES:
+            usual = INITIAL_ANSWER_S
+        else:
+            usual = samples[int(0.9 * (len(samples) - 1))]
+        return max(MIN_DEADLINE_S, DEADLINE_FACTOR * usual)
+
     def _answered_since(self, moment: float) -> bool:
         return self._answered_at >= moment
 
-    def _note_answer(self) -> None:
+    def _note_answer(self, elapsed: float, owners: set[Hashable]) -> None:
         self._answered_at = self._clock()
+        if not any(self._is_suspect(owner) for owner in owners):
+            self._answer_s.append(elapsed)
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """One send of a part: the positions left without an answer, why, and how long it took."""
+
+    failed: list[int]
+    error: UpstreamError | None
+    elapsed: float
+    # The send took longer than a send of several owners may (see Isolator.deadline_s).
+    late: bool = False
 
 
 class Isolation:
@@ -124,34 +209,43 @@ class Isolation:
         self.unexplained = False
         self.done = False
         self.send: Send | None = None
+        self.first: _Attempt | None = None
+        self.deadline_s = isolator.deadline_s()
         depth = max(1, math.ceil(math.log2(max(1, len(owners)))))
         self.budget = 1 + len(set(owners)) + _SENDS_PER_LEVEL * depth
 
     def begin(self, send: Send) -> None:
-        """Send the whole batch; settle it unless it failed in a way its rows may explain."""
+        """Send the whole batch; settle it unless rows were left that splitting may answer."""
         self.send = send
         positions = list(range(len(self.owners)))
-        error = self.attempt(positions)
-        if error is not None and _splittable(error) and len(positions) > 1:
+        first = self.first = self.attempt(positions)
+        if first.error is None:
+            self.finish()
             return
-        if (
-            error is not None
-            and error.outcome == "http_5xx"
-            and len(positions) == 1
-            and self.isolator._confirm
-        ):
+        if len(first.failed) > 1 and _splittable(first.error):
+            return
+        if (len(first.failed) == 1 and _splittable(first.error) and self.isolator._confirm
+                and not _certain(first.error)):
             # A lone row is judged on two failures, like a row found by splitting: one
-            # 5xx may be upstream's own passing trouble.
-            error = self.attempt(positions)
-        if error is not None:
-            self.give_up_or_judge(positions, error)
+            # failure may be upstream's own passing trouble.
+            first = self.attempt(first.failed)
+        if first.error is not None:
+            self.give_up_or_judge(first.failed, first.error)
         self.finish()
 
+    @property
+    def answered_first(self) -> bool:
+        """Whether upstream answered the first send of the whole batch."""
+        return self.first is not None and not (
+            self.first.error is not None and not isinstance(self.first.error, Incomplete)
+        )
+
     def go_on(self, send: Send) -> None:
-        """Split the failed batch, sending the parts with ``send``, until every row is judged."""
+        """Split what the first send left, sending the parts with ``send``, until all is judged."""
         self.send = send
+        assert self.first is not None
         try:
-            self.split_failed(list(range(len(self.owners))))
+            self.split_failed(self.first.failed)
         finally:
             self.finish()
 
@@ -163,25 +257,53 @@ class Isolation:
             self.fail(positions, error)
 
     def split_failed(self, positions: list[int]) -> None:
-        """Send each part of a failed group of rows; go on with the parts that fail too."""
-        failed: list[tuple[list[int], UpstreamError]] = []
-        for part in self.split(positions):
-            part_error = self.attempt(part)
-            if part_error is not None:
-                failed.append((part, part_error))
+        """Send each part of a failed group of rows at once; go on with the parts that fail."""
+        parts = self.split(positions)
+        attempts = self.attempt_all(parts)
         healthy = self.isolator._answered_since(self.started)
-        for part, part_error in failed:
-            if len(part) > 1 and _splittable(part_error):
+        follow_ups = []
+        for attempt in attempts:
+            if attempt.error is None:
+                continue
+            if len(attempt.failed) > 1 and _splittable(attempt.error):
                 # Failures from an upstream that answers nothing else are not split further.
-                if (part_error.outcome == "http_5xx" and not healthy) or self.budget <= 0:
-                    self.fail(part, part_error)
+                if (not healthy and not _certain(attempt.error)) or self.budget <= 0:
+                    self.fail(attempt.failed, attempt.error)
                 else:
-                    self.split_failed(part)
+                    follow_ups.append(attempt.failed)
             else:
-                self.give_up_or_judge(part, part_error)
-        if failed and len(failed) < len(self.split(positions)):
-            for part, _ in failed:
-                self.verdicts.suspects.update(self.owners[p] for p in part)
+                self.give_up_or_judge(attempt.failed, attempt.error)
+        bad = [part for part, a in zip(parts, attempts, strict=True)
+               if a.error is not None or a.late]
+        if bad and len(bad) < len(parts):
+            for part in bad:
+                self.suspect(part)
+        _run_all([functools.partial(self.split_failed, part) for part in follow_ups])
+
+    def attempt_all(self, parts: list[list[int]]) -> list[_Attempt]:
+        """Send ``parts`` at once. A part still unanswered well past the usual answer time,
+        while another part was answered, makes its owners suspects now (its batch already
+        failed once: no need to wait for a whole timeout to batch them apart)."""
+        if len(parts) == 1:
+            return [self.attempt(parts[0])]
+        greenlets = [spawn(self.attempt, part) for part in parts]
+        waited = 0.0
+        for wait_s in (self.deadline_s * _PART_OVERDUE, self.deadline_s):
+            gevent.wait(greenlets, timeout=wait_s - waited)
+            waited = wait_s
+            if any(g.ready() and g.successful() and g.value.error is None for g in greenlets):
+                for part, greenlet in zip(parts, greenlets, strict=True):
+                    if not greenlet.ready():
+                        self.suspect(part)
+                break
+        gevent.joinall(greenlets)
+        return [greenlet.get() for greenlet in greenlets]
+
+    def suspect(self, positions: list[int]) -> None:
+        """Make the owners of ``positions`` suspects, and say so at once."""
+        for owner in {self.owners[p] for p in positions} - self.verdicts.suspects:
+            self.verdicts.suspects.add(owner)
+            self.isolator._on_suspect(owner)
 
     def split(self, positions: list[int]) -> list[list[int]]:
         """By owner when there are several, else in halves."""
@@ -193,56 +315,123 @@ class Isolation:
         middle = len(positions) // 2
         return [positions[:middle], positions[middle:]]
 
-    def attempt(self, positions: list[int]) -> UpstreamError | None:
-        """Send ``positions``; record their answers, or return the error (None on success)."""
+    def attempt(self, positions: list[int]) -> _Attempt:
+        """Send ``positions``; record the trustworthy answers, and say what is left and why."""
         if self.budget <= 0 and self.verdicts.sends:
             self.fail(positions, BudgetSpent("the batch's sends ran out before these rows"))
-            return None
+            return _Attempt([], None, 0.0)
         self.budget -= 1
         self.verdicts.sends += 1
+        owners = {self.owners[p] for p in positions}
+        timeout_s = self.deadline_s if len(owners) > 1 else None
         assert self.send is not None
+        started = self.isolator._clock()
+        # A send of one owner's rows has upstream's whole read timeout; outliving a send of
+        # several owners while upstream answers others makes its owner a suspect already.
+        watch = (gevent.spawn_later(self.deadline_s, self.overdue, positions, started)
+                 if timeout_s is None and self.isolator._watch else None)
         try:
-            answers = self.send(positions)
+            answers = self.send(positions, timeout_s)
         except UpstreamError as exc:
+            elapsed = self.isolator._clock() - started
             if not exc.judged:
                 self.unsettled.append(exc)
-            return exc
-        self.isolator._note_answer()
+            return _Attempt(list(positions), exc, elapsed, elapsed >= self.deadline_s)
+        finally:
+            if watch is not None:
+                watch.kill(block=False)
+        elapsed = self.isolator._clock() - started
+        self.isolator._note_answer(elapsed, owners)
+        missing: list[int] = []
+        doubtful: list[int] = []
+        # A row error is the row's own only when the send could not have spread it: the row
+        # was alone, or one owner's rows were sent and some of them were answered.
+        clean = any(
+            (answer := answers.get(p)) is not None and answer.error is None for p in positions
+        )
+        trusted = len(positions) == 1 or (len(owners) == 1 and clean)
         for position in positions:
             answer = answers.get(position)
-            if answer is not None:
+            if answer is None:
+                missing.append(position)
+            elif answer.error is not None and not trusted:
+                doubtful.append(position)
+            else:
                 self.verdicts.answers[position] = answer
-        return None
+        late = elapsed > self.deadline_s
+        if missing:
+            return _Attempt(missing + doubtful, Incomplete("upstream's answer left out rows"),
+                            elapsed, late)
+        if doubtful:
+            return _Attempt(doubtful, Incomplete("upstream failed every row of the request"),
+                            elapsed, late)
+        return _Attempt([], None, elapsed, late)
+
+    def overdue(self, positions: list[int], started: float) -> None:
+        """A send still unanswered after :attr:`deadline_s`: suspect its owners if upstream
+        answered another send meanwhile."""
+        if self.isolator._answered_since(started):
+            self.suspect(positions)
 
     def judge_alone(self, position: int, error: UpstreamError) -> None:
-        """A row that failed alone: at fault for a refusal, or a 5xx while upstream answers."""
-        if error.outcome == "http_4xx":
-            message = f"upstream refused this row (HTTP {error.status})"
-        elif self.isolator._answered_since(self.started):
-            message = f"upstream failed on this row (HTTP {error.status})"
-        else:
+        """A row that failed alone: at fault for a refusal, or for a failure while upstream
+        answers others; a row left out of the answer fails, its owner a suspect."""
+        if isinstance(error, Incomplete):
+            self.fail([position], error)
+            self.suspect([position])
+            return
+        if not _certain(error) and not self.isolator._answered_since(self.started):
             self.fail([position], error)
             return
-        self.verdicts.answers[position] = RowResult(None, None, message)
+        self.verdicts.answers[position] = RowResult(None, None, _row_error(error))
         self.verdicts.culprits.add(position)
-        self.verdicts.suspects.add(self.owners[position])
+        self.suspect([position])
 
     def fail(self, positions: list[int], error: BaseException) -> None:
         for position in positions:
             self.verdicts.failures[position] = error
-        if isinstance(error, UpstreamError) and error.outcome == "http_5xx":
+        if (isinstance(error, UpstreamError) and _splittable(error) and not _certain(error)
+                and not isinstance(error, Incomplete)):
             self.unexplained = True
 
     def finish(self) -> None:
         """Settle every error the breaker has not heard of: at most one counts as a failure."""
         self.done = True
-        counts = bool(self.unsettled) and (self.unexplained or not self.verdicts.culprits)
+        explained = bool(self.verdicts.culprits or self.verdicts.suspects)
+        counts = bool(self.unsettled) and (self.unexplained or not explained)
         for index, error in enumerate(self.unsettled):
             self.isolator._settle(error, not (counts and index == 0))
 
 
+def _run_all(tasks: Sequence[Callable[[], R]]) -> list[R]:
+    """Run ``tasks`` at once, each in a greenlet; their results in order (errors re-raised)."""
+    if len(tasks) <= 1:
+        return [task() for task in tasks]
+    greenlets = [spawn(task) for task in tasks]
+    gevent.joinall(greenlets)
+    return [greenlet.get() for greenlet in greenlets]
+
+
 def _splittable(error: UpstreamError) -> bool:
     """Whether one row's input may explain ``error``."""
-    if error.outcome == "http_5xx":
+    if error.outcome in _ROW_MAY_CAUSE:
         return True
     return error.outcome == "http_4xx" and error.status in REFUSAL_STATUSES
+
+
+def _certain(error: UpstreamError) -> bool:
+    """A refusal: upstream answered, and said the request's input is at fault."""
+    return error.outcome == "http_4xx"
+
+
+def _row_error(error: UpstreamError) -> str:
+    """The cached error of a row found at fault for ``error``."""
+    if error.outcome == "http_4xx":
+        return f"upstream refused this row (HTTP {error.status})"
+    if error.outcome == "http_5xx":
+        return f"upstream failed on this row (HTTP {error.status})"
+    if error.outcome == "timeout":
+        return "upstream gave no answer for this row in time"
+    if error.outcome == "connection_error":
+        return "upstream dropped the connection on this row"
+    return "upstream answered this row with a malformed answer"

@@ -13,9 +13,10 @@ Retry policy, per call to :meth:`UpstreamClient.measure`:
 The circuit breaker hears of every attempt, but an answer refusing a call (5xx, 429, malformed)
 counts once per call however often it is retried; no answer at all (timeout, connection error)
 counts at each attempt, since each is a fresh sign that upstream is unreachable. A caller that
-isolates failures (see ``row_isolation``) asks with ``judge_5xx=True``: a 5xx answer is then left
-for it to judge with :meth:`settle`, since a batch may fail because of one row's input, which
-says nothing about upstream's health.
+isolates failures (see ``row_isolation``) asks with ``judge=True``: every failure one row's input
+may cause (5xx, timeout, dropped connection, malformed answer) is then left for it to judge
+with :meth:`settle`, since a batch may fail because of one row, which says nothing about
+upstream's health.
 
 ``Retry-After`` (on 429 or 5xx) closes a per-client gate: no request leaves this client until it
 passes, whichever caller sends it. The token is kept in the session headers only, and is
@@ -54,6 +55,8 @@ Outcome = Literal[
 ]
 _RETRYABLE: frozenset[str] = frozenset({"http_429", "http_5xx", "timeout", "connection_error"})
 _NO_ANSWER: frozenset[str] = frozenset({"timeout", "connection_error"})
+# Failures that one row's input may cause: with ``judge``, left to the caller to judge.
+JUDGEABLE: frozenset[str] = frozenset({"http_5xx", "timeout", "connection_error", "malformed"})
 
 # A refused token fails every request; one ERROR line a minute says so without flooding.
 AUTH_LOG_INTERVAL_S = 60.0
@@ -97,6 +100,8 @@ class UpstreamError(Exception):
         self.retry_after = retry_after
         # False while a caller still has to report this failure to the breaker (see settle).
         self.judged = True
+        # How long the attempt took (0 when it never left).
+        self.elapsed_s = 0.0
 
     def __repr__(self) -> str:
         return (
@@ -230,21 +235,26 @@ class UpstreamClient:
         rows: Sequence[Mapping[str, Any]],
         params: Mapping[str, str],
         *,
-        judge_5xx: bool = False,
+        judge: bool = False,
+        read_timeout_s: float | None = None,
+        observe_latency: bool = True,
     ) -> dict[str, RowResult]:
         """Send ``rows`` upstream and return their results keyed by ``rowIdentifier``.
 
         Rows are matched by ``rowIdentifier``, never by position. A requested row absent from
-        the answer is absent from the result (the caller treats it as a failed fetch); rows
-        upstream added are ignored. ``params`` (latest, framework) are forwarded;
+        the answer is absent from the result (the caller treats it as a failed fetch), and so
+        is one whose identifier the answer holds twice (which of them is its answer cannot be
+        told); rows upstream added are ignored. ``params`` (latest, framework) are forwarded;
         ``includeRows=true`` is always added. Raises UpstreamError when retries are exhausted,
         the failure is not retryable, or the breaker refuses the first attempt
         (``breaker_open``; a breaker that opens between retries ends the call with the last
         real failure instead).
 
-        With ``judge_5xx``, a 5xx is neither retried (the caller's splitting and re-sending is
-        the retry) nor reported to the breaker: the error comes back with ``judged=False`` and
-        the caller must pass it to :meth:`settle`.
+        With ``judge``, a failure in :data:`JUDGEABLE` is neither retried (the caller's
+        splitting and re-sending is the retry) nor reported to the breaker or the limiter: the
+        error comes back with ``judged=False`` and the caller must pass it to :meth:`settle`.
+        ``read_timeout_s`` shortens the read timeout of this call. ``observe_latency=False``
+        keeps this call's latency from the limiter (rows whose slowness is their own).
         """
         wanted = _row_identifiers(rows)
         if not wanted:
@@ -252,6 +262,9 @@ class UpstreamClient:
         body = {"rows": [dict(row) for row in rows]}
         query = {**params, "includeRows": "true"}
         last_error: UpstreamError | None = None
+        timeout = self._timeout
+        if read_timeout_s is not None:
+            timeout = (timeout[0], min(timeout[1], read_timeout_s))
         for attempt in range(self._retries + 1):
             if last_error is not None:
                 self._sleep(self._backoff.delay(attempt - 1))
@@ -263,9 +276,12 @@ class UpstreamClient:
             if last_error is not None:
                 prometheus_metrics.UPSTREAM_RETRIES.inc()
             try:
-                results = self._attempt(body, query, wanted, attempt, retry_5xx=not judge_5xx)
+                results = self._attempt(
+                    body, query, wanted, attempt, judge=judge, timeout=timeout,
+                    observe_latency=observe_latency,
+                )
             except UpstreamError as exc:
-                if judge_5xx and exc.outcome == "http_5xx":
+                if judge and exc.outcome in JUDGEABLE:
                     exc.judged = False  # the caller reports this attempt (settle)
                     raise
                 self._report_failure(exc, retried=last_error is not None)
@@ -300,11 +316,14 @@ class UpstreamClient:
         """Report the verdict on a call that failed with ``judged=False``, once.
 
         ``explained``: the failure is put down to one row's input (that row failed alone while
-        upstream answered other requests), so it does not count towards opening the breaker.
+        upstream answered other requests), so it does not count towards opening the breaker,
+        nor, for a timeout, as a sign of overload to the limiter.
         """
         if error.judged:
             return
         error.judged = True
+        if not explained and error.outcome == "timeout" and self._limiter is not None:
+            self._limiter.observe(error.elapsed_s, OVERLOAD)
         if self._breaker is None:
             return
         if explained:
@@ -328,17 +347,21 @@ class UpstreamClient:
         wanted: frozenset[str],
         attempt: int,
         *,
-        retry_5xx: bool,
+        judge: bool,
+        timeout: tuple[float, float],
+        observe_latency: bool,
     ) -> dict[str, RowResult]:
         prometheus_metrics.UPSTREAM_ROWS.inc(len(wanted))
         prometheus_metrics.UPSTREAM_BATCH_ROWS.observe(len(wanted))
         started = self._clock()
         log_fields: dict[str, Any] = {"attempt": attempt, "rows": len(wanted)}
-        if not retry_5xx:
-            log_fields["5xx_judged_by_caller"] = True
+        if judge:
+            log_fields["judged_by_caller"] = True
+        if timeout != self._timeout:
+            log_fields["read_timeout_s"] = timeout[1]
         prometheus_metrics.UPSTREAM_IN_FLIGHT.inc()
         try:
-            status, headers, content = self._post(body, query, started)
+            status, headers, content = self._post(body, query, started, timeout)
         except (requests.Timeout, _DeadlineExceeded) as exc:
             raise self._failure("timeout", "upstream timed out", log_fields, started) from exc
         except _TooLarge as exc:
@@ -370,7 +393,7 @@ class UpstreamClient:
                     "malformed", f"upstream answered {status} with {exc}", log_fields, started,
                     status=status,
                 ) from None
-            return self._success(results, log_fields, started)
+            return self._success(results, log_fields, started, observe_latency)
 
         retry_after = parse_retry_after(headers.get("Retry-After"), self._wall_clock())
         if retry_after is not None and (status == 429 or status >= 500):
@@ -402,14 +425,18 @@ class UpstreamClient:
         )
 
     def _post(
-        self, body: dict[str, Any], query: dict[str, str], started: float
+        self,
+        body: dict[str, Any],
+        query: dict[str, str],
+        started: float,
+        timeout: tuple[float, float],
     ) -> tuple[int, Mapping[str, str], bytes]:
         # The read timeout bounds each recv, not the whole body: a server trickling bytes could
         # hold us forever, so the body also has an overall deadline.
-        deadline = started + self._timeout[0] + self._timeout[1]
+        deadline = started + timeout[0] + timeout[1]
         limit = answer_limit(len(body["rows"]))
         with self._session.post(
-            self._url, params=query, json=body, timeout=self._timeout, stream=True,
+            self._url, params=query, json=body, timeout=timeout, stream=True,
             allow_redirects=False,
         ) as response:
             chunks: list[bytes] = []
@@ -426,12 +453,16 @@ class UpstreamClient:
     # --- outcomes ------------------------------------------------------------------------------
 
     def _success(
-        self, results: dict[str, RowResult], log_fields: dict[str, Any], started: float
+        self,
+        results: dict[str, RowResult],
+        log_fields: dict[str, Any],
+        started: float,
+        observe_latency: bool,
     ) -> dict[str, RowResult]:
         row_errors = sum(1 for result in results.values() if result.error is not None)
         outcome = "row_error" if row_errors else "ok"
         prometheus_metrics.UPSTREAM_REQUESTS.labels(outcome=outcome).inc()
-        if self._limiter is not None:
+        if self._limiter is not None and observe_latency:
             self._limiter.observe(self._clock() - started, OK)
         with self._lock:
             self._auth_failure = None
@@ -454,20 +485,23 @@ class UpstreamClient:
         log: bool = True,
     ) -> UpstreamError:
         prometheus_metrics.UPSTREAM_REQUESTS.labels(outcome=outcome).inc()
-        if self._limiter is not None and outcome in ("http_429", "timeout"):
-            self._limiter.observe(self._clock() - started, OVERLOAD)
+        elapsed = max(0.0, self._clock() - started)
+        judged_later = outcome in JUDGEABLE and bool(log_fields.get("judged_by_caller"))
+        if self._limiter is not None and outcome in ("http_429", "timeout") and not judged_later:
+            self._limiter.observe(elapsed, OVERLOAD)
+        error = UpstreamError(outcome, message, status=status, retry_after=retry_after)
+        error.elapsed_s = elapsed
         if not log:
-            return UpstreamError(outcome, message, status=status, retry_after=retry_after)
+            return error
         _LOG.warning(
             "upstream request failed: %s",
             message,
             extra={**log_fields, "upstream_outcome": outcome,
                    "will_retry": outcome in _RETRYABLE
-                   and log_fields["attempt"] < self._retries
-                   and not (outcome == "http_5xx" and log_fields.get("5xx_judged_by_caller")),
+                   and log_fields["attempt"] < self._retries and not judged_later,
                    "elapsed_ms": self._elapsed_ms(started)},
         )
-        return UpstreamError(outcome, message, status=status, retry_after=retry_after)
+        return error
 
     def _note_auth_failure(self, status: int, log_fields: dict[str, Any]) -> None:
         now = self._clock()
@@ -567,12 +601,18 @@ def _parse_answer(
     if not isinstance(document, dict) or not isinstance(document.get("rows"), list):
         raise _Malformed("no 'rows' list")
     results: dict[str, RowResult] = {}
+    ambiguous: set[str] = set()
     for item in document["rows"]:
         if not isinstance(item, dict) or not isinstance(item.get("rowIdentifier"), str):
             raise _Malformed("a row without a string 'rowIdentifier'")
         identifier = item["rowIdentifier"]
-        if identifier in wanted and identifier not in results:
-            results[identifier] = _parse_row(item, redact)
+        if identifier not in wanted:
+            continue
+        if identifier in results:
+            ambiguous.add(identifier)
+        results[identifier] = _parse_row(item, redact)
+    for identifier in ambiguous:
+        del results[identifier]
     return results
 
 

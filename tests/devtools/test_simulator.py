@@ -391,6 +391,59 @@ def test_a_poisoned_row_fails_the_whole_request_it_is_in(marker: str, status: in
     assert _stats(app)["by_status"] == {str(status): 1, "200": 1}
 
 
+def _mixed() -> list[dict[str, Any]]:
+    return [_row("r1"), _row("r2", inventoryId="x-bad-row-1.com"), _row("r3", country="FR")]
+
+
+def test_a_row_poisoned_to_hang_gets_its_request_no_answer_until_released() -> None:
+    app, _, events = _simulator(poison_hang="bad-row")
+    assert _measure(app, _mixed()).status_code == 504
+    assert events[0].waited is not None and events[0].waited >= 600
+    assert _stats(app)["by_status"] == {"hang": 1}
+
+
+def test_a_row_poisoned_to_be_slow_gets_its_request_a_right_answer_late() -> None:
+    app, sleeps, _ = _simulator(poison_slow="bad-row", poison_slow_ms=2500)
+    answer = _body(_measure(app, _mixed()))
+    assert sleeps.calls == [2.5]
+    assert [row["rowIdentifier"] for row in answer["rows"]] == ["r1", "r2", "r3"]
+
+
+def test_a_row_poisoned_to_reset_aborts_the_connection() -> None:
+    app, _, _ = _simulator(poison_reset="bad-row")
+    with pytest.raises(ConnectionResetError):
+        _measure(app, _mixed())
+
+
+def test_a_row_poisoned_to_be_malformed_gets_its_request_a_200_that_is_not_json() -> None:
+    app, _, _ = _simulator(poison_malformed="bad-row")
+    response = _measure(app, _mixed())
+    assert response.status_code == 200
+    with pytest.raises(ValueError):
+        json.loads(response.data)
+
+
+def test_a_row_poisoned_to_cut_the_answer_short_leaves_it_and_the_rows_after_it_out() -> None:
+    app, _, _ = _simulator(poison_short="bad-row")
+    answer = _body(_measure(app, _mixed()))
+    assert [row["rowIdentifier"] for row in answer["rows"]] == ["r1"]
+
+
+def test_a_row_poisoned_to_spoil_identities_answers_with_another_rows_identifier() -> None:
+    app, _, _ = _simulator(poison_identity="bad-row")
+    answer = _body(_measure(app, _mixed()))
+    assert [row["rowIdentifier"] for row in answer["rows"]] == ["r3", "r1", "r1"]
+    alone = _body(_measure(app, [_row("r2", inventoryId="bad-row.com")]))
+    assert [row["rowIdentifier"] for row in alone["rows"]] == ["r2-x"]
+
+
+def test_a_row_poisoned_to_fail_every_row_answers_each_with_an_error() -> None:
+    app, _, _ = _simulator(poison_row_error="bad-row")
+    answer = _body(_measure(app, _mixed()))
+    assert [row["error"] is not None for row in answer["rows"]] == [True] * 3
+    assert all(row["totalEmissions"] is None for row in answer["rows"])
+
+
 def test_poisoning_is_off_until_a_marker_is_set() -> None:
     app, _, _ = _simulator()
     assert _measure(app, [_row(inventoryId="poison-anything.com")]).status_code == 200

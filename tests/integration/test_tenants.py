@@ -1,8 +1,10 @@
 """One client cannot hurt another: poisoned rows and floods, against real gunicorn + simulator.
 
-One gevent worker, two client keys (A first, B second), misses gathered for 100 ms so that A's
-and B's rows share upstream batches, and a simulator that fails any request holding a row whose
-inventoryId contains ``poison5xx`` (500) or ``poison400`` (400 for the whole request).
+One gevent worker, client keys A and one B per poison kind (a B whose rows spoiled a batch has
+its rows batched apart for a minute: each kind needs a B that shares A's batches), misses
+gathered for 100 ms so that A's and B's rows share upstream batches, and a simulator in which a
+row whose inventoryId contains ``poison<kind>`` spoils the request it is in, in that kind's way
+(see ``devtools.simulator``). Upstream's read timeout is 1.5 s, so that a hang is judged fast.
 """
 
 from __future__ import annotations
@@ -21,20 +23,27 @@ pytestmark = pytest.mark.integration
 
 KEY_A = "key-a"
 KEY_B = "key-b"
+# Each kind, and what B's poisoned row may get: its error (cached, when upstream was seen
+# answering other requests meanwhile; else the fetch just failed), its late answer, or nothing.
+FAILED = {"error", "unavailable"}
+KINDS = {"5xx": FAILED, "400": {"error"}, "hang": FAILED, "reset": FAILED,
+         "malformed": FAILED, "row_error": {"error"}, "slow": {"fetched"},
+         "short": {"unavailable"}, "identity": {"unavailable"}}
+B_KEYS = [f"key-b-{kind}" for kind in KINDS]
 
 
 @pytest.fixture(scope="module")
 def poisoning_simulator(module_processes: Processes) -> Simulator:
-    return module_processes.simulator(
-        "--poison-5xx", "poison5xx", "--poison-400", "poison400", latency_ms=20
-    )
+    flags = [arg for kind in KINDS
+             for arg in (f"--poison-{kind.replace('_', '-')}", f"poison{kind.replace('_', '')}")]
+    return module_processes.simulator(*flags, "--poison-slow-ms", "700", latency_ms=20)
 
 
 @pytest.fixture(scope="module")
 def shared(module_processes: Processes, poisoning_simulator: Simulator) -> Service:
     return module_processes.service(poisoning_simulator, env={
-        "API_KEYS": f"{KEY_A},{KEY_B}", "UPSTREAM_BATCH_WINDOW_MS": "100",
-        "WAIT_WINDOW_MS": "3000",
+        "API_KEYS": ",".join([KEY_A, KEY_B, *B_KEYS]), "UPSTREAM_BATCH_WINDOW_MS": "100",
+        "WAIT_WINDOW_MS": "3000", "UPSTREAM_TIMEOUT_MS": "1500",
     })
 
 
@@ -77,6 +86,21 @@ def test_a_poisoned_row_costs_the_client_sharing_its_batch_none_of_its_answers(
     assert [row["status"] for row in b_answer] == ["error"]
     assert [row["status"] for row in post(shared, KEY_A, ours)] == ["hit"] * 3
     assert [row["status"] for row in post(shared, KEY_B, theirs)] == ["error"]
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_a_row_spoiling_its_batch_in_any_way_costs_the_client_sharing_it_none_of_its_answers(
+    shared: Service, kind: str
+) -> None:
+    post(shared, KEY_A, new_rows("warm", 1))  # upstream is seen answering
+    ours, theirs = new_rows("a", 3), new_rows(f"poison{kind.replace('_', '')}", 1)
+    a_answer, b_answer = together(shared, (KEY_A, ours), (f"key-b-{kind}", theirs))
+    assert [row["status"] for row in a_answer] == ["fetched"] * 3
+    assert len(b_answer) == 1 and b_answer[0]["status"] in KINDS[kind]
+    assert [row["status"] for row in post(shared, KEY_A, ours)] == ["hit"] * 3
+    again = post(shared, f"key-b-{kind}", theirs)[0]["status"]
+    assert again in KINDS[kind] | {"hit"} and (again == "hit") == ("fetched" in KINDS[kind])
+    assert breaker_openings(shared) == 0
 
 
 def test_poisoned_rows_never_open_the_breaker(shared: Service) -> None:

@@ -58,7 +58,7 @@ class FakeUpstream:
 
     def measure(
         self, rows: Sequence[Mapping[str, Any]], params: Mapping[str, str], *,
-        judge_5xx: bool = False,
+        judge: bool = False, read_timeout_s: float | None = None, observe_latency: bool = True,
     ) -> dict[str, RowResult]:
         self.calls.append(([dict(row) for row in rows], dict(params)))
         self.started.set()
@@ -72,7 +72,7 @@ class FakeUpstream:
                 "http_4xx" if status == 400 else "http_5xx", f"upstream answered {status}",
                 status=status,
             )
-            if status == 500 and judge_5xx:
+            if status == 500 and judge:
                 error.judged = False
             raise error
         return {str(row["rowIdentifier"]): _answer(row) for row in rows}

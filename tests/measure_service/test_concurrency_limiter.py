@@ -5,7 +5,7 @@ from __future__ import annotations
 import gevent
 import pytest
 
-from measure_service.concurrency_limiter import OK, OVERLOAD, AdaptiveLimiter
+from measure_service.concurrency_limiter import OK, OVERLOAD, AdaptiveLimiter, Share
 from tests.measure_service.conftest import FakeClock
 
 
@@ -85,3 +85,29 @@ def test_a_killed_waiter_leaves_no_slot_behind() -> None:
 def test_a_bad_ceiling_is_refused(ceiling: int) -> None:
     with pytest.raises(ValueError, match="ceiling"):
         AdaptiveLimiter(ceiling)
+
+
+def test_a_share_holds_at_most_half_of_the_limit_and_a_third_waits() -> None:
+    share = Share(AdaptiveLimiter(4))
+    entered: list[int] = []
+
+    def hold(index: int) -> None:
+        with share:
+            entered.append(index)
+            gevent.sleep(0.05)
+
+    holders = [gevent.spawn(hold, index) for index in range(3)]
+    gevent.sleep(0.01)
+    assert entered == [0, 1]
+    gevent.joinall(holders, timeout=2)
+    assert entered == [0, 1, 2]
+
+
+def test_a_share_follows_the_limit_down_but_keeps_one_slot(clock: FakeClock) -> None:
+    limiter = AdaptiveLimiter(4, clock=clock)
+    share = Share(limiter)
+    limiter.observe(0.1, OVERLOAD)
+    limiter.observe(0.1, OVERLOAD)
+    clock.advance(1.0)
+    limiter.observe(0.1, OVERLOAD)
+    assert limiter.limit == 1 and share.bound == 1

@@ -298,8 +298,8 @@ def test_a_row_missing_from_the_answer_is_unavailable_and_not_cached(
 ) -> None:
     real = harness.upstream.measure
 
-    def drop_one(rows: Any, params: Any, *, judge_5xx: bool = False) -> Any:
-        answers = real(rows, params, judge_5xx=judge_5xx)
+    def drop_one(rows: Any, params: Any, **options: Any) -> Any:
+        answers = real(rows, params, **options)
         return {k: v for k, v in answers.items() if k != "1"}
 
     monkeypatch.setattr(harness.upstream, "measure", drop_one)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from measure_service.row_isolation import Isolator
+from measure_service.row_isolation import DEADLINE_FACTOR, Isolator
 from measure_service.upstream import RowResult, UpstreamError
 
 OK = RowResult(1.0, "modeled", None)
@@ -23,7 +23,9 @@ class Upstream:
         self.requests: list[list[int]] = []
         self.settled: list[bool] = []
 
-    def send(self, positions: Sequence[int]) -> dict[int, RowResult]:
+    def send(
+        self, positions: Sequence[int], timeout_s: float | None = None
+    ) -> dict[int, RowResult]:
         self.requests.append(list(positions))
         statuses = [self.poisoned[p] for p in positions if p in self.poisoned]
         if self.down:
@@ -80,9 +82,9 @@ def test_a_lone_row_failing_once_then_answered_gets_its_answer() -> None:
     sends = iter([True, False])
     real = upstream.send
 
-    def flaky(positions: Sequence[int]) -> dict[int, RowResult]:
+    def flaky(positions: Sequence[int], timeout_s: float | None = None) -> dict[int, RowResult]:
         upstream.down = next(sends)
-        return real(positions)
+        return real(positions, timeout_s)
 
     upstream.poisoned = {}
     verdicts = Isolator(upstream.settle).fetch(["a"], flaky)
@@ -121,6 +123,7 @@ def test_many_poisoned_rows_spend_the_budget_and_fail_only_their_own_clients_row
     assert failed and all(owners[p] == "b" for p in failed)
 
 
+@settings(deadline=None)  # greenlets per split: a loaded host takes longer
 @given(
     size=st.integers(2, 64),
     poisoned=st.sets(st.integers(0, 63), max_size=3),
@@ -141,6 +144,7 @@ def test_one_clients_bad_rows_never_cost_another_client_an_answer(
     assert all(answers.get(p) == OK for p in range(size) if p not in poisoned)
 
 
+@settings(deadline=None)  # greenlets per split: a loaded host takes longer
 @given(size=st.integers(1, 64), poisoned=st.integers(0, 63), status=st.sampled_from([500, 400]))
 def test_with_one_bad_row_every_other_row_is_answered(
     size: int, poisoned: int, status: int
@@ -163,3 +167,170 @@ def test_a_batch_can_go_on_splitting_with_another_sender() -> None:
     assert not isolation.done and len(upstream.requests) == 1
     isolation.go_on(upstream.send)
     assert isolation.done and isolation.verdicts.culprits == {1}
+
+
+# --- every other way one row can spoil a batch ----------------------------------------------------
+
+KINDS = ["timeout", "connection_error", "malformed", "slow", "short", "identity", "row_error"]
+
+
+class Spoiling(Upstream):
+    """Upstream whose poisoned positions spoil their request in one of ``KINDS``'s ways.
+
+    ``slow`` answers right but takes 10 s of the fake clock: a send with a shorter read timeout
+    times out at it instead.
+    """
+
+    def __init__(self, poisoned: Mapping[int, str], clock: list[float]) -> None:
+        super().__init__()
+        self.kinds = dict(poisoned)
+        self.clock = clock
+        self.timeouts: list[float | None] = []
+
+    def send(
+        self, positions: Sequence[int], timeout_s: float | None = None
+    ) -> dict[int, RowResult]:
+        self.requests.append(list(positions))
+        self.timeouts.append(timeout_s)
+        self.clock[0] += 0.05
+        kinds = [self.kinds[p] for p in positions if p in self.kinds]
+        if not kinds:
+            return {position: OK for position in positions}
+        kind = kinds[0]
+        first = next(p for p in positions if p in self.kinds)
+        if kind in ("timeout", "connection_error", "malformed") or (
+            kind == "slow" and timeout_s is not None
+        ):
+            self.clock[0] += timeout_s or 5.0 if kind in ("timeout", "slow") else 0.0
+            error = UpstreamError("timeout" if kind == "slow" else kind, kind)  # type: ignore[arg-type]
+            error.judged = False
+            raise error
+        answers = {position: OK for position in positions}
+        if kind == "slow":
+            self.clock[0] += 10.0
+        elif kind == "short":
+            answers = {p: OK for p in positions if p < first}
+        elif kind == "identity":
+            del answers[first]  # its answer came under another row's identifier: both dropped
+            other = next((p for p in positions if p != first), None)
+            answers.pop(other, None)  # type: ignore[arg-type]
+        elif kind == "row_error":
+            answers = {p: RowResult(None, None, "the batch failed") for p in positions}
+        return answers
+
+
+def spoil(kind: str, owners: Sequence[str], poisoned: set[int]) -> tuple[Spoiling, object]:
+    clock = [0.0]
+    upstream = Spoiling({}, clock)
+    isolator = Isolator(upstream.settle, clock=lambda: clock[0])
+    isolator.fetch(["w"] * 2, upstream.send)  # upstream is seen answering, and how fast
+    upstream.requests.clear()
+    upstream.timeouts.clear()
+    upstream.kinds = {p: kind for p in poisoned}
+    return upstream, isolator.fetch(owners, upstream.send)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_row_spoiling_its_batch_in_any_way_costs_the_other_client_none_of_its_answers(
+    kind: str,
+) -> None:
+    owners = ["a", "b", "a", "a", "b"]
+    upstream, verdicts = spoil(kind, owners, {1})
+    answers = verdicts.answers  # type: ignore[attr-defined]
+    assert all(answers.get(p) == OK for p in (0, 2, 3, 4))
+    assert 1 not in answers or answers[1] != OK or kind == "slow"
+    assert "b" in verdicts.suspects or kind == "row_error"  # type: ignore[attr-defined]
+    assert not any(explained is False for explained in upstream.settled)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_spoilt_batch_costs_a_bounded_number_of_requests(kind: str) -> None:
+    owners = ["a"] * 32 + ["b"] * 32
+    upstream, _ = spoil(kind, owners, {40})
+    assert len(upstream.requests) <= 1 + 2 + 4 * 6 + 1
+
+
+def test_a_send_of_several_clients_rows_gets_a_short_read_timeout_and_one_clients_the_full(
+) -> None:
+    upstream, _ = spoil("slow", ["a", "b"], {1})
+    assert upstream.timeouts[0] is not None and upstream.timeouts[0] < 5.0
+    assert upstream.timeouts[1:] == [None, None]
+
+
+def test_a_slow_clients_rows_get_their_late_answer_and_it_is_a_suspect() -> None:
+    _, verdicts = spoil("slow", ["a", "b"], {1})
+    assert verdicts.answers == {0: OK, 1: OK}  # type: ignore[attr-defined]
+    assert verdicts.suspects == {"b"} and not verdicts.culprits  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("kind", ["timeout", "connection_error", "malformed"])
+def test_a_row_failing_alone_while_upstream_answers_others_is_cached_as_its_error(
+    kind: str,
+) -> None:
+    _, verdicts = spoil(kind, ["a", "b"], {1})
+    assert verdicts.culprits == {1}  # type: ignore[attr-defined]
+    assert verdicts.answers[1].error  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("kind", ["short", "identity"])
+def test_a_row_left_out_of_the_answer_even_alone_fails_and_is_never_cached(kind: str) -> None:
+    _, verdicts = spoil(kind, ["a", "b"], {1})
+    assert 1 in verdicts.failures and 1 not in verdicts.answers  # type: ignore[attr-defined]
+
+
+def test_a_row_error_beside_answered_rows_of_the_same_client_is_that_rows_answer() -> None:
+    clock = [0.0]
+    upstream = Upstream()
+
+    def send(positions: Sequence[int], timeout_s: float | None) -> dict[int, RowResult]:
+        upstream.requests.append(list(positions))
+        return {p: RowResult(None, None, "unknown") if p == 1 else OK for p in positions}
+
+    verdicts = Isolator(upstream.settle, clock=lambda: clock[0]).fetch(["b"] * 3, send)
+    assert len(upstream.requests) == 1 and verdicts.answers[1].error == "unknown"
+
+
+def test_every_row_of_one_clients_send_failing_is_asked_again_in_halves() -> None:
+    upstream, verdicts = spoil("row_error", ["b"] * 4, {0})
+    assert upstream.requests[:3] == [[0, 1, 2, 3], [0, 1], [2, 3]]
+    assert verdicts.answers[0].error  # type: ignore[attr-defined]
+    assert all(verdicts.answers[p] == OK for p in (1, 2, 3))  # type: ignore[attr-defined]
+
+
+def test_row_errors_in_an_answer_to_several_clients_rows_are_asked_again_by_client() -> None:
+    upstream, verdicts = spoil("row_error", ["a", "b"], {1})
+    assert upstream.requests == [[0, 1], [0], [1]]
+    assert verdicts.answers[0] == OK and verdicts.answers[1].error  # type: ignore[attr-defined]
+
+
+def test_the_short_read_timeout_follows_the_usual_answer_time() -> None:
+    clock = [0.0]
+    isolator = Isolator(lambda error, explained: None, clock=lambda: clock[0])
+    before = isolator.deadline_s()
+
+    def send(positions: Sequence[int], timeout_s: float | None) -> dict[int, RowResult]:
+        clock[0] += 0.5
+        return {p: OK for p in positions}
+
+    for _ in range(20):
+        isolator.fetch(["a"], send)
+    assert isolator.deadline_s() > before
+    assert isolator.deadline_s() == pytest.approx(DEADLINE_FACTOR * 0.5)
+
+
+@settings(deadline=None)  # greenlets per split: a loaded host takes longer
+@given(
+    size=st.integers(2, 40),
+    poisoned=st.sets(st.integers(0, 39), max_size=3),
+    kind=st.sampled_from(KINDS),
+)
+def test_whatever_way_rows_spoil_a_batch_no_clean_row_gets_a_wrong_answer(
+    size: int, poisoned: set[int], kind: str
+) -> None:
+    owners = ["a"] * (size // 2) + ["b"] * (size - size // 2)
+    poisoned = {p for p in poisoned if p < size and owners[p] == "b"}
+    upstream, verdicts = spoil(kind, owners, poisoned)
+    answers = verdicts.answers  # type: ignore[attr-defined]
+    assert all(answers.get(p) == OK for p in range(size) if owners[p] == "a")
+    assert all(answers.get(p) in (None, OK) for p in range(size) if p not in poisoned)
+    assert len(upstream.requests) <= 1 + 2 + 4 * 6

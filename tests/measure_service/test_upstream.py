@@ -416,9 +416,53 @@ def test_a_5xx_left_to_the_caller_is_neither_retried_nor_counted(
     breaker = CircuitBreaker(1, 10.0, clock)
     client = _client(clock, retries=2, breaker=breaker)
     with pytest.raises(UpstreamError) as caught:
-        client.measure([_row("a")], {}, judge_5xx=True)
+        client.measure([_row("a")], {}, judge=True)
     assert caught.value.judged is False and len(mocked.calls) == 1
     assert breaker.state == "closed"
+
+
+@pytest.mark.parametrize("failure", [
+    requests.exceptions.ReadTimeout("timed out"), requests.exceptions.ConnectionError("reset"),
+])
+def test_no_answer_left_to_the_caller_is_neither_retried_nor_counted(
+    clock: _Clock, mocked: responses.RequestsMock, failure: Exception
+) -> None:
+    mocked.post(URL, body=failure)
+    breaker = CircuitBreaker(1, 10.0, clock)
+    client = _client(clock, retries=2, breaker=breaker)
+    with pytest.raises(UpstreamError) as caught:
+        client.measure([_row("a")], {}, judge=True)
+    assert caught.value.judged is False and len(mocked.calls) == 1
+    assert breaker.state == "closed"
+
+
+def test_a_malformed_answer_left_to_the_caller_is_not_counted(
+    clock: _Clock, mocked: responses.RequestsMock
+) -> None:
+    mocked.post(URL, body=b'{"rows": [{"rowIdent')
+    breaker = CircuitBreaker(1, 10.0, clock)
+    client = _client(clock, breaker=breaker)
+    with pytest.raises(UpstreamError) as caught:
+        client.measure([_row("a")], {}, judge=True)
+    assert caught.value.outcome == "malformed" and caught.value.judged is False
+    assert breaker.state == "closed"
+
+
+def test_an_identifier_the_answer_holds_twice_answers_neither_row(
+    clock: _Clock, mocked: responses.RequestsMock
+) -> None:
+    mocked.post(URL, json=_answer(_ok_row("b", 1.0), _ok_row("a", 2.0), _ok_row("a", 3.0)))
+    assert _client(clock).measure([_row("a"), _row("b")], {}) == {
+        "b": RowResult(1.0, "modeled", None)
+    }
+
+
+def test_rows_answered_out_of_order_are_matched_by_identifier(
+    clock: _Clock, mocked: responses.RequestsMock
+) -> None:
+    mocked.post(URL, json=_answer(_ok_row("b", 1.0), _ok_row("a", 2.0)))
+    answers = _client(clock).measure([_row("a"), _row("b")], {})
+    assert answers["a"].total_emissions == 2.0 and answers["b"].total_emissions == 1.0
 
 
 def test_a_5xx_settled_as_explained_by_a_row_does_not_open_the_breaker(
@@ -428,7 +472,7 @@ def test_a_5xx_settled_as_explained_by_a_row_does_not_open_the_breaker(
     breaker = CircuitBreaker(1, 10.0, clock)
     client = _client(clock, retries=0, breaker=breaker)
     with pytest.raises(UpstreamError) as caught:
-        client.measure([_row("a")], {}, judge_5xx=True)
+        client.measure([_row("a")], {}, judge=True)
     client.settle(caught.value, explained=True)
     assert breaker.state == "closed"
 
@@ -440,7 +484,7 @@ def test_a_5xx_settled_as_unexplained_counts_once(
     breaker = CircuitBreaker(1, 10.0, clock)
     client = _client(clock, retries=0, breaker=breaker)
     with pytest.raises(UpstreamError) as caught:
-        client.measure([_row("a")], {}, judge_5xx=True)
+        client.measure([_row("a")], {}, judge=True)
     client.settle(caught.value, explained=False)
     client.settle(caught.value, explained=False)
     assert breaker.state == "open" and caught.value.judged
