@@ -208,14 +208,19 @@ def parse_body(body: bytes, max_rows: int) -> list[Any]:
     """Decode the JSON body and return its ``rows`` list; raise BodyError on a bad body.
 
     Stricter than ``json.loads``: NaN, Infinity, duplicate keys and numbers too large for a float
-    are refused (RFC 8259 has no NaN, and with duplicates the meaning is ambiguous). JSON objects
-    are decoded as tuples of pairs by the C scanner, and only the top level and the rows become
-    dicts: a Python hook per object would make a hostile body costly.
-    Plain bodies (the usual request) are read by orjson instead, when that is surely the same.
+    are refused (RFC 8259 has no NaN, and with duplicates the meaning is ambiguous), and so is a
+    body holding more names and values than ``max_rows`` rows can need, or a number of more than
+    ``MAX_NUMBER_DIGITS`` digits: both are found from the bytes before anything is decoded, so
+    that no body costs much more than a full request. JSON objects are decoded as tuples of pairs
+    by the C scanner, and only the top level and the rows become dicts: a Python hook per object
+    would make a large body costly. Bodies whose reading by orjson is surely the same (the usual
+    request) are read by orjson instead.
     """
-    document = _decode_plain(body, max_rows)
+    data = _utf8(body)
+    shape = _Shape(data, max_rows)
+    document = _decode_plain(data, shape, max_rows)
     if document is None:
-        document = _decode_strict(body)
+        document = _decode_strict(data)
     elif isinstance(document, dict):
         document = tuple(document.items())
     if not isinstance(document, tuple):
@@ -233,6 +238,13 @@ def parse_body(body: bytes, max_rows: int) -> list[Any]:
     return [_row_object(row) for row in rows]
 
 
+def token_budget(max_rows: int) -> int:
+    """The most JSON names and values (strings, numbers, literals, lists and objects) a body of
+    at most ``max_rows`` rows may hold: every row with twice the pairs it may carry, and the top
+    level's names with a value each. Any request that could be valid needs less than half."""
+    return max_rows * (4 * _MAX_ROW_PAIRS + 1) + 2 * MAX_TOP_LEVEL_NAMES + 2
+
+
 def _check_names(count: int) -> None:
     if count > MAX_TOP_LEVEL_NAMES:
         raise BodyError(
@@ -240,26 +252,91 @@ def _check_names(count: int) -> None:
         )
 
 
-def _decode_plain(body: bytes, max_rows: int) -> Any:
-    """The document, when orjson's reading of ``body`` is surely the strict one; else None.
+def _utf8(body: bytes) -> bytes:
+    """The body as UTF-8 without a byte order mark (JSON may also come as UTF-16 or UTF-32)."""
+    if body[:1] < b"\x80" and b"\x00" not in body[:4]:
+        return body  # ASCII first, no NUL: UTF-8 (json.detect_encoding's rule, cheaper)
+    encoding = json.detect_encoding(body)
+    if encoding == "utf-8":
+        return body
+    try:
+        return body.decode(encoding).encode()
+    except UnicodeError:
+        raise BodyError(f"body is not valid JSON: not valid {encoding} text") from None
+
+
+class _Shape:
+    """What a body's bytes say about its JSON structure, found without decoding it.
+
+    Counts over the whole body are upper bounds of the structure (a string may hold any
+    character). When they are not enough, the body is recounted outside its strings: once
+    escaped backslashes and quotes are removed, every quote opens or closes a string, so the
+    bytes between a closing and the next opening quote are structure, and the counts exact for
+    valid JSON (and for the valid prefix of a body that is not: the decoders stop there).
+
+    Raises BodyError when the body holds more names and values than ``token_budget`` allows,
+    or a number of more than ``MAX_NUMBER_DIGITS`` digits: both cost a decoder time that no
+    request needs.
+    """
+
+    __slots__ = ("_text", "braces", "colons", "exact", "long_number")
+
+    def __init__(self, data: bytes, max_rows: int) -> None:
+        """Measure ``data`` (UTF-8) for a request of at most ``max_rows`` rows."""
+        text = data.replace(b"\\\\", b"").replace(b'\\"', b"") if b"\\" in data else data
+        self._text = text
+        budget = token_budget(max_rows)
+        _check_tokens(text.count(b'"') // 2, budget)
+        self.braces = text.count(b"{")
+        self.colons = text.count(b":")
+        self.exact = False
+        # Integers past 64 bits (at least 19 digits) orjson would read as floats.
+        self.long_number = _LONG_NUMBER in text.translate(_DIGITS_TO_ZERO)
+        most = 1 + text.count(b",") + self.colons + self.braces + text.count(b"[")
+        if self.long_number or most > budget:
+            _check_tokens(self.count_outside_strings(), budget)
+
+    def count_outside_strings(self) -> int:
+        """Make ``braces`` and ``colons`` exact; return the number of names and values.
+
+        Values are the root, one per comma, and one more per list or object that is not empty.
+        """
+        outside = b"".join(self._text.split(b'"')[::2]).translate(None, b" \t\n\r")
+        self.braces = outside.count(b"{")
+        self.colons = outside.count(b":")
+        self.exact = True
+        digits = outside.translate(_DIGITS_TO_ZERO)
+        self.long_number = _LONG_NUMBER in digits
+        if self.long_number and _TOO_LONG_NUMBER in digits:
+            raise BodyError(f"body has a number of more than {MAX_NUMBER_DIGITS} digits")
+        containers = self.braces + outside.count(b"[") - outside.count(b"{}") - outside.count(b"[]")
+        return 1 + outside.count(b",") + self.colons + containers
+
+
+def _check_tokens(count: int, budget: int) -> None:
+    if count > budget:
+        raise BodyError(
+            f"body holds at least {count} JSON names and values; a request needs at most "
+            f"{budget} (MAX_ROWS rows of every field)"
+        )
+
+
+def _decode_plain(data: bytes, shape: _Shape, max_rows: int) -> Any:
+    """The document, when orjson's reading of ``data`` is surely the strict one; else None.
 
     Raises BodyError at once for a body that would be refused whatever the strict reading
-    says (too many top-level names, or a ``rows`` list longer than ``max_rows``), so that a
-    hostile body is not parsed a second time.
+    says (too many top-level names, or a ``rows`` list longer than ``max_rows``), so that such
+    a body is not parsed a second time.
 
-    orjson keeps the last of duplicate keys and reads integers past 64 bits as floats. The body
-    is read by orjson only when its shape is a plain request (an object whose lists hold
-    objects of scalars, no brace, bracket or colon inside a string), with as many colons as keys
-    parsed (none was dropped) and no 19-digit number; anything else takes the strict path.
+    orjson keeps the last of duplicate keys, reads integers past 64 bits as floats and refuses
+    lone surrogates. Its reading is used only for an object whose objects are all items of its
+    lists (the rows), with as many colons as keys parsed (no key was dropped), and without a
+    19-digit number; anything else takes the strict path.
     """
-    # A plain request has a brace per row and a colon per name: a body with more of either
-    # (nested objects, a long row, or braces and colons inside strings) is not one, and is
-    # read once, strictly, instead of twice.
-    braces, colons = body.count(b"{"), body.count(b":")
-    if braces > max_rows + 1 or colons > max_rows * _MAX_ROW_PAIRS + MAX_TOP_LEVEL_NAMES:
+    if shape.long_number:
         return None
     try:
-        document = orjson.loads(body)
+        document = orjson.loads(data)
     except orjson.JSONDecodeError:
         return None
     if not isinstance(document, dict):
@@ -268,25 +345,32 @@ def _decode_plain(body: bytes, max_rows: int) -> Any:
     for name, value in document.items():
         if isinstance(value, list) and len(value) > max_rows and name.lower() == "rows":
             raise BodyError(f"rows has {len(value)} entries; at most {max_rows} are allowed")
-    lists = [value for value in document.values() if isinstance(value, list)]
-    objects = [item for items in lists for item in items if isinstance(item, dict)]
-    plain = (
-        braces == 1 + len(objects)
-        and body.count(b"[") == len(lists)
-        and colons == len(document) + sum(map(len, objects))
-        and _LONG_NUMBER not in body.translate(_DIGITS_TO_ZERO)
-    )
-    return document if plain else None
+    objects = [
+        item
+        for value in document.values() if isinstance(value, list)
+        for item in value if isinstance(item, dict)
+    ]
+    braces, colons = 1 + len(objects), len(document) + sum(map(len, objects))
+    if (shape.braces, shape.colons) != (braces, colons) and not shape.exact:
+        # Braces or colons inside strings (a time of day, a URL), or a dropped duplicate key.
+        shape.count_outside_strings()
+        if shape.long_number:
+            return None
+    return document if (shape.braces, shape.colons) == (braces, colons) else None
 
 
-# Integers past 64 bits, which orjson would read as floats, have at least 19 digits. Digits are
-# found by mapping each to "0" and everything else to " " (a regular expression costs more).
+# Digits are found by mapping each to "0" and everything else to " " (a regular expression
+# costs more). Integers past 64 bits have at least 19 digits.
 _DIGITS_TO_ZERO = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x20 for byte in range(256))
 _LONG_NUMBER = b"0" * 19
+# Reading an integer costs time that grows with the square of its digits; none of our fields
+# needs more (a rowIdentifier string has at most MAX_ROW_IDENTIFIER characters).
+MAX_NUMBER_DIGITS = MAX_ROW_IDENTIFIER
+_TOO_LONG_NUMBER = b"0" * (MAX_NUMBER_DIGITS + 1)
 
 
 def _decode_strict(body: bytes) -> Any:
-    """The document, by the standard decoder with the strict hooks; raise BodyError.
+    """The document in UTF-8 ``body``, by the standard decoder with strict hooks; BodyError.
 
     Objects come back as tuples of pairs, so that duplicate keys can be seen.
     """
@@ -296,8 +380,7 @@ def _decode_strict(body: bytes) -> Any:
     collecting = gc.isenabled()
     gc.disable()
     try:
-        text = body.decode(json.detect_encoding(body))
-        return _DECODER.decode(text)
+        return _DECODER.decode(body.decode())
     except _NotJson as exc:
         raise BodyError(f"body is not valid JSON: {exc}") from None
     except RecursionError:
