@@ -36,6 +36,9 @@ MAX_DATE_TEXT = 64
 # Names beside ``rows`` in a body are ignored, so a body needs few; a bound keeps a body of
 # thousands of names from costing a worker its time.
 MAX_TOP_LEVEL_NAMES = 16
+# Names and values a body may hold beside its rows: the object, the rows list and the other
+# top-level names, with room for small values of their own.
+TOP_LEVEL_TOKENS = 1024
 # Scope3's enums (v2 data dictionary): values are matched in any case and forwarded lower-case.
 CHANNELS = frozenset(
     {"app", "ctv-bvod", "digital-audio", "dooh", "olv", "social", "streaming-video", "web"}
@@ -240,9 +243,9 @@ def parse_body(body: bytes, max_rows: int) -> list[Any]:
 
 def token_budget(max_rows: int) -> int:
     """The most JSON names and values (strings, numbers, literals, lists and objects) a body of
-    at most ``max_rows`` rows may hold: every row with twice the pairs it may carry, and the top
-    level's names with a value each. Any request that could be valid needs less than half."""
-    return max_rows * (4 * _MAX_ROW_PAIRS + 1) + 2 * MAX_TOP_LEVEL_NAMES + 2
+    at most ``max_rows`` rows may hold: every row with one pair more than a row may carry, and
+    ``TOP_LEVEL_TOKENS`` for the rest."""
+    return max_rows * (2 * _MAX_ROW_PAIRS + 1) + TOP_LEVEL_TOKENS
 
 
 def _check_names(count: int) -> None:
@@ -279,38 +282,46 @@ class _Shape:
     request needs.
     """
 
-    __slots__ = ("_text", "braces", "colons", "exact", "long_number")
+    __slots__ = ("_budget", "_text", "braces", "colons", "exact", "long_number")
 
     def __init__(self, data: bytes, max_rows: int) -> None:
         """Measure ``data`` (UTF-8) for a request of at most ``max_rows`` rows."""
         text = data.replace(b"\\\\", b"").replace(b'\\"', b"") if b"\\" in data else data
         self._text = text
-        budget = token_budget(max_rows)
-        _check_tokens(text.count(b'"') // 2, budget)
+        self._budget = token_budget(max_rows)
+        _check_tokens(text.count(b'"') // 2, self._budget)
         self.braces = text.count(b"{")
         self.colons = text.count(b":")
         self.exact = False
-        # Integers past 64 bits (at least 19 digits) orjson would read as floats.
-        self.long_number = _LONG_NUMBER in text.translate(_DIGITS_TO_ZERO)
         most = 1 + text.count(b",") + self.colons + self.braces + text.count(b"[")
-        if self.long_number or most > budget:
-            _check_tokens(self.count_outside_strings(), budget)
+        if most > self._budget:
+            self.count_outside_strings()
+        else:
+            # Integers past 64 bits (at least 19 digits) orjson would read as floats.
+            self.long_number = _LONG_NUMBER in text.translate(_DIGITS_TO_ZERO)
+            if self.long_number:
+                self.count_outside_strings()
 
-    def count_outside_strings(self) -> int:
-        """Make ``braces`` and ``colons`` exact; return the number of names and values.
+    def count_outside_strings(self) -> None:
+        """Make the counts exact; raise BodyError for a body over the bounds.
 
-        Values are the root, one per comma, and one more per list or object that is not empty.
+        Names are the colons; values are the root, one per comma, and one more per list or
+        object that is not empty.
         """
-        outside = b"".join(self._text.split(b'"')[::2]).translate(None, b" \t\n\r")
+        outside = b"".join(self._text.split(b'"')[::2])
         self.braces = outside.count(b"{")
         self.colons = outside.count(b":")
         self.exact = True
+        tokens = 1 + outside.count(b",") + self.colons
+        _check_tokens(tokens, self._budget)
+        containers = self.braces + outside.count(b"[")
+        if tokens + containers > self._budget:
+            bare = outside.translate(None, b" \t\n\r")
+            _check_tokens(tokens + containers - bare.count(b"{}") - bare.count(b"[]"), self._budget)
         digits = outside.translate(_DIGITS_TO_ZERO)
         self.long_number = _LONG_NUMBER in digits
         if self.long_number and _TOO_LONG_NUMBER in digits:
             raise BodyError(f"body has a number of more than {MAX_NUMBER_DIGITS} digits")
-        containers = self.braces + outside.count(b"[") - outside.count(b"{}") - outside.count(b"[]")
-        return 1 + outside.count(b",") + self.colons + containers
 
 
 def _check_tokens(count: int, budget: int) -> None:
