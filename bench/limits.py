@@ -26,6 +26,7 @@ import http.client
 import json
 import os
 import random
+import socket
 import sys
 import threading
 import time
@@ -67,6 +68,23 @@ def post(server: Server, body: bytes, timeout: float = 30.0) -> tuple[int, str, 
         return response.status, response.getheader("Content-Type", ""), response.read()
     finally:
         conn.close()
+
+
+def post_chunked(server: Server, body: bytes, chunk: int, timeout: float = 30.0) -> int:
+    """POST ``body`` to /v2/measure in chunks of ``chunk`` bytes; the status."""
+    head = (f"POST /v2/measure HTTP/1.1\r\nHost: {LOOPBACK}\r\nAuthorization: Bearer {API_KEY}"
+            "\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+            "Connection: close\r\n\r\n").encode()
+    framed = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + chunk]), body[i:i + chunk])
+                      for i in range(0, len(body), chunk))
+    with socket.create_connection((LOOPBACK, server.port), timeout=timeout) as sock:
+        with suppress(OSError):  # the server may answer and close before reading it all
+            sock.sendall(head + framed + b"0\r\n\r\n")
+        answer = b""
+        with suppress(OSError):
+            while chunk_in := sock.recv(65536):
+                answer += chunk_in
+    return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/") else 0
 
 
 def rss_kib(pid: int) -> int:
@@ -484,6 +502,18 @@ def hostile_bodies(procs: Processes, repeats: int = 10) -> dict[str, Any]:
                 non_json_4xx += 1
         rows[name]["worker_ms"] = round((cpu_s(pid) - before) / repeats * 1000, 1)
         rows[name]["statuses"] = sorted(statuses)
+    # The same 1 MB, framed in small chunks: the server's chunk reader is the cost.
+    one_row = body_of(GOOD)
+    padded = one_row[:-1] + b" " * (MIB - 100 - len(one_row)) + b"}"
+    for chunk in (4, 64, 256, 4096):
+        post_chunked(server, padded, chunk)
+        before = cpu_s(pid)
+        statuses = {post_chunked(server, padded, chunk) for _ in range(repeats)}
+        rows[f"1 MB in {chunk}-byte chunks"] = {
+            "bytes": len(padded), "in_process_ms": 0.0, "reference_parse_ms": 0.0,
+            "outcome": "chunked", "statuses": sorted(statuses),
+            "worker_ms": round((cpu_s(pid) - before) / repeats * 1000, 1),
+        }
     worst_worker = max(r["worker_ms"] for r in rows.values())
     worst_process = max(r["in_process_ms"] for r in rows.values())
     return {

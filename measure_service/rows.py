@@ -282,14 +282,15 @@ class _Shape:
     request needs.
     """
 
-    __slots__ = ("_budget", "_text", "braces", "colons", "exact", "long_number")
+    __slots__ = ("_budget", "_max_rows", "_text", "braces", "colons", "exact", "long_number")
 
     def __init__(self, data: bytes, max_rows: int) -> None:
         """Measure ``data`` (UTF-8) for a request of at most ``max_rows`` rows."""
         text = data.replace(b"\\\\", b"").replace(b'\\"', b"") if b"\\" in data else data
         self._text = text
+        self._max_rows = max_rows
         self._budget = token_budget(max_rows)
-        _check_tokens(text.count(b'"') // 2, self._budget)
+        _check_tokens(text.count(b'"') // 2, max_rows)
         self.braces = text.count(b"{")
         self.colons = text.count(b":")
         self.exact = False
@@ -313,22 +314,24 @@ class _Shape:
         self.colons = outside.count(b":")
         self.exact = True
         tokens = 1 + outside.count(b",") + self.colons
-        _check_tokens(tokens, self._budget)
+        _check_tokens(tokens, self._max_rows)
         containers = self.braces + outside.count(b"[")
         if tokens + containers > self._budget:
             bare = outside.translate(None, b" \t\n\r")
-            _check_tokens(tokens + containers - bare.count(b"{}") - bare.count(b"[]"), self._budget)
+            empty = bare.count(b"{}") + bare.count(b"[]")
+            _check_tokens(tokens + containers - empty, self._max_rows)
         digits = outside.translate(_DIGITS_TO_ZERO)
         self.long_number = _LONG_NUMBER in digits
         if self.long_number and _TOO_LONG_NUMBER in digits:
-            raise BodyError(f"body has a number of more than {MAX_NUMBER_DIGITS} digits")
+            raise BodyError(f"body has a JSON number of more than {MAX_NUMBER_DIGITS} digits")
 
 
-def _check_tokens(count: int, budget: int) -> None:
+def _check_tokens(count: int, max_rows: int) -> None:
+    budget = token_budget(max_rows)
     if count > budget:
         raise BodyError(
-            f"body holds at least {count} JSON names and values; a request needs at most "
-            f"{budget} (MAX_ROWS rows of every field)"
+            f"body holds at least {count} JSON names and values; {max_rows} rows (MAX_ROWS) "
+            f"of every field need at most {budget}"
         )
 
 

@@ -36,3 +36,10 @@ def test_the_worker_hands_gunicorn_the_named_listener(monkeypatch: pytest.Monkey
     gevent_worker._listeners = {id(sock): named}
     gevent_worker.handle(sock, None, None)
     assert seen == [named]
+
+
+def test_bounded_chunks_passes_up_to_the_bound_then_raises_naming_it() -> None:
+    pieces = gunicorn_worker.bounded_chunks(iter([b"a", b"b", b"c"]), 2, ValueError)
+    assert next(pieces) + next(pieces) == b"ab"
+    with pytest.raises(ValueError, match="2"):
+        next(pieces)
