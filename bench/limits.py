@@ -10,8 +10,11 @@ One function per scenario; each returns a dict with its figure, target and verdi
 - ``token_echo``      (7): an upstream that echoes our token at every offset of its error
   bodies and row errors (500, 429, 400, malformed 200, row error): no 4-character substring of
   the token in any log line or answer.
-- ``hostile_bodies``  (8): 1 MB hostile bodies; CPU time per request, in process (parse and
-  validation) and in a real gunicorn worker (everything, from /proc); every 4xx is JSON.
+- ``hostile_bodies``  (8): 1 MB hostile bodies (about 50 kinds, by the class of work each
+  targets) and 1 MB framed in small chunks; CPU time per request, in process (parse and
+  validation) and in a real gunicorn worker (everything, from /proc); every 4xx is JSON. Valid
+  requests of MAX_ROWS rows are measured beside them, as the reference a hostile body is held
+  to (their cost is the service's own per-row work, the same for any client).
 
 Processes run on free loopback ports and are stopped at the end. Run from the project root::
 
@@ -421,6 +424,11 @@ def hostile_texts() -> dict[str, Hostile]:
             for name, kind in kinds.items()}
 
 
+# Valid requests of MAX_ROWS rows: not hostile, the reference (reported apart from the verdict).
+FULL_REQUESTS = ("1000 good rows + spaces", "1000 valid rows, 512-char names",
+                 "1000 new rows each time", "1000 rows, 256-digit row ids")
+
+
 def _failing_rows(count: int) -> Iterator[dict[str, Any]]:
     """Rows that each fail validation, for a different reason in turn."""
     bad: list[dict[str, Any]] = [
@@ -514,12 +522,17 @@ def hostile_bodies(procs: Processes, repeats: int = 10) -> dict[str, Any]:
             "outcome": "chunked", "statuses": sorted(statuses),
             "worker_ms": round((cpu_s(pid) - before) / repeats * 1000, 1),
         }
-    worst_worker = max(r["worker_ms"] for r in rows.values())
-    worst_process = max(r["in_process_ms"] for r in rows.values())
+    hostile = {name: r for name, r in rows.items() if name not in FULL_REQUESTS}
+    worst_name = max(hostile, key=lambda name: hostile[name]["worker_ms"])
+    worst_worker = hostile[worst_name]["worker_ms"]
+    worst_process = max(r["in_process_ms"] for r in hostile.values())
+    full_name = max(FULL_REQUESTS, key=lambda name: rows[name]["worker_ms"])
     return {
-        "figure": f"worst in-process {worst_process} ms, worst worker {worst_worker} ms per "
-                  f"request (CPU, /proc ticks over {repeats} requests); non-JSON 4xx "
-                  f"{non_json_4xx}",
+        "figure": f"{len(hostile)} hostile kinds: worst in-process {worst_process} ms, worst "
+                  f"worker {worst_worker} ms ({worst_name}) per request (CPU, /proc ticks over "
+                  f"{repeats} requests); non-JSON 4xx {non_json_4xx}; valid {len(FULL_REQUESTS)}"
+                  f"-kind reference of MAX_ROWS rows: worst {rows[full_name]['worker_ms']} ms "
+                  f"({full_name})",
         "target": "<= 30 ms; 0 non-JSON 4xx",
         "passed": worst_worker <= 30 and non_json_4xx == 0,
         "bodies": rows,
@@ -547,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
               f"(target {result['target']})", flush=True)
         if name == "hostile_bodies":
             for body, row in result["bodies"].items():
-                print(f"    {body:26s} {row['bytes'] / MIB:4.2f} MB  in process "
+                print(f"    {body:34s} {row['bytes'] / MIB:4.2f} MB  in process "
                       f"{row['in_process_ms']:5.1f} ms (old parse {row['reference_parse_ms']:5.1f}"
                       f")  worker {row['worker_ms']:5.1f} ms  {row['statuses']}  "
                       f"{row['outcome'][:44]}")
