@@ -289,13 +289,15 @@ class _Shape:
         text = data.replace(b"\\\\", b"").replace(b'\\"', b"") if b"\\" in data else data
         self._text = text
         self._max_rows = max_rows
-        self._budget = token_budget(max_rows)
-        _check_tokens(text.count(b'"') // 2, max_rows)
+        self._budget = budget = token_budget(max_rows)
+        quotes = text.count(b'"')
+        if quotes > 2 * budget:
+            _check_tokens(quotes // 2, max_rows)
         self.braces = text.count(b"{")
         self.colons = text.count(b":")
         self.exact = False
         most = 1 + text.count(b",") + self.colons + self.braces + text.count(b"[")
-        if most > self._budget:
+        if most > budget:
             self.count_outside_strings()
         else:
             # Integers past 64 bits (at least 19 digits) orjson would read as floats.
