@@ -64,6 +64,7 @@ _CANONICAL = {
     )
 }
 _CANONICAL_NAMES = frozenset(_CANONICAL.values())
+_ACCEPTED = ", ".join(sorted(_CANONICAL_NAMES))
 _MAX_ROW_PAIRS = len(_CANONICAL_NAMES) + 1
 _DATE = re.compile(
     r"(\d{4})(?:-(\d{2})-(\d{2})|/(\d{2})/(\d{2})|(\d{2})(\d{2}))"
@@ -521,7 +522,7 @@ def _canonical_fields(raw: Mapping[str, Any]) -> Mapping[str, Any]:
         if canonical is None:
             raise _RowError(
                 f"unknown field {_quote(str(field))}: not forwarded upstream, so the answer "
-                f"would ignore it; accepted fields: {', '.join(sorted(_CANONICAL_NAMES))}"
+                f"would ignore it; accepted fields: {_ACCEPTED}"
             )
         if canonical in fields:
             raise _RowError(
