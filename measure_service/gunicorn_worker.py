@@ -92,10 +92,14 @@ class GeventWorker(_GunicornGeventWorker):  # type: ignore[misc]
 def bounded_chunks(
     pieces: Iterator[bytes], limit: int, error: type[Exception]
 ) -> Iterator[bytes]:
-    """gunicorn's chunk pieces (one per chunk, two for a chunk split across socket reads),
-    raising ``error(limit)`` rather than reading more than ``limit`` of them."""
+    """gunicorn's chunk pieces, raising ``error(limit)`` past ``limit`` chunks.
+
+    A piece is a chunk, or part of one split across socket reads (a read of 8 KiB or more splits
+    at most one): a sixteenth more pieces than chunks are allowed for them.
+    """
+    most = limit + limit // 16 + 1
     for count, piece in enumerate(pieces, 1):
-        if count > limit:
+        if count > most:
             raise error(limit)
         yield piece
 

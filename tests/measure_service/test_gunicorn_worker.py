@@ -38,8 +38,8 @@ def test_the_worker_hands_gunicorn_the_named_listener(monkeypatch: pytest.Monkey
     assert seen == [named]
 
 
-def test_bounded_chunks_passes_up_to_the_bound_then_raises_naming_it() -> None:
-    pieces = gunicorn_worker.bounded_chunks(iter([b"a", b"b", b"c"]), 2, ValueError)
-    assert next(pieces) + next(pieces) == b"ab"
-    with pytest.raises(ValueError, match="2"):
+def test_bounded_chunks_passes_the_bound_and_split_pieces_then_raises_naming_it() -> None:
+    pieces = gunicorn_worker.bounded_chunks(iter([b"x"] * 100), 32, ValueError)
+    assert b"".join(next(pieces) for _ in range(32 + 2 + 1)) == b"x" * 35
+    with pytest.raises(ValueError, match="32"):
         next(pieces)
