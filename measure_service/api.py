@@ -178,6 +178,10 @@ class HttpError(Exception):
         self.headers = dict(headers or {})
 
 
+class TooManyChunks(Exception):
+    """The server stopped reading a chunked body past its bound on chunks (the argument)."""
+
+
 class _BodyTimeout(Exception):
     """The client did not send its whole body within BODY_TIMEOUT_MS."""
 
@@ -319,6 +323,10 @@ def _read_body(environ: dict[str, Any], limit: int, timeout_s: float) -> bytes:
         body = _read_at_most(stream, limit + 1 if length is None else length)
     except _BodyTimeout:
         raise
+    except TooManyChunks as exc:
+        raise HttpError(
+            400, f"chunked body in more than {exc.args[0]} chunks: send larger chunks"
+        ) from None
     except Exception:
         # The server's reader raises its own types for broken chunked framing or a lost
         # client; either way the body is unusable, and the client's fault.

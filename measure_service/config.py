@@ -402,6 +402,14 @@ class Config:
         return self.wait_window_ms / 1000 if self.wait_for_missing else 0.0
 
     @property
+    def max_body_chunks(self) -> int:
+        """Most chunks a chunked body may come in: one per 256 bytes of ``MAX_BODY_BYTES``.
+
+        A chunk costs the server's reader as much as a few hundred bytes of body.
+        """
+        return max(self.max_body_bytes // 256, 64)
+
+    @property
     def secrets(self) -> tuple[str, ...]:
         """Values never to be logged or returned: the upstream token, the Redis password."""
         password = urlsplit(self.redis_url).password if self.redis_url else None

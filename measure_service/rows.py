@@ -36,6 +36,9 @@ MAX_DATE_TEXT = 64
 # Names beside ``rows`` in a body are ignored, so a body needs few; a bound keeps a body of
 # thousands of names from costing a worker its time.
 MAX_TOP_LEVEL_NAMES = 16
+# Names and values a body may hold beside its rows: the object, the rows list and the other
+# top-level names, with room for small values of their own.
+TOP_LEVEL_TOKENS = 1024
 # Scope3's enums (v2 data dictionary): values are matched in any case and forwarded lower-case.
 CHANNELS = frozenset(
     {"app", "ctv-bvod", "digital-audio", "dooh", "olv", "social", "streaming-video", "web"}
@@ -61,6 +64,7 @@ _CANONICAL = {
     )
 }
 _CANONICAL_NAMES = frozenset(_CANONICAL.values())
+_ACCEPTED = ", ".join(sorted(_CANONICAL_NAMES))
 _MAX_ROW_PAIRS = len(_CANONICAL_NAMES) + 1
 _DATE = re.compile(
     r"(\d{4})(?:-(\d{2})-(\d{2})|/(\d{2})/(\d{2})|(\d{2})(\d{2}))"
@@ -209,16 +213,20 @@ def parse_body(body: bytes, max_rows: int) -> list[Any]:
     """Decode the JSON body and return its ``rows`` list; raise BodyError on a bad body.
 
     Stricter than ``json.loads``: NaN, Infinity, duplicate keys and numbers too large for a float
-    are refused (RFC 8259 has no NaN, and with duplicates the meaning is ambiguous). JSON objects
-    are decoded as tuples of pairs by the C scanner, and only the top level and the rows become
-    dicts: a Python hook per object would make a hostile body costly.
-    Plain bodies (the usual request) are read by orjson instead, when that is surely the same.
+    are refused (RFC 8259 has no NaN, and with duplicates the meaning is ambiguous), and so is a
+    body holding more names and values than ``max_rows`` rows can need, or a number of more than
+    ``MAX_NUMBER_DIGITS`` digits: both are found from the bytes before anything is decoded, so
+    that no body costs much more than a full request. JSON objects are decoded as tuples of pairs
+    by the C scanner, and only the top level and the rows become dicts: a Python hook per object
+    would make a large body costly. Bodies whose reading by orjson is surely the same (the usual
+    request) are read by orjson instead.
     """
-    plain = _decode_plain(body, max_rows)
+    data = _utf8(body)
+    plain = _decode_plain(data, _Shape(data, max_rows), max_rows)
     if plain is not None:
         rows = _rows_of(plain.items())
     else:
-        document = _decode_strict(body)
+        document = _decode_strict(data)
         if not isinstance(document, tuple):
             raise BodyError("body must be a JSON object with a rows list")
         _check_names(len(document))
@@ -235,6 +243,13 @@ def parse_body(body: bytes, max_rows: int) -> list[Any]:
     return rows if plain is not None else [_row_object(row) for row in rows]
 
 
+def token_budget(max_rows: int) -> int:
+    """The most JSON names and values (strings, numbers, literals, lists and objects) a body of
+    at most ``max_rows`` rows may hold: every row with one pair more than a row may carry, and
+    ``TOP_LEVEL_TOKENS`` for the rest."""
+    return max_rows * (2 * _MAX_ROW_PAIRS + 1) + TOP_LEVEL_TOKENS
+
+
 def _check_names(count: int) -> None:
     if count > MAX_TOP_LEVEL_NAMES:
         raise BodyError(
@@ -242,26 +257,104 @@ def _check_names(count: int) -> None:
         )
 
 
-def _decode_plain(body: bytes, max_rows: int) -> dict[str, Any] | None:
-    """The document, when orjson's reading of ``body`` is surely the strict one; else None.
+def _utf8(body: bytes) -> bytes:
+    """The body as UTF-8 without a byte order mark (JSON may also come as UTF-16 or UTF-32)."""
+    if body[:1] < b"\x80" and b"\x00" not in body[:4]:
+        return body  # ASCII first, no NUL: UTF-8 (json.detect_encoding's rule, cheaper)
+    encoding = json.detect_encoding(body)
+    if encoding == "utf-8":
+        return body
+    try:
+        return body.decode(encoding).encode()
+    except UnicodeError:
+        raise BodyError(f"body is not valid JSON: not valid {encoding} text") from None
+
+
+class _Shape:
+    """What a body's bytes say about its JSON structure, found without decoding it.
+
+    Counts over the whole body are upper bounds of the structure (a string may hold any
+    character). When they are not enough, the body is recounted outside its strings: once
+    escaped backslashes and quotes are removed, every quote opens or closes a string, so the
+    bytes between a closing and the next opening quote are structure, and the counts exact for
+    valid JSON (and for the valid prefix of a body that is not: the decoders stop there).
+
+    Raises BodyError when the body holds more names and values than ``token_budget`` allows,
+    or a number of more than ``MAX_NUMBER_DIGITS`` digits: both cost a decoder time that no
+    request needs.
+    """
+
+    __slots__ = ("_budget", "_max_rows", "_text", "braces", "colons", "exact", "long_number")
+
+    def __init__(self, data: bytes, max_rows: int) -> None:
+        """Measure ``data`` (UTF-8) for a request of at most ``max_rows`` rows."""
+        text = data.replace(b"\\\\", b"").replace(b'\\"', b"") if b"\\" in data else data
+        self._text = text
+        self._max_rows = max_rows
+        self._budget = budget = token_budget(max_rows)
+        quotes = text.count(b'"')
+        if quotes > 2 * budget:
+            _check_tokens(quotes // 2, max_rows)
+        self.braces = text.count(b"{")
+        self.colons = text.count(b":")
+        self.exact = False
+        most = 1 + text.count(b",") + self.colons + self.braces + text.count(b"[")
+        if most > budget:
+            self.count_outside_strings()
+        else:
+            # Integers past 64 bits (at least 19 digits) orjson would read as floats.
+            self.long_number = _LONG_NUMBER in text.translate(_DIGITS_TO_ZERO)
+            if self.long_number:
+                self.count_outside_strings()
+
+    def count_outside_strings(self) -> None:
+        """Make the counts exact; raise BodyError for a body over the bounds.
+
+        Names are the colons; values are the root, one per comma, and one more per list or
+        object that is not empty.
+        """
+        outside = b"".join(self._text.split(b'"')[::2])
+        self.braces = outside.count(b"{")
+        self.colons = outside.count(b":")
+        self.exact = True
+        tokens = 1 + outside.count(b",") + self.colons
+        _check_tokens(tokens, self._max_rows)
+        containers = self.braces + outside.count(b"[")
+        if tokens + containers > self._budget:
+            bare = outside.translate(None, b" \t\n\r")
+            empty = bare.count(b"{}") + bare.count(b"[]")
+            _check_tokens(tokens + containers - empty, self._max_rows)
+        digits = outside.translate(_DIGITS_TO_ZERO)
+        self.long_number = _LONG_NUMBER in digits
+        if self.long_number and _TOO_LONG_NUMBER in digits:
+            raise BodyError(f"body has a JSON number of more than {MAX_NUMBER_DIGITS} digits")
+
+
+def _check_tokens(count: int, max_rows: int) -> None:
+    budget = token_budget(max_rows)
+    if count > budget:
+        raise BodyError(
+            f"body holds at least {count} JSON names and values; {max_rows} rows (MAX_ROWS) "
+            f"of every field need at most {budget}"
+        )
+
+
+def _decode_plain(data: bytes, shape: _Shape, max_rows: int) -> dict[str, Any] | None:
+    """The document, when orjson's reading of ``data`` is surely the strict one; else None.
 
     Raises BodyError at once for a body that would be refused whatever the strict reading
-    says (too many top-level names, or a ``rows`` list longer than ``max_rows``), so that a
-    hostile body is not parsed a second time.
+    says (too many top-level names, or a ``rows`` list longer than ``max_rows``), so that such
+    a body is not parsed a second time.
 
-    orjson keeps the last of duplicate keys and reads integers past 64 bits as floats. The body
-    is read by orjson only when its shape is a plain request (an object whose lists hold
-    objects of scalars, no brace, bracket or colon inside a string), with as many colons as keys
-    parsed (none was dropped) and no 19-digit number; anything else takes the strict path.
+    orjson keeps the last of duplicate keys, reads integers past 64 bits as floats and refuses
+    lone surrogates. Its reading is used only for an object whose objects are all items of its
+    lists (the rows), with as many colons as keys parsed (no key was dropped), and without a
+    19-digit number; anything else takes the strict path.
     """
-    # A plain request has a brace per row and a colon per name: a body with more of either
-    # (nested objects, a long row, or braces and colons inside strings) is not one, and is
-    # read once, strictly, instead of twice.
-    braces, colons = body.count(b"{"), body.count(b":")
-    if braces > max_rows + 1 or colons > max_rows * _MAX_ROW_PAIRS + MAX_TOP_LEVEL_NAMES:
+    if shape.long_number:
         return None
     try:
-        document = orjson.loads(body)
+        document = orjson.loads(data)
     except orjson.JSONDecodeError:
         return None
     if not isinstance(document, dict):
@@ -270,25 +363,32 @@ def _decode_plain(body: bytes, max_rows: int) -> dict[str, Any] | None:
     for name, value in document.items():
         if isinstance(value, list) and len(value) > max_rows and name.lower() == "rows":
             raise BodyError(f"rows has {len(value)} entries; at most {max_rows} are allowed")
-    lists = [value for value in document.values() if isinstance(value, list)]
-    objects = [item for items in lists for item in items if isinstance(item, dict)]
-    plain = (
-        braces == 1 + len(objects)
-        and body.count(b"[") == len(lists)
-        and colons == len(document) + sum(map(len, objects))
-        and _LONG_NUMBER not in body.translate(_DIGITS_TO_ZERO)
-    )
-    return document if plain else None
+    objects = [
+        item
+        for value in document.values() if isinstance(value, list)
+        for item in value if isinstance(item, dict)
+    ]
+    braces, colons = 1 + len(objects), len(document) + sum(map(len, objects))
+    if (shape.braces, shape.colons) != (braces, colons) and not shape.exact:
+        # Braces or colons inside strings (a time of day, a URL), or a dropped duplicate key.
+        shape.count_outside_strings()
+        if shape.long_number:
+            return None
+    return document if (shape.braces, shape.colons) == (braces, colons) else None
 
 
-# Integers past 64 bits, which orjson would read as floats, have at least 19 digits. Digits are
-# found by mapping each to "0" and everything else to " " (a regular expression costs more).
+# Digits are found by mapping each to "0" and everything else to " " (a regular expression
+# costs more). Integers past 64 bits have at least 19 digits.
 _DIGITS_TO_ZERO = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x20 for byte in range(256))
 _LONG_NUMBER = b"0" * 19
+# Reading an integer costs time that grows with the square of its digits; none of our fields
+# needs more (a rowIdentifier string has at most MAX_ROW_IDENTIFIER characters).
+MAX_NUMBER_DIGITS = MAX_ROW_IDENTIFIER
+_TOO_LONG_NUMBER = b"0" * (MAX_NUMBER_DIGITS + 1)
 
 
 def _decode_strict(body: bytes) -> Any:
-    """The document, by the standard decoder with the strict hooks; raise BodyError.
+    """The document in UTF-8 ``body``, by the standard decoder with strict hooks; BodyError.
 
     Objects come back as tuples of pairs, so that duplicate keys can be seen.
     """
@@ -298,8 +398,7 @@ def _decode_strict(body: bytes) -> Any:
     collecting = gc.isenabled()
     gc.disable()
     try:
-        text = body.decode(json.detect_encoding(body))
-        return _DECODER.decode(text)
+        return _DECODER.decode(body.decode())
     except _NotJson as exc:
         raise BodyError(f"body is not valid JSON: {exc}") from None
     except RecursionError:
@@ -428,7 +527,7 @@ def _canonical_fields(raw: Mapping[str, Any]) -> Mapping[str, Any]:
         if canonical is None:
             raise _RowError(
                 f"unknown field {_quote(str(field))}: not forwarded upstream, so the answer "
-                f"would ignore it; accepted fields: {', '.join(sorted(_CANONICAL_NAMES))}"
+                f"would ignore it; accepted fields: {_ACCEPTED}"
             )
         if canonical in fields:
             raise _RowError(

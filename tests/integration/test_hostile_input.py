@@ -321,3 +321,18 @@ def test_line_breaks_in_the_path_stay_inside_one_json_log_line(service: Service)
 
     lines = eventually(marked_lines)
     assert all(json.loads(line) for line in lines)
+
+
+def test_a_body_in_more_chunks_than_its_bound_gets_a_json_400_naming_it(service: Service) -> None:
+    body = padded_to(20_000)
+    parts = [body[i:i + 4] for i in range(0, len(body), 4)]  # 5,000 chunks; the bound is 4,096
+    status, _, payload = Raw(service).measure(b"Transfer-Encoding: chunked\r\n", chunked(*parts))
+    assert status == 400
+    assert "chunks" in json.loads(payload)["error"]
+
+
+def test_a_body_in_as_many_chunks_as_its_bound_is_served(service: Service) -> None:
+    body = padded_to(4096 * 4)
+    parts = [body[i:i + 4] for i in range(0, len(body), 4)]
+    status, _, _ = Raw(service).measure(b"Transfer-Encoding: chunked\r\n", chunked(*parts))
+    assert status == 200

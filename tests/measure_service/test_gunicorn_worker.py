@@ -36,3 +36,10 @@ def test_the_worker_hands_gunicorn_the_named_listener(monkeypatch: pytest.Monkey
     gevent_worker._listeners = {id(sock): named}
     gevent_worker.handle(sock, None, None)
     assert seen == [named]
+
+
+def test_bounded_chunks_passes_the_bound_and_split_pieces_then_raises_naming_it() -> None:
+    pieces = gunicorn_worker.bounded_chunks(iter([b"x"] * 100), 32, ValueError)
+    assert b"".join(next(pieces) for _ in range(32 + 2 + 1)) == b"x" * 35
+    with pytest.raises(ValueError, match="32"):
+        next(pieces)

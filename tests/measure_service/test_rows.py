@@ -168,7 +168,7 @@ def test_weight_maps_to_cost_heavier_is_cheaper(weight: int, cost: int) -> None:
     [
         (b"{not json", "not valid JSON"),
         (b"\xff\xfe", "not valid JSON"),
-        (b"[" * 100_000, "not valid JSON"),
+        (b"[" * 100_000, "not valid JSON|JSON names and values"),
         (b"[]", "JSON object"),
         (b"{}", "rows is required"),
         (b'{"rows": {"a": 1}}', "rows must be a list"),
@@ -373,7 +373,7 @@ def test_an_object_nested_in_a_row_field_makes_only_that_row_invalid() -> None:
 
 def test_a_row_with_more_pairs_than_fields_is_invalid_naming_an_unknown_field() -> None:
     text = '{"rows": [{' + ",".join(f'"k{i}": 1' for i in range(5000)) + "}]}"
-    (raw,) = parse_body(text.encode(), max_rows=3)
+    (raw,) = parse_body(text.encode(), max_rows=1000)
     error = validate_row(raw, NO_PARAMS).error
     assert error is not None and "unknown field 'k0'" in error
 
@@ -407,7 +407,7 @@ VALUES = st.recursive(
 def test_the_fast_decoder_reads_a_body_as_the_strict_one_does_or_not_at_all(text: str) -> None:
     body = text.encode()
     try:
-        fast = rows_module._decode_plain(body, max_rows=1000)
+        fast = rows_module._decode_plain(body, rows_module._Shape(body, 1000), max_rows=1000)
     except BodyError:
         return  # refused whatever the strict reading says
     if fast is None:
@@ -439,7 +439,7 @@ def test_an_integer_beyond_64_bits_stays_an_integer() -> None:
 def test_a_body_with_many_top_level_names_is_refused_naming_the_bound() -> None:
     names = ",".join(f'"n{i}": 1' for i in range(100))
     with pytest.raises(BodyError, match="top-level names"):
-        parse_body(('{"rows": [{}], ' + names + "}").encode(), max_rows=3)
+        parse_body(('{"rows": [{}], ' + names + "}").encode(), max_rows=1000)
 
 
 def test_too_many_rows_are_refused_before_any_second_parse() -> None:
