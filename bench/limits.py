@@ -510,7 +510,7 @@ def hostile_bodies(procs: Processes, repeats: int = 10) -> dict[str, Any]:
                 non_json_4xx += 1
         rows[name]["worker_ms"] = round((cpu_s(pid) - before) / repeats * 1000, 1)
         rows[name]["statuses"] = sorted(statuses)
-    # The same 1 MB, framed in small chunks: the server's chunk reader is the cost.
+    # The same body, framed in small chunks: the server's chunk reader is the cost.
     one_row = body_of(GOOD)
     padded = one_row[:-1] + b" " * (MIB - 100 - len(one_row)) + b"}"
     for chunk in (4, 64, 256, 4096):

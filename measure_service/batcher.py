@@ -38,7 +38,7 @@ from measure_service.greenlets import spawn
 G = TypeVar("G", bound=Hashable)
 T = TypeVar("T")
 
-# What a send is assumed to take until the first one comes back (Scope3 answers in 70-450 ms).
+# What a send is assumed to take until the first one comes back (a fast Scope3 answer).
 # The first measured send replaces it.
 INITIAL_LATENCY_S = 0.1
 # Weight of the newest send in the latency average: a few sends follow a change of upstream

@@ -69,8 +69,8 @@ _SENDS_PER_LEVEL = 4
 # percentile of recent answers) before it is taken as spoiled by one of them: far beyond a
 # healthy answer's spread, well within the time a waiting caller comes back.
 DEADLINE_FACTOR = 3.0
-# The usual answer time before enough answers were seen (Scope3 answers in 70-450 ms, most
-# in less than 150), and the fewest answers that replace it.
+# The usual answer time before enough answers were seen (near the low end of Scope3's usual
+# answer times, see bench/README.md), and the fewest answers that replace it.
 INITIAL_ANSWER_S = 0.15
 _MIN_SAMPLES = 8
 _SAMPLES = 64

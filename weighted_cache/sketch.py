@@ -17,7 +17,8 @@ _MAX_COUNT = 15
 # counters whose halves it drops, in C.
 _HALVE = bytes(i >> 1 for i in range(256))
 _ODD = bytes(i & 1 for i in range(256))
-_DOOR_BITS_PER_KEY = 8  # with three probes, about 3% false positives when full
+# Enough bits per key that a full doorkeeper seldom mistakes a first sighting for a repeat.
+_DOOR_BITS_PER_KEY = 8
 
 
 def _next_pow2(n: int) -> int:

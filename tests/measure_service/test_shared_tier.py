@@ -320,7 +320,8 @@ def test_a_watcher_that_lost_the_race_for_a_lapsed_lease_backs_off(
     loser._claim = counted  # type: ignore[method-assign]
     loser.watch(key(), lambda k, row: None, lambda k: None)
     gevent.sleep(0.3)
-    assert 1 <= len(looks) <= 10  # backing off from 5 ms, not polling in a loop
+    # The loser backs off between looks instead of polling in a loop.
+    assert 1 <= len(looks) <= 10
 
 
 # --- failures ----------------------------------------------------------------------------------

@@ -149,7 +149,7 @@ def test_refused_candidates_that_come_back_soon_grow_the_window():
     policy = make(1000)
     fill(policy, range(1000))
     start = policy.window_max
-    # Every key is requested twice, 30 new keys apart: a 1% window is too short to keep it,
+    # Every key is requested twice, a burst of new keys apart: too far for a tiny window to keep it,
     # and a first sighting never wins admission against the residents.
     for burst in range(200):
         keys = [10_000 + burst * 30 + i for i in range(30)]
