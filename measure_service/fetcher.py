@@ -30,7 +30,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -60,6 +60,7 @@ class AnswerCache(Protocol):
     """The part of ``weighted_cache.Cache`` the fetcher uses."""
 
     def get(self, key: RowKey) -> CachedAnswer | None: ...
+    def get_many(self, keys: Iterable[RowKey]) -> list[CachedAnswer | None]: ...
     def set(
         self, key: RowKey, value: CachedAnswer, cost: float | None = None, ttl: float | None = None
     ) -> bool: ...
@@ -242,15 +243,15 @@ class Fetcher:
         """
         now = self._clock()
         ttl_s = self._settings.ttl_s
-        get = self._cache.get
         outcomes: list[RowOutcome] = []
         waits: list[tuple[int, AsyncResult]] = []
         hits = stale = coalesced = 0
         refused: dict[str, int] = {}  # a plain dict: a Counter is slower to build
         missed: list[tuple[int, RowKey, float]] = []
         status: RowStatus
-        for key, cost in rows:
-            entry = get(key)
+        # One read of the cache for the request: its lock is taken once, not once per row.
+        entries = self._cache.get_many([key for key, _ in rows])
+        for (key, cost), entry in zip(rows, entries, strict=True):
             if entry is not None:
                 if entry.error is not None:
                     status = "error"
