@@ -666,15 +666,21 @@ def _trace_ids(items: list[_Item]) -> dict[str, list[str]]:
     return {"trace_ids": ids[:_MAX_TRACE_IDS_LOGGED]}
 
 
+_ADD_HITS = prometheus_metrics.adder(prometheus_metrics.CACHE_HITS)
+_ADD_STALE = prometheus_metrics.adder(prometheus_metrics.CACHE_STALE)
+_ADD_MISSES = prometheus_metrics.adder(prometheus_metrics.CACHE_MISSES)
+_ADD_COALESCED = prometheus_metrics.adder(prometheus_metrics.UPSTREAM_COALESCED)
+
+
 def _count(hits: int, stale: int, misses: int, coalesced: int, refused: dict[str, int]) -> None:
     """Record one request's counts: one increment per metric, never one per row."""
     if hits:
-        prometheus_metrics.CACHE_HITS.inc(hits)
+        _ADD_HITS(hits)
     if stale:
-        prometheus_metrics.CACHE_STALE.inc(stale)
+        _ADD_STALE(stale)
     if misses:
-        prometheus_metrics.CACHE_MISSES.inc(misses)
+        _ADD_MISSES(misses)
     if coalesced:
-        prometheus_metrics.UPSTREAM_COALESCED.inc(coalesced)
+        _ADD_COALESCED(coalesced)
     for reason, count in refused.items():
         prometheus_metrics.UPSTREAM_UNAVAILABLE.labels(reason).inc(count)

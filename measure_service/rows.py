@@ -530,7 +530,7 @@ def _canonical_fields(raw: Mapping[str, Any]) -> Mapping[str, Any]:
     Raises _RowError for a field that is not part of the contract, and for one given twice in
     different cases (which one would count is a guess).
     """
-    if raw.keys() <= _CANONICAL_NAMES:
+    if _CANONICAL_NAMES.issuperset(raw):
         return raw  # the usual row: nothing to rename, and lower-casing each name costs
     fields: dict[str, Any] = {}
     spelled: dict[str, str] = {}
