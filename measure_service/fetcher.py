@@ -251,8 +251,12 @@ class Fetcher:
         status: RowStatus
         # One read of the cache for the request: its lock is taken once, not once per row.
         entries = self._cache.get_many([key for key, _ in rows])
+        lowered: dict[RowKey, CachedAnswer] = {}  # entries an earlier row re-stored cheaper
         for (key, cost), entry in zip(rows, entries, strict=True):
             if entry is not None:
+                if lowered:
+                    # A key asked twice: the later row sees what the earlier one stored.
+                    entry = lowered.get(key, entry)
                 if entry.error is not None:
                     status = "error"
                 elif now - entry.fetched_at < ttl_s:
@@ -263,7 +267,7 @@ class Fetcher:
                     self._refresh(key, min(cost, entry.cost), tenant)
                 hits += status != "stale"
                 if cost < entry.cost:
-                    entry = self._lower_cost(key, entry, cost)
+                    entry = lowered[key] = self._lower_cost(key, entry, cost)
                 # tuple.__new__: a NamedTuple's own __new__ is a Python call, paid per row.
                 outcomes.append(_new_tuple(RowOutcome, (status, entry, None)))
                 continue
