@@ -158,7 +158,7 @@ class Row(NamedTuple):
 def entry_cost(key: RowKey, weight: int) -> float:
     """The cache cost of ``key``'s entry: ``weight_to_cost(weight)`` times its size in units.
 
-    ``weight`` is a validated one (0..MAX_WEIGHT).
+    ``weight`` is a validated one, 0 to MAX_WEIGHT (KeyError otherwise).
     """
     inventory_id, _, _, _, region, _, _, _, framework, _ = key
     # str.__sizeof__ is sys.getsizeof for text (the collector does not track it), without the
@@ -168,7 +168,7 @@ def entry_cost(key: RowKey, weight: int) -> float:
         size += region.__sizeof__()
     if framework is not None:
         size += framework.__sizeof__()
-    return _COST_PER_STEP[weight] * -(-size // _SIZE_STEP)
+    return _STEP_COST[weight] * -(-size // _SIZE_STEP)
 
 
 def weight_to_cost(weight: int) -> int:
@@ -181,8 +181,9 @@ def weight_to_cost(weight: int) -> int:
     return MAX_WEIGHT - max(weight, 0)
 
 
-# Eighths of a unit are exact in binary floating point, so this is weight_to_cost(w) * steps / 8.
-_COST_PER_STEP = tuple(weight_to_cost(weight) / 8 for weight in range(MAX_WEIGHT + 1))
+# The cost of one size step at each valid weight, read per row instead of computed: eighths
+# are exact in binary floating point, so each cost is weight_to_cost(weight) * steps / 8.
+_STEP_COST = {weight: weight_to_cost(weight) / 8 for weight in range(MAX_WEIGHT + 1)}
 
 
 def parse_query(args: Mapping[str, str]) -> QueryParams:
