@@ -568,6 +568,15 @@ def print_table(report: dict[str, Any]) -> None:
             runs = hit[name]["runs"]["fixed_rate"]
             p99s = ", ".join(f"{r['latency_ms']['p99']:.1f}" for r in runs)
             print(f"{name} p99 ms at the fixed rate, each round: {p99s}")
+        saturated = {name: [r["cpu_us_per_request"] for r in hit[name]["runs"]["saturation"]]
+                     for name in TARGETS}
+        for name, cpus in saturated.items():
+            print(f"{name} worker CPU us/request saturated, each round: "
+                  f"{', '.join(f'{cpu:.1f}' for cpu in cpus)}")
+        ratios = [svc / max(bare_cpu, 1e-9)
+                  for svc, bare_cpu in zip(saturated["service"], saturated["bare"], strict=True)]
+        print(f"service/bare worker CPU per request, each round: "
+              f"{', '.join(f'{ratio:.2f}x' for ratio in ratios)}")
     for name in TARGETS:
         if hit[name]["non_2xx"]:
             print(f"{name} non-2xx answers by status (loadgen runs only): "

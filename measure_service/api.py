@@ -46,6 +46,7 @@ CLOSE_CONNECTION = "measure_service.close_connection"
 _LOG = logging.getLogger(__name__)
 _JSON = "application/json"
 _INVALID = RowOutcome("invalid")
+_NO_STATUSES: dict[str, int] = dict.fromkeys(ROW_STATUSES, 0)
 _NO_QUERY = QueryParams(None, None)
 _ALLOW = "OPTIONS, POST"
 _UNREADABLE = "body could not be read (broken chunked encoding or cut short)"
@@ -354,7 +355,7 @@ def _read_at_most(stream: IO[bytes], size: int) -> bytes:
 
 
 def _document(rows: list[Row], outcomes: Iterator[RowOutcome]) -> dict[str, Any]:
-    coverage = dict.fromkeys(ROW_STATUSES, 0)
+    coverage: dict[str, int] = {"rows": len(rows), **_NO_STATUSES}
     out_rows = []
     total = 0.0
     for row_identifier, property_name, date, weight, key, error, _ in rows:
@@ -385,7 +386,7 @@ def _document(rows: list[Row], outcomes: Iterator[RowOutcome]) -> dict[str, Any]
         "requestId": logs.current_trace_id(),
         "totalEmissions": total,
         "rows": out_rows,
-        "coverage": {"rows": len(rows), **coverage},
+        "coverage": coverage,
     }
 
 

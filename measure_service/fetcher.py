@@ -30,7 +30,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -60,6 +60,7 @@ class AnswerCache(Protocol):
     """The part of ``weighted_cache.Cache`` the fetcher uses."""
 
     def get(self, key: RowKey) -> CachedAnswer | None: ...
+    def get_many(self, keys: Iterable[RowKey]) -> list[CachedAnswer | None]: ...
     def set(
         self, key: RowKey, value: CachedAnswer, cost: float | None = None, ttl: float | None = None
     ) -> bool: ...
@@ -242,16 +243,20 @@ class Fetcher:
         """
         now = self._clock()
         ttl_s = self._settings.ttl_s
-        get = self._cache.get
         outcomes: list[RowOutcome] = []
         waits: list[tuple[int, AsyncResult]] = []
         hits = stale = coalesced = 0
         refused: dict[str, int] = {}  # a plain dict: a Counter is slower to build
         missed: list[tuple[int, RowKey, float]] = []
         status: RowStatus
-        for key, cost in rows:
-            entry = get(key)
+        # One read of the cache for the request: its lock is taken once, not once per row.
+        entries = self._cache.get_many([key for key, _ in rows])
+        lowered: dict[RowKey, CachedAnswer] = {}  # entries an earlier row re-stored cheaper
+        for (key, cost), entry in zip(rows, entries, strict=True):
             if entry is not None:
+                if lowered:
+                    # A key asked twice: the later row sees what the earlier one stored.
+                    entry = lowered.get(key, entry)
                 if entry.error is not None:
                     status = "error"
                 elif now - entry.fetched_at < ttl_s:
@@ -262,7 +267,7 @@ class Fetcher:
                     self._refresh(key, min(cost, entry.cost), tenant)
                 hits += status != "stale"
                 if cost < entry.cost:
-                    entry = self._lower_cost(key, entry, cost)
+                    entry = lowered[key] = self._lower_cost(key, entry, cost)
                 # tuple.__new__: a NamedTuple's own __new__ is a Python call, paid per row.
                 outcomes.append(_new_tuple(RowOutcome, (status, entry, None)))
                 continue
@@ -665,15 +670,21 @@ def _trace_ids(items: list[_Item]) -> dict[str, list[str]]:
     return {"trace_ids": ids[:_MAX_TRACE_IDS_LOGGED]}
 
 
+_ADD_HITS = prometheus_metrics.adder(prometheus_metrics.CACHE_HITS)
+_ADD_STALE = prometheus_metrics.adder(prometheus_metrics.CACHE_STALE)
+_ADD_MISSES = prometheus_metrics.adder(prometheus_metrics.CACHE_MISSES)
+_ADD_COALESCED = prometheus_metrics.adder(prometheus_metrics.UPSTREAM_COALESCED)
+
+
 def _count(hits: int, stale: int, misses: int, coalesced: int, refused: dict[str, int]) -> None:
     """Record one request's counts: one increment per metric, never one per row."""
     if hits:
-        prometheus_metrics.CACHE_HITS.inc(hits)
+        _ADD_HITS(hits)
     if stale:
-        prometheus_metrics.CACHE_STALE.inc(stale)
+        _ADD_STALE(stale)
     if misses:
-        prometheus_metrics.CACHE_MISSES.inc(misses)
+        _ADD_MISSES(misses)
     if coalesced:
-        prometheus_metrics.UPSTREAM_COALESCED.inc(coalesced)
+        _ADD_COALESCED(coalesced)
     for reason, count in refused.items():
         prometheus_metrics.UPSTREAM_UNAVAILABLE.labels(reason).inc(count)

@@ -20,7 +20,7 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping
-from sys import getsizeof, intern
+from sys import intern
 from typing import Any, Literal, NamedTuple, get_args
 
 import orjson
@@ -156,15 +156,19 @@ class Row(NamedTuple):
 
 
 def entry_cost(key: RowKey, weight: int) -> float:
-    """The cache cost of ``key``'s entry: ``weight_to_cost(weight)`` times its size in units."""
+    """The cache cost of ``key``'s entry: ``weight_to_cost(weight)`` times its size in units.
+
+    ``weight`` is a validated one, 0 to MAX_WEIGHT (KeyError otherwise).
+    """
     inventory_id, _, _, _, region, _, _, _, framework, _ = key
-    size = ENTRY_OVERHEAD_BYTES + getsizeof(inventory_id)
+    # str.__sizeof__ is sys.getsizeof for text (the collector does not track it), without the
+    # generic lookup getsizeof makes.
+    size = ENTRY_OVERHEAD_BYTES + inventory_id.__sizeof__()
     if region is not None:
-        size += getsizeof(region)
+        size += region.__sizeof__()
     if framework is not None:
-        size += getsizeof(framework)
-    steps = -(-size // _SIZE_STEP)
-    return weight_to_cost(weight) * steps / 8
+        size += framework.__sizeof__()
+    return _STEP_COST[weight] * -(-size // _SIZE_STEP)
 
 
 def weight_to_cost(weight: int) -> int:
@@ -175,6 +179,11 @@ def weight_to_cost(weight: int) -> int:
     if weight >= MAX_WEIGHT:
         return 1
     return MAX_WEIGHT - max(weight, 0)
+
+
+# The cost of one size step at each valid weight, read per row instead of computed: eighths
+# are exact in binary floating point, so each cost is weight_to_cost(weight) * steps / 8.
+_STEP_COST = {weight: weight_to_cost(weight) / 8 for weight in range(MAX_WEIGHT + 1)}
 
 
 def parse_query(args: Mapping[str, str]) -> QueryParams:
@@ -292,14 +301,18 @@ class _Shape:
         self._text = text
         self._max_rows = max_rows
         self._budget = budget = token_budget(max_rows)
-        quotes = text.count(b'"')
-        if quotes > 2 * budget:
-            _check_tokens(quotes // 2, max_rows)
+        # Every byte counted is one byte of the text, so text shorter than a bound cannot pass
+        # it: the usual body needs only the counts that describe its shape.
+        if len(text) > 2 * budget:
+            quotes = text.count(b'"')
+            if quotes > 2 * budget:
+                _check_tokens(quotes // 2, max_rows)
         self.braces = text.count(b"{")
         self.colons = text.count(b":")
         self.exact = False
-        most = 1 + text.count(b",") + self.colons + self.braces + text.count(b"[")
-        if most > budget:
+        if len(text) >= budget and (
+            1 + text.count(b",") + self.colons + self.braces + text.count(b"[") > budget
+        ):
             self.count_outside_strings()
         else:
             # Integers past 64 bits (at least 19 digits) orjson would read as floats.
@@ -518,7 +531,7 @@ def _canonical_fields(raw: Mapping[str, Any]) -> Mapping[str, Any]:
     Raises _RowError for a field that is not part of the contract, and for one given twice in
     different cases (which one would count is a guess).
     """
-    if raw.keys() <= _CANONICAL_NAMES:
+    if _CANONICAL_NAMES.issuperset(raw):
         return raw  # the usual row: nothing to rename, and lower-casing each name costs
     fields: dict[str, Any] = {}
     spelled: dict[str, str] = {}

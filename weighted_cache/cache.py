@@ -10,6 +10,7 @@ from collections.abc import (
     Callable,
     Hashable,
     ItemsView,
+    Iterable,
     Iterator,
     MutableMapping,
     ValuesView,
@@ -188,6 +189,47 @@ class Cache(MutableMapping[K, V]):
         if callbacks:
             self._run(callbacks)
         return default
+
+    @overload
+    def get_many(self, keys: Iterable[K]) -> list[V | None]: ...
+    @overload
+    def get_many(self, keys: Iterable[K], default: D) -> list[V | D]: ...
+
+    def get_many(self, keys: Iterable[K], default: Any = None) -> list[Any]:
+        """The value of each of ``keys``, in order, or ``default`` where absent or expired.
+
+        What ``[cache.get(key, default) for key in keys]`` returns and counts, under one
+        acquisition of the lock: a caller reading several keys at once pays for one.
+        """
+        values: list[Any] = []
+        callbacks: list[_Callback] = []
+        lock = self._lock
+        lock.acquire()  # not ``with``: see get
+        try:
+            data = self._data
+            for key in keys:
+                try:
+                    entry = data.get(key)
+                except TypeError:
+                    raise _unhashable(key) from None
+                if entry is None:
+                    self._metrics.misses += 1
+                    values.append(default)
+                elif not entry.expire or entry.expire > self._clock():
+                    reads = self._reads
+                    reads.append(entry)
+                    values.append(entry.value)
+                    if len(reads) >= _READ_BUFFER:
+                        self._drain(callbacks)
+                else:
+                    self._metrics.misses += 1
+                    self._expire(entry, callbacks)
+                    values.append(default)
+        finally:
+            lock.release()
+        if callbacks:
+            self._run(callbacks)
+        return values
 
     def __getitem__(self, key: K) -> V:
         """The value for ``key``; KeyError if absent or expired.  Counts as a use."""

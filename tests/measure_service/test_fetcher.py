@@ -216,6 +216,16 @@ def test_a_heavier_row_lowers_the_cost_of_a_cached_entry_keeping_its_expiry(
     assert harness.cache.ttl(key()) == pytest.approx(remaining)
 
 
+def test_a_lighter_row_after_a_heavier_one_in_one_request_keeps_the_lower_cost(
+    harness: Harness,
+) -> None:
+    harness.lookup(key(), cost=100)
+    lookup = harness.fetcher.lookup([(key(), 50), (key(), 60)])
+    entry = harness.cache.get(key())
+    assert entry is not None and entry.cost == 50
+    assert [outcome.entry.cost for outcome in lookup.outcomes if outcome.entry] == [50, 50]
+
+
 def test_the_lowest_cost_asked_while_in_flight_is_stored(harness: Harness) -> None:
     harness.upstream.hold()
     harness.lookup(key(), cost=100, wait_s=0)

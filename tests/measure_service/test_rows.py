@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import pytest
@@ -347,6 +348,26 @@ def test_an_accepted_rows_cost_is_its_weights_cost_times_eighths_of_a_unit(
         return
     units = result.cost / weight_to_cost(result.weight)
     assert units >= 1 and (units * 8).is_integer()
+
+
+@given(st.integers(min_value=0, max_value=100), st.text(max_size=600))
+def test_an_entry_cost_is_its_weights_cost_times_its_size_in_eighths(
+    weight: int, inventory_id: str
+) -> None:
+    key = validate_row(GOOD, NO_PARAMS).key
+    assert key is not None
+    key = key._replace(inventory_id=inventory_id)
+    size = rows_module.ENTRY_OVERHEAD_BYTES + sys.getsizeof(inventory_id)
+    steps = -(-size // (rows_module.BYTES_PER_COST_UNIT // 8))
+    assert rows_module.entry_cost(key, weight) == weight_to_cost(weight) * steps / 8
+
+
+def test_an_entry_cost_refuses_a_weight_that_was_not_validated() -> None:
+    key = validate_row(GOOD, NO_PARAMS).key
+    assert key is not None
+    for weight in (-1, 101):
+        with pytest.raises(KeyError):
+            rows_module.entry_cost(key, weight)
 
 
 def test_a_duplicate_key_in_a_row_refuses_the_body() -> None:

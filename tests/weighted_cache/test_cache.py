@@ -16,6 +16,52 @@ def test_get_returns_the_default_on_a_miss():
     assert cache.get("a", "dflt") == "dflt"
 
 
+def test_get_many_returns_each_value_in_order_and_the_default_for_the_others():
+    cache: Cache[str, str] = Cache(10)
+    cache.set("a", "x")
+    cache.set("c", "z")
+    assert cache.get_many(["a", "b", "c", "a"]) == ["x", None, "z", "x"]
+    assert cache.get_many(["b"], "dflt") == ["dflt"]
+
+
+def test_get_many_counts_hits_and_misses_as_get_does():
+    cache: Cache[str, str] = Cache(10)
+    cache.set("a", "x")
+    cache.get_many(["a", "b", "a"])
+    assert (cache.metrics.hits, cache.metrics.misses) == (2, 1)
+
+
+def test_get_many_takes_the_lock_once():
+    cache: Cache[int, int] = Cache(10)
+    acquired = []
+    lock = cache._lock
+
+    class CountingLock:
+        def acquire(self) -> bool:
+            acquired.append(1)
+            return lock.acquire()
+
+        def release(self) -> None:
+            lock.release()
+
+    cache._lock = CountingLock()  # type: ignore[assignment]
+    cache.get_many(range(300))
+    assert len(acquired) == 1
+
+
+def test_get_many_drops_an_expired_entry_as_get_does():
+    now = [0.0]
+    expired = []
+    cache: Cache[str, int] = Cache(
+        10, clock=lambda: now[0], on_evict=lambda k, v, c: expired.append(k)
+    )
+    cache.set("a", 1, ttl=1)
+    cache.set("b", 2)
+    now[0] = 2.0
+    assert cache.get_many(["a", "b"]) == [None, 2]
+    assert expired == ["a"] and "a" not in cache
+
+
 def test_getitem_raises_key_error_on_a_miss():
     cache: Cache[str, str] = Cache(10)
     with pytest.raises(KeyError):
@@ -188,7 +234,7 @@ def test_setting_a_bad_max_cost_raises_value_error():
 def test_unhashable_key_raises_type_error_naming_key():
     cache: Cache[object, int] = Cache(10)
     for call in (lambda: cache.set([1], 1), lambda: cache.get([1]), lambda: [1] in cache,
-                 lambda: cache.delete([1])):
+                 lambda: cache.delete([1]), lambda: cache.get_many([[1]])):
         with pytest.raises(TypeError, match="key"):
             call()
 

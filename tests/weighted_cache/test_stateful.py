@@ -56,6 +56,12 @@ class CacheMachine(RuleBasedStateMachine):
         self.lookups += 1
         self.check_value(key, self.cache.get(key))
 
+    @rule(keys=st.lists(KEYS, max_size=6))
+    def get_many(self, keys: list[int]) -> None:
+        self.lookups += len(keys)
+        for key, value in zip(keys, self.cache.get_many(keys), strict=True):
+            self.check_value(key, value)
+
     @rule(key=KEYS)
     def get_or_load(self, key: int) -> None:
         self.lookups += 1
