@@ -159,36 +159,18 @@ class Cache(MutableMapping[K, V]):
 
     def get(self, key: K, default: Any = None) -> Any:
         """Return the value for ``key``, or ``default`` if absent or expired."""
+        callbacks: list[_Callback] = []
         # acquire/release rather than ``with``: the statement's method lookups
         # cost as much as the rest of a hit.
         lock = self._lock
         lock.acquire()
         try:
-            try:
-                entry = self._data.get(key)
-            except TypeError:
-                raise _unhashable(key) from None
-            if entry is None:
-                self._metrics.misses += 1
-                return default
-            if not entry.expire or entry.expire > self._clock():
-                # A hit is counted when the read buffer is drained (see metrics).
-                reads = self._reads
-                reads.append(entry)
-                if len(reads) < _READ_BUFFER:
-                    return entry.value
-                default = entry.value
-                callbacks: list[_Callback] = []
-                self._drain(callbacks)
-            else:
-                self._metrics.misses += 1
-                callbacks = []
-                self._expire(entry, callbacks)
+            value = self._read(key, default, callbacks)
         finally:
             lock.release()
         if callbacks:
             self._run(callbacks)
-        return default
+        return value
 
     @overload
     def get_many(self, keys: Iterable[K]) -> list[V | None]: ...
@@ -201,35 +183,37 @@ class Cache(MutableMapping[K, V]):
         What ``[cache.get(key, default) for key in keys]`` returns and counts, under one
         acquisition of the lock: a caller reading several keys at once pays for one.
         """
-        values: list[Any] = []
         callbacks: list[_Callback] = []
+        read = self._read
         lock = self._lock
         lock.acquire()  # not ``with``: see get
         try:
-            data = self._data
-            for key in keys:
-                try:
-                    entry = data.get(key)
-                except TypeError:
-                    raise _unhashable(key) from None
-                if entry is None:
-                    self._metrics.misses += 1
-                    values.append(default)
-                elif not entry.expire or entry.expire > self._clock():
-                    reads = self._reads
-                    reads.append(entry)
-                    values.append(entry.value)
-                    if len(reads) >= _READ_BUFFER:
-                        self._drain(callbacks)
-                else:
-                    self._metrics.misses += 1
-                    self._expire(entry, callbacks)
-                    values.append(default)
+            values = [read(key, default, callbacks) for key in keys]
         finally:
             lock.release()
         if callbacks:
             self._run(callbacks)
         return values
+
+    def _read(self, key: K, default: Any, callbacks: list[_Callback]) -> Any:
+        """One read, under the lock; what it sets off is added to ``callbacks``."""
+        try:
+            entry = self._data.get(key)
+        except TypeError:
+            raise _unhashable(key) from None
+        if entry is None:
+            self._metrics.misses += 1
+            return default
+        if not entry.expire or entry.expire > self._clock():
+            # A hit is counted when the read buffer is drained (see metrics).
+            reads = self._reads
+            reads.append(entry)
+            if len(reads) >= _READ_BUFFER:
+                self._drain(callbacks)
+            return entry.value
+        self._metrics.misses += 1
+        self._expire(entry, callbacks)
+        return default
 
     def __getitem__(self, key: K) -> V:
         """The value for ``key``; KeyError if absent or expired.  Counts as a use."""
