@@ -45,13 +45,12 @@ _WEIGHTED_WINDOW = 0.2  # the starting share when entry costs vary (see _on_firs
 _PROTECTED_SHARE = 0.8  # share of the main space kept for protected
 # Climber (see _climb): a sample is looked at every half request per resident
 # entry (at least _MIN_SAMPLE requests, and every _MIN_SAMPLE in the first
-# sample after the fill) and ends at its first decisive look, or unmoved at
+# sample after the fill).  It ends at its first decisive look, or unmoved at
 # _MAX_SAMPLE requests or _MAX_PASSES passes over the cache, whichever is
-# fewer (but at least one look).  A move must beat
-# _MIN_GAIN of the sample's requests and _BAR times its own noise at the
-# sample's last look (more at earlier looks).  Moves are _STEP_PERCENT of the
-# budget, at most _MAX_STEPS of them, unless the window catches no reuse at
-# all (see _climb).
+# fewer (but at least one look).  A move must beat _MIN_GAIN of the sample's
+# requests and _BAR times its own noise at the sample's last look (more at
+# earlier looks).  Moves are _STEP_PERCENT of the budget, at most _MAX_STEPS
+# of them, unless the window catches no reuse at all (see _climb).
 _STEP_PERCENT = 0.0625
 _STEPS = 5  # ghost depths: step * 2**level, up to the whole budget
 _MAX_STEPS = 2  # a move is at most this many steps while the window catches reuse
