@@ -43,18 +43,23 @@ WINDOW_NEW = 5  # in the window; the sketch has not yet seen this insertion
 _WINDOW_MIN = 0.01  # the window's share of the budget: where it starts, and its floor
 _WEIGHTED_WINDOW = 0.2  # the starting share when entry costs vary (see _on_first_fill)
 _PROTECTED_SHARE = 0.8  # share of the main space kept for protected
-# Climber (see _climb): a sample lasts half a request per resident entry, at
-# least _MIN_SAMPLE, so a cache adapts within a trace a few times its size.
-# A move is at most _MAX_STEPS steps of _STEP_PERCENT of the budget, taken
-# only when its evidence beats _MIN_GAIN of the sample's requests and twice
-# its own noise: larger moves measured worse, as the linear estimate of what
-# main gives up holds only near its edge.
+# Climber (see _climb): a sample is looked at every half request per resident
+# entry (at least _MIN_SAMPLE requests, and every _MIN_SAMPLE in the first
+# sample after the fill).  It ends at its first decisive look, or unmoved at
+# _MAX_SAMPLE requests or _MAX_PASSES passes over the cache, whichever is
+# fewer (but at least one look).  A move must beat _MIN_GAIN of the sample's
+# requests and _BAR times its own noise at the sample's last look (more at
+# earlier looks).  Moves are _STEP_PERCENT of the budget, at most _MAX_STEPS
+# of them, unless the window catches no reuse at all (see _climb).
 _STEP_PERCENT = 0.0625
 _STEPS = 5  # ghost depths: step * 2**level, up to the whole budget
-_MAX_STEPS = 2  # a move is at most this many steps
+_MAX_STEPS = 2  # a move is at most this many steps while the window catches reuse
 _GHOST_SAMPLE = 4096  # caches beyond this many entries track a sample of departed keys
 _SAMPLE_MULT = 0.5
 _MIN_SAMPLE = 64
+_MAX_SAMPLE = 1024
+_MAX_PASSES = 4  # nor more than this many passes over the cache
+_BAR = 2.0
 _MIN_GAIN = 0.002
 _VICTIM_SAMPLE = 4  # probation-tail entries compared when costs differ
 _MAX_FREQ = 16  # a saturated counter plus the doorkeeper bit
@@ -225,6 +230,9 @@ class Policy:
         self._window_ghost = _Ghost()  # refused candidates, by window departures
         self._main_ghost = _Ghost()  # main's victims, by main evictions
         self._ghost_mask = 0
+        self._look = _MIN_SAMPLE  # requests between looks at the current sample
+        self._sample_cap = _MIN_SAMPLE  # requests after which the sample ends unmoved
+        self._pass = 0  # requests for one pass over the cache: its entry count
 
     # -- bookkeeping -------------------------------------------------------
 
@@ -513,9 +521,9 @@ class Policy:
         self._sample_hits = self._sample_misses = 0
         self._window_hits = self._probation_hits = 0
         self._next_period()
-        # A short first sample: a window too small for the workload costs
-        # hits on every request until it moves.
-        self._sample_period = _MIN_SAMPLE
+        # Frequent looks at the first sample: a window too small for the
+        # workload costs hits on every request until it moves.
+        self._sample_period = self._look = _MIN_SAMPLE
 
     def _sample_victims(self, need: float, keep: Entry | None) -> list[Entry] | None:
         """Choose entries freeing at least ``need``, or None if impossible.
@@ -579,17 +587,21 @@ class Policy:
     # -- adaptive window -------------------------------------------------------
 
     def _next_period(self) -> int:
+        """Start a sample: set the ghost depths, the looks and the cap; return the first look."""
         entries = self.window.count + self.probation.count + self.protected.count
         depth = self._step_cost() << (_STEPS - 1)
         self._window_ghost.depth = self._main_ghost.depth = depth
         self._ghost_mask = (1 << (entries // _GHOST_SAMPLE).bit_length()) - 1
-        return max(int(_SAMPLE_MULT * entries), _MIN_SAMPLE)
+        self._look = max(int(_SAMPLE_MULT * entries), _MIN_SAMPLE)
+        self._sample_cap = max(self._look, min(_MAX_SAMPLE, _MAX_PASSES * entries))
+        self._pass = entries
+        return self._look
 
     def _step_cost(self) -> int:
         return max(int(self.max_cost * _STEP_PERCENT), 1)
 
     def _climb(self) -> None:
-        """Move the window towards where the sample just ended says hits are.
+        """Look at the sample so far; move the window once its evidence is decisive.
 
         Growing the window by d would have gained the refused candidates
         that came back within d window departures, and cost main's coldest
@@ -597,6 +609,12 @@ class Policy:
         would have gained main's victims that came back within d evictions,
         and cost the window's density times d.  Both are measured over the
         same requests, so a change of phase moves both sides alike.
+
+        A sample is a sequential test: it ends at the first look where a
+        move's net gain clears the bar, else it keeps gathering up to its
+        cap and ends unmoved.  Small caches see few events per request, so
+        a fixed short sample would let chance pass a fixed bar many times
+        over a trace; strong evidence still ends a sample at its first look.
         """
         requests = self._sample_hits + self._sample_misses
         step = self._step_cost()
@@ -605,39 +623,56 @@ class Policy:
         window_density = self._window_hits / max(window.cost, 1)
         probation_density = self._probation_hits / max(probation.cost, 1)
         protected_density = protected_hits / max(protected.cost, 1)
+        main_density = (self._sample_hits - self._window_hits) / max(
+            probation.cost + protected.cost, 1)
+        cap = self._sample_cap
+        # Twice the noise at the last look; each earlier look is one more
+        # chance for noise to pass, so its bar grows with the log of the looks
+        # still to come, as the running maximum of a random walk does.
+        bar = _BAR * math.sqrt(1 + math.log(cap / max(requests, 1))) if requests < cap else _BAR
         best, move = _MIN_GAIN * requests, 0
         scale = self._ghost_mask + 1
         room = self.max_cost - self.window_max
         # Depths beyond _MAX_STEPS are weighed only while the window catches
-        # no reuse at all: then it sits before a cliff that short moves never
-        # show (reuse farther off than the next step).  Otherwise the linear
-        # estimate of what main gives up is trusted only near its edge.
-        levels = _STEPS if self._window_hits == 0 else _MAX_STEPS
+        # no reuse at all, and once the sample has lasted a pass over the
+        # cache (main's own reuse has had its chance to show): then the window
+        # sits before a cliff that short moves never show (reuse farther off
+        # than the next step), and may jump as far as that evidence reaches,
+        # up to half the budget.  The probation-first estimate of what main
+        # gives up is trusted only near its edge; farther in, a move is also
+        # charged main's average density, since main shrinks as a whole.
+        far = self._window_hits == 0 and requests >= self._pass
+        levels = _STEPS if far else _MAX_STEPS
+        reach = max(self.max_cost >> 1, step * _MAX_STEPS)
         for level in range(levels):
             d = step << level
+            if d > reach:
+                break
             if d <= room or (d >> 1) < room:
                 d = min(d, room)  # the last move may be a part step, up to the whole budget
                 gain = scale * self._window_ghost.gains[level]
                 # Main gives up probation first, then protected.
                 cold = min(d, probation.cost)
                 loss = probation_density * cold + protected_density * (d - cold)
-                # Counts of rare events: ask for twice their noise.
-                if gain - loss > best and gain - loss > 2 * math.sqrt(scale * gain + loss):
+                if level >= _MAX_STEPS and main_density * d > loss:
+                    loss = main_density * d
+                if gain - loss > best and gain - loss > bar * math.sqrt(scale * gain + loss):
                     best, move = gain - loss, d
             if d <= self.window_max - self._window_floor():
                 gain = scale * self._main_ghost.gains[level]
                 loss = window_density * d
-                if gain - loss > best and gain - loss > 2 * math.sqrt(scale * gain + loss):
+                if gain - loss > best and gain - loss > bar * math.sqrt(scale * gain + loss):
                     best, move = gain - loss, -d
+        if not move and requests < cap:
+            self._sample_period = requests + self._look
+            return
         self._sample_hits = self._sample_misses = 0
         self._window_hits = self._probation_hits = 0
         self._window_ghost.gains = [0] * _STEPS
         self._main_ghost.gains = [0] * _STEPS
         self._sample_period = self._next_period()
         if move:
-            # Evidence seen far off sets the direction; the move stays short.
-            limit = step * _MAX_STEPS
-            self._adjust_window(max(min(move, limit), -limit))
+            self._adjust_window(move)
 
     def _adjust_window(self, amount: int) -> None:
         if amount > 0:
