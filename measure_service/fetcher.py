@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -43,7 +44,7 @@ from measure_service.concurrency_limiter import AdaptiveLimiter, Share
 from measure_service.greenlets import spawn
 from measure_service.logs import current_trace_id
 from measure_service.quotas import Tenant, TenantQuotas
-from measure_service.row_isolation import Isolation, Isolator, Verdicts
+from measure_service.row_isolation import CutShort, Isolation, Isolator, Verdicts
 from measure_service.rows import QueryParams, RowKey, RowStatus
 from measure_service.shared_tier import FETCH, WAIT, SharedRow, SharedTier
 from measure_service.singleflight import SingleFlight
@@ -54,6 +55,10 @@ _LOG = logging.getLogger(__name__)
 _MAX_TRACE_IDS_LOGGED = 20
 # How long a client whose row failed a batch has its rows batched apart from other clients'.
 SUSPECT_FOR_S = 60.0
+
+
+class _Cut(gevent.GreenletExit):  # type: ignore[misc]
+    """Ends an upstream call whose client became a suspect (see ``Fetcher._note_suspect``)."""
 
 
 class AnswerCache(Protocol):
@@ -221,6 +226,9 @@ class Fetcher:
         self._limiter = limiter if limiter is not None else AdaptiveLimiter(settings.concurrency)
         # Per suspect client: the upstream slots its batches may hold at once.
         self._lanes: dict[Tenant, Share] = {}
+        # Per client: its upstream calls of its own rows only that hold an ordinary slot (not
+        # its lane), cut short when it becomes a suspect.
+        self._outside_lane: dict[Tenant, set[gevent.Greenlet]] = {}
         self._batcher: Batcher[_BatchKey, _Item] = Batcher(
             self._send,
             gate=self._lane,
@@ -495,8 +503,9 @@ class Fetcher:
             isolation = self._isolator.begin(
                 [item.tenant for item in items],
                 lambda positions, timeout_s: self._measure(
-                    params, items, positions, took, timeout_s
+                    params, items, positions, took, timeout_s, in_lane=group.apart is not None
                 ),
+                functools.partial(self._store, [item.key for item in items]),
             )
             if not isolation.done:
                 spawn(self._isolate, params, items, isolation, took)
@@ -516,11 +525,12 @@ class Fetcher:
             # A part of a suspect client's rows holds its lane, as its batches do.
             owners = {items[position].tenant for position in positions}
             owner = next(iter(owners)) if len(owners) == 1 else None
-            lane = self._lane_of(owner if self._is_suspect_owner(owner) else None)
+            in_lane = self._is_suspect_owner(owner)
+            lane = self._lane_of(owner if in_lane else None)
             # In the order the batches were first sent: a part must not starve behind every
             # new batch (its rows' callers come back for them).
             with lane, self._limiter.slot(isolation.started):
-                return self._measure(params, items, positions, took, timeout_s)
+                return self._measure(params, items, positions, took, timeout_s, in_lane=in_lane)
 
         try:
             isolation.go_on(send)
@@ -535,9 +545,11 @@ class Fetcher:
     ) -> None:
         """Cache the answers of a finished batch, log it, and fail every key left unanswered."""
         verdicts = isolation.verdicts if isolation is not None else Verdicts()
+        delivered = isolation.delivered if isolation is not None else set()
         keys = [item.key for item in items]
         try:
-            self._store(keys, verdicts)
+            self._store(keys, {index: answer for index, answer in verdicts.answers.items()
+                               if index not in delivered})
             if verdicts.suspects:
                 self._note_suspects(items, verdicts)
             failure = next(iter(verdicts.failures.values()), None)
@@ -566,25 +578,33 @@ class Fetcher:
         positions: Sequence[int],
         took: list[float],
         timeout_s: float | None = None,
+        *,
+        in_lane: bool = False,
     ) -> dict[int, RowResult]:
         """One upstream request for the batch rows at ``positions``; answers by position.
 
         Appends to ``took`` how long the upstream client took, retries included. ``timeout_s``
         shortens the read timeout. A request of suspects' rows only says nothing of upstream's
-        speed: its latency does not steer the adaptive limit.
+        speed: its latency does not steer the adaptive limit. A request of one client's rows
+        outside its lane (``in_lane`` False) is cut short, raising :class:`CutShort`, if that
+        client becomes a suspect meanwhile.
         """
-        rows = [items[position].key.upstream_row(str(position)) for position in positions]
         by_tenant: dict[Tenant, int] = {}
         for position in positions:
             tenant = items[position].tenant
             by_tenant[tenant] = by_tenant.get(tenant, 0) + 1
+        owner = next(iter(by_tenant)) if len(by_tenant) == 1 else None
+        if not in_lane and self._is_suspect_owner(owner):
+            raise CutShort()  # it became a suspect while this batch waited for its slot
+        rows = [items[position].key.upstream_row(str(position)) for position in positions]
         self._quotas.charge_request(by_tenant)
+        call = functools.partial(
+            self._upstream.measure, rows, params, judge=True, read_timeout_s=timeout_s,
+            observe_latency=not all(self._is_suspect_owner(tenant) for tenant in by_tenant),
+        )
         started = time.perf_counter()
         try:
-            answers = self._upstream.measure(
-                rows, params, judge=True, read_timeout_s=timeout_s,
-                observe_latency=not all(self._is_suspect_owner(tenant) for tenant in by_tenant),
-            )
+            answers = call() if owner is None or in_lane else self._cuttable(owner, call)
         finally:
             took.append(time.perf_counter() - started)
         return {
@@ -593,18 +613,36 @@ class Fetcher:
             if str(position) in answers
         }
 
-    def _store(self, keys: list[RowKey], verdicts: Verdicts) -> None:
+    def _cuttable(
+        self, owner: Hashable, call: Callable[[], Mapping[str, RowResult]]
+    ) -> Mapping[str, RowResult]:
+        """Run ``call`` so that ``owner`` becoming a suspect ends it (see _note_suspect)."""
+        greenlet = spawn(call)
+        calls = self._outside_lane.setdefault(owner, set())
+        calls.add(greenlet)
+        try:
+            greenlet.join()
+        finally:
+            calls.discard(greenlet)
+            if not calls and self._outside_lane.get(owner) is calls:
+                del self._outside_lane[owner]
+            if not greenlet.ready():
+                greenlet.kill(block=False)  # our own caller was stopped
+        if isinstance(greenlet.value, _Cut):
+            raise CutShort()
+        answers: Mapping[str, RowResult] = greenlet.get()
+        return answers
+
+    def _store(self, keys: list[RowKey], answers: Mapping[int, RowResult]) -> None:
         """Cache every answered key (and share it) and wake its waiters."""
-        if self._shared is not None and verdicts.answers:
+        if self._shared is not None and answers:
             # Shared before anyone is answered: a client told "fetched" here then finds the
             # row on every other worker too.
-            self._shared.write(
-                (keys[index], answer) for index, answer in verdicts.answers.items()
-            )
+            self._shared.write((keys[index], answer) for index, answer in answers.items())
         now = self._clock()
         settings = self._settings
         rejected = 0
-        for index, answer in verdicts.answers.items():
+        for index, answer in answers.items():
             key = keys[index]
             flight = self._in_flight.get(key)
             cost = 1 if flight is None else flight.cost
@@ -619,9 +657,17 @@ class Fetcher:
             prometheus_metrics.CACHE_REJECTED.inc(rejected)
 
     def _note_suspect(self, tenant: Hashable) -> None:
-        """Batch a client whose rows spoiled a batch apart from the others for a while."""
-        if tenant is not None:
-            self._suspects[tenant] = time.monotonic() + SUSPECT_FOR_S
+        """Batch a client whose rows spoiled a batch apart from the others for a while.
+
+        Its calls still holding an ordinary slot are cut short and sent again in its lane: a
+        row that makes upstream hang would otherwise hold that slot for the whole read
+        timeout, and a few of them every slot the other clients need.
+        """
+        if tenant is None:
+            return
+        self._suspects[tenant] = time.monotonic() + SUSPECT_FOR_S
+        for call in list(self._outside_lane.pop(tenant, ())):
+            call.kill(_Cut, block=False)
 
     def _note_suspects(self, items: list[_Item], verdicts: Verdicts) -> None:
         """Batch the clients whose rows spoiled a batch apart from the others for a while."""

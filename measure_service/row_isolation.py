@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import gevent
+from gevent.event import Event
 
 from measure_service.greenlets import spawn
 from measure_service.upstream import RowResult, UpstreamError
@@ -85,6 +86,15 @@ class BudgetSpent(Exception):
     """A failed batch spent its sends before these rows were answered or judged."""
 
 
+class CutShort(UpstreamError):
+    """A send stopped before upstream answered: its owner became a suspect while the send held
+    one of the slots everyone shares. Its rows go again, whole, in the owner's lane."""
+
+    def __init__(self) -> None:
+        """Nothing was learnt of upstream: the breaker hears nothing of it."""
+        super().__init__("timeout", "the send was cut short: its client is set apart")
+
+
 class Incomplete(UpstreamError):
     """Upstream answered, but without a trustworthy answer for these rows."""
 
@@ -115,6 +125,8 @@ class Verdicts:
 Send = Callable[[Sequence[int], float | None], Mapping[int, RowResult]]
 # Reports a failure whose ``judged`` is False to the breaker: (error, explained).
 Settle = Callable[[UpstreamError, bool], None]
+# Hands over answers by position before the batch is judged.
+Deliver = Callable[[Mapping[int, RowResult]], None]
 
 
 def _ignore(owner: Hashable) -> None:
@@ -132,6 +144,7 @@ class Isolator:
         is_suspect: Callable[[Hashable], bool] = lambda owner: False,
         on_suspect: Callable[[Hashable], None] = _ignore,
         clock: Callable[[], float] = time.monotonic,
+        wait: Callable[[Event, float], object] = Event.wait,
     ) -> None:
         """Report judged failures through ``settle``; ``clock`` times the answers.
 
@@ -140,6 +153,7 @@ class Isolator:
         ``is_suspect(owner)``: whether the owner's rows recently spoiled a batch; sends holding
         its rows do not time the usual answer. ``on_suspect(owner)`` hears of a suspect as soon
         as it is found, before the batch is judged (a hang takes a timeout or two to judge).
+        ``wait(event, timeout)`` waits for the next answer (tests inject it).
         """
         self._settle = settle
         self._confirm = confirm
@@ -147,7 +161,9 @@ class Isolator:
         self._on_suspect = on_suspect
         self._watch = on_suspect is not _ignore
         self._clock = clock
+        self._wait = wait
         self._answered_at = -math.inf
+        self._answered = Event()
         self._answer_s: deque[float] = deque(maxlen=_SAMPLES)
 
     def fetch(self, owners: Sequence[Hashable], send: Send) -> Verdicts:
@@ -157,13 +173,16 @@ class Isolator:
             isolation.go_on(send)
         return isolation.verdicts
 
-    def begin(self, owners: Sequence[Hashable], send: Send) -> Isolation:
+    def begin(
+        self, owners: Sequence[Hashable], send: Send, on_answers: Deliver | None = None
+    ) -> Isolation:
         """Send the whole batch once; when rows were left unanswered, the result must go on.
 
         The caller may go on elsewhere (the splitting takes several round trips, and need not
-        delay the batches behind this one).
+        delay the batches behind this one). ``on_answers`` hears of the answers found while a
+        spoilt batch is being split, as they come (see :attr:`Isolation.delivered`).
         """
-        isolation = Isolation(self, owners)
+        isolation = Isolation(self, owners, on_answers)
         isolation.begin(send)
         return isolation
 
@@ -179,8 +198,18 @@ class Isolator:
     def _answered_since(self, moment: float) -> bool:
         return self._answered_at >= moment
 
+    def _answered_soon(self, moment: float, within_s: float) -> bool:
+        """Whether upstream answered a send since ``moment``, waiting up to ``within_s`` for
+        one: a failure that takes no time (a dropped connection, an instant 5xx) leaves no
+        time for other answers to come in."""
+        if not self._answered_since(moment):
+            self._wait(self._answered, within_s)
+        return self._answered_since(moment)
+
     def _note_answer(self, elapsed: float, owners: set[Hashable]) -> None:
         self._answered_at = self._clock()
+        answered, self._answered = self._answered, Event()
+        answered.set()
         if not any(self._is_suspect(owner) for owner in owners):
             self._answer_s.append(elapsed)
 
@@ -199,11 +228,17 @@ class _Attempt:
 class Isolation:
     """One batch's fetch: its verdicts so far, its unsettled errors and its budget of sends."""
 
-    def __init__(self, isolator: Isolator, owners: Sequence[Hashable]) -> None:
+    def __init__(
+        self, isolator: Isolator, owners: Sequence[Hashable], on_answers: Deliver | None = None
+    ) -> None:
         """Start judging a batch whose position ``i`` was started by ``owners[i]``."""
         self.isolator = isolator
         self.owners = owners
         self.verdicts = Verdicts()
+        self.on_answers = on_answers
+        # Positions whose answers went to ``on_answers`` already: a row answered by a split
+        # need not wait until its batch's slowest part is judged (a hang takes a timeout).
+        self.delivered: set[int] = set()
         self.started = isolator._clock()
         self.unsettled: list[UpstreamError] = []
         self.unexplained = False
@@ -222,7 +257,9 @@ class Isolation:
         if first.error is None:
             self.finish()
             return
-        if len(first.failed) > 1 and _splittable(first.error):
+        if isinstance(first.error, CutShort) or (
+            len(first.failed) > 1 and _splittable(first.error)
+        ):
             return
         if (len(first.failed) == 1 and _splittable(first.error) and self.isolator._confirm
                 and not _certain(first.error)):
@@ -243,9 +280,13 @@ class Isolation:
     def go_on(self, send: Send) -> None:
         """Split what the first send left, sending the parts with ``send``, until all is judged."""
         self.send = send
-        assert self.first is not None
+        first = self.first
+        assert first is not None
         try:
-            self.split_failed(self.first.failed)
+            if isinstance(first.error, CutShort):
+                self.send_parts([first.failed])
+            else:
+                self.split_failed(first.failed)
         finally:
             self.finish()
 
@@ -258,14 +299,20 @@ class Isolation:
 
     def split_failed(self, positions: list[int]) -> None:
         """Send each part of a failed group of rows at once; go on with the parts that fail."""
-        parts = self.split(positions)
+        self.send_parts(self.split(positions))
+
+    def send_parts(self, parts: list[list[int]]) -> None:
+        """Send ``parts`` at once; split the ones that fail, send the ones cut short again."""
         attempts = self.attempt_all(parts)
         healthy = self.isolator._answered_since(self.started)
         follow_ups = []
+        again = []
         for attempt in attempts:
             if attempt.error is None:
                 continue
-            if len(attempt.failed) > 1 and _splittable(attempt.error):
+            if isinstance(attempt.error, CutShort):
+                again.append(attempt.failed)
+            elif len(attempt.failed) > 1 and _splittable(attempt.error):
                 # Failures from an upstream that answers nothing else are not split further.
                 if (not healthy and not _certain(attempt.error)) or self.budget <= 0:
                     self.fail(attempt.failed, attempt.error)
@@ -278,7 +325,8 @@ class Isolation:
         if bad and len(bad) < len(parts):
             for part in bad:
                 self.suspect(part)
-        _run_all([functools.partial(self.split_failed, part) for part in follow_ups])
+        _run_all([functools.partial(self.split_failed, part) for part in follow_ups]
+                 + [functools.partial(self.send_parts, [part]) for part in again])
 
     def attempt_all(self, parts: list[list[int]]) -> list[_Attempt]:
         """Send ``parts`` at once. A part still unanswered well past the usual answer time,
@@ -350,6 +398,7 @@ class Isolation:
             (answer := answers.get(p)) is not None and answer.error is None for p in positions
         )
         trusted = len(positions) == 1 or (len(owners) == 1 and clean)
+        fresh: dict[int, RowResult] = {}
         for position in positions:
             answer = answers.get(position)
             if answer is None:
@@ -357,7 +406,9 @@ class Isolation:
             elif answer.error is not None and not trusted:
                 doubtful.append(position)
             else:
-                self.verdicts.answers[position] = answer
+                self.verdicts.answers[position] = fresh[position] = answer
+        if fresh and (missing or doubtful or self.first is not None):
+            self.deliver(fresh)
         late = elapsed > self.deadline_s
         if missing:
             return _Attempt(missing + doubtful, Incomplete("upstream's answer left out rows"),
@@ -366,6 +417,13 @@ class Isolation:
             return _Attempt(doubtful, Incomplete("upstream failed every row of the request"),
                             elapsed, late)
         return _Attempt([], None, elapsed, late)
+
+    def deliver(self, answers: Mapping[int, RowResult]) -> None:
+        """Hand ``answers`` over now, while the rest of the batch is still being judged."""
+        if self.on_answers is None:
+            return
+        self.delivered.update(answers)
+        self.on_answers(answers)
 
     def overdue(self, positions: list[int], started: float) -> None:
         """A send still unanswered after :attr:`deadline_s`: suspect its owners if upstream
@@ -380,7 +438,9 @@ class Isolation:
             self.fail([position], error)
             self.suspect([position])
             return
-        if not _certain(error) and not self.isolator._answered_since(self.started):
+        if not _certain(error) and not self.isolator._answered_soon(
+            self.started, self.deadline_s
+        ):
             self.fail([position], error)
             return
         self.verdicts.answers[position] = RowResult(None, None, _row_error(error))

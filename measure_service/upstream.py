@@ -288,6 +288,11 @@ class UpstreamClient:
                 last_error = exc
                 if exc.outcome not in _RETRYABLE:
                     break
+            except BaseException:
+                # Stopped on our side (a call cut short): nothing was learnt of upstream.
+                if self._breaker is not None:
+                    self._breaker.record_excused()
+                raise
             else:
                 if self._breaker is not None:
                     self._breaker.record_success()
