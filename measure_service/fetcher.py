@@ -499,6 +499,7 @@ class Fetcher:
         params = group.params.upstream()
         took: list[float] = []
         isolation: Isolation | None = None
+        handed_over = False
         try:
             isolation = self._isolator.begin(
                 [item.tenant for item in items],
@@ -509,10 +510,13 @@ class Fetcher:
             )
             if not isolation.done:
                 spawn(self._isolate, params, items, isolation, took)
+                handed_over = True
+                # A hedged batch's first send is still out, in this batch's slot.
+                isolation.wait_original()
         except Exception:
             _LOG.exception("upstream batch crashed", extra={"rows": len(items)})
         finally:
-            if isolation is None or isolation.done:
+            if not handed_over:
                 self._conclude(params, items, isolation, took)
         return isolation is not None and isolation.answered_first
 
@@ -629,6 +633,8 @@ class Fetcher:
             if not greenlet.ready():
                 greenlet.kill(block=False)  # our own caller was stopped
         if isinstance(greenlet.value, _Cut):
+            prometheus_metrics.UPSTREAM_CUT.inc()
+            _LOG.info("upstream call cut short: its client is set apart, its rows go again")
             raise CutShort()
         answers: Mapping[str, RowResult] = greenlet.get()
         return answers

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import gevent
+import gevent.event
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from measure_service.row_isolation import DEADLINE_FACTOR, Isolator
+from measure_service.row_isolation import DEADLINE_FACTOR, CutShort, Isolator
 from measure_service.upstream import RowResult, UpstreamError
 
 OK = RowResult(1.0, "modeled", None)
@@ -334,3 +336,155 @@ def test_whatever_way_rows_spoil_a_batch_no_clean_row_gets_a_wrong_answer(
     assert all(answers.get(p) == OK for p in range(size) if owners[p] == "a")
     assert all(answers.get(p) in (None, OK) for p in range(size) if p not in poisoned)
     assert len(upstream.requests) <= 1 + 2 + 4 * 6
+
+
+# --- hedging, cutting short, handing answers over early ------------------------------------------
+
+class Hanging:
+    """Upstream on which any send holding a hanging position waits until released (or its read
+    timeout ends, then fails as a timeout); other sends are answered at once."""
+
+    def __init__(self, hanging: set[int]) -> None:
+        self.hanging = hanging
+        self.release = gevent.event.Event()
+        self.requests: list[list[int]] = []
+        self.settled: list[bool] = []
+
+    def send(self, positions: Sequence[int], timeout_s: float | None) -> dict[int, RowResult]:
+        self.requests.append(list(positions))
+        if self.hanging & set(positions) and not self.release.wait(timeout_s or 5.0):
+            error = UpstreamError("timeout", "upstream timed out")
+            error.judged = False
+            raise error
+        return {position: OK for position in positions}
+
+    def settle(self, error: UpstreamError, explained: bool) -> None:
+        self.settled.append(explained)
+
+
+def answer_another_send_soon(isolator: Isolator) -> gevent.Greenlet:
+    """Another client's send, answered while the batch under test is in flight."""
+    return gevent.spawn_later(0.01, isolator.fetch, ["c"], lambda p, t: {0: OK})
+
+
+def test_a_slow_send_of_several_clients_rows_is_hedged_and_the_fast_clients_rows_answered_early(
+) -> None:
+    upstream = Hanging({1})
+    isolator = Isolator(upstream.settle)
+    handed: list[dict[int, RowResult]] = []
+    answer_another_send_soon(isolator)
+    isolation = isolator.begin(["a", "b", "a"], upstream.send, lambda a: handed.append(dict(a)))
+    assert not isolation.done and isolation.original is not None
+    going_on = gevent.spawn(isolation.go_on, upstream.send)
+    gevent.sleep(0.05)
+    assert handed == [{0: OK, 2: OK}] and not isolation.done
+    assert upstream.requests[:2] == [[0, 1, 2], [0, 2]]  # the fast client's part first
+    upstream.release.set()
+    going_on.join(timeout=5)
+    assert isolation.done and set(isolation.verdicts.answers) == {0, 1, 2}
+
+
+def test_a_hedged_batch_counts_towards_the_breaker_at_most_once() -> None:
+    upstream = Hanging({1})
+    isolator = Isolator(upstream.settle)
+    answer_another_send_soon(isolator)
+    isolation = isolator.begin(["a", "b"], upstream.send)
+    isolation.go_on(upstream.send)  # b's part hangs to its (upstream) read timeout
+    assert upstream.settled.count(False) <= 1
+
+
+def test_a_slow_send_is_not_hedged_while_upstream_answers_no_other_send() -> None:
+    upstream = Hanging({1})
+    isolator = Isolator(upstream.settle)
+    isolation = isolator.begin(["a", "b"], upstream.send)
+    # It timed out (a short read timeout) with no hedge sent beside it, then was split.
+    assert upstream.requests == [[0, 1]] and isolation.original is None
+    assert isolation.first is not None and isolation.first.error is not None
+
+
+def test_a_send_of_one_clients_rows_is_never_hedged() -> None:
+    upstream = Hanging({1})
+    isolator = Isolator(upstream.settle)
+    answer_another_send_soon(isolator)
+    upstream.release.set()
+    isolation = isolator.begin(["b", "b"], upstream.send)
+    assert isolation.done and upstream.requests == [[0, 1]]
+
+
+def test_the_first_trustworthy_answer_of_a_row_is_kept() -> None:
+    upstream = Hanging({1})
+    isolator = Isolator(upstream.settle)
+    answer_another_send_soon(isolator)
+    isolation = isolator.begin(["a", "b"], upstream.send)
+    first_answer = RowResult(2.0, "modeled", None)
+    isolation.verdicts.answers[0] = first_answer  # as if the hedged send answered it first
+    upstream.release.set()
+    isolation.go_on(upstream.send)
+    assert isolation.verdicts.answers[0] is first_answer
+
+
+def test_a_send_cut_short_is_sent_again_whole_and_not_split() -> None:
+    sent: list[list[int]] = []
+
+    def send(positions: Sequence[int], timeout_s: float | None) -> dict[int, RowResult]:
+        sent.append(list(positions))
+        if len(sent) == 1:
+            raise CutShort()
+        return {position: OK for position in positions}
+
+    settled: list[bool] = []
+    verdicts = Isolator(lambda error, explained: settled.append(explained)).fetch(
+        ["b"] * 3, send
+    )
+    assert sent == [[0, 1, 2], [0, 1, 2]]
+    assert set(verdicts.answers) == {0, 1, 2} and not settled
+
+
+def test_rows_answered_by_a_split_are_handed_over_before_the_batch_is_judged() -> None:
+    clock = [0.0]
+    upstream = Spoiling({}, clock)
+    isolator = Isolator(upstream.settle, clock=lambda: clock[0])
+    isolator.fetch(["w"] * 2, upstream.send)
+    upstream.kinds = {1: "timeout"}
+    moments: list[tuple[dict[int, RowResult], bool]] = []
+
+    def on_answers(answers: Mapping[int, RowResult]) -> None:
+        moments.append((dict(answers), isolation.done))
+
+    isolation = isolator.begin(["a", "b", "a"], upstream.send, on_answers)
+    isolation.go_on(upstream.send)
+    assert moments and moments[0] == ({0: OK, 2: OK}, False)
+    assert isolation.delivered == {0, 2}
+
+
+def test_a_lone_rows_instant_failure_is_its_own_when_another_send_is_answered_soon_after(
+) -> None:
+    def reset(positions: Sequence[int], timeout_s: float | None) -> dict[int, RowResult]:
+        error = UpstreamError("connection_error", "reset")
+        error.judged = False
+        raise error
+
+    isolator = Isolator(lambda error, explained: None,
+                        wait=lambda event, timeout: isolator.fetch(["c"], lambda p, t: {0: OK}))
+    verdicts = isolator.fetch(["b"], reset)
+    assert verdicts.culprits == {0} and verdicts.answers[0].error
+
+
+def test_a_client_slow_only_beside_its_own_answered_sends_is_not_a_suspect() -> None:
+    upstream = Hanging({0})
+    suspects: list[object] = []
+    isolator = Isolator(upstream.settle, on_suspect=suspects.append)
+    gevent.spawn_later(0.01, isolator.fetch, ["a"], lambda p, t: {0: OK})
+    gevent.spawn_later(isolator.deadline_s() + 0.05, upstream.release.set)
+    isolator.fetch(["a"], upstream.send)
+    assert suspects == []
+
+
+def test_a_client_slow_beside_another_clients_answered_send_is_a_suspect() -> None:
+    upstream = Hanging({0})
+    suspects: list[object] = []
+    isolator = Isolator(upstream.settle, on_suspect=suspects.append)
+    gevent.spawn_later(0.01, isolator.fetch, ["c"], lambda p, t: {0: OK})
+    gevent.spawn_later(isolator.deadline_s() + 0.05, upstream.release.set)
+    isolator.fetch(["b"], upstream.send)
+    assert suspects == ["b"]
