@@ -220,8 +220,11 @@ class Fetcher:
         )
         self._isolator = Isolator(
             self._settle, confirm=settings.retries > 0, is_suspect=self._is_suspect_owner,
-            on_suspect=self._note_suspect,
+            on_suspect=self._note_suspect, others_waiting=self._others_waiting,
         )
+        # Per client: its rows waiting to be sent upstream (queued in a batch, or a part of a
+        # split batch waiting for its slot).
+        self._unsent: dict[Tenant, int] = {}
         self._suspects: dict[Tenant, float] = {}
         self._limiter = limiter if limiter is not None else AdaptiveLimiter(settings.concurrency)
         # Per suspect client: the upstream slots its batches may hold at once.
@@ -337,6 +340,7 @@ class Fetcher:
         self._in_flight[key] = _Flight(cost, tenant)
         apart = tenant if self._is_suspect(tenant) else None
         item = _Item(key, current_trace_id(), tenant)
+        self._unsent[tenant] = self._unsent.get(tenant, 0) + 1
         self._batcher.add(_BatchKey(key.params, apart), item, deadline)
         return result
 
@@ -366,6 +370,19 @@ class Fetcher:
         if lane is None:
             lane = self._lanes[tenant] = Share(self._limiter)
         return lane
+
+    def _sending(self, tenants: Sequence[Tenant], change: int) -> None:
+        """Count ``tenants``' rows (one entry per row) as waiting to be sent, or no longer."""
+        for tenant in tenants:
+            left = self._unsent.get(tenant, 0) + change
+            if left > 0:
+                self._unsent[tenant] = left
+            else:
+                self._unsent.pop(tenant, None)
+
+    def _others_waiting(self, owners: set[Hashable]) -> bool:
+        """Whether rows of clients other than ``owners`` wait to be sent upstream."""
+        return any(tenant not in owners for tenant in self._unsent)
 
     def _is_suspect(self, tenant: Tenant) -> bool:
         until = self._suspects.get(tenant)
@@ -460,6 +477,7 @@ class Fetcher:
         flight = self._in_flight.get(key)
         if key in self._flights and flight is not None:
             item = _Item(key, None, flight.tenant)
+            self._unsent[flight.tenant] = self._unsent.get(flight.tenant, 0) + 1
             self._batcher.add(_BatchKey(key.params, None), item, time.monotonic(), at_once=True)
 
     def _lower_cost(self, key: RowKey, entry: CachedAnswer, cost: float) -> CachedAnswer:
@@ -492,6 +510,7 @@ class Fetcher:
         send taking a slot like any batch: the batches behind it need not wait for that.
         Returns False when the first send failed (its duration is no answer time to learn).
         """
+        self._sending([item.tenant for item in items], -1)
         if self._shared is not None:
             items = self._claim(items)
             if not items:
@@ -531,10 +550,19 @@ class Fetcher:
             owner = next(iter(owners)) if len(owners) == 1 else None
             in_lane = self._is_suspect_owner(owner)
             lane = self._lane_of(owner if in_lane else None)
+            tenants = [items[position].tenant for position in positions]
             # In the order the batches were first sent: a part must not starve behind every
             # new batch (its rows' callers come back for them).
-            with lane, self._limiter.slot(isolation.started):
-                return self._measure(params, items, positions, took, timeout_s, in_lane=in_lane)
+            self._sending(tenants, 1)
+            try:
+                with lane, self._limiter.slot(isolation.started):
+                    self._sending(tenants, -1)
+                    tenants = []
+                    return self._measure(
+                        params, items, positions, took, timeout_s, in_lane=in_lane
+                    )
+            finally:
+                self._sending(tenants, -1)
 
         try:
             isolation.go_on(send)

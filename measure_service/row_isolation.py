@@ -45,7 +45,8 @@ is judged, which for a hang takes a whole read timeout.
 
 Owners whose part failed, or answered only after the shorter timeout, while another part was
 answered in time are *suspects*, as are the owners of a send of one owner's rows still
-unanswered after the shorter timeout while upstream answered other owners' sends: the caller
+unanswered after the shorter timeout while upstream answered other owners' sends (or other
+owners' rows wait to be sent, maybe for the slot that send holds): the caller
 batches their rows apart for a while, and may cut short their sends still in flight outside
 their lane (a send cut short, :class:`CutShort`, is sent again whole, not split). A lone row
 whose failure took no time (a dropped connection) is judged once another send was answered
@@ -168,6 +169,7 @@ class Isolator:
         on_suspect: Callable[[Hashable], None] = _ignore,
         clock: Callable[[], float] = time.monotonic,
         wait: Callable[[Event, float], object] = Event.wait,
+        others_waiting: Callable[[set[Hashable]], bool] = lambda owners: False,
     ) -> None:
         """Report judged failures through ``settle``; ``clock`` times the answers.
 
@@ -177,6 +179,8 @@ class Isolator:
         its rows do not time the usual answer. ``on_suspect(owner)`` hears of a suspect as soon
         as it is found, before the batch is judged (a hang takes a timeout or two to judge).
         ``wait(event, timeout)`` waits for the next answer (tests inject it).
+        ``others_waiting(owners)``: whether rows of other owners wait to be sent (for a slot,
+        which a send of ``owners`` that is slow may be holding).
         """
         self._settle = settle
         self._confirm = confirm
@@ -185,6 +189,7 @@ class Isolator:
         self._watch = on_suspect is not _ignore
         self._clock = clock
         self._wait = wait
+        self._others_waiting = others_waiting
         self._answered_at = -math.inf
         # When a send holding each owner's rows was last answered (owners are client keys:
         # a bounded set).
@@ -536,8 +541,11 @@ class Isolation:
 
     def overdue(self, positions: list[int], started: float) -> None:
         """A send still unanswered after :attr:`deadline_s`: suspect its owners if upstream
-        answered another owner's send meanwhile."""
-        if self.isolator._answered_others_since(started, {self.owners[p] for p in positions}):
+        answered another owner's send meanwhile, or another owner's rows wait to be sent (the
+        slow send may hold the slot they need: no answer can come for them)."""
+        owners = {self.owners[p] for p in positions}
+        isolator = self.isolator
+        if isolator._answered_others_since(started, owners) or isolator._others_waiting(owners):
             self.suspect(positions)
 
     def judge_alone(self, position: int, error: UpstreamError) -> None:

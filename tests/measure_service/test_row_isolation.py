@@ -488,3 +488,13 @@ def test_a_client_slow_beside_another_clients_answered_send_is_a_suspect() -> No
     gevent.spawn_later(isolator.deadline_s() + 0.05, upstream.release.set)
     isolator.fetch(["b"], upstream.send)
     assert suspects == ["b"]
+
+
+def test_a_client_slow_while_another_clients_rows_wait_to_be_sent_is_a_suspect() -> None:
+    upstream = Hanging({0})
+    suspects: list[object] = []
+    isolator = Isolator(upstream.settle, on_suspect=suspects.append,
+                        others_waiting=lambda owners: "a" not in owners)
+    gevent.spawn_later(isolator.deadline_s() + 0.05, upstream.release.set)
+    isolator.fetch(["b"], upstream.send)
+    assert suspects == ["b"]
