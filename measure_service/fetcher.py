@@ -18,10 +18,12 @@ Row statuses it produces:
 
 A batch that one row's input spoils (upstream fails it, hangs on it, answers it slowly or
 wrongly) is split to find that row (see ``row_isolation``): the row gets its error, cached like any
-row error, and the others their answers. A client whose rows were at fault (or slow) has its
-next batches sent apart from other clients' rows for a while, so that it pays for further bad
-rows itself: its batches (and the parts of its rows sent while a batch is split) hold at most
-half of the upstream slots, and their latency does not steer the adaptive limit.
+row error, and the others their answers, cached as soon as they come. A client whose rows
+were at fault (or slow) has its next batches sent apart from other clients' rows for a while,
+so that it pays for further bad rows itself: its batches (and the parts of its rows sent while
+a batch is split) hold at most half of the upstream slots, and their latency does not steer
+the adaptive limit; its calls still holding an ordinary slot are cut short and go again in
+its lane.
 """
 
 from __future__ import annotations
