@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import gevent
 import pytest
 import requests
 import responses
@@ -699,3 +700,18 @@ def test_a_retry_that_answers_closes_the_failure_streak(
     with pytest.raises(UpstreamError):
         client.measure([_row("a")], {})
     assert breaker.state == "closed"
+
+
+def test_a_call_stopped_on_our_side_counts_neither_way_and_frees_the_half_open_probe(
+    clock: _Clock, mocked: responses.RequestsMock
+) -> None:
+    breaker = CircuitBreaker(1, 10.0, clock)
+    breaker.record_failure()
+    clock.now += 10.0  # half-open: one probe may go
+    def stopped(request: Any) -> Any:
+        raise gevent.GreenletExit  # what killing the calling greenlet raises mid-request
+
+    mocked.add_callback(responses.POST, URL, callback=stopped)
+    with pytest.raises(gevent.GreenletExit):
+        _client(clock, breaker=breaker).measure([_row("a")], {})
+    assert breaker.state == "half_open" and breaker.allow()
