@@ -222,7 +222,7 @@ class Fetcher:
         )
         self._isolator = Isolator(
             self._settle, confirm=settings.retries > 0, is_suspect=self._is_suspect_owner,
-            on_suspect=self._note_suspect, others_waiting=self._others_waiting,
+            on_suspect=self._note_suspect,
         )
         # Per client: its rows waiting to be sent upstream (queued in a batch, or a part of a
         # split batch waiting for its slot).
@@ -382,9 +382,12 @@ class Fetcher:
             else:
                 self._unsent.pop(tenant, None)
 
-    def _others_waiting(self, owners: set[Hashable]) -> bool:
-        """Whether rows of clients other than ``owners`` wait to be sent upstream."""
-        return any(tenant not in owners for tenant in self._unsent)
+    def _outlived(self, owner: Hashable, left: float) -> None:
+        """A call of ``owner``'s rows that left at ``left`` is unanswered after the short read
+        timeout: set ``owner`` apart if it may be keeping another client from its answers."""
+        others_wait = any(tenant != owner for tenant in self._unsent)
+        if others_wait or self._isolator.answered_others_since(left, {owner}):
+            self._note_suspect(owner)
 
     def _is_suspect(self, tenant: Tenant) -> bool:
         until = self._suspects.get(tenant)
@@ -652,13 +655,23 @@ class Fetcher:
     def _cuttable(
         self, owner: Hashable, call: Callable[[], Mapping[str, RowResult]]
     ) -> Mapping[str, RowResult]:
-        """Run ``call`` so that ``owner`` becoming a suspect ends it (see _note_suspect)."""
+        """Run ``call`` so that ``owner`` becoming a suspect ends it (see _note_suspect).
+
+        A call that outlives the short read timeout of a send of several clients' rows (see
+        ``row_isolation``), counted from when it left, makes ``owner`` a suspect if another
+        client's send was answered meanwhile or another client's rows wait to be sent: this
+        call may hold the slot those rows need, so that no answer of theirs could come.
+        """
         greenlet = spawn(call)
         calls = self._outside_lane.setdefault(owner, set())
         calls.add(greenlet)
+        watch = gevent.spawn_later(
+            self._isolator.deadline_s(), self._outlived, owner, time.monotonic()
+        )
         try:
             greenlet.join()
         finally:
+            watch.kill(block=False)
             calls.discard(greenlet)
             if not calls and self._outside_lane.get(owner) is calls:
                 del self._outside_lane[owner]

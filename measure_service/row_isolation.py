@@ -44,11 +44,12 @@ come (``on_answers``): a row answered by a split does not wait until its batch's
 is judged, which for a hang takes a whole read timeout.
 
 Owners whose part failed, or answered only after the shorter timeout, while another part was
-answered in time are *suspects*, as are the owners of a send of one owner's rows still
-unanswered after the shorter timeout while upstream answered other owners' sends (or other
-owners' rows wait to be sent, maybe for the slot that send holds): the caller
-batches their rows apart for a while, and may cut short their sends still in flight outside
-their lane (a send cut short, :class:`CutShort`, is sent again whole, not split). A lone row
+answered in time are *suspects*: the caller batches their rows apart for a while, and may cut
+short their sends still in flight outside their lane (a send cut short, :class:`CutShort`, is
+sent again whole, not split, and its owner is a suspect of the batch too). The caller times
+each send from when it leaves (a send may first wait for a slot), so it watches a send of one
+owner's rows for outliving :meth:`Isolator.deadline_s` itself, with
+:meth:`Isolator.answered_others_since`. A lone row
 whose failure took no time (a dropped connection) is judged once another send was answered
 after it, waiting up to the shorter timeout for one.
 
@@ -169,7 +170,6 @@ class Isolator:
         on_suspect: Callable[[Hashable], None] = _ignore,
         clock: Callable[[], float] = time.monotonic,
         wait: Callable[[Event, float], object] = Event.wait,
-        others_waiting: Callable[[set[Hashable]], bool] = lambda owners: False,
     ) -> None:
         """Report judged failures through ``settle``; ``clock`` times the answers.
 
@@ -179,17 +179,13 @@ class Isolator:
         its rows do not time the usual answer. ``on_suspect(owner)`` hears of a suspect as soon
         as it is found, before the batch is judged (a hang takes a timeout or two to judge).
         ``wait(event, timeout)`` waits for the next answer (tests inject it).
-        ``others_waiting(owners)``: whether rows of other owners wait to be sent (for a slot,
-        which a send of ``owners`` that is slow may be holding).
         """
         self._settle = settle
         self._confirm = confirm
         self._is_suspect = is_suspect
         self._on_suspect = on_suspect
-        self._watch = on_suspect is not _ignore
         self._clock = clock
         self._wait = wait
-        self._others_waiting = others_waiting
         self._answered_at = -math.inf
         # When a send holding each owner's rows was last answered (owners are client keys:
         # a bounded set).
@@ -234,7 +230,7 @@ class Isolator:
     def _answered_since(self, moment: float) -> bool:
         return self._answered_at >= moment
 
-    def _answered_others_since(self, moment: float, owners: set[Hashable]) -> bool:
+    def answered_others_since(self, moment: float, owners: set[Hashable]) -> bool:
         """Whether a send holding rows of owners other than ``owners`` was answered since
         ``moment``: a client is slow compared with the others, not with itself."""
         return any(at >= moment for owner, at in self._answered_by.items()
@@ -485,20 +481,15 @@ class Isolation:
         timeout_s = self.deadline_s if len(owners) > 1 else None
         assert self.send is not None
         started = self.isolator._clock()
-        # A send of one owner's rows has upstream's whole read timeout; outliving a send of
-        # several owners while upstream answers others makes its owner a suspect already.
-        watch = (gevent.spawn_later(self.deadline_s, self.overdue, positions, started)
-                 if timeout_s is None and self.isolator._watch else None)
         try:
             answers = self.send(positions, timeout_s)
         except UpstreamError as exc:
             elapsed = self.isolator._clock() - started
             if not exc.judged:
                 self.unsettled.append(exc)
+            if isinstance(exc, CutShort):
+                self.suspect(positions)  # the caller set its owner apart: so does the batch
             return _Attempt(list(positions), exc, elapsed, elapsed >= self.deadline_s)
-        finally:
-            if watch is not None:
-                watch.kill(block=False)
         elapsed = self.isolator._clock() - started
         self.isolator._note_answer(elapsed, owners)
         missing: list[int] = []
@@ -538,15 +529,6 @@ class Isolation:
             self.delivered.update(answers)
             self.on_answers(answers)
         self._cut_original()
-
-    def overdue(self, positions: list[int], started: float) -> None:
-        """A send still unanswered after :attr:`deadline_s`: suspect its owners if upstream
-        answered another owner's send meanwhile, or another owner's rows wait to be sent (the
-        slow send may hold the slot they need: no answer can come for them)."""
-        owners = {self.owners[p] for p in positions}
-        isolator = self.isolator
-        if isolator._answered_others_since(started, owners) or isolator._others_waiting(owners):
-            self.suspect(positions)
 
     def judge_alone(self, position: int, error: UpstreamError) -> None:
         """A row that failed alone: at fault for a refusal, or for a failure while upstream

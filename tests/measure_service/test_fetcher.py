@@ -358,3 +358,20 @@ def test_a_client_whose_calls_hang_in_every_slot_is_set_apart_and_its_calls_cut_
     assert len(hang_calls) == 3
     upstream.answer_hanging.set()
     harness.fetcher.close()
+
+
+def test_a_client_slow_with_no_other_client_waiting_or_answered_is_never_cut_short(
+    clock: FakeClock,
+) -> None:
+    upstream = HangingUpstream()
+    harness = Harness(upstream, clock, tenants=2)
+    cut_before = counter("measure_upstream_cut_sends_total")
+    for n in range(3):  # both slots, and one more of its own rows waiting
+        harness.lookup(key(f"hang{n}.com"), wait_s=0, tenant="b")
+        gevent.sleep(0.01)
+    gevent.sleep(harness.fetcher._isolator.deadline_s() + 0.1)
+    assert counter("measure_upstream_cut_sends_total") == cut_before
+    upstream.answer_hanging.set()
+    gevent.sleep(0.05)  # its slow answers come and are cached
+    assert harness.statuses(*(key(f"hang{n}.com") for n in range(3))) == ["hit"] * 3
+    harness.fetcher.close()
