@@ -339,6 +339,13 @@ class HangingUpstream(FakeUpstream):
         return super().measure(rows, params, **options)
 
 
+def wait_for(condition: Any, timeout_s: float = 5.0) -> None:
+    """Yield until ``condition()`` holds (the greenlets under test make it so), or fail."""
+    with gevent.Timeout(timeout_s):
+        while not condition():
+            gevent.sleep(0.005)
+
+
 def test_a_client_whose_calls_hang_in_every_slot_is_set_apart_and_its_calls_cut_short(
     clock: FakeClock,
 ) -> None:
@@ -348,8 +355,7 @@ def test_a_client_whose_calls_hang_in_every_slot_is_set_apart_and_its_calls_cut_
     cut_before = counter("measure_upstream_cut_sends_total")
     for n in range(2):  # one call each, in both slots
         harness.lookup(key(f"hang{n}.com"), wait_s=0, tenant="b")
-        gevent.sleep(0.01)
-    assert len(upstream.calls) == 3
+        wait_for(lambda n=n: len(upstream.calls) == n + 2)
     ours = harness.lookup(key("a1.com"), key("a2.com"), tenant="a")
     assert [outcome.status for outcome in ours.outcomes] == ["fetched", "fetched"]
     assert counter("measure_upstream_cut_sends_total") - cut_before == 2
@@ -368,7 +374,7 @@ def test_a_client_slow_with_no_other_client_waiting_or_answered_is_never_cut_sho
     cut_before = counter("measure_upstream_cut_sends_total")
     for n in range(3):  # both slots, and one more of its own rows waiting
         harness.lookup(key(f"hang{n}.com"), wait_s=0, tenant="b")
-        gevent.sleep(0.01)
+        wait_for(lambda n=n: len(upstream.calls) == min(n + 1, 2))
     gevent.sleep(harness.fetcher._isolator.deadline_s() + 0.1)
     assert counter("measure_upstream_cut_sends_total") == cut_before
     upstream.answer_hanging.set()
