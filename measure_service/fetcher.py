@@ -63,6 +63,30 @@ class _Cut(gevent.GreenletExit):  # type: ignore[misc]
     """Ends an upstream call whose client became a suspect (see ``Fetcher._note_suspect``)."""
 
 
+class _CallInFlight:
+    """An upstream call of one client's rows outside its lane, made in the current greenlet,
+    which :meth:`cut` ends by raising :class:`_Cut` in it, only while it is still in the call.
+
+    The exception is thrown from the hub (as ``gevent.Timeout`` does), when the greenlet is
+    suspended: it cannot land after the call has returned. No greenlet is spawned per call: a
+    spawn and a join would each wait for a turn of the event loop, which a busy worker makes
+    long.
+    """
+
+    __slots__ = ("greenlet", "inside")
+
+    def __init__(self) -> None:
+        self.greenlet = gevent.getcurrent()
+        self.inside = True
+
+    def cut(self) -> None:
+        gevent.get_hub().loop.run_callback(self._throw)
+
+    def _throw(self) -> None:
+        if self.inside:
+            self.greenlet.throw(_Cut)
+
+
 class AnswerCache(Protocol):
     """The part of ``weighted_cache.Cache`` the fetcher uses."""
 
@@ -233,7 +257,7 @@ class Fetcher:
         self._lanes: dict[Tenant, Share] = {}
         # Per client: its upstream calls of its own rows only that hold an ordinary slot (not
         # its lane), cut short when it becomes a suspect.
-        self._outside_lane: dict[Tenant, set[gevent.Greenlet]] = {}
+        self._outside_lane: dict[Tenant, set[_CallInFlight]] = {}
         self._batcher: Batcher[_BatchKey, _Item] = Batcher(
             self._send,
             gate=self._lane,
@@ -662,27 +686,23 @@ class Fetcher:
         client's send was answered meanwhile or another client's rows wait to be sent: this
         call may hold the slot those rows need, so that no answer of theirs could come.
         """
-        greenlet = spawn(call)
+        in_flight = _CallInFlight()
         calls = self._outside_lane.setdefault(owner, set())
-        calls.add(greenlet)
-        watch = gevent.spawn_later(
-            self._isolator.deadline_s(), self._outlived, owner, time.monotonic()
-        )
+        calls.add(in_flight)
+        watch = gevent.get_hub().loop.timer(self._isolator.deadline_s())
+        watch.start(self._outlived, owner, time.monotonic())
         try:
-            greenlet.join()
-        finally:
-            watch.kill(block=False)
-            calls.discard(greenlet)
-            if not calls and self._outside_lane.get(owner) is calls:
-                del self._outside_lane[owner]
-            if not greenlet.ready():
-                greenlet.kill(block=False)  # our own caller was stopped
-        if isinstance(greenlet.value, _Cut):
+            return call()
+        except _Cut:
             prometheus_metrics.UPSTREAM_CUT.inc()
             _LOG.info("upstream call cut short: its client is set apart, its rows go again")
-            raise CutShort()
-        answers: Mapping[str, RowResult] = greenlet.get()
-        return answers
+            raise CutShort() from None
+        finally:
+            in_flight.inside = False
+            watch.close()
+            calls.discard(in_flight)
+            if not calls and self._outside_lane.get(owner) is calls:
+                del self._outside_lane[owner]
 
     def _store(self, keys: list[RowKey], answers: Mapping[int, RowResult]) -> None:
         """Cache every answered key (and share it) and wake its waiters."""
@@ -718,7 +738,7 @@ class Fetcher:
             return
         self._suspects[tenant] = time.monotonic() + SUSPECT_FOR_S
         for call in list(self._outside_lane.pop(tenant, ())):
-            call.kill(_Cut, block=False)
+            call.cut()
 
     def _note_suspects(self, items: list[_Item], verdicts: Verdicts) -> None:
         """Batch the clients whose rows spoiled a batch apart from the others for a while."""
