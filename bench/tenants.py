@@ -264,7 +264,6 @@ class TenantsBench:
                                    "utcDatetime": "2024-10-30", "rowIdentifier": "p"}])))
             opened = metric(svc.port, "measure_upstream_breaker_transitions_total", to="open")
             isolated = metric(svc.port, "measure_upstream_isolated_rows_total")
-            hedged = metric(svc.port, "measure_upstream_hedged_batches_total")
             cut = metric(svc.port, "measure_upstream_cut_sends_total")
         finally:
             stop(svc)
@@ -289,8 +288,7 @@ class TenantsBench:
                         f"({len(poisoned)} rows)", None)
         self.report.add(name, "upstream requests (while A ran / in all); clean rows sent", "-",
                         f"{a_done['requests']} / {stats['requests']}; {clean}", None)
-        self.report.add(name, "batches hedged / upstream requests cut short (both workers)",
-                        "-", f"{int(hedged)} / {int(cut)}", None)
+        self.report.add(name, "upstream requests cut short (both workers)", "-", int(cut), None)
         self.report.add(name, "B's poisoned rows: first answer / asked again (10)", "-",
                         f"{dict(Counter(s for reply in b_first for s in reply))} / "
                         f"{dict(b_again)}", None)
@@ -298,7 +296,7 @@ class TenantsBench:
             "a_next_statuses": dict(Counter(a_rows)), "a_missed": a_missed,
             "a_http": dict(a_http), "b_http": dict(b_http), "rows_isolated": isolated,
             "b_first_statuses": dict(Counter(s for reply in b_first for s in reply)),
-            "b_next_statuses": dict(b_again), "upstream": stats, "hedged": hedged, "cut": cut,
+            "b_next_statuses": dict(b_again), "upstream": stats, "cut": cut,
             "sends_per_poisoned_row": poisoned, "a_wrong": a_wrong[:20],
         }
 

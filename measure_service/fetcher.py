@@ -559,8 +559,6 @@ class Fetcher:
             if not isolation.done:
                 spawn(self._isolate, params, items, isolation, took)
                 handed_over = True
-                # A hedged batch's first send is still out, in this batch's slot.
-                isolation.wait_original()
         except Exception:
             _LOG.exception("upstream batch crashed", extra={"rows": len(items)})
         finally:

@@ -221,10 +221,6 @@ UPSTREAM_ISOLATED_ROWS = Counter(
     "measure_upstream_isolated_rows_total",
     "Rows found to fail an upstream batch alone (cached as their row error).",
 )
-UPSTREAM_HEDGED = Counter(
-    "measure_upstream_hedged_batches_total",
-    "Batches of several clients' rows, slow to answer, hedged by sending each client's part.",
-)
 UPSTREAM_CUT = Counter(
     "measure_upstream_cut_sends_total",
     "Upstream requests cut short because their client was set apart (sent again in its lane).",

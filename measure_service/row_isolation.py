@@ -30,18 +30,9 @@ trustworthy answer form a failed part, which is split and sent again:
    is down costs a batch one request per owner and two more, not one per row. Each batch also
    has a budget of sends, so a client sending many bad rows pays with its own rows' answers.
 
-A send of several owners' rows that is slow is *hedged*, as in "The Tail at Scale": once it
-is unanswered at the hedge delay (the 95th percentile of recent answer times) while upstream
-has answered other sends since it left, each owner's part is sent on its own beside it, the
-parts of owners not suspected first. The first trustworthy answer of each row is kept; the
-first send is ended once only suspects' rows are left unanswered (their parts carry them).
-Without another answer the slowness may be upstream's own: no hedge, which would only add
-load. A send of one owner's rows is never hedged. Hedges are sends like any other (slots,
-shares, quotas) and the breaker hears a batch once whatever was hedged.
-
-Answers found after the first send (by a hedge or a split) are handed to the caller as they
-come (``on_answers``): a row answered by a split does not wait until its batch's slowest part
-is judged, which for a hang takes a whole read timeout.
+Answers found after the first send (by a split) are handed to the caller as they come
+(``on_answers``): a row answered by a split does not wait until its batch's slowest part is
+judged, which for a hang takes a whole read timeout.
 
 Owners whose part failed, or answered only after the shorter timeout, while another part was
 answered in time are *suspects*: the caller batches their rows apart for a while, and may cut
@@ -61,7 +52,6 @@ row's input says nothing about upstream's health.
 from __future__ import annotations
 
 import functools
-import logging
 import math
 import time
 from collections import deque
@@ -72,12 +62,10 @@ from typing import TypeVar
 import gevent
 from gevent.event import Event
 
-from measure_service import prometheus_metrics
 from measure_service.greenlets import spawn
 from measure_service.upstream import RowResult, UpstreamError
 
 R = TypeVar("R")
-_LOG = logging.getLogger(__name__)
 
 # 4xx statuses by which upstream refuses a request for what is in it; others (401, 403, 404,
 # 429, ...) are about us or upstream, and the same for any row.
@@ -101,10 +89,6 @@ _SAMPLES = 64
 _PART_OVERDUE = 1.5 / DEADLINE_FACTOR
 # The shortest read timeout a send of several owners gets: scheduling noise on a busy host.
 MIN_DEADLINE_S = 0.2
-# A send of several owners' rows still unanswered at this quantile of recent answer times,
-# while upstream answered other sends, is hedged: each owner's part is sent on its own beside
-# it. About one healthy send in twenty is hedged, as in "The Tail at Scale".
-HEDGE_QUANTILE = 0.95
 
 
 class BudgetSpent(Exception):
@@ -215,17 +199,12 @@ class Isolator:
 
     def deadline_s(self) -> float:
         """The read timeout of a send of several owners' rows (see the module doc)."""
-        return max(MIN_DEADLINE_S, DEADLINE_FACTOR * self._answer_quantile(0.9))
-
-    def hedge_s(self) -> float:
-        """How long a send of several owners' rows goes unhedged (see :meth:`Isolation.begin`)."""
-        return self._answer_quantile(HEDGE_QUANTILE)
-
-    def _answer_quantile(self, quantile: float) -> float:
         samples = sorted(self._answer_s)
         if len(samples) < _MIN_SAMPLES:
-            return INITIAL_ANSWER_S
-        return samples[int(quantile * (len(samples) - 1))]
+            usual = INITIAL_ANSWER_S
+        else:
+            usual = samples[int(0.9 * (len(samples) - 1))]
+        return max(MIN_DEADLINE_S, DEADLINE_FACTOR * usual)
 
     def _answered_since(self, moment: float) -> bool:
         return self._answered_at >= moment
@@ -285,28 +264,15 @@ class Isolation:
         self.done = False
         self.send: Send | None = None
         self.first: _Attempt | None = None
-        # The first send, still in flight, of a batch hedged by sending each owner's part.
-        self.original: gevent.Greenlet | None = None
         self.deadline_s = isolator.deadline_s()
         depth = max(1, math.ceil(math.log2(max(1, len(owners)))))
         self.budget = 1 + len(set(owners)) + _SENDS_PER_LEVEL * depth
 
     def begin(self, send: Send) -> None:
-        """Send the whole batch; settle it unless rows were left that splitting may answer.
-
-        A batch of several owners' rows is hedged when its send is slow (see :meth:`hedge`):
-        it is then left in flight (:attr:`original`) and the batch goes on.
-        """
+        """Send the whole batch; settle it unless rows were left that splitting may answer."""
         self.send = send
         positions = list(range(len(self.owners)))
-        if len(set(self.owners)) > 1:
-            original = spawn(self.attempt, positions)
-            if self.hedge(original):
-                self.original = original
-                return
-            first = self.first = original.get()
-        else:
-            first = self.first = self.attempt(positions)
+        first = self.first = self.attempt(positions)
         if first.error is None:
             self.finish()
             return
@@ -323,46 +289,6 @@ class Isolation:
             self.give_up_or_judge(first.failed, first.error)
         self.finish()
 
-    def hedge(self, original: gevent.Greenlet) -> bool:
-        """Whether to hedge the first send of several owners' rows: it is still unanswered at
-        the hedge delay, and upstream has answered another send since it left.
-
-        Without that answer the slowness may be upstream's own, for every send: a hedge
-        would only add load. The send is then watched until such an answer comes, it is
-        answered, or its read timeout ends.
-        """
-        isolator = self.isolator
-        gevent.wait([original], timeout=isolator.hedge_s())
-        while not original.ready():
-            if isolator._answered_since(self.started):
-                prometheus_metrics.UPSTREAM_HEDGED.inc()
-                _LOG.info("upstream batch hedged: each client's rows sent on their own",
-                          extra={"rows": len(self.owners), "clients": len(set(self.owners)),
-                                 "waited_ms": round((isolator._clock() - self.started) * 1000, 1)})
-                return True
-            left = self.started + self.deadline_s - isolator._clock()
-            if left <= 0:
-                break
-            gevent.wait([original, isolator._answered], timeout=left, count=1)
-        original.join()
-        return False
-
-    def wait_original(self) -> None:
-        """Wait until a hedged batch's first send has ended (it holds an upstream slot)."""
-        if self.original is not None:
-            self.original.join()
-
-    def _cut_original(self) -> None:
-        """End the hedged first send once it could only answer suspects' rows, which their
-        own parts carry."""
-        original = self.original
-        if original is None or original.ready():
-            return
-        waiting = {self.owners[p] for p in range(len(self.owners))
-                   if p not in self.verdicts.answers and p not in self.verdicts.failures}
-        if not waiting - self.verdicts.suspects:
-            original.kill(block=False)
-
     @property
     def answered_first(self) -> bool:
         """Whether upstream answered the first send of the whole batch."""
@@ -374,19 +300,13 @@ class Isolation:
         """Split what the first send left, sending the parts with ``send``, until all is judged."""
         self.send = send
         first = self.first
+        assert first is not None
         try:
-            if first is None:
-                # Hedged: each owner's part on its own, the parts of non-suspects first.
-                parts = self.split(list(range(len(self.owners))))
-                parts.sort(key=lambda part: self.owners[part[0]] in self.verdicts.suspects)
-                self.send_parts(parts)
-            elif isinstance(first.error, CutShort):
+            if isinstance(first.error, CutShort):
                 self.send_parts([first.failed])
             else:
                 self.split_failed(first.failed)
         finally:
-            if self.original is not None:
-                self.original.kill(block=False)
             self.finish()
 
     def give_up_or_judge(self, positions: list[int], error: UpstreamError) -> None:
@@ -451,7 +371,6 @@ class Isolation:
         for owner in {self.owners[p] for p in positions} - self.verdicts.suspects:
             self.verdicts.suspects.add(owner)
             self.isolator._on_suspect(owner)
-        self._cut_original()
 
     def split(self, positions: list[int]) -> list[list[int]]:
         """By owner when there are several, else in halves."""
@@ -466,8 +385,8 @@ class Isolation:
     def attempt(self, positions: list[int]) -> _Attempt:
         """Send ``positions``; record the trustworthy answers, and say what is left and why.
 
-        Rows answered already (by a hedged batch's first send, or its parts) are not sent
-        again, and the first trustworthy answer of a row is the one kept.
+        Rows answered already are not sent again, and the first trustworthy answer of a row is
+        the one kept.
         """
         positions = [p for p in positions if p not in self.verdicts.answers]
         if not positions:
@@ -509,8 +428,7 @@ class Isolation:
                 doubtful.append(position)
             elif position not in self.verdicts.answers:
                 self.verdicts.answers[position] = fresh[position] = answer
-        if fresh and (missing or doubtful or self.first is not None
-                      or self.original is not None):
+        if fresh and (missing or doubtful or self.first is not None):
             self.deliver(fresh)
         missing = [p for p in missing if p not in self.verdicts.answers]
         doubtful = [p for p in doubtful if p not in self.verdicts.answers]
@@ -528,7 +446,6 @@ class Isolation:
         if self.on_answers is not None:
             self.delivered.update(answers)
             self.on_answers(answers)
-        self._cut_original()
 
     def judge_alone(self, position: int, error: UpstreamError) -> None:
         """A row that failed alone: at fault for a refusal, or for a failure while upstream
@@ -545,7 +462,7 @@ class Isolation:
             self.fail([position], error)
             return
         if position in self.verdicts.answers:
-            return  # answered by the hedged send while the evidence came in
+            return  # answered by another send while the evidence came in
         self.verdicts.answers[position] = RowResult(None, None, _row_error(error))
         self.verdicts.culprits.add(position)
         self.suspect([position])
