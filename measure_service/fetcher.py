@@ -407,8 +407,9 @@ class Fetcher:
                 self._unsent.pop(tenant, None)
 
     def _outlived(self, owner: Hashable, left: float) -> None:
-        """A call of ``owner``'s rows that left at ``left`` is unanswered after the short read
-        timeout: set ``owner`` apart if it may be keeping another client from its answers."""
+        """A call of ``owner``'s rows that left at ``left`` is still unanswered after the short
+        read timeout (or a multiple of it): set ``owner`` apart if it may be keeping another
+        client from its answers."""
         others_wait = any(tenant != owner for tenant in self._unsent)
         if others_wait or self._isolator.answered_others_since(left, {owner}):
             self._note_suspect(owner)
@@ -681,13 +682,16 @@ class Fetcher:
 
         A call that outlives the short read timeout of a send of several clients' rows (see
         ``row_isolation``), counted from when it left, makes ``owner`` a suspect if another
-        client's send was answered meanwhile or another client's rows wait to be sent: this
-        call may hold the slot those rows need, so that no answer of theirs could come.
+        client's send was answered meanwhile or another client's rows wait to be sent (then or
+        at any later multiple of that timeout): this call may hold the slot those rows need,
+        so that no answer of theirs could come.
         """
         in_flight = _CallInFlight()
         calls = self._outside_lane.setdefault(owner, set())
         calls.add(in_flight)
-        watch = gevent.get_hub().loop.timer(self._isolator.deadline_s())
+        # Looked at again every short timeout: other clients' rows may start waiting later.
+        deadline_s = self._isolator.deadline_s()
+        watch = gevent.get_hub().loop.timer(deadline_s, deadline_s)
         watch.start(self._outlived, owner, time.monotonic())
         try:
             return call()

@@ -381,3 +381,19 @@ def test_a_client_slow_with_no_other_client_waiting_or_answered_is_never_cut_sho
     gevent.sleep(0.05)  # its slow answers come and are cached
     assert harness.statuses(*(key(f"hang{n}.com") for n in range(3))) == ["hit"] * 3
     harness.fetcher.close()
+
+
+def test_a_client_whose_calls_hang_is_set_apart_when_another_client_comes_later(
+    clock: FakeClock,
+) -> None:
+    upstream = HangingUpstream()
+    harness = Harness(upstream, clock, tenants=2)
+    harness.lookup(key("warm.com"), tenant="a")
+    for n in range(2):  # both slots, before anyone else needs one
+        harness.lookup(key(f"hang{n}.com"), wait_s=0, tenant="b")
+        wait_for(lambda n=n: len(upstream.calls) == n + 2)
+    gevent.sleep(harness.fetcher._isolator.deadline_s() * 1.5)  # its calls are overdue now
+    ours = harness.lookup(key("a1.com"), tenant="a")
+    assert [outcome.status for outcome in ours.outcomes] == ["fetched"]
+    upstream.answer_hanging.set()
+    harness.fetcher.close()
