@@ -40,9 +40,9 @@ short their sends still in flight outside their lane (a send cut short, :class:`
 sent again whole, not split, and its owner is a suspect of the batch too). The caller times
 each send from when it leaves (a send may first wait for a slot), so it watches a send of one
 owner's rows for outliving :meth:`Isolator.deadline_s` itself, with
-:meth:`Isolator.answered_others_since`. A lone row
-whose failure took no time (a dropped connection) is judged once another send was answered
-after it, waiting up to the shorter timeout for one if upstream was answering just before.
+:meth:`Isolator.answered_others_since`. A lone row whose failure took no time (a dropped
+connection) is judged once another send was answered after it, waiting up to the shorter
+timeout for one if upstream was answering just before.
 
 The breaker hears once per batch: an ordinary failure when some row failed without a culprit
 (or nothing explained the failure at all: no culprit, no suspect), else nothing, since one
@@ -432,8 +432,6 @@ class Isolation:
                 self.verdicts.answers[position] = fresh[position] = answer
         if fresh and (missing or doubtful or self.first is not None):
             self.deliver(fresh)
-        missing = [p for p in missing if p not in self.verdicts.answers]
-        doubtful = [p for p in doubtful if p not in self.verdicts.answers]
         late = elapsed > self.deadline_s
         if missing:
             return _Attempt(missing + doubtful, Incomplete("upstream's answer left out rows"),
@@ -463,8 +461,6 @@ class Isolation:
         ):
             self.fail([position], error)
             return
-        if position in self.verdicts.answers:
-            return  # answered by another send while the evidence came in
         self.verdicts.answers[position] = RowResult(None, None, _row_error(error))
         self.verdicts.culprits.add(position)
         self.suspect([position])
