@@ -42,7 +42,8 @@ each send from when it leaves (a send may first wait for a slot), so it watches 
 owner's rows for outliving :meth:`Isolator.deadline_s` itself, with
 :meth:`Isolator.answered_others_since`. A lone row whose failure took no time (a dropped
 connection) is judged once another send was answered after it, waiting up to the shorter
-timeout for one if upstream was answering just before.
+timeout for one (a request that never reached upstream is upstream's failure, never a
+row's: the upstream client does not leave it to be judged).
 
 The breaker hears once per batch: an ordinary failure when some row failed without a culprit
 (or nothing explained the failure at all: no culprit, no suspect), else nothing, since one
@@ -218,10 +219,8 @@ class Isolator:
     def _answered_soon(self, moment: float, within_s: float) -> bool:
         """Whether upstream answered a send since ``moment``, waiting up to ``within_s`` for
         one: a failure that takes no time (a dropped connection, an instant 5xx) leaves no
-        time for other answers to come in. Only while upstream was answering shortly before
-        ``moment``: one that answers nothing (down) is not waited for, so that the breaker
-        hears of it at once."""
-        if not self._answered_since(moment) and self._answered_since(moment - within_s):
+        time for other answers to come in."""
+        if not self._answered_since(moment):
             self._wait(self._answered, within_s)
         return self._answered_since(moment)
 

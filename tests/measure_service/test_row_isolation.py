@@ -428,17 +428,3 @@ def test_only_another_owners_answer_counts_as_answered_by_others() -> None:
     isolator.fetch(["a"], lambda p, t: {0: OK})
     assert not isolator.answered_others_since(0.0, {"a"})
     assert isolator.answered_others_since(0.0, {"b"})
-
-
-def test_a_lone_rows_instant_failure_while_upstream_answers_nothing_is_not_waited_on() -> None:
-    def reset(positions: Sequence[int], timeout_s: float | None) -> dict[int, RowResult]:
-        error = UpstreamError("connection_error", "refused")
-        error.judged = False
-        raise error
-
-    waits: list[float] = []
-    settled: list[bool] = []
-    isolator = Isolator(lambda error, explained: settled.append(explained),
-                        wait=lambda event, timeout: waits.append(timeout))
-    verdicts = isolator.fetch(["b"], reset)
-    assert waits == [] and 0 in verdicts.failures and settled.count(False) == 1
