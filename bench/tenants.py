@@ -30,6 +30,10 @@ pass/fail):
 Run from the project root::
 
     .venv/bin/python bench/tenants.py [--scenarios poison,flood,window] [--json out.json]
+
+The poison runs take the simulator's latency (100 +- 30 ms) and slow kind (2.5 s late) unless
+``--latency-ms``, ``--jitter-ms`` or ``--poison-slow-ms`` say otherwise: the mechanism must
+not depend on those.
 """
 
 from gevent import monkey
@@ -158,16 +162,19 @@ class TenantsBench:
 
     def __init__(
         self, procs: Processes, report: Report, ceiling: int = CEILING,
-        service_root: Path | None = None,
+        service_root: Path | None = None, poison_upstream: dict[str, float] | None = None,
     ) -> None:
         """Start the simulator; write figures into ``report``; ``ceiling``: UPSTREAM_CONCURRENCY.
 
         ``service_root`` runs the service from another checkout (a baseline to compare with).
+        ``poison_upstream``: simulator settings of the poison runs (its latency, the slow
+        kind's delay) instead of its defaults.
         """
         self.procs = procs
         self.report = report
         self.ceiling = ceiling
         self.service_root = service_root
+        self.poison_upstream = dict(poison_upstream or {})
         self.upstream = RestartableSimulator(procs, free_port())
         self.upstream.start()
 
@@ -210,7 +217,7 @@ class TenantsBench:
         """B sends a row poisoned with ``kind`` every 100 ms while A sends new rows."""
         name = f"1 poison ({kind})"
         marker = f"poison{kind.replace('_', '')}"
-        self.fresh_upstream(**{f"poison_{kind}": marker})
+        self.fresh_upstream(**{f"poison_{kind}": marker}, **self.poison_upstream)
         svc = self.service()
         run = uuid.uuid4().hex[:8]
         a_next: list[list[str]] = []
@@ -257,6 +264,7 @@ class TenantsBench:
                                    "utcDatetime": "2024-10-30", "rowIdentifier": "p"}])))
             opened = metric(svc.port, "measure_upstream_breaker_transitions_total", to="open")
             isolated = metric(svc.port, "measure_upstream_isolated_rows_total")
+            cut = metric(svc.port, "measure_upstream_cut_sends_total")
         finally:
             stop(svc)
         stats = self.upstream.stats(recent="0")
@@ -280,6 +288,7 @@ class TenantsBench:
                         f"({len(poisoned)} rows)", None)
         self.report.add(name, "upstream requests (while A ran / in all); clean rows sent", "-",
                         f"{a_done['requests']} / {stats['requests']}; {clean}", None)
+        self.report.add(name, "upstream requests cut short (both workers)", "-", int(cut), None)
         self.report.add(name, "B's poisoned rows: first answer / asked again (10)", "-",
                         f"{dict(Counter(s for reply in b_first for s in reply))} / "
                         f"{dict(b_again)}", None)
@@ -287,7 +296,7 @@ class TenantsBench:
             "a_next_statuses": dict(Counter(a_rows)), "a_missed": a_missed,
             "a_http": dict(a_http), "b_http": dict(b_http), "rows_isolated": isolated,
             "b_first_statuses": dict(Counter(s for reply in b_first for s in reply)),
-            "b_next_statuses": dict(b_again), "upstream": stats,
+            "b_next_statuses": dict(b_again), "upstream": stats, "cut": cut,
             "sends_per_poisoned_row": poisoned, "a_wrong": a_wrong[:20],
         }
 
@@ -466,7 +475,11 @@ def run(args: argparse.Namespace) -> Report:
         "loadavg_before": os.getloadavg(),
     }
     with Processes() as procs:
-        bench = TenantsBench(procs, report, args.ceiling, args.service_root)
+        poison_upstream = {name: value for name, value in (
+            ("latency_ms", args.latency_ms), ("jitter_ms", args.jitter_ms),
+            ("poison_slow_ms", args.poison_slow_ms)) if value is not None}
+        report.details["meta"]["poison_upstream"] = poison_upstream
+        bench = TenantsBench(procs, report, args.ceiling, args.service_root, poison_upstream)
         for key in args.scenarios:
             print(f"[{time.strftime('%H:%M:%S')}] {key}: {SCENARIOS[key].__doc__}",
                   file=sys.stderr, flush=True)
@@ -496,6 +509,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="run the service from this checkout instead (a baseline)")
     parser.add_argument("--ceiling", type=int, default=CEILING,
                         help=f"UPSTREAM_CONCURRENCY of the services (default {CEILING})")
+    for flag, what in (("--latency-ms", "upstream's latency"), ("--jitter-ms", "its jitter"),
+                       ("--poison-slow-ms", "how late the slow kind answers")):
+        parser.add_argument(flag, type=float, default=None,
+                            help=f"poison runs: {what} (default: the simulator's)")
     args = parser.parse_args(argv)
     args.scenarios = chosen_scenarios(parser, args.scenarios, SCENARIOS)
     return args

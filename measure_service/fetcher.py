@@ -18,16 +18,19 @@ Row statuses it produces:
 
 A batch that one row's input spoils (upstream fails it, hangs on it, answers it slowly or
 wrongly) is split to find that row (see ``row_isolation``): the row gets its error, cached like any
-row error, and the others their answers. A client whose rows were at fault (or slow) has its
-next batches sent apart from other clients' rows for a while, so that it pays for further bad
-rows itself: its batches (and the parts of its rows sent while a batch is split) hold at most
-half of the upstream slots, and their latency does not steer the adaptive limit.
+row error, and the others their answers, cached as soon as they come. A client whose rows
+were at fault (or slow) has its next batches sent apart from other clients' rows for a while,
+so that it pays for further bad rows itself: its batches (and the parts of its rows sent while
+a batch is split) hold at most half of the upstream slots, and their latency does not steer
+the adaptive limit; its calls still holding an ordinary slot are cut short and go again in
+its lane.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
@@ -43,7 +46,7 @@ from measure_service.concurrency_limiter import AdaptiveLimiter, Share
 from measure_service.greenlets import spawn
 from measure_service.logs import current_trace_id
 from measure_service.quotas import Tenant, TenantQuotas
-from measure_service.row_isolation import Isolation, Isolator, Verdicts
+from measure_service.row_isolation import CutShort, Isolation, Isolator, Verdicts
 from measure_service.rows import QueryParams, RowKey, RowStatus
 from measure_service.shared_tier import FETCH, WAIT, SharedRow, SharedTier
 from measure_service.singleflight import SingleFlight
@@ -54,6 +57,34 @@ _LOG = logging.getLogger(__name__)
 _MAX_TRACE_IDS_LOGGED = 20
 # How long a client whose row failed a batch has its rows batched apart from other clients'.
 SUSPECT_FOR_S = 60.0
+
+
+class _Cut(gevent.GreenletExit):  # type: ignore[misc]
+    """Ends an upstream call whose client became a suspect (see ``Fetcher._note_suspect``)."""
+
+
+class _CallInFlight:
+    """An upstream call of one client's rows outside its lane, made in the current greenlet,
+    which :meth:`cut` ends by raising :class:`_Cut` in it, only while it is still in the call.
+
+    The exception is thrown from the hub (as ``gevent.Timeout`` does), when the greenlet is
+    suspended: it cannot land after the call has returned. No greenlet is spawned per call: a
+    spawn and a join would each wait for a turn of the event loop, which a busy worker makes
+    long.
+    """
+
+    __slots__ = ("greenlet", "inside")
+
+    def __init__(self) -> None:
+        self.greenlet = gevent.getcurrent()
+        self.inside = True
+
+    def cut(self) -> None:
+        gevent.get_hub().loop.run_callback(self._throw)
+
+    def _throw(self) -> None:
+        if self.inside:
+            self.greenlet.throw(_Cut)
 
 
 class AnswerCache(Protocol):
@@ -218,10 +249,16 @@ class Fetcher:
             self._settle, confirm=settings.retries > 0, is_suspect=self._is_suspect_owner,
             on_suspect=self._note_suspect,
         )
+        # Per client: its rows waiting to be sent upstream (queued in a batch, or a part of a
+        # split batch waiting for its slot).
+        self._unsent: dict[Tenant, int] = {}
         self._suspects: dict[Tenant, float] = {}
         self._limiter = limiter if limiter is not None else AdaptiveLimiter(settings.concurrency)
         # Per suspect client: the upstream slots its batches may hold at once.
         self._lanes: dict[Tenant, Share] = {}
+        # Per client: its upstream calls of its own rows only that hold an ordinary slot (not
+        # its lane), cut short when it becomes a suspect.
+        self._outside_lane: dict[Tenant, set[_CallInFlight]] = {}
         self._batcher: Batcher[_BatchKey, _Item] = Batcher(
             self._send,
             gate=self._lane,
@@ -334,6 +371,7 @@ class Fetcher:
         self._in_flight[key] = _Flight(cost, tenant)
         apart = tenant if self._is_suspect(tenant) else None
         item = _Item(key, current_trace_id(), tenant)
+        self._unsent[tenant] = self._unsent.get(tenant, 0) + 1
         self._batcher.add(_BatchKey(key.params, apart), item, deadline)
         return result
 
@@ -363,6 +401,23 @@ class Fetcher:
         if lane is None:
             lane = self._lanes[tenant] = Share(self._limiter)
         return lane
+
+    def _sending(self, tenants: Sequence[Tenant], change: int) -> None:
+        """Count ``tenants``' rows (one entry per row) as waiting to be sent, or no longer."""
+        for tenant in tenants:
+            left = self._unsent.get(tenant, 0) + change
+            if left > 0:
+                self._unsent[tenant] = left
+            else:
+                self._unsent.pop(tenant, None)
+
+    def _outlived(self, owner: Hashable, left: float) -> None:
+        """A call of ``owner``'s rows that left at ``left`` is still unanswered after the short
+        read timeout (or a multiple of it): set ``owner`` apart if it may be keeping another
+        client from its answers."""
+        others_wait = any(tenant != owner for tenant in self._unsent)
+        if others_wait or self._isolator.answered_others_since(left, {owner}):
+            self._note_suspect(owner)
 
     def _is_suspect(self, tenant: Tenant) -> bool:
         until = self._suspects.get(tenant)
@@ -457,6 +512,7 @@ class Fetcher:
         flight = self._in_flight.get(key)
         if key in self._flights and flight is not None:
             item = _Item(key, None, flight.tenant)
+            self._unsent[flight.tenant] = self._unsent.get(flight.tenant, 0) + 1
             self._batcher.add(_BatchKey(key.params, None), item, time.monotonic(), at_once=True)
 
     def _lower_cost(self, key: RowKey, entry: CachedAnswer, cost: float) -> CachedAnswer:
@@ -489,6 +545,7 @@ class Fetcher:
         send taking a slot like any batch: the batches behind it need not wait for that.
         Returns False when the first send failed (its duration is no answer time to learn).
         """
+        self._sending([item.tenant for item in items], -1)
         if self._shared is not None:
             items = self._claim(items)
             if not items:
@@ -496,19 +553,22 @@ class Fetcher:
         params = group.params.upstream()
         took: list[float] = []
         isolation: Isolation | None = None
+        handed_over = False
         try:
             isolation = self._isolator.begin(
                 [item.tenant for item in items],
                 lambda positions, timeout_s: self._measure(
-                    params, items, positions, took, timeout_s
+                    params, items, positions, took, timeout_s, in_lane=group.apart is not None
                 ),
+                functools.partial(self._store, [item.key for item in items]),
             )
             if not isolation.done:
                 spawn(self._isolate, params, items, isolation, took)
+                handed_over = True
         except Exception:
             _LOG.exception("upstream batch crashed", extra={"rows": len(items)})
         finally:
-            if isolation is None or isolation.done:
+            if not handed_over:
                 self._conclude(params, items, isolation, took)
         return isolation is not None and isolation.answered_first
 
@@ -521,11 +581,21 @@ class Fetcher:
             # A part of a suspect client's rows holds its lane, as its batches do.
             owners = {items[position].tenant for position in positions}
             owner = next(iter(owners)) if len(owners) == 1 else None
-            lane = self._lane_of(owner if self._is_suspect_owner(owner) else None)
+            in_lane = self._is_suspect_owner(owner)
+            lane = self._lane_of(owner if in_lane else None)
+            tenants = [items[position].tenant for position in positions]
             # In the order the batches were first sent: a part must not starve behind every
             # new batch (its rows' callers come back for them).
-            with lane, self._limiter.slot(isolation.started):
-                return self._measure(params, items, positions, took, timeout_s)
+            self._sending(tenants, 1)
+            try:
+                with lane, self._limiter.slot(isolation.started):
+                    self._sending(tenants, -1)
+                    tenants = []
+                    return self._measure(
+                        params, items, positions, took, timeout_s, in_lane=in_lane
+                    )
+            finally:
+                self._sending(tenants, -1)
 
         try:
             isolation.go_on(send)
@@ -540,9 +610,11 @@ class Fetcher:
     ) -> None:
         """Cache the answers of a finished batch, log it, and fail every key left unanswered."""
         verdicts = isolation.verdicts if isolation is not None else Verdicts()
+        delivered = isolation.delivered if isolation is not None else set()
         keys = [item.key for item in items]
         try:
-            self._store(keys, verdicts)
+            self._store(keys, {index: answer for index, answer in verdicts.answers.items()
+                               if index not in delivered})
             if verdicts.suspects:
                 self._note_suspects(items, verdicts)
             failure = next(iter(verdicts.failures.values()), None)
@@ -571,25 +643,35 @@ class Fetcher:
         positions: Sequence[int],
         took: list[float],
         timeout_s: float | None = None,
+        *,
+        in_lane: bool = False,
     ) -> dict[int, RowResult]:
         """One upstream request for the batch rows at ``positions``; answers by position.
 
         Appends to ``took`` how long the upstream client took, retries included. ``timeout_s``
         shortens the read timeout. A request of suspects' rows only says nothing of upstream's
-        speed: its latency does not steer the adaptive limit.
+        speed: its latency does not steer the adaptive limit. A request of one client's rows
+        outside its lane (``in_lane`` False) is cut short, raising :class:`CutShort`, if that
+        client becomes a suspect meanwhile.
         """
-        rows = [items[position].key.upstream_row(str(position)) for position in positions]
         by_tenant: dict[Tenant, int] = {}
         for position in positions:
             tenant = items[position].tenant
             by_tenant[tenant] = by_tenant.get(tenant, 0) + 1
+        owner = next(iter(by_tenant)) if len(by_tenant) == 1 else None
+        if not in_lane and self._is_suspect_owner(owner):
+            raise CutShort()  # it became a suspect while this batch waited for its slot
+        rows = [items[position].key.upstream_row(str(position)) for position in positions]
         self._quotas.charge_request(by_tenant)
+        call = functools.partial(
+            self._upstream.measure, rows, params, judge=True, read_timeout_s=timeout_s,
+            observe_latency=not all(self._is_suspect_owner(tenant) for tenant in by_tenant),
+        )
         started = time.perf_counter()
         try:
-            answers = self._upstream.measure(
-                rows, params, judge=True, read_timeout_s=timeout_s,
-                observe_latency=not all(self._is_suspect_owner(tenant) for tenant in by_tenant),
-            )
+            # One client key has no one to be set apart from: its calls are never cut.
+            cuttable = owner is not None and not in_lane and self._settings.tenants > 1
+            answers = self._cuttable(owner, call) if cuttable else call()
         finally:
             took.append(time.perf_counter() - started)
         return {
@@ -598,18 +680,47 @@ class Fetcher:
             if str(position) in answers
         }
 
-    def _store(self, keys: list[RowKey], verdicts: Verdicts) -> None:
+    def _cuttable(
+        self, owner: Hashable, call: Callable[[], Mapping[str, RowResult]]
+    ) -> Mapping[str, RowResult]:
+        """Run ``call`` so that ``owner`` becoming a suspect ends it (see _note_suspect).
+
+        A call that outlives the short read timeout of a send of several clients' rows (see
+        ``row_isolation``), counted from when it left, makes ``owner`` a suspect if another
+        client's send was answered meanwhile or another client's rows wait to be sent (then or
+        at any later multiple of that timeout): this call may hold the slot those rows need,
+        so that no answer of theirs could come.
+        """
+        in_flight = _CallInFlight()
+        calls = self._outside_lane.setdefault(owner, set())
+        calls.add(in_flight)
+        # Looked at again every short timeout: other clients' rows may start waiting later.
+        deadline_s = self._isolator.deadline_s()
+        watch = gevent.get_hub().loop.timer(deadline_s, deadline_s)
+        watch.start(self._outlived, owner, time.monotonic())
+        try:
+            return call()
+        except _Cut:
+            prometheus_metrics.UPSTREAM_CUT.inc()
+            _LOG.info("upstream call cut short: its client is set apart, its rows go again")
+            raise CutShort() from None
+        finally:
+            in_flight.inside = False
+            watch.close()
+            calls.discard(in_flight)
+            if not calls and self._outside_lane.get(owner) is calls:
+                del self._outside_lane[owner]
+
+    def _store(self, keys: list[RowKey], answers: Mapping[int, RowResult]) -> None:
         """Cache every answered key (and share it) and wake its waiters."""
-        if self._shared is not None and verdicts.answers:
+        if self._shared is not None and answers:
             # Shared before anyone is answered: a client told "fetched" here then finds the
             # row on every other worker too.
-            self._shared.write(
-                (keys[index], answer) for index, answer in verdicts.answers.items()
-            )
+            self._shared.write((keys[index], answer) for index, answer in answers.items())
         now = self._clock()
         settings = self._settings
         rejected = 0
-        for index, answer in verdicts.answers.items():
+        for index, answer in answers.items():
             key = keys[index]
             flight = self._in_flight.get(key)
             cost = 1 if flight is None else flight.cost
@@ -624,9 +735,17 @@ class Fetcher:
             prometheus_metrics.CACHE_REJECTED.inc(rejected)
 
     def _note_suspect(self, tenant: Hashable) -> None:
-        """Batch a client whose rows spoiled a batch apart from the others for a while."""
-        if tenant is not None:
-            self._suspects[tenant] = time.monotonic() + SUSPECT_FOR_S
+        """Batch a client whose rows spoiled a batch apart from the others for a while.
+
+        Its calls still holding an ordinary slot are cut short and sent again in its lane: a
+        row that makes upstream hang would otherwise hold that slot for the whole read
+        timeout, and a few of them every slot the other clients need.
+        """
+        if tenant is None:
+            return
+        self._suspects[tenant] = time.monotonic() + SUSPECT_FOR_S
+        for call in list(self._outside_lane.pop(tenant, ())):
+            call.cut()
 
     def _note_suspects(self, items: list[_Item], verdicts: Verdicts) -> None:
         """Batch the clients whose rows spoiled a batch apart from the others for a while."""

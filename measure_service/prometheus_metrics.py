@@ -232,6 +232,10 @@ UPSTREAM_ISOLATED_ROWS = Counter(
     "measure_upstream_isolated_rows_total",
     "Rows found to fail an upstream batch alone (cached as their row error).",
 )
+UPSTREAM_CUT = Counter(
+    "measure_upstream_cut_sends_total",
+    "Upstream requests cut short because their client was set apart (sent again in its lane).",
+)
 UPSTREAM_RETRIES = Counter("measure_upstream_retries_total", "Upstream requests retried.")
 UPSTREAM_COALESCED = Counter(
     "measure_upstream_coalesced_rows_total",

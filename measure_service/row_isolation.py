@@ -30,10 +30,20 @@ trustworthy answer form a failed part, which is split and sent again:
    is down costs a batch one request per owner and two more, not one per row. Each batch also
    has a budget of sends, so a client sending many bad rows pays with its own rows' answers.
 
+Answers found after the first send (by a split) are handed to the caller as they come
+(``on_answers``): a row answered by a split does not wait until its batch's slowest part is
+judged, which for a hang takes a whole read timeout.
+
 Owners whose part failed, or answered only after the shorter timeout, while another part was
-answered in time are *suspects*, as are the owners of a send of one owner's rows still
-unanswered after the shorter timeout while upstream answered other sends: the caller batches
-their rows apart for a while.
+answered in time are *suspects*: the caller batches their rows apart for a while, and may cut
+short their sends still in flight outside their lane (a send cut short, :class:`CutShort`, is
+sent again whole, not split, and its owner is a suspect of the batch too). The caller times
+each send from when it leaves (a send may first wait for a slot), so it watches a send of one
+owner's rows for outliving :meth:`Isolator.deadline_s` itself, with
+:meth:`Isolator.answered_others_since`. A lone row whose failure took no time (a dropped
+connection) is judged once another send was answered after it, waiting up to the shorter
+timeout for one (a request that never reached upstream is upstream's failure, never a
+row's: the upstream client does not leave it to be judged).
 
 The breaker hears once per batch: an ordinary failure when some row failed without a culprit
 (or nothing explained the failure at all: no culprit, no suspect), else nothing, since one
@@ -51,6 +61,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import gevent
+from gevent.event import Event
 
 from measure_service.greenlets import spawn
 from measure_service.upstream import RowResult, UpstreamError
@@ -85,6 +96,15 @@ class BudgetSpent(Exception):
     """A failed batch spent its sends before these rows were answered or judged."""
 
 
+class CutShort(UpstreamError):
+    """A send stopped before upstream answered: its owner became a suspect while the send held
+    one of the slots everyone shares. Its rows go again, whole, in the owner's lane."""
+
+    def __init__(self) -> None:
+        """Nothing was learnt of upstream: the breaker hears nothing of it."""
+        super().__init__("timeout", "the send was cut short: its client is set apart")
+
+
 class Incomplete(UpstreamError):
     """Upstream answered, but without a trustworthy answer for these rows."""
 
@@ -115,6 +135,8 @@ class Verdicts:
 Send = Callable[[Sequence[int], float | None], Mapping[int, RowResult]]
 # Reports a failure whose ``judged`` is False to the breaker: (error, explained).
 Settle = Callable[[UpstreamError, bool], None]
+# Hands over answers by position before the batch is judged.
+Deliver = Callable[[Mapping[int, RowResult]], None]
 
 
 def _ignore(owner: Hashable) -> None:
@@ -132,6 +154,7 @@ class Isolator:
         is_suspect: Callable[[Hashable], bool] = lambda owner: False,
         on_suspect: Callable[[Hashable], None] = _ignore,
         clock: Callable[[], float] = time.monotonic,
+        wait: Callable[[Event, float], object] = Event.wait,
     ) -> None:
         """Report judged failures through ``settle``; ``clock`` times the answers.
 
@@ -140,14 +163,19 @@ class Isolator:
         ``is_suspect(owner)``: whether the owner's rows recently spoiled a batch; sends holding
         its rows do not time the usual answer. ``on_suspect(owner)`` hears of a suspect as soon
         as it is found, before the batch is judged (a hang takes a timeout or two to judge).
+        ``wait(event, timeout)`` waits for the next answer (tests inject it).
         """
         self._settle = settle
         self._confirm = confirm
         self._is_suspect = is_suspect
         self._on_suspect = on_suspect
-        self._watch = on_suspect is not _ignore
         self._clock = clock
+        self._wait = wait
         self._answered_at = -math.inf
+        # When a send holding each owner's rows was last answered (owners are client keys:
+        # a bounded set).
+        self._answered_by: dict[Hashable, float] = {}
+        self._answered = Event()
         self._answer_s: deque[float] = deque(maxlen=_SAMPLES)
 
     def fetch(self, owners: Sequence[Hashable], send: Send) -> Verdicts:
@@ -157,13 +185,16 @@ class Isolator:
             isolation.go_on(send)
         return isolation.verdicts
 
-    def begin(self, owners: Sequence[Hashable], send: Send) -> Isolation:
+    def begin(
+        self, owners: Sequence[Hashable], send: Send, on_answers: Deliver | None = None
+    ) -> Isolation:
         """Send the whole batch once; when rows were left unanswered, the result must go on.
 
         The caller may go on elsewhere (the splitting takes several round trips, and need not
-        delay the batches behind this one).
+        delay the batches behind this one). ``on_answers`` hears of the answers found while a
+        spoilt batch is being split, as they come (see :attr:`Isolation.delivered`).
         """
-        isolation = Isolation(self, owners)
+        isolation = Isolation(self, owners, on_answers)
         isolation.begin(send)
         return isolation
 
@@ -179,8 +210,26 @@ class Isolator:
     def _answered_since(self, moment: float) -> bool:
         return self._answered_at >= moment
 
+    def answered_others_since(self, moment: float, owners: set[Hashable]) -> bool:
+        """Whether a send holding rows of owners other than ``owners`` was answered since
+        ``moment``: a client is slow compared with the others, not with itself."""
+        return any(at >= moment for owner, at in self._answered_by.items()
+                   if owner not in owners)
+
+    def _answered_soon(self, moment: float, within_s: float) -> bool:
+        """Whether upstream answered a send since ``moment``, waiting up to ``within_s`` for
+        one: a failure that takes no time (a dropped connection, an instant 5xx) leaves no
+        time for other answers to come in."""
+        if not self._answered_since(moment):
+            self._wait(self._answered, within_s)
+        return self._answered_since(moment)
+
     def _note_answer(self, elapsed: float, owners: set[Hashable]) -> None:
         self._answered_at = self._clock()
+        for owner in owners:
+            self._answered_by[owner] = self._answered_at
+        answered, self._answered = self._answered, Event()
+        answered.set()
         if not any(self._is_suspect(owner) for owner in owners):
             self._answer_s.append(elapsed)
 
@@ -199,11 +248,17 @@ class _Attempt:
 class Isolation:
     """One batch's fetch: its verdicts so far, its unsettled errors and its budget of sends."""
 
-    def __init__(self, isolator: Isolator, owners: Sequence[Hashable]) -> None:
+    def __init__(
+        self, isolator: Isolator, owners: Sequence[Hashable], on_answers: Deliver | None = None
+    ) -> None:
         """Start judging a batch whose position ``i`` was started by ``owners[i]``."""
         self.isolator = isolator
         self.owners = owners
         self.verdicts = Verdicts()
+        self.on_answers = on_answers
+        # Positions whose answers went to ``on_answers`` already: a row answered by a split
+        # need not wait until its batch's slowest part is judged (a hang takes a timeout).
+        self.delivered: set[int] = set()
         self.started = isolator._clock()
         self.unsettled: list[UpstreamError] = []
         self.unexplained = False
@@ -222,7 +277,9 @@ class Isolation:
         if first.error is None:
             self.finish()
             return
-        if len(first.failed) > 1 and _splittable(first.error):
+        if isinstance(first.error, CutShort) or (
+            len(first.failed) > 1 and _splittable(first.error)
+        ):
             return
         if (len(first.failed) == 1 and _splittable(first.error) and self.isolator._confirm
                 and not _certain(first.error)):
@@ -243,9 +300,13 @@ class Isolation:
     def go_on(self, send: Send) -> None:
         """Split what the first send left, sending the parts with ``send``, until all is judged."""
         self.send = send
-        assert self.first is not None
+        first = self.first
+        assert first is not None
         try:
-            self.split_failed(self.first.failed)
+            if isinstance(first.error, CutShort):
+                self.send_parts([first.failed])
+            else:
+                self.split_failed(first.failed)
         finally:
             self.finish()
 
@@ -258,14 +319,20 @@ class Isolation:
 
     def split_failed(self, positions: list[int]) -> None:
         """Send each part of a failed group of rows at once; go on with the parts that fail."""
-        parts = self.split(positions)
+        self.send_parts(self.split(positions))
+
+    def send_parts(self, parts: list[list[int]]) -> None:
+        """Send ``parts`` at once; split the ones that fail, send the ones cut short again."""
         attempts = self.attempt_all(parts)
         healthy = self.isolator._answered_since(self.started)
         follow_ups = []
+        again = []
         for attempt in attempts:
             if attempt.error is None:
                 continue
-            if len(attempt.failed) > 1 and _splittable(attempt.error):
+            if isinstance(attempt.error, CutShort):
+                again.append(attempt.failed)
+            elif len(attempt.failed) > 1 and _splittable(attempt.error):
                 # Failures from an upstream that answers nothing else are not split further.
                 if (not healthy and not _certain(attempt.error)) or self.budget <= 0:
                     self.fail(attempt.failed, attempt.error)
@@ -278,7 +345,8 @@ class Isolation:
         if bad and len(bad) < len(parts):
             for part in bad:
                 self.suspect(part)
-        _run_all([functools.partial(self.split_failed, part) for part in follow_ups])
+        _run_all([functools.partial(self.split_failed, part) for part in follow_ups]
+                 + [functools.partial(self.send_parts, [part]) for part in again])
 
     def attempt_all(self, parts: list[list[int]]) -> list[_Attempt]:
         """Send ``parts`` at once. A part still unanswered well past the usual answer time,
@@ -316,7 +384,14 @@ class Isolation:
         return [positions[:middle], positions[middle:]]
 
     def attempt(self, positions: list[int]) -> _Attempt:
-        """Send ``positions``; record the trustworthy answers, and say what is left and why."""
+        """Send ``positions``; record the trustworthy answers, and say what is left and why.
+
+        Rows answered already are not sent again, and the first trustworthy answer of a row is
+        the one kept.
+        """
+        positions = [p for p in positions if p not in self.verdicts.answers]
+        if not positions:
+            return _Attempt([], None, 0.0)
         if self.budget <= 0 and self.verdicts.sends:
             self.fail(positions, BudgetSpent("the batch's sends ran out before these rows"))
             return _Attempt([], None, 0.0)
@@ -326,20 +401,15 @@ class Isolation:
         timeout_s = self.deadline_s if len(owners) > 1 else None
         assert self.send is not None
         started = self.isolator._clock()
-        # A send of one owner's rows has upstream's whole read timeout; outliving a send of
-        # several owners while upstream answers others makes its owner a suspect already.
-        watch = (gevent.spawn_later(self.deadline_s, self.overdue, positions, started)
-                 if timeout_s is None and self.isolator._watch else None)
         try:
             answers = self.send(positions, timeout_s)
         except UpstreamError as exc:
             elapsed = self.isolator._clock() - started
             if not exc.judged:
                 self.unsettled.append(exc)
+            if isinstance(exc, CutShort):
+                self.suspect(positions)  # the caller set its owner apart: so does the batch
             return _Attempt(list(positions), exc, elapsed, elapsed >= self.deadline_s)
-        finally:
-            if watch is not None:
-                watch.kill(block=False)
         elapsed = self.isolator._clock() - started
         self.isolator._note_answer(elapsed, owners)
         missing: list[int] = []
@@ -350,14 +420,17 @@ class Isolation:
             (answer := answers.get(p)) is not None and answer.error is None for p in positions
         )
         trusted = len(positions) == 1 or (len(owners) == 1 and clean)
+        fresh: dict[int, RowResult] = {}
         for position in positions:
             answer = answers.get(position)
             if answer is None:
                 missing.append(position)
             elif answer.error is not None and not trusted:
                 doubtful.append(position)
-            else:
-                self.verdicts.answers[position] = answer
+            elif position not in self.verdicts.answers:
+                self.verdicts.answers[position] = fresh[position] = answer
+        if fresh and (missing or doubtful or self.first is not None):
+            self.deliver(fresh)
         late = elapsed > self.deadline_s
         if missing:
             return _Attempt(missing + doubtful, Incomplete("upstream's answer left out rows"),
@@ -367,20 +440,24 @@ class Isolation:
                             elapsed, late)
         return _Attempt([], None, elapsed, late)
 
-    def overdue(self, positions: list[int], started: float) -> None:
-        """A send still unanswered after :attr:`deadline_s`: suspect its owners if upstream
-        answered another send meanwhile."""
-        if self.isolator._answered_since(started):
-            self.suspect(positions)
+    def deliver(self, answers: Mapping[int, RowResult]) -> None:
+        """Hand ``answers`` over now, while the rest of the batch is still being judged."""
+        if self.on_answers is not None:
+            self.delivered.update(answers)
+            self.on_answers(answers)
 
     def judge_alone(self, position: int, error: UpstreamError) -> None:
         """A row that failed alone: at fault for a refusal, or for a failure while upstream
         answers others; a row left out of the answer fails, its owner a suspect."""
+        if position in self.verdicts.answers:
+            return
         if isinstance(error, Incomplete):
             self.fail([position], error)
             self.suspect([position])
             return
-        if not _certain(error) and not self.isolator._answered_since(self.started):
+        if not _certain(error) and not self.isolator._answered_soon(
+            self.started, self.deadline_s
+        ):
             self.fail([position], error)
             return
         self.verdicts.answers[position] = RowResult(None, None, _row_error(error))
@@ -388,6 +465,9 @@ class Isolation:
         self.suspect([position])
 
     def fail(self, positions: list[int], error: BaseException) -> None:
+        positions = [p for p in positions if p not in self.verdicts.answers]
+        if not positions:
+            return
         for position in positions:
             self.verdicts.failures[position] = error
         if (isinstance(error, UpstreamError) and _splittable(error) and not _certain(error)

@@ -40,7 +40,7 @@ from typing import Any, Literal
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import ReadTimeoutError
+from urllib3.exceptions import ConnectTimeoutError, ReadTimeoutError
 
 from measure_service import prometheus_metrics
 from measure_service.backoff import Backoff
@@ -100,6 +100,8 @@ class UpstreamError(Exception):
         self.retry_after = retry_after
         # False while a caller still has to report this failure to the breaker (see settle).
         self.judged = True
+        # The request never reached upstream (no connection): no row's input can explain it.
+        self.unsent = False
         # How long the attempt took (0 when it never left).
         self.elapsed_s = 0.0
 
@@ -250,7 +252,8 @@ class UpstreamClient:
         (``breaker_open``; a breaker that opens between retries ends the call with the last
         real failure instead).
 
-        With ``judge``, a failure in :data:`JUDGEABLE` is neither retried (the caller's
+        With ``judge``, a failure in :data:`JUDGEABLE` of a request that reached upstream (a
+        connection refused or never made is upstream's own) is neither retried (the caller's
         splitting and re-sending is the retry) nor reported to the breaker or the limiter: the
         error comes back with ``judged=False`` and the caller must pass it to :meth:`settle`.
         ``read_timeout_s`` shortens the read timeout of this call. ``observe_latency=False``
@@ -281,13 +284,18 @@ class UpstreamClient:
                     observe_latency=observe_latency,
                 )
             except UpstreamError as exc:
-                if judge and exc.outcome in JUDGEABLE:
+                if judge and exc.outcome in JUDGEABLE and not exc.unsent:
                     exc.judged = False  # the caller reports this attempt (settle)
                     raise
                 self._report_failure(exc, retried=last_error is not None)
                 last_error = exc
                 if exc.outcome not in _RETRYABLE:
                     break
+            except BaseException:
+                # Stopped on our side (a call cut short): nothing was learnt of upstream.
+                if self._breaker is not None:
+                    self._breaker.record_excused()
+                raise
             else:
                 if self._breaker is not None:
                     self._breaker.record_success()
@@ -363,7 +371,10 @@ class UpstreamClient:
         try:
             status, headers, content = self._post(body, query, started, timeout)
         except (requests.Timeout, _DeadlineExceeded) as exc:
-            raise self._failure("timeout", "upstream timed out", log_fields, started) from exc
+            raise self._failure(
+                "timeout", "upstream timed out", log_fields, started,
+                unsent=isinstance(exc, requests.ConnectTimeout),
+            ) from exc
         except _TooLarge as exc:
             raise self._failure(
                 "malformed", f"upstream answer is over {exc.args[0]} bytes", log_fields, started
@@ -372,7 +383,8 @@ class UpstreamClient:
             if exc.args and isinstance(exc.args[0], ReadTimeoutError):
                 raise self._failure("timeout", "upstream timed out", log_fields, started) from exc
             raise self._failure(
-                "connection_error", "could not reach upstream", log_fields, started
+                "connection_error", "could not reach upstream", log_fields, started,
+                unsent=_never_connected(exc),
             ) from exc
         except requests.RequestException as exc:
             raise self._failure(
@@ -483,14 +495,17 @@ class UpstreamClient:
         status: int | None = None,
         retry_after: float | None = None,
         log: bool = True,
+        unsent: bool = False,
     ) -> UpstreamError:
         prometheus_metrics.UPSTREAM_REQUESTS.labels(outcome=outcome).inc()
         elapsed = max(0.0, self._clock() - started)
-        judged_later = outcome in JUDGEABLE and bool(log_fields.get("judged_by_caller"))
+        judged_later = (outcome in JUDGEABLE and bool(log_fields.get("judged_by_caller"))
+                        and not unsent)
         if self._limiter is not None and outcome in ("http_429", "timeout") and not judged_later:
             self._limiter.observe(elapsed, OVERLOAD)
         error = UpstreamError(outcome, message, status=status, retry_after=retry_after)
         error.elapsed_s = elapsed
+        error.unsent = unsent
         if not log:
             return error
         _LOG.warning(
@@ -575,6 +590,12 @@ def redact_and_cut(content: bytes | str, secret: str, limit: int) -> str:
         if text.endswith(secret[:size]):
             return text[:-size]
     return text
+
+
+def _never_connected(error: requests.ConnectionError) -> bool:
+    """Whether ``error`` came before a connection was made (refused, unreachable)."""
+    reason = getattr(error.args[0], "reason", None) if error.args else None
+    return isinstance(reason, ConnectTimeoutError)
 
 
 def _row_identifiers(rows: Iterable[Mapping[str, Any]]) -> frozenset[str]:

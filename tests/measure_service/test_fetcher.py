@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import gevent
+import gevent.event
 import pytest
 from prometheus_client import REGISTRY
 
@@ -331,3 +332,78 @@ def test_a_key_over_its_pending_share_never_makes_another_keys_rows_unavailable(
     refused = [o for o in flood.outcomes if o.status == "unavailable"]
     assert refused and {o.reason for o in refused} == {"tenant_pending_share"}
     upstream.release()
+
+
+class HangingUpstream(FakeUpstream):
+    """A request holding a row whose inventoryId starts with ``hang`` gets no answer until
+    ``answer_hanging`` is set, whatever its read timeout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answer_hanging = gevent.event.Event()
+
+    def measure(self, rows: Any, params: Any, **options: Any) -> Any:
+        if any(str(row["inventoryId"]).startswith("hang") for row in rows):
+            self.calls.append(([dict(row) for row in rows], dict(params)))
+            self.answer_hanging.wait()
+        return super().measure(rows, params, **options)
+
+
+def wait_for(condition: Any, timeout_s: float = 5.0) -> None:
+    """Yield until ``condition()`` holds (the greenlets under test make it so), or fail."""
+    with gevent.Timeout(timeout_s):
+        while not condition():
+            gevent.sleep(0.005)
+
+
+def test_a_client_whose_calls_hang_in_every_slot_is_set_apart_and_its_calls_cut_short(
+    clock: FakeClock,
+) -> None:
+    upstream = HangingUpstream()
+    harness = Harness(upstream, clock, tenants=2)
+    harness.lookup(key("warm.com"), tenant="a")
+    cut_before = counter("measure_upstream_cut_sends_total")
+    for n in range(2):  # one call each, in both slots
+        harness.lookup(key(f"hang{n}.com"), wait_s=0, tenant="b")
+        wait_for(lambda n=n: len(upstream.calls) == n + 2)
+    ours = harness.lookup(key("a1.com"), key("a2.com"), tenant="a")
+    assert [outcome.status for outcome in ours.outcomes] == ["fetched", "fetched"]
+    assert counter("measure_upstream_cut_sends_total") - cut_before == 2
+    # Sent again in b's lane: one slot of the two, the other kept for everyone else.
+    hang_calls = [rows for rows, _ in upstream.calls if rows[0]["inventoryId"].startswith("hang")]
+    assert len(hang_calls) == 3
+    upstream.answer_hanging.set()
+    harness.fetcher.close()
+
+
+def test_a_client_slow_with_no_other_client_waiting_or_answered_is_never_cut_short(
+    clock: FakeClock,
+) -> None:
+    upstream = HangingUpstream()
+    harness = Harness(upstream, clock, tenants=2)
+    cut_before = counter("measure_upstream_cut_sends_total")
+    for n in range(3):  # both slots, and one more of its own rows waiting
+        harness.lookup(key(f"hang{n}.com"), wait_s=0, tenant="b")
+        wait_for(lambda n=n: len(upstream.calls) == min(n + 1, 2))
+    gevent.sleep(harness.fetcher._isolator.deadline_s() + 0.1)
+    assert counter("measure_upstream_cut_sends_total") == cut_before
+    upstream.answer_hanging.set()
+    gevent.sleep(0.05)  # its slow answers come and are cached
+    assert harness.statuses(*(key(f"hang{n}.com") for n in range(3))) == ["hit"] * 3
+    harness.fetcher.close()
+
+
+def test_a_client_whose_calls_hang_is_set_apart_when_another_client_comes_later(
+    clock: FakeClock,
+) -> None:
+    upstream = HangingUpstream()
+    harness = Harness(upstream, clock, tenants=2)
+    harness.lookup(key("warm.com"), tenant="a")
+    for n in range(2):  # both slots, before anyone else needs one
+        harness.lookup(key(f"hang{n}.com"), wait_s=0, tenant="b")
+        wait_for(lambda n=n: len(upstream.calls) == n + 2)
+    gevent.sleep(harness.fetcher._isolator.deadline_s() * 1.5)  # its calls are overdue now
+    ours = harness.lookup(key("a1.com"), tenant="a")
+    assert [outcome.status for outcome in ours.outcomes] == ["fetched"]
+    upstream.answer_hanging.set()
+    harness.fetcher.close()

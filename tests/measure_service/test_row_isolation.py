@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import gevent
+import gevent.event
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from measure_service.row_isolation import DEADLINE_FACTOR, Isolator
+from measure_service.row_isolation import DEADLINE_FACTOR, CutShort, Isolator
 from measure_service.upstream import RowResult, UpstreamError
 
 OK = RowResult(1.0, "modeled", None)
@@ -334,3 +336,95 @@ def test_whatever_way_rows_spoil_a_batch_no_clean_row_gets_a_wrong_answer(
     assert all(answers.get(p) == OK for p in range(size) if owners[p] == "a")
     assert all(answers.get(p) in (None, OK) for p in range(size) if p not in poisoned)
     assert len(upstream.requests) <= 1 + 2 + 4 * 6
+
+
+# --- cutting short, handing answers over early, judging on evidence -------------------------------
+
+class Hanging:
+    """Upstream on which any send holding a hanging position waits until released (or its read
+    timeout ends, then fails as a timeout); other sends are answered at once."""
+
+    def __init__(self, hanging: set[int]) -> None:
+        self.hanging = hanging
+        self.release = gevent.event.Event()
+        self.requests: list[list[int]] = []
+        self.settled: list[bool] = []
+
+    def send(self, positions: Sequence[int], timeout_s: float | None) -> dict[int, RowResult]:
+        self.requests.append(list(positions))
+        if self.hanging & set(positions) and not self.release.wait(timeout_s or 5.0):
+            error = UpstreamError("timeout", "upstream timed out")
+            error.judged = False
+            raise error
+        return {position: OK for position in positions}
+
+    def settle(self, error: UpstreamError, explained: bool) -> None:
+        self.settled.append(explained)
+
+
+def test_the_first_trustworthy_answer_of_a_row_is_kept_and_the_row_not_sent_again() -> None:
+    upstream = Hanging({1})
+    isolator = Isolator(upstream.settle)
+    isolation = isolator.begin(["a", "b"], upstream.send)  # times out: b's row hangs
+    first_answer = RowResult(2.0, "modeled", None)
+    isolation.verdicts.answers[0] = first_answer
+    upstream.release.set()
+    isolation.go_on(upstream.send)
+    assert isolation.verdicts.answers[0] is first_answer
+    assert [0] not in upstream.requests[1:]
+
+
+def test_a_send_cut_short_is_sent_again_whole_and_not_split() -> None:
+    sent: list[list[int]] = []
+
+    def send(positions: Sequence[int], timeout_s: float | None) -> dict[int, RowResult]:
+        sent.append(list(positions))
+        if len(sent) == 1:
+            raise CutShort()
+        return {position: OK for position in positions}
+
+    settled: list[bool] = []
+    verdicts = Isolator(lambda error, explained: settled.append(explained)).fetch(
+        ["b"] * 3, send
+    )
+    assert sent == [[0, 1, 2], [0, 1, 2]]
+    assert set(verdicts.answers) == {0, 1, 2} and not settled
+
+
+def test_rows_answered_by_a_split_are_handed_over_before_the_batch_is_judged() -> None:
+    clock = [0.0]
+    upstream = Spoiling({}, clock)
+    isolator = Isolator(upstream.settle, clock=lambda: clock[0])
+    isolator.fetch(["w"] * 2, upstream.send)
+    upstream.kinds = {1: "timeout"}
+    moments: list[tuple[dict[int, RowResult], bool]] = []
+
+    def on_answers(answers: Mapping[int, RowResult]) -> None:
+        moments.append((dict(answers), isolation.done))
+
+    isolation = isolator.begin(["a", "b", "a"], upstream.send, on_answers)
+    isolation.go_on(upstream.send)
+    assert moments and moments[0] == ({0: OK, 2: OK}, False)
+    assert isolation.delivered == {0, 2}
+
+
+def test_a_lone_rows_instant_failure_is_its_own_when_another_send_is_answered_soon_after(
+) -> None:
+    def reset(positions: Sequence[int], timeout_s: float | None) -> dict[int, RowResult]:
+        error = UpstreamError("connection_error", "reset")
+        error.judged = False
+        raise error
+
+    isolator = Isolator(lambda error, explained: None,
+                        wait=lambda event, timeout: isolator.fetch(["c"], lambda p, t: {0: OK}))
+    isolator.fetch(["c"], lambda p, t: {0: OK})  # upstream was answering just before
+    verdicts = isolator.fetch(["b"], reset)
+    assert verdicts.culprits == {0} and verdicts.answers[0].error
+
+
+
+def test_only_another_owners_answer_counts_as_answered_by_others() -> None:
+    isolator = Isolator(lambda error, explained: None)
+    isolator.fetch(["a"], lambda p, t: {0: OK})
+    assert not isolator.answered_others_since(0.0, {"a"})
+    assert isolator.answered_others_since(0.0, {"b"})

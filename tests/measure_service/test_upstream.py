@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import random
+import socket
 import subprocess
 import sys
 import traceback
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import gevent
 import pytest
 import requests
 import responses
@@ -699,3 +701,32 @@ def test_a_retry_that_answers_closes_the_failure_streak(
     with pytest.raises(UpstreamError):
         client.measure([_row("a")], {})
     assert breaker.state == "closed"
+
+
+def test_a_call_stopped_on_our_side_counts_neither_way_and_frees_the_half_open_probe(
+    clock: _Clock, mocked: responses.RequestsMock
+) -> None:
+    breaker = CircuitBreaker(1, 10.0, clock)
+    breaker.record_failure()
+    clock.now += 10.0  # half-open: one probe may go
+    def stopped(request: Any) -> Any:
+        raise gevent.GreenletExit  # what killing the calling greenlet raises mid-request
+
+    mocked.add_callback(responses.POST, URL, callback=stopped)
+    with pytest.raises(gevent.GreenletExit):
+        _client(clock, breaker=breaker).measure([_row("a")], {})
+    assert breaker.state == "half_open" and breaker.allow()
+
+
+def test_a_refused_connection_is_upstreams_failure_never_left_to_be_judged(clock: _Clock) -> None:
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = UpstreamClient(
+        f"http://127.0.0.1:{port}", TOKEN, connect_timeout_s=1.0, read_timeout_s=1.0,
+        pool_size=1, retries=0, clock=clock, sleep=clock.sleep,
+    )
+    with pytest.raises(UpstreamError) as caught:
+        client.measure([_row("a")], {}, judge=True)
+    assert caught.value.outcome == "connection_error" and caught.value.unsent
+    assert caught.value.judged
