@@ -1,4 +1,4 @@
-"""Limits that hold whatever a client (or upstream) sends: figures 2, 3, 7 and 8 of issue 10.
+"""Limits that hold whatever a client (or upstream) sends: figures 2, 3, 4, 7 and 8 of issue 10.
 
 One function per scenario; each returns a dict with its figure, target and verdict:
 
@@ -7,6 +7,9 @@ One function per scenario; each returns a dict with its figure, target and verdi
 - ``cache_memory``    (3): a full cache of worst-case rows (longest fields, widest characters,
   weight 100) uses at most 1.5x the memory of a full cache of typical rows, same settings;
   also the measured bytes per cost unit.
+- ``slow_bodies``     (4): connections that send their body one byte every 2 s, 50 of them
+  open on one worker at once: each gets a JSON 408 and is closed within the body deadline,
+  and ``/healthcheck`` asked on another connection meanwhile keeps its p99 under 50 ms.
 - ``token_echo``      (7): an upstream that echoes our token at every offset of its error
   bodies and row errors (500, 429, 400, malformed 200, row error): no 4-character substring of
   the token in any log line or answer.
@@ -223,6 +226,87 @@ def cache_memory(max_cost: int = 20_000) -> dict[str, Any]:
                   f"nominal unit {BYTES_PER_COST_UNIT} B",
         "target": "ratio <= 1.5", "passed": ratio <= 1.5,
         "typical": typical, "worst": worst,
+    }
+
+
+# --- figure 4 ------------------------------------------------------------------------------
+
+def _drip(port: int, gap_s: float, out: dict[str, Any]) -> None:
+    """Send a body one byte every ``gap_s``; record when the answer came and what it was."""
+    sock = socket.create_connection((LOOPBACK, port), timeout=30)
+    head = (f"POST /v2/measure HTTP/1.1\r\nHost: {LOOPBACK}\r\nAuthorization: Bearer {API_KEY}"
+            "\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n").encode()
+    start = time.monotonic()
+    sock.sendall(head)
+    answer = b""
+    sock.settimeout(gap_s)
+    try:
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                with suppress(OSError):
+                    sock.sendall(b" ")  # still within the body: one more byte
+                continue
+            if not chunk:
+                break  # closed by the service
+            answer += chunk
+    except OSError:
+        pass  # reset by the service after its answer
+    finally:
+        sock.close()
+    out["closed_s"] = time.monotonic() - start
+    status_line, _, rest = answer.partition(b"\r\n")
+    out["status"] = int(status_line.split()[1]) if status_line.startswith(b"HTTP/") else 0
+    out["json"] = b"application/json" in rest.partition(b"\r\n\r\n")[0].lower()
+
+
+def slow_bodies(procs: Processes, connections: int = 50, gap_s: float = 2.0,
+                deadline_ms: int = 5000) -> dict[str, Any]:
+    """``connections`` slow bodies on one worker while /healthcheck is asked every 20 ms."""
+    sim = procs.simulator(latency_ms=5, jitter_ms=1)
+    server, _ = service(procs, sim.url, BODY_TIMEOUT_MS=str(deadline_ms))
+    results: list[dict[str, Any]] = [{} for _ in range(connections)]
+    drips = [threading.Thread(target=_drip, args=(server.port, gap_s, out), daemon=True)
+             for out in results]
+    for drip in drips:
+        drip.start()
+    probe = http.client.HTTPConnection(LOOPBACK, server.port, timeout=5)
+    latencies: list[float] = []
+    health_errors = 0
+    while any(drip.is_alive() for drip in drips):
+        start = time.perf_counter()
+        try:
+            probe.request("GET", "/healthcheck")
+            response = probe.getresponse()
+            response.read()
+            if response.status != 200:
+                health_errors += 1
+        except (OSError, http.client.HTTPException):
+            health_errors += 1
+            probe.close()
+            probe = http.client.HTTPConnection(LOOPBACK, server.port, timeout=5)
+        latencies.append((time.perf_counter() - start) * 1000)
+        time.sleep(0.02)
+    probe.close()
+    latencies.sort()
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+    statuses = {r.get("status") for r in results}
+    slowest = max(r["closed_s"] for r in results)
+    # The deadline is enforced by a watcher that looks every tick; allow it one tick and the
+    # time to write the answer.
+    bound_s = deadline_ms / 1000 + 0.25
+    passed = (statuses == {408} and all(r["json"] for r in results) and slowest <= bound_s
+              and p99 < 50 and health_errors == 0)
+    return {
+        "figure": f"{connections} connections, one byte every {gap_s:g} s, deadline "
+                  f"{deadline_ms} ms: statuses {sorted(statuses, key=str)}, all JSON "
+                  f"{all(r['json'] for r in results)}, closed after "
+                  f"{min(r['closed_s'] for r in results):.2f}-{slowest:.2f} s; /healthcheck "
+                  f"p50 {latencies[len(latencies) // 2]:.1f} ms, p99 {p99:.1f} ms over "
+                  f"{len(latencies)} probes, {health_errors} failed",
+        "target": f"408 JSON, closed within {bound_s:.2f} s; /healthcheck p99 < 50 ms",
+        "passed": passed,
     }
 
 
@@ -539,7 +623,7 @@ def hostile_bodies(procs: Processes, repeats: int = 10) -> dict[str, Any]:
     }
 
 
-SCENARIOS = ("cache_memory", "padded_fields", "token_echo", "hostile_bodies")
+SCENARIOS = ("cache_memory", "padded_fields", "slow_bodies", "token_echo", "hostile_bodies")
 
 
 def main(argv: list[str] | None = None) -> int:
