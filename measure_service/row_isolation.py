@@ -47,7 +47,10 @@ row's: the upstream client does not leave it to be judged).
 
 The breaker hears once per batch: an ordinary failure when some row failed without a culprit
 (or nothing explained the failure at all: no culprit, no suspect), else nothing, since one
-row's input says nothing about upstream's health.
+row's input says nothing about upstream's health. It hears at once, not when the batch is
+judged, of each send of one client's rows that failed after a whole deadline while upstream
+answered no send at all: upstream is failing everyone, so such a batch is not split either
+(its parts would wait as long again).
 """
 
 from __future__ import annotations
@@ -262,6 +265,7 @@ class Isolation:
         self.started = isolator._clock()
         self.unsettled: list[UpstreamError] = []
         self.unexplained = False
+        self.counted = False  # the breaker heard of this batch already
         self.done = False
         self.send: Send | None = None
         self.first: _Attempt | None = None
@@ -275,6 +279,11 @@ class Isolation:
         positions = list(range(len(self.owners)))
         first = self.first = self.attempt(positions)
         if first.error is None:
+            self.finish()
+            return
+        if self.counted:
+            # Upstream answered no one: parts of the batch would fail as the whole did.
+            self.fail(first.failed, first.error)
             self.finish()
             return
         if isinstance(first.error, CutShort) or (
@@ -367,6 +376,14 @@ class Isolation:
         gevent.joinall(greenlets)
         return [greenlet.get() for greenlet in greenlets]
 
+    def _silent(self, error: UpstreamError, owners: set[Hashable], started: float,
+                elapsed: float) -> bool:
+        """Whether ``error`` shows upstream failing everyone: one client's send that failed
+        after a whole deadline while no send at all was answered."""
+        return (len(owners) == 1 and not _certain(error)
+                and not isinstance(error, CutShort) and elapsed >= self.deadline_s
+                and not self.isolator._answered_since(started))
+
     def suspect(self, positions: list[int]) -> None:
         """Make the owners of ``positions`` suspects, and say so at once."""
         for owner in {self.owners[p] for p in positions} - self.verdicts.suspects:
@@ -406,7 +423,14 @@ class Isolation:
         except UpstreamError as exc:
             elapsed = self.isolator._clock() - started
             if not exc.judged:
-                self.unsettled.append(exc)
+                if self._silent(exc, owners, started, elapsed):
+                    # Upstream answered no one while one client's rows waited a whole
+                    # deadline: its own trouble, which the breaker must hear now, not
+                    # after the splits have waited as long again.
+                    self.counted = True
+                    self.isolator._settle(exc, False)
+                else:
+                    self.unsettled.append(exc)
             if isinstance(exc, CutShort):
                 self.suspect(positions)  # the caller set its owner apart: so does the batch
             return _Attempt(list(positions), exc, elapsed, elapsed >= self.deadline_s)
@@ -478,7 +502,8 @@ class Isolation:
         """Settle every error the breaker has not heard of: at most one counts as a failure."""
         self.done = True
         explained = bool(self.verdicts.culprits or self.verdicts.suspects)
-        counts = bool(self.unsettled) and (self.unexplained or not explained)
+        counts = (not self.counted and bool(self.unsettled)
+                  and (self.unexplained or not explained))
         for index, error in enumerate(self.unsettled):
             self.isolator._settle(error, not (counts and index == 0))
 

@@ -203,6 +203,8 @@ class Spoiling(Upstream):
         if kind in ("timeout", "connection_error", "malformed") or (
             kind == "slow" and timeout_s is not None
         ):
+            if kind in ("timeout", "slow"):
+                gevent.sleep(0)  # a send waiting for its timeout lets the sends beside it run
             self.clock[0] += timeout_s or 5.0 if kind in ("timeout", "slow") else 0.0
             error = UpstreamError("timeout" if kind == "slow" else kind, kind)  # type: ignore[arg-type]
             error.judged = False
@@ -428,3 +430,19 @@ def test_only_another_owners_answer_counts_as_answered_by_others() -> None:
     isolator.fetch(["a"], lambda p, t: {0: OK})
     assert not isolator.answered_others_since(0.0, {"a"})
     assert isolator.answered_others_since(0.0, {"b"})
+
+
+def test_a_send_failing_after_a_whole_deadline_while_upstream_answers_no_one_is_counted_at_once(
+) -> None:
+    now = [0.0]
+    upstream = Upstream(down=True)
+    real = upstream.send
+
+    def slow_down(positions: Sequence[int], timeout_s: float | None = None) -> dict[int, RowResult]:
+        now[0] += 10.0  # far past any deadline: upstream took its whole time to fail
+        return real(positions, timeout_s)
+
+    verdicts = Isolator(upstream.settle, clock=lambda: now[0]).fetch(["a"] * 8, slow_down)
+    assert upstream.requests == [list(range(8))]  # not split: its parts would wait as long
+    assert upstream.settled == [False]
+    assert len(verdicts.failures) == 8 and not verdicts.culprits  # type: ignore[attr-defined]
