@@ -74,9 +74,9 @@ def test_a_loop_just_longer_than_the_cache_keeps_most_of_the_cache_hitting() -> 
 
 
 def test_a_small_cache_on_a_loop_half_again_its_size_keeps_most_of_it_hitting() -> None:
-    # A 100-entry cache sees few events per request: a climber that moves on short samples
-    # walks its window up on chance and loses the loop's resident part (keeping a fixed 99 of
-    # the 150 keys gives 66%, LRU 0%).
+    # A small cache sees few events per request: a climber that moves on short samples walks
+    # its window up on chance and loses the part of the loop a frequency policy keeps resident
+    # (LRU keeps none of it).
     keys = synthetic.loop(n_keys=150, repeats=80)
     assert lru_hit_ratio(keys, 100) == 0.0
     assert hit_ratio(keys, 100) >= 60.0
