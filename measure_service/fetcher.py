@@ -371,7 +371,7 @@ class Fetcher:
         self._in_flight[key] = _Flight(cost, tenant)
         apart = tenant if self._is_suspect(tenant) else None
         item = _Item(key, current_trace_id(), tenant)
-        self._unsent[tenant] = self._unsent.get(tenant, 0) + 1
+        self._sending((tenant,), 1)
         self._batcher.add(_BatchKey(key.params, apart), item, deadline)
         return result
 
@@ -512,7 +512,7 @@ class Fetcher:
         flight = self._in_flight.get(key)
         if key in self._flights and flight is not None:
             item = _Item(key, None, flight.tenant)
-            self._unsent[flight.tenant] = self._unsent.get(flight.tenant, 0) + 1
+            self._sending((flight.tenant,), 1)
             self._batcher.add(_BatchKey(key.params, None), item, time.monotonic(), at_once=True)
 
     def _lower_cost(self, key: RowKey, entry: CachedAnswer, cost: float) -> CachedAnswer:
