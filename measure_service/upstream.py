@@ -593,7 +593,11 @@ def redact_and_cut(content: bytes | str, secret: str, limit: int) -> str:
 
 
 def _never_connected(error: requests.ConnectionError) -> bool:
-    """Whether ``error`` came before a connection was made (refused, unreachable)."""
+    """Whether ``error`` came before a connection was made (refused, unreachable).
+
+    urllib3 reports a refused or unreachable address as ``NewConnectionError``, a subclass of
+    ``ConnectTimeoutError``: the one check covers all three.
+    """
     reason = getattr(error.args[0], "reason", None) if error.args else None
     return isinstance(reason, ConnectTimeoutError)
 
