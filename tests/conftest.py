@@ -120,6 +120,13 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield started.redis()
 
 
+@pytest.fixture(scope="module")
+def module_redis(module_processes: Processes) -> RedisServer:
+    """A redis-server among the module's processes, for services started there to share."""
+    require_redis_server()
+    return module_processes.redis()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip ``cluster`` tests unless CI=true or RUN_CLUSTER_TESTS=1: they take half a minute."""
     if os.environ.get("CI", "").lower() == "true" or os.environ.get("RUN_CLUSTER_TESTS") == "1":

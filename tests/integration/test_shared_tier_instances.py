@@ -22,7 +22,6 @@ from tests.conftest import (
     Service,
     Simulator,
     eventually,
-    require_redis_server,
 )
 
 pytestmark = pytest.mark.integration
@@ -38,34 +37,28 @@ TIER_ENV = {
 
 
 @pytest.fixture(scope="module")
-def redis_for_services(module_processes: Processes) -> RedisServer:
-    require_redis_server()
-    return module_processes.redis()
-
-
-@pytest.fixture(scope="module")
 def upstream_sim(module_processes: Processes) -> Simulator:
     return module_processes.simulator(latency_ms=30)
 
 
 @pytest.fixture(scope="module")
 def instances(
-    module_processes: Processes, upstream_sim: Simulator, redis_for_services: RedisServer
+    module_processes: Processes, upstream_sim: Simulator, module_redis: RedisServer
 ) -> list[Service]:
-    env = {**TIER_ENV, "REDIS_URL": redis_for_services.url}
+    env = {**TIER_ENV, "REDIS_URL": module_redis.url}
     return [module_processes.service(upstream_sim, env=env, workers=2) for _ in range(2)]
 
 
 @pytest.fixture(autouse=True)
-def healthy_redis(redis_for_services: RedisServer) -> Iterator[None]:
+def healthy_redis(module_redis: RedisServer) -> Iterator[None]:
     """After a test that broke Redis: Redis back, and every worker's breaker cool-down over."""
-    faults = redis_for_services.faults
+    faults = module_redis.faults
     yield
-    if redis_for_services.faults == faults:
+    if module_redis.faults == faults:
         return
-    redis_for_services.resume()
-    if redis_for_services.process.poll() is not None:
-        redis_for_services.restart()
+    module_redis.resume()
+    if module_redis.process.poll() is not None:
+        module_redis.restart()
     time.sleep(float(TIER_ENV["REDIS_BREAKER_COOLDOWN_S"]) + 0.2)
 
 
@@ -138,25 +131,25 @@ def test_a_cold_burst_over_both_instances_fetches_each_row_once(
 
 
 def test_a_restarted_instance_starts_warm(
-    module_processes: Processes, upstream_sim: Simulator, redis_for_services: RedisServer,
+    module_processes: Processes, upstream_sim: Simulator, module_redis: RedisServer,
     instances: list[Service],
 ) -> None:
     sites = fresh_sites(50)
     assert set(statuses(instances[0], sites)) == {"fetched"}
     before = upstream_rows(upstream_sim)
-    env = {**TIER_ENV, "REDIS_URL": redis_for_services.url}
+    env = {**TIER_ENV, "REDIS_URL": module_redis.url}
     fresh = module_processes.service(upstream_sim, env=env, workers=2)
     assert set(statuses(fresh, sites)) == {"hit"}
     assert upstream_rows(upstream_sim) == before
 
 
 def test_with_redis_killed_there_is_no_5xx_and_readyz_says_degraded(
-    instances: list[Service], redis_for_services: RedisServer, upstream_sim: Simulator
+    instances: list[Service], module_redis: RedisServer, upstream_sim: Simulator
 ) -> None:
     warm = fresh_sites(5)
     for service, _ in zip(itertools.cycle(instances), range(24), strict=False):
         statuses(service, warm)  # every worker's memory holds them (connections spread)
-    redis_for_services.kill()
+    module_redis.kill()
     for service, _ in zip(itertools.cycle(instances), range(40), strict=False):
         assert set(statuses(service, warm)) == {"hit"}
     cold = fresh_sites(3)
@@ -167,12 +160,12 @@ def test_with_redis_killed_there_is_no_5xx_and_readyz_says_degraded(
 
 
 def test_after_redis_comes_back_rows_are_shared_again(
-    instances: list[Service], redis_for_services: RedisServer, upstream_sim: Simulator
+    instances: list[Service], module_redis: RedisServer, upstream_sim: Simulator
 ) -> None:
-    redis_for_services.kill()
+    module_redis.kill()
     for _ in range(6):
         statuses(instances[0], fresh_sites(1))
-    redis_for_services.restart()
+    module_redis.restart()
 
     def shared_again() -> bool:
         [site] = fresh_sites(1)
@@ -185,27 +178,27 @@ def test_after_redis_comes_back_rows_are_shared_again(
 
 
 def test_with_redis_hung_there_is_no_5xx_and_misses_still_get_fetched(
-    instances: list[Service], redis_for_services: RedisServer
+    instances: list[Service], module_redis: RedisServer
 ) -> None:
     warm = fresh_sites(5)
     statuses(instances[0], warm)
-    redis_for_services.pause()
+    module_redis.pause()
     try:
         for service, _ in zip(itertools.cycle(instances), range(20), strict=False):
             assert set(statuses(service, warm)) <= {"hit", "fetched"}
         assert set(statuses(instances[1], fresh_sites(3))) == {"fetched"}
     finally:
-        redis_for_services.resume()
+        module_redis.resume()
 
 
 def test_a_flushed_redis_is_refilled_with_one_fetch_per_row(
-    instances: list[Service], redis_for_services: RedisServer, upstream_sim: Simulator
+    instances: list[Service], module_redis: RedisServer, upstream_sim: Simulator
 ) -> None:
-    redis_for_services.client().flushall()
+    module_redis.client().flushall()
     sites = fresh_sites(10)
     before = upstream_rows(upstream_sim)
     statuses(instances[0], sites)
-    redis_for_services.client().flushall()
+    module_redis.client().flushall()
     statuses(instances[1], sites)  # L1 of instance 0 keeps them; instance 1 fetches again
     after_flush = upstream_rows(upstream_sim) - before
     assert after_flush <= 20
@@ -215,9 +208,9 @@ def test_a_flushed_redis_is_refilled_with_one_fetch_per_row(
 
 
 def test_a_full_redis_costs_no_5xx_and_rows_still_get_fetched(
-    instances: list[Service], redis_for_services: RedisServer
+    instances: list[Service], module_redis: RedisServer
 ) -> None:
-    client = redis_for_services.client()
+    client = module_redis.client()
     client.config_set("maxmemory-policy", "noeviction")
     client.config_set("maxmemory", 1)
     try:
@@ -235,12 +228,12 @@ def test_a_full_redis_costs_no_5xx_and_rows_still_get_fetched(
 
 
 def test_degraded_and_recovered_are_logged_once_per_transition_not_per_request(
-    instances: list[Service], redis_for_services: RedisServer
+    instances: list[Service], module_redis: RedisServer
 ) -> None:
-    redis_for_services.kill()
+    module_redis.kill()
     for _ in range(30):
         statuses(instances[1], fresh_sites(1))
-    redis_for_services.restart()
+    module_redis.restart()
     eventually(lambda: instances[1].get("/readyz").json()["sharedTier"] == "ok")
     degraded = [
         line for line in instances[1].log_lines()

@@ -26,7 +26,6 @@ from tests.conftest import (
     Service,
     Simulator,
     eventually,
-    require_redis_server,
 )
 
 pytestmark = pytest.mark.integration
@@ -47,21 +46,15 @@ PREFIX = "measure:v1:"
 
 
 @pytest.fixture(scope="module")
-def redis_for_services(module_processes: Processes) -> RedisServer:
-    require_redis_server()
-    return module_processes.redis()
-
-
-@pytest.fixture(scope="module")
 def upstream_sim(module_processes: Processes) -> Simulator:
     return module_processes.simulator(latency_ms=FAST_MS)
 
 
 @pytest.fixture(scope="module")
 def instances(
-    module_processes: Processes, upstream_sim: Simulator, redis_for_services: RedisServer
+    module_processes: Processes, upstream_sim: Simulator, module_redis: RedisServer
 ) -> list[Service]:
-    env = {**TIER_ENV, "REDIS_URL": redis_for_services.url}
+    env = {**TIER_ENV, "REDIS_URL": module_redis.url}
     return [module_processes.service(upstream_sim, env=env, workers=2) for _ in range(2)]
 
 
@@ -139,10 +132,10 @@ def lost_leases(service: Service) -> float:
 
 
 def test_a_lease_whose_holder_died_before_sending_is_fetched_once_after_it_lapses(
-    instances: list[Service], upstream_sim: Simulator, redis_for_services: RedisServer
+    instances: list[Service], upstream_sim: Simulator, module_redis: RedisServer
 ) -> None:
     site = fresh_site()
-    client = redis_for_services.client()
+    client = module_redis.client()
     # What a worker killed between taking the lease and sending upstream leaves behind.
     client.set(row_name(site) + ":lease", "dead-holder", px=LEASE_MS)
     assert statuses(instances[1], site) == ["pending"]
@@ -155,10 +148,10 @@ def test_a_lease_whose_holder_died_before_sending_is_fetched_once_after_it_lapse
 
 
 def test_workers_racing_for_a_lapsed_lease_fetch_the_row_once(
-    instances: list[Service], upstream_sim: Simulator, redis_for_services: RedisServer
+    instances: list[Service], upstream_sim: Simulator, module_redis: RedisServer
 ) -> None:
     site = fresh_site()
-    redis_for_services.client().set(row_name(site) + ":lease", "dead-holder", px=LEASE_MS)
+    module_redis.client().set(row_name(site) + ":lease", "dead-holder", px=LEASE_MS)
     # Fresh connections spread over both workers of both instances: four watchers.
     with ThreadPoolExecutor(8) as pool:
         first = list(pool.map(lambda i: statuses(instances[i % 2], site), range(16)))
@@ -169,10 +162,10 @@ def test_workers_racing_for_a_lapsed_lease_fetch_the_row_once(
 
 
 def test_a_holder_killed_after_upstream_answered_is_replaced_once_its_lease_lapses(
-    instances: list[Service], upstream_sim: Simulator, redis_for_services: RedisServer
+    instances: list[Service], upstream_sim: Simulator, module_redis: RedisServer
 ) -> None:
     site = fresh_site()
-    client = redis_for_services.client()
+    client = module_redis.client()
     with ThreadPoolExecutor(1) as pool:
         pid, asked = start_holder(pool, upstream_sim, instances[0], site)
         busy_before = busy_s(upstream_sim, pid)
@@ -189,10 +182,10 @@ def test_a_holder_killed_after_upstream_answered_is_replaced_once_its_lease_laps
 
 
 def test_a_hung_holder_that_resumes_after_its_lease_lapsed_does_not_overwrite_the_newer_row(
-    instances: list[Service], upstream_sim: Simulator, redis_for_services: RedisServer
+    instances: list[Service], upstream_sim: Simulator, module_redis: RedisServer
 ) -> None:
     site = fresh_site()
-    client = redis_for_services.client()
+    client = module_redis.client()
     lost_before = lost_leases(instances[0])
     with ThreadPoolExecutor(1) as pool:
         pid, asked = start_holder(pool, upstream_sim, instances[0], site)
