@@ -126,27 +126,30 @@ def _wrap(
     shared: Cache[Any, Any] | None,
 ) -> CachedFunction[P, R]:
     counts = _Counts()
+
+    def look(
+        args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[Cache[Any, Any], Hashable, Any]:
+        """The call's cache, key and cached value (``_MISSING`` if none), counted once."""
+        cache = cache_for(args)
+        k = make_key(*args, **kwargs)
+        value = cache.get(k, _MISSING)
+        counts.add(hit=value is not _MISSING)
+        return cache, k, value
+
     wrapper: Any
     if inspect.iscoroutinefunction(fn):
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            cache = cache_for(args)
-            k = make_key(*args, **kwargs)
-            value = cache.get(k, _MISSING)
+            cache, k, value = look(args, kwargs)
             if value is not _MISSING:
-                counts.add(hit=True)
                 return value
-            counts.add(hit=False)
             # _aload, not aget_or_load: one lookup per call keeps the miss count exact.
             return await cache._aload(k, lambda: fn(*args, **kwargs), cost, ttl)
     else:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            cache = cache_for(args)
-            k = make_key(*args, **kwargs)
-            value = cache.get(k, _MISSING)
+            cache, k, value = look(args, kwargs)
             if value is not _MISSING:
-                counts.add(hit=True)
                 return value
-            counts.add(hit=False)
             return cache._load(k, lambda: fn(*args, **kwargs), cost, ttl)
 
     functools.update_wrapper(wrapper, fn)
