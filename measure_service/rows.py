@@ -641,13 +641,16 @@ def _whole_number(field: str, value: Any, most: int) -> int:
     strings are refused."""
     if isinstance(value, bool):
         raise _RowError(f"{field} must be an integer, not a boolean")
-    if not isinstance(value, int):
-        if not (isinstance(value, float) and math.isfinite(value) and value.is_integer()):
-            raise _RowError(f"{field} must be an integer")
-        value = int(value)
-    if not 0 <= value <= most:
+    number: int
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        number = int(value)
+    else:
+        raise _RowError(f"{field} must be an integer")
+    if not 0 <= number <= most:
         raise _RowError(f"{field} must be between 0 and {most}")
-    return value
+    return number
 
 
 def _optional_string(field: str, value: Any) -> str | None:
