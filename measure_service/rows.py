@@ -428,14 +428,15 @@ def _decode_strict(body: bytes) -> Any:
 def validate_row(raw: Any, params: QueryParams) -> Row:
     """Validate one raw row; never raises, an invalid row carries ``error`` naming the field.
 
-    An absent or null optional field takes its default here, and only the fields a row gives
-    are checked: each check is a call, paid per row of every request, and most rows leave
-    several fields out.
+    An absent or null optional field takes its default here, without a call to its check:
+    most rows leave several fields out, and the checks run for every row of every request.
     """
     if not isinstance(raw, dict):
         return Row(None, None, None, 0, None, "row must be a JSON object")
     fields: Mapping[str, Any] = raw
-    if not _CANONICAL_NAMES.issuperset(raw):  # else nothing to rename: the usual row
+    # The usual row names every field canonically: nothing to rename, and lower-casing each
+    # name costs.
+    if not _CANONICAL_NAMES.issuperset(raw):
         try:
             fields = _canonical_fields(raw)
         except _RowError as exc:
@@ -550,8 +551,6 @@ def _canonical_fields(raw: Mapping[str, Any]) -> Mapping[str, Any]:
     Raises _RowError for a field that is not part of the contract, and for one given twice in
     different cases (which one would count is a guess).
     """
-    if _CANONICAL_NAMES.issuperset(raw):
-        return raw  # the usual row: nothing to rename, and lower-casing each name costs
     fields: dict[str, Any] = {}
     spelled: dict[str, str] = {}
     for field, value in raw.items():
