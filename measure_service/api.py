@@ -33,6 +33,7 @@ from measure_service.rows import (
     BodyError,
     QueryParams,
     Row,
+    RowKey,
     parse_body,
     parse_query,
     validate_row,
@@ -158,10 +159,14 @@ def _answer(
 ) -> bytes:
     """The encoded 200 answer to a valid request from ``tenant``; records the access log's
     counts."""
-    config = services.config
-    rows = [validate_row(raw, params) for raw in raw_rows]
-    wanted = [(row.key, row.cost) for row in rows if row.key is not None]
-    lookup = services.fetcher.lookup(wanted, config.wait_s, tenant)
+    rows: list[Row] = []
+    wanted: list[tuple[RowKey, float]] = []
+    for raw in raw_rows:
+        row = validate_row(raw, params)
+        rows.append(row)
+        if row.key is not None:
+            wanted.append((row.key, row.cost))
+    lookup = services.fetcher.lookup(wanted, services.config.wait_s, tenant)
 
     environ[logs.ENVIRON_ROWS] = len(rows)
     environ[logs.ENVIRON_HITS] = lookup.hits

@@ -32,6 +32,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import operator
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -183,6 +184,7 @@ class FetchFailed(Exception):
 
 _PENDING = RowOutcome("pending")
 _new_tuple = tuple.__new__
+_key_of = operator.itemgetter(0)  # of a (key, cost) pair
 
 
 class _Flight(NamedTuple):
@@ -287,7 +289,7 @@ class Fetcher:
         missed: list[tuple[int, RowKey, float]] = []
         status: RowStatus
         # One read of the cache for the request: its lock is taken once, not once per row.
-        entries = self._cache.get_many([key for key, _ in rows])
+        entries = self._cache.get_many(map(_key_of, rows))
         lowered: dict[RowKey, CachedAnswer] = {}  # entries an earlier row re-stored cheaper
         for (key, cost), entry in zip(rows, entries, strict=True):
             if entry is not None:

@@ -54,20 +54,14 @@ def trace_id_from_header(value: str | None) -> str:
     return random.getrandbits(128).to_bytes(16, "big").hex()
 
 
-def set_trace_id(trace_id: str) -> contextvars.Token[str | None]:
-    """Make ``trace_id`` the current one; pass the token to :func:`reset_trace_id` when done."""
-    return _TRACE_ID.set(trace_id)
-
-
-def reset_trace_id(token: contextvars.Token[str | None]) -> None:
-    """Restore the trace id that was current before :func:`set_trace_id`."""
-    _TRACE_ID.reset(token)
-
-
-def current_trace_id() -> str | None:
-    """The trace id of the request being handled here, if any."""
-    return _TRACE_ID.get()
-
+# The context variable's own methods, called on every request: a wrapper function would add a
+# Python frame to each call.
+set_trace_id: Callable[[str], contextvars.Token[str | None]] = _TRACE_ID.set
+"""Make a trace id the current one; pass the token to :func:`reset_trace_id` when done."""
+reset_trace_id: Callable[[contextvars.Token[str | None]], None] = _TRACE_ID.reset
+"""Restore the trace id that was current before :func:`set_trace_id`."""
+current_trace_id: Callable[[], str | None] = _TRACE_ID.get
+"""The trace id of the request being handled here, if any."""
 
 
 class TraceIdFilter(logging.Filter):

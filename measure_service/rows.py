@@ -373,15 +373,17 @@ def _decode_plain(data: bytes, shape: _Shape, max_rows: int) -> dict[str, Any] |
     if not isinstance(document, dict):
         return None
     _check_names(len(document))
+    # The objects read (the root and those in its lists) and their names, to hold against the
+    # text's braces and colons.
+    braces, colons = 1, len(document)
     for name, value in document.items():
-        if isinstance(value, list) and len(value) > max_rows and name.lower() == "rows":
-            raise BodyError(f"rows has {len(value)} entries; at most {max_rows} are allowed")
-    objects = [
-        item
-        for value in document.values() if isinstance(value, list)
-        for item in value if isinstance(item, dict)
-    ]
-    braces, colons = 1 + len(objects), len(document) + sum(map(len, objects))
+        if isinstance(value, list):
+            if len(value) > max_rows and name.lower() == "rows":
+                raise BodyError(f"rows has {len(value)} entries; at most {max_rows} are allowed")
+            for item in value:
+                if isinstance(item, dict):
+                    braces += 1
+                    colons += len(item)
     if (shape.braces, shape.colons) != (braces, colons) and not shape.exact:
         # Braces or colons inside strings (a time of day, a URL), or a dropped duplicate key.
         shape.count_outside_strings()
@@ -424,14 +426,23 @@ def _decode_strict(body: bytes) -> Any:
 
 
 def validate_row(raw: Any, params: QueryParams) -> Row:
-    """Validate one raw row; never raises, an invalid row carries ``error`` naming the field."""
+    """Validate one raw row; never raises, an invalid row carries ``error`` naming the field.
+
+    An absent or null optional field takes its default here, without a call to its check:
+    most rows leave several fields out, and the checks run for every row of every request.
+    """
     if not isinstance(raw, dict):
         return Row(None, None, None, 0, None, "row must be a JSON object")
-    try:
-        fields = _canonical_fields(raw)
-    except _RowError as exc:
-        return Row(None, None, None, 0, None, str(exc))
-    row_identifier = fields.get("rowIdentifier")
+    fields: Mapping[str, Any] = raw
+    # The usual row names every field canonically: nothing to rename, and lower-casing each
+    # name costs.
+    if not _CANONICAL_NAMES.issuperset(raw):
+        try:
+            fields = _canonical_fields(raw)
+        except _RowError as exc:
+            return Row(None, None, None, 0, None, str(exc))
+    get = fields.get
+    row_identifier = get("rowIdentifier")
     if isinstance(row_identifier, str):
         if len(row_identifier) > MAX_ROW_IDENTIFIER or not _is_clean(row_identifier):
             return Row(
@@ -443,21 +454,30 @@ def validate_row(raw: Any, params: QueryParams) -> Row:
         isinstance(row_identifier, bool) or not isinstance(row_identifier, int)
     ):
         return Row(None, None, None, 0, None, "rowIdentifier must be a string or an integer")
+    weight, impressions = get("weight"), get("impressions")
+    country, region = get("country"), get("region")
+    channel, device_type, network = get("channel"), get("deviceType"), get("network")
     try:
-        weight = _weight(fields.get("weight"))
-        property_name = _inventory_id(fields.get("inventoryId"))
-        date = _date(fields.get("utcDatetime"))
-        impressions = _impressions(fields.get("impressions"))
-        country = _country(fields.get("country"))
-        region = _region(fields.get("region"))
-        channel = _choice("channel", fields.get("channel"), CHANNELS)
-        device_type = _choice("deviceType", fields.get("deviceType"), DEVICE_TYPES)
-        network = _choice("network", fields.get("network"), NETWORKS)
+        weight = 0 if weight is None else _whole_number("weight", weight, MAX_WEIGHT)
+        property_name = _inventory_id(get("inventoryId"))
+        date = _date(get("utcDatetime"))
+        if impressions is None:
+            impressions = DEFAULT_IMPRESSIONS
+        else:
+            impressions = _whole_number("impressions", impressions, MAX_IMPRESSIONS)
+        if country is not None:
+            country = _country(country)
+        if region is not None:
+            region = _region(region)
+        if channel is not None:
+            channel = _choice("channel", channel, CHANNELS)
+        if device_type is not None:
+            device_type = _choice("deviceType", device_type, DEVICE_TYPES)
+        if network is not None:
+            network = _choice("network", network, NETWORKS)
     except _RowError as exc:
-        inventory = fields.get("inventoryId")
         # Echo the name only when it is valid text: an invalid one may be a megabyte long.
-        name = _echoable(inventory)
-        return Row(row_identifier, name, None, 0, None, str(exc))
+        return Row(row_identifier, _echoable(get("inventoryId")), None, 0, None, str(exc))
     # Built by tuple.__new__: a NamedTuple's own __new__ is a Python call, paid per row.
     key: RowKey = _new_tuple(RowKey, (
         property_name.lower(), date, impressions, country, region, channel, device_type, network,
@@ -531,8 +551,6 @@ def _canonical_fields(raw: Mapping[str, Any]) -> Mapping[str, Any]:
     Raises _RowError for a field that is not part of the contract, and for one given twice in
     different cases (which one would count is a guess).
     """
-    if _CANONICAL_NAMES.issuperset(raw):
-        return raw  # the usual row: nothing to rename, and lower-casing each name costs
     fields: dict[str, Any] = {}
     spelled: dict[str, str] = {}
     for field, value in raw.items():
@@ -617,42 +635,28 @@ def _normalise_date(value: str) -> str:
     return date.isoformat()
 
 
-def _impressions(value: Any) -> int:
-    if value is None:
-        return DEFAULT_IMPRESSIONS
-    number = _whole_number(value, "impressions")
-    if not 0 <= number <= MAX_IMPRESSIONS:
-        raise _RowError(f"impressions must be between 0 and {MAX_IMPRESSIONS}")
-    return number
-
-
-def _weight(value: Any) -> int:
-    if value is None:
-        return 0
-    number = _whole_number(value, "weight")
-    if not 0 <= number <= MAX_WEIGHT:
-        raise _RowError(f"weight must be between 0 and {MAX_WEIGHT}")
-    return number
-
-
-def _whole_number(value: Any, field: str) -> int:
-    """Accept ints and integral floats (``1000.0``); refuse bools, fractions, NaN and strings."""
+def _whole_number(field: str, value: Any, most: int) -> int:
+    """An int, or an integral float (``1000.0``), from 0 to ``most``; bools, fractions, NaN and
+    strings are refused."""
     if isinstance(value, bool):
         raise _RowError(f"{field} must be an integer, not a boolean")
+    number: int
     if isinstance(value, int):
-        return value
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        return int(value)
-    raise _RowError(f"{field} must be an integer")
+        number = value
+    elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        number = int(value)
+    else:
+        raise _RowError(f"{field} must be an integer")
+    if not 0 <= number <= most:
+        raise _RowError(f"{field} must be between 0 and {most}")
+    return number
 
 
 def _optional_string(field: str, value: Any) -> str | None:
-    """A string field's value, or None when absent, null or empty (Scope3 reads all three alike)."""
-    if value is None or value == "":
-        return None
+    """A given field's text, or None when it is empty (Scope3 reads it as absent or null)."""
     if not isinstance(value, str):
         raise _RowError(f"{field} must be a string or null")
-    return value
+    return value or None
 
 
 def _country(value: Any) -> str | None:
@@ -675,8 +679,6 @@ def _country(value: Any) -> str | None:
 
 
 def _region(value: Any) -> str | None:
-    if value is None:
-        return None  # absent or null, as in most rows
     text = _optional_string("region", value)
     if text is None:
         return None
@@ -684,8 +686,6 @@ def _region(value: Any) -> str | None:
 
 
 def _choice(field: str, value: Any, allowed: frozenset[str]) -> str | None:
-    if value is None:
-        return None  # absent or null, as in most rows for some of these fields
     shared = _SHARED.get(value) if value.__class__ is str else None
     if shared is not None and shared in allowed:
         return shared  # the usual spelling: exactly a canonical value
