@@ -199,3 +199,6 @@ class CircuitBreaker:
 def _record_upstream_transition(_before: State, after: State) -> None:
     prometheus_metrics.BREAKER_TRANSITIONS.labels(to=after).inc()
     prometheus_metrics.BREAKER_OPEN.set(0 if after == "closed" else 1)
+    # Written now, not at the next periodic flush: alerts and dashboards act on this state,
+    # and a transition is rare.
+    prometheus_metrics.flush()
