@@ -498,6 +498,8 @@ class Sizes:
     hit_connections: int = 16
     miss_rate: float = 40.0
     cooldown_s: float = 3.0
+    # Scenario 4's UPSTREAM_TIMEOUT_MS, in seconds: a hung call fails after this long.
+    upstream_timeout_s: float = 1.0
 
 
 FULL = Sizes(window_requests=400, down_seconds=10.0, stale_seconds=8.0)

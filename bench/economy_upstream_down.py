@@ -39,7 +39,7 @@ def run(bench: EconomyBench) -> None:
     """Hit-path throughput, errors, memory and breaker timing with upstream refused/hung."""
     name = "4 upstream down"
     sizes = bench.sizes
-    read_timeout_s = 1.0
+    read_timeout_s = sizes.upstream_timeout_s
     bench.fresh_upstream()
     svc = bench.service(
         WAIT_FOR_MISSING="false", BREAKER_COOLDOWN_S=str(sizes.cooldown_s),

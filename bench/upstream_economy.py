@@ -20,6 +20,7 @@ The simulator's ``/_stats`` tells workers apart by User-Agent (it carries the wo
 process started here is stopped at the end, even on Ctrl-C. Run from the project root::
 
     .venv/bin/python bench/upstream_economy.py [--quick] [--scenarios 1,4] [--json out.json]
+        [--upstream-timeout-ms 1000] [--miss-rate 40]
 """
 
 from gevent import monkey
@@ -28,6 +29,7 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
@@ -72,10 +74,13 @@ def run(args: argparse.Namespace) -> Report:
         "command": " ".join([".venv/bin/python", "bench/upstream_economy.py", *sys.argv[1:]]),
         "cpus": os.cpu_count(), "python": platform.python_version(),
         "workers": WORKERS, "simulator": f"{SIM_LATENCY_MS:g} ms +- {SIM_JITTER_MS:g} ms",
+        "upstream_timeout_ms": args.upstream_timeout_ms, "miss_rate": args.miss_rate,
         "loadavg_before": os.getloadavg(),
     }
     with Processes() as procs:
-        bench = EconomyBench(procs, QUICK if args.quick else FULL, report)
+        sizes = dataclasses.replace(QUICK if args.quick else FULL, miss_rate=args.miss_rate,
+                                    upstream_timeout_s=args.upstream_timeout_ms / 1000)
+        bench = EconomyBench(procs, sizes, report)
         for key in args.scenarios:
             _progress(f"scenario {key}: {SCENARIOS[key].__doc__}")
             try:
@@ -107,7 +112,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--scenarios", default="1,2,3,4,5,6",
                         help="comma-separated scenario numbers to run (default: all)")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the report here")
+    parser.add_argument("--upstream-timeout-ms", type=float, default=FULL.upstream_timeout_s * 1000,
+                        help="scenario 4: the service's UPSTREAM_TIMEOUT_MS (default: %(default)g)")
+    parser.add_argument("--miss-rate", type=float, default=FULL.miss_rate,
+                        help="scenario 4: cold 5-row requests a second beside the hit load "
+                             "(default: %(default)g)")
     args = parser.parse_args(argv)
+    if args.upstream_timeout_ms <= 0 or args.miss_rate <= 0:
+        parser.error("--upstream-timeout-ms and --miss-rate must be > 0")
     args.scenarios = chosen_scenarios(parser, args.scenarios, SCENARIOS)
     return args
 

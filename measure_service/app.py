@@ -120,6 +120,7 @@ def _build_services(
             config.breaker_failures,
             config.breaker_cooldown_s,
             overdue_after_s=config.upstream_timeout_ms / 2000,
+            waiting_since=limiter.waiting_since,
         )
         client = UpstreamClient(
             config.scope3_api_url,

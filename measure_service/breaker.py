@@ -6,7 +6,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Literal
 
 from measure_service import prometheus_metrics
@@ -19,7 +19,8 @@ class CircuitBreaker:
 
     - closed: every call is allowed; ``failure_threshold`` consecutive failures open it. With
       ``overdue_after_s``, once at least one call of the streak has failed, calls still
-      unanswered after that long count towards the threshold too (see :meth:`__init__`).
+      unanswered after that long count towards the threshold too, and so do requests that
+      have waited that long to be sent (see :meth:`__init__`).
     - open: no call is allowed until ``cooldown_s`` has passed since it opened.
     - half_open: exactly one probe is allowed. Its success closes the breaker, its failure opens
       it for another cool-down. A probe whose outcome is never reported (its caller died) is
@@ -36,6 +37,7 @@ class CircuitBreaker:
         clock: Callable[[], float] = time.monotonic,
         *,
         overdue_after_s: float | None = None,
+        waiting_since: Callable[[], Iterable[float]] | None = None,
         on_transition: Callable[[State, State], None] | None = None,
     ) -> None:
         """Open after ``failure_threshold`` failures in a row; probe again after ``cooldown_s``.
@@ -47,6 +49,13 @@ class CircuitBreaker:
         calls that are overdue (the app uses half the read timeout, far beyond a healthy
         answer) lets those calls count before they time out. A call that answers is never
         counted, and with no real failure in the streak slowness alone never opens it.
+
+        Why ``waiting_since`` (when each request waiting for a free upstream slot asked for
+        one, on ``clock``): fewer slots than the threshold may be allowed at once (an adaptive
+        limit cuts them on timeouts), and while calls upstream does not answer hold every
+        slot, the next request cannot even leave. It has had no answer for as long as it
+        waited, so it counts like a call out; otherwise the last failures needed would come
+        only from calls sent once the hung ones time out, half a read timeout later still.
 
         ``on_transition(before, after)`` is called on every state change; the default records
         the upstream breaker's metrics.
@@ -82,6 +91,7 @@ class CircuitBreaker:
         self._opened_at = 0.0
         self._probe_started_at: float | None = None
         self._overdue_after_s = overdue_after_s
+        self._waiting_since = waiting_since
         # Start times of allowed calls not yet reported, oldest first. A report removes the
         # oldest: when calls finish out of order, the ones left look younger than they are,
         # so this can only count too few calls as overdue, never too many. The bound keeps a
@@ -157,10 +167,14 @@ class CircuitBreaker:
             self._transition("open", now)
 
     def _overdue(self, now: float) -> int:
-        """Calls still out after ``overdue_after_s`` (0 without that setting)."""
+        """Calls still out, and requests still waiting to be sent, after ``overdue_after_s``
+        (0 without that setting)."""
         if self._overdue_after_s is None:
             return 0
-        return sum(1 for started in self._out if now - started >= self._overdue_after_s)
+        limit = self._overdue_after_s
+        waiting = self._waiting_since() if self._waiting_since is not None else ()
+        return (sum(1 for started in self._out if now - started >= limit)
+                + sum(1 for asked in waiting if now - asked >= limit))
 
     def _forget_oldest_call(self) -> None:
         if self._out:
@@ -185,3 +199,6 @@ class CircuitBreaker:
 def _record_upstream_transition(_before: State, after: State) -> None:
     prometheus_metrics.BREAKER_TRANSITIONS.labels(to=after).inc()
     prometheus_metrics.BREAKER_OPEN.set(0 if after == "closed" else 1)
+    # Written now, not at the next periodic flush: alerts and dashboards act on this state,
+    # and a transition is rare.
+    prometheus_metrics.flush()

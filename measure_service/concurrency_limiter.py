@@ -68,6 +68,8 @@ class AdaptiveLimiter:
         self._long_rtt_s: float | None = None
         self._last_backoff = -math.inf
         self._waiters: list[tuple[float, int, Event]] = []
+        # When each caller waiting now asked for its slot, by its place in line.
+        self._asked_at: dict[int, float] = {}
         self._order = itertools.count()
         prometheus_metrics.UPSTREAM_LIMIT.set(self.limit)
 
@@ -86,6 +88,14 @@ class AdaptiveLimiter:
         """Slots held now."""
         return self._in_flight
 
+    def waiting_since(self) -> list[float]:
+        """When each caller still waiting for a slot asked for it (on this limiter's clock).
+
+        A request waiting here has had no answer either: the circuit breaker counts it with
+        the calls out when every slot is held by calls upstream does not answer.
+        """
+        return list(self._asked_at.values())
+
     @contextmanager
     def slot(self, deadline: float = math.inf) -> Iterator[None]:
         """Hold one slot for the block; wait for it behind callers with earlier deadlines."""
@@ -101,8 +111,10 @@ class AdaptiveLimiter:
             self._in_flight += 1
             return
         event = Event()
-        entry = (deadline, next(self._order), event)
+        order = next(self._order)
+        entry = (deadline, order, event)
         heapq.heappush(self._waiters, entry)
+        self._asked_at[order] = self._clock()
         try:
             event.wait()
         except BaseException:
@@ -112,6 +124,8 @@ class AdaptiveLimiter:
                 self._waiters.remove(entry)
                 heapq.heapify(self._waiters)
             raise
+        finally:
+            self._asked_at.pop(order, None)
 
     def release(self) -> None:
         """Give back a slot; it goes to the waiter with the earliest deadline."""
@@ -144,7 +158,8 @@ class AdaptiveLimiter:
 
     def _wake(self) -> None:
         while self._waiters and self._in_flight < self.limit:
-            _, _, event = heapq.heappop(self._waiters)
+            _, order, event = heapq.heappop(self._waiters)
+            self._asked_at.pop(order, None)
             self._in_flight += 1
             event.set()
 

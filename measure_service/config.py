@@ -319,8 +319,9 @@ class Config:
     breaker_failures: int = setting(
         "BREAKER_FAILURES", "5", integer(1),
         "consecutive failed upstream requests that open the breaker. Once one has failed,"
-        " requests still unanswered after half of `UPSTREAM_TIMEOUT_MS` count too: a hung"
-        " upstream fails at most `UPSTREAM_CONCURRENCY` requests per timeout.",
+        " requests still unanswered after half of `UPSTREAM_TIMEOUT_MS` count too, sent or"
+        " still waiting for a free upstream slot: a hung upstream fails at most"
+        " `UPSTREAM_CONCURRENCY` requests per timeout, fewer when the adaptive limit is cut.",
     )
     breaker_cooldown_s: float = setting(
         "BREAKER_COOLDOWN_S", "10", number(0.001, 86_400),

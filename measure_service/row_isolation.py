@@ -48,9 +48,9 @@ row's: the upstream client does not leave it to be judged).
 The breaker hears once per batch: an ordinary failure when some row failed without a culprit
 (or nothing explained the failure at all: no culprit, no suspect), else nothing, since one
 row's input says nothing about upstream's health. It hears at once, not when the batch is
-judged, of each send of one client's rows that failed after a whole deadline while upstream
-answered no send at all: upstream is failing everyone, so such a batch is not split either
-(its parts would wait as long again).
+judged, of each send of one client's rows that failed after a whole deadline (or timed out,
+however short upstream's read timeout) while upstream answered no send at all: upstream is
+failing everyone, so such a batch is not split either (its parts would wait as long again).
 """
 
 from __future__ import annotations
@@ -377,10 +377,14 @@ class Isolation:
     def _silent(self, error: UpstreamError, owners: set[Hashable], started: float,
                 elapsed: float) -> bool:
         """Whether ``error`` shows upstream failing everyone: one client's send that failed
-        after a whole deadline while no send at all was answered."""
-        return (len(owners) == 1 and not _certain(error)
-                and not isinstance(error, CutShort) and elapsed >= self.deadline_s
-                and not self.isolator._answered_since(started))
+        after a whole deadline, or timed out, while no send at all was answered.
+
+        A timeout counts whatever it took: upstream's read timeout may be shorter than the
+        deadline (which follows the usual answer time, and a busy host stretches it).
+        """
+        waited = error.outcome == "timeout" or elapsed >= self.deadline_s
+        return (len(owners) == 1 and not _certain(error) and not isinstance(error, CutShort)
+                and waited and not self.isolator._answered_since(started))
 
     def suspect(self, positions: list[int]) -> None:
         """Make the owners of ``positions`` suspects, and say so at once."""

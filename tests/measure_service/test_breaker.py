@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
+import gevent
 import pytest
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from measure_service.breaker import CircuitBreaker
+from measure_service.concurrency_limiter import OVERLOAD, AdaptiveLimiter
+from measure_service.config import METRICS_DIR_VARIABLE
 
 
 class _Clock:
@@ -138,6 +144,23 @@ def test_the_open_gauge_follows_the_state() -> None:
     assert REGISTRY.get_sample_value("measure_upstream_breaker_open") == 0.0
 
 
+def _open_gauge_in_the_files() -> float | None:
+    """The gauge as /metrics reads it: from the metric files every worker writes."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=os.environ[METRICS_DIR_VARIABLE])
+    return registry.get_sample_value("measure_upstream_breaker_open")
+
+
+def test_the_open_gauge_reaches_the_metric_files_at_each_transition() -> None:
+    breaker, clock = _breaker()
+    _fail(breaker, 3)
+    assert _open_gauge_in_the_files() == 1.0
+    clock.now += 10.0
+    breaker.allow()
+    breaker.record_success()
+    assert _open_gauge_in_the_files() == 0.0
+
+
 @pytest.mark.parametrize(
     ("threshold", "cooldown_s", "named"),
     [(0, 1.0, "failure_threshold"), (2.5, 1.0, "failure_threshold"),
@@ -218,3 +241,62 @@ def test_without_an_overdue_limit_only_reported_failures_count() -> None:
     clock.now += 1000.0
     breaker.record_failure()
     assert breaker.state == "closed"
+
+
+def _waiting_breaker(
+    waiting: list[float], threshold: int = 3
+) -> tuple[CircuitBreaker, _Clock]:
+    clock = _Clock()
+    breaker = CircuitBreaker(
+        threshold, 10.0, clock, overdue_after_s=OVERDUE_S, waiting_since=lambda: waiting
+    )
+    return breaker, clock
+
+
+def test_once_a_call_has_failed_requests_waiting_to_be_sent_count_as_overdue() -> None:
+    waiting: list[float] = []
+    breaker, clock = _waiting_breaker(waiting, threshold=3)
+    _start_calls(breaker, 2)
+    waiting.append(clock.now)
+    clock.now += OVERDUE_S
+    breaker.record_failure()  # one failure, one call out and one request waiting, both overdue
+    assert breaker.state == "open"
+
+
+def test_requests_waiting_less_than_the_overdue_limit_do_not_count() -> None:
+    waiting: list[float] = []
+    breaker, clock = _waiting_breaker(waiting, threshold=3)
+    _start_calls(breaker, 2)
+    clock.now += OVERDUE_S
+    waiting.append(clock.now - OVERDUE_S / 2)
+    breaker.record_failure()
+    assert breaker.state == "closed"
+
+
+def test_waiting_requests_without_a_failure_never_open_the_breaker() -> None:
+    waiting: list[float] = []
+    breaker, clock = _waiting_breaker(waiting, threshold=3)
+    waiting.extend([clock.now] * 5)
+    clock.now += 100 * OVERDUE_S
+    assert breaker.state == "closed"
+
+
+def test_a_hang_opens_the_breaker_within_half_a_timeout_when_the_limit_is_cut_below_it() -> None:
+    # Five failures needed, four slots, and the limit cut to one by the first timeout: the
+    # request waiting behind the hung calls counts, so no sixth call has to be sent first.
+    clock = _Clock()
+    limiter = AdaptiveLimiter(4, clock=clock)
+    breaker = CircuitBreaker(5, 10.0, clock, overdue_after_s=OVERDUE_S,
+                             waiting_since=limiter.waiting_since)
+    for _ in range(4):
+        limiter.acquire()
+        assert breaker.allow()
+    waiter = gevent.spawn(limiter.acquire)
+    gevent.sleep(0)
+    clock.now += 2 * OVERDUE_S  # the first call times out
+    limiter.observe(2 * OVERDUE_S, OVERLOAD)
+    breaker.record_failure()
+    limiter.release()
+    assert limiter.limit < 4
+    assert breaker.state == "open"
+    waiter.kill()

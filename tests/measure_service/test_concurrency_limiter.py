@@ -81,6 +81,36 @@ def test_a_killed_waiter_leaves_no_slot_behind() -> None:
     assert limiter.in_flight == 0
 
 
+def test_a_waiting_caller_says_when_it_asked_for_its_slot(clock: FakeClock) -> None:
+    limiter = AdaptiveLimiter(1, clock=clock)
+    limiter.acquire()
+    asked_at = clock.now
+    waiter = gevent.spawn(limiter.acquire)
+    gevent.sleep(0)
+    clock.advance(2.0)
+    assert limiter.waiting_since() == [asked_at]
+    waiter.kill()
+
+
+def test_a_caller_handed_a_slot_is_no_longer_waiting(clock: FakeClock) -> None:
+    limiter = AdaptiveLimiter(1, clock=clock)
+    limiter.acquire()
+    waiter = gevent.spawn(limiter.acquire)
+    gevent.sleep(0)
+    limiter.release()
+    assert limiter.waiting_since() == []
+    waiter.join(timeout=2)
+
+
+def test_a_killed_waiter_is_no_longer_waiting(clock: FakeClock) -> None:
+    limiter = AdaptiveLimiter(1, clock=clock)
+    limiter.acquire()
+    waiter = gevent.spawn(limiter.acquire)
+    gevent.sleep(0)
+    waiter.kill()
+    assert limiter.waiting_since() == []
+
+
 @pytest.mark.parametrize("ceiling", [0, -1, True])
 def test_a_bad_ceiling_is_refused(ceiling: int) -> None:
     with pytest.raises(ValueError, match="ceiling"):

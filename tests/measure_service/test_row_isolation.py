@@ -446,3 +446,26 @@ def test_a_send_failing_after_a_whole_deadline_while_upstream_answers_no_one_is_
     assert upstream.requests == [list(range(8))]  # not split: its parts would wait as long
     assert upstream.settled == [False]
     assert len(verdicts.failures) == 8 and not verdicts.culprits  # type: ignore[attr-defined]
+
+
+def test_a_send_timing_out_before_the_deadline_while_upstream_answers_no_one_counts_at_once(
+) -> None:
+    # Upstream's read timeout may be shorter than the deadline, which follows the usual
+    # answer time: a timeout still means upstream had the whole time it was given.
+    now = [0.0]
+    settled: list[bool] = []
+    requests: list[list[int]] = []
+    isolator = Isolator(lambda error, explained: settled.append(explained),
+                        clock=lambda: now[0])
+
+    def time_out(positions: Sequence[int], timeout_s: float | None = None) -> dict[int, RowResult]:
+        requests.append(list(positions))
+        now[0] += isolator.deadline_s() / 2
+        error = UpstreamError("timeout", "upstream timed out")
+        error.judged = False
+        raise error
+
+    verdicts = isolator.fetch(["a"] * 8, time_out)
+    assert requests == [list(range(8))]
+    assert settled == [False]
+    assert len(verdicts.failures) == 8
