@@ -56,6 +56,8 @@ class CircuitBreaker:
         slot, the next request cannot even leave. It has had no answer for as long as it
         waited, so it counts like a call out; otherwise the last failures needed would come
         only from calls sent once the hung ones time out, half a read timeout later still.
+        Only after a failure with no answer, though: after an answer refusing the call (a 429
+        and its Retry-After pause, a 5xx) requests wait behind answers, not behind silence.
 
         ``on_transition(before, after)`` is called on every state change; the default records
         the upstream breaker's metrics.
@@ -92,6 +94,7 @@ class CircuitBreaker:
         self._probe_started_at: float | None = None
         self._overdue_after_s = overdue_after_s
         self._waiting_since = waiting_since
+        self._last_failure_answered = False
         # Start times of allowed calls not yet reported, oldest first. A report removes the
         # oldest: when calls finish out of order, the ones left look younger than they are,
         # so this can only count too few calls as overdue, never too many. The bound keeps a
@@ -140,10 +143,15 @@ class CircuitBreaker:
             if self._state == "half_open":
                 self._probe_started_at = None
 
-    def record_failure(self) -> None:
-        """Report a failed upstream attempt; may open the breaker."""
+    def record_failure(self, *, answered: bool = False) -> None:
+        """Report a failed upstream attempt; may open the breaker.
+
+        ``answered``: upstream answered, refusing the call (5xx, 429, malformed), rather than
+        not answering at all; requests waiting to be sent then do not count as overdue.
+        """
         with self._lock:
             self._forget_oldest_call()
+            self._last_failure_answered = answered
             now = self._clock()
             self._advance(now)
             if self._state == "half_open":
@@ -172,7 +180,9 @@ class CircuitBreaker:
         if self._overdue_after_s is None:
             return 0
         limit = self._overdue_after_s
-        waiting = self._waiting_since() if self._waiting_since is not None else ()
+        waiting: Iterable[float] = ()
+        if self._waiting_since is not None and not self._last_failure_answered:
+            waiting = self._waiting_since()
         return (sum(1 for started in self._out if now - started >= limit)
                 + sum(1 for asked in waiting if now - asked >= limit))
 

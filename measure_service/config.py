@@ -320,8 +320,9 @@ class Config:
         "BREAKER_FAILURES", "5", integer(1),
         "consecutive failed upstream requests that open the breaker. Once one has failed,"
         " requests still unanswered after half of `UPSTREAM_TIMEOUT_MS` count too, sent or"
-        " still waiting for a free upstream slot: a hung upstream fails at most"
-        " `UPSTREAM_CONCURRENCY` requests per timeout, fewer when the adaptive limit is cut.",
+        " (after a timeout or connection error, not a 429 or 5xx) still waiting for a free"
+        " upstream slot: a hung upstream fails at most `UPSTREAM_CONCURRENCY` requests per"
+        " timeout, fewer when the adaptive limit is cut.",
     )
     breaker_cooldown_s: float = setting(
         "BREAKER_COOLDOWN_S", "10", number(0.001, 86_400),

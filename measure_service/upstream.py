@@ -318,7 +318,7 @@ class UpstreamClient:
         elif retried and error.outcome not in _NO_ANSWER:
             self._breaker.record_excused()
         else:
-            self._breaker.record_failure()
+            self._breaker.record_failure(answered=error.outcome not in _NO_ANSWER)
 
     def settle(self, error: UpstreamError, *, explained: bool) -> None:
         """Report the verdict on a call that failed with ``judged=False``, once.
@@ -337,7 +337,7 @@ class UpstreamClient:
         if explained:
             self._breaker.record_excused()
         else:
-            self._breaker.record_failure()
+            self._breaker.record_failure(answered=error.outcome not in _NO_ANSWER)
 
     def close(self) -> None:
         """Close the pooled connections."""

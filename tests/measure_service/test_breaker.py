@@ -273,6 +273,17 @@ def test_requests_waiting_less_than_the_overdue_limit_do_not_count() -> None:
     assert breaker.state == "closed"
 
 
+def test_after_an_answered_failure_requests_waiting_to_be_sent_do_not_count() -> None:
+    # A 429 and its Retry-After pause keep requests waiting: behind an answer, not silence.
+    waiting: list[float] = []
+    breaker, clock = _waiting_breaker(waiting, threshold=2)
+    _start_calls(breaker, 1)
+    waiting.extend([clock.now] * 3)
+    clock.now += OVERDUE_S
+    breaker.record_failure(answered=True)
+    assert breaker.state == "closed"
+
+
 def test_waiting_requests_without_a_failure_never_open_the_breaker() -> None:
     waiting: list[float] = []
     breaker, clock = _waiting_breaker(waiting, threshold=3)

@@ -411,6 +411,21 @@ def test_a_retried_call_counts_once_towards_opening_the_breaker(
     assert breaker.state == "open"
 
 
+def test_requests_waiting_behind_a_retry_after_pause_do_not_open_the_breaker(
+    clock: _Clock, mocked: responses.RequestsMock
+) -> None:
+    mocked.post(URL, status=429, headers={"Retry-After": "30"})
+    waiting = [clock.now] * 4
+    breaker = CircuitBreaker(
+        5, 10.0, clock, overdue_after_s=1.0, waiting_since=lambda: waiting
+    )
+    client = _client(clock, retries=0, breaker=breaker)
+    with pytest.raises(UpstreamError):
+        client.measure([_row("a")], {})
+    clock.now += 30
+    assert breaker.state == "closed"
+
+
 def test_a_5xx_left_to_the_caller_is_neither_retried_nor_counted(
     clock: _Clock, mocked: responses.RequestsMock
 ) -> None:
