@@ -170,6 +170,9 @@ def l2_worker(url: str, seconds: float, pools: bool = True) -> dict[str, Any]:
         def get(self, key: Any) -> None:
             return None
 
+        def get_many(self, keys: Any) -> list[None]:
+            return [None for _ in keys]
+
         def set(self, key: Any, value: Any, cost: Any = None, ttl: Any = None) -> bool:
             return False
 
