@@ -56,7 +56,7 @@ def measure() -> None:
         for _ in range(REQUESTS_PER_CLIENT):
             base = counter[0]
             counter[0] += ROWS
-            fetcher.lookup([(key(base + k), 1) for k in range(ROWS)], 0.045, "a")
+            fetcher.lookup([key(base + k) for k in range(ROWS)], [1] * ROWS, 0.045, "a")
 
     for round_ in range(ROUNDS):
         started = time.process_time()

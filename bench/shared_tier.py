@@ -170,6 +170,9 @@ def l2_worker(url: str, seconds: float, pools: bool = True) -> dict[str, Any]:
         def get(self, key: Any) -> None:
             return None
 
+        def get_many(self, keys: Any) -> list[None]:
+            return [None for _ in keys]
+
         def set(self, key: Any, value: Any, cost: Any = None, ttl: Any = None) -> bool:
             return False
 
@@ -191,12 +194,12 @@ def l2_worker(url: str, seconds: float, pools: bool = True) -> dict[str, Any]:
                                batch_window_s=0.002, batch_rows=500, max_pending_rows=10_000,
                                concurrency=4)
     fetcher = Fetcher(NoCache(), NoUpstream(), settings, shared=tier)
-    batches = [[(k, 1) for k in keys[start:start + 100]] for start in range(0, len(keys), 100)]
+    batches = [keys[start:start + 100] for start in range(0, len(keys), 100)]
     looked = 0
     started = time.perf_counter()
     while time.perf_counter() - started < seconds:
         for batch in batches:
-            lookup = fetcher.lookup(batch)
+            lookup = fetcher.lookup(batch, [1] * len(batch))
             assert lookup.hits == len(batch), lookup
             looked += len(batch)
     elapsed = time.perf_counter() - started
@@ -235,7 +238,7 @@ def _pool_run(url: str, size: int, batches: list[Any], seconds: float) -> dict[s
     def reader(offset: int) -> None:
         i = offset
         while time.perf_counter() < deadline:
-            keys = [key for key, _ in batches[i % len(batches)]]
+            keys = batches[i % len(batches)]
             started = time.perf_counter()
             if len(tier.read(keys)) == len(keys):
                 took.append(time.perf_counter() - started)

@@ -160,13 +160,15 @@ def _answer(
     """The encoded 200 answer to a valid request from ``tenant``; records the access log's
     counts."""
     rows: list[Row] = []
-    wanted: list[tuple[RowKey, float]] = []
+    keys: list[RowKey] = []
+    costs: list[float] = []
     for raw in raw_rows:
         row = validate_row(raw, params)
         rows.append(row)
         if row.key is not None:
-            wanted.append((row.key, row.cost))
-    lookup = services.fetcher.lookup(wanted, services.config.wait_s, tenant)
+            keys.append(row.key)
+            costs.append(row.cost)
+    lookup = services.fetcher.lookup(keys, costs, services.config.wait_s, tenant)
 
     environ[logs.ENVIRON_ROWS] = len(rows)
     environ[logs.ENVIRON_HITS] = lookup.hits

@@ -32,7 +32,6 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import operator
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -184,7 +183,6 @@ class FetchFailed(Exception):
 
 _PENDING = RowOutcome("pending")
 _new_tuple = tuple.__new__
-_key_of = operator.itemgetter(0)  # of a (key, cost) pair
 
 
 class _Flight(NamedTuple):
@@ -272,13 +270,19 @@ class Fetcher:
         )
 
     def lookup(
-        self, rows: Sequence[tuple[RowKey, float]], wait_s: float = 0.0, tenant: Tenant = None
+        self,
+        keys: Sequence[RowKey],
+        costs: Sequence[float],
+        wait_s: float = 0.0,
+        tenant: Tenant = None,
     ) -> Lookup:
-        """Answer each ``(key, cost)`` from the cache, fetching misses; wait up to ``wait_s``.
+        """Answer each of ``keys`` from the cache, fetching misses; wait up to ``wait_s``.
 
-        Returns the moment the last miss resolves, or when ``wait_s`` runs out; the fetches go
-        on after that and still fill the cache. New fetches count against ``tenant``'s fair
-        shares (the client key, or None without authentication).
+        ``costs`` holds the cost each key's row asks for, in the same order. Two lists rather
+        than a list of pairs: the keys go to the cache as they are, and no pair is built per
+        row. Returns the moment the last miss resolves, or when ``wait_s`` runs out; the
+        fetches go on after that and still fill the cache. New fetches count against
+        ``tenant``'s fair shares (the client key, or None without authentication).
         """
         now = self._clock()
         ttl_s = self._settings.ttl_s
@@ -289,9 +293,9 @@ class Fetcher:
         missed: list[tuple[int, RowKey, float]] = []
         status: RowStatus
         # One read of the cache for the request: its lock is taken once, not once per row.
-        entries = self._cache.get_many(map(_key_of, rows))
+        entries = self._cache.get_many(keys)
         lowered: dict[RowKey, CachedAnswer] = {}  # entries an earlier row re-stored cheaper
-        for (key, cost), entry in zip(rows, entries, strict=True):
+        for key, cost, entry in zip(keys, costs, entries, strict=True):
             if entry is not None:
                 if lowered:
                     # A key asked twice: the later row sees what the earlier one stored.

@@ -50,7 +50,7 @@ class Harness:
     def lookup(
         self, *keys: RowKey, cost: int = 100, wait_s: float = WAIT_S, tenant: str | None = None
     ) -> Lookup:
-        return self.fetcher.lookup([(k, cost) for k in keys], wait_s, tenant)
+        return self.fetcher.lookup(keys, [cost] * len(keys), wait_s, tenant)
 
     def statuses(self, *keys: RowKey, wait_s: float = WAIT_S) -> list[str]:
         return [outcome.status for outcome in self.lookup(*keys, wait_s=wait_s).outcomes]
@@ -221,7 +221,7 @@ def test_a_lighter_row_after_a_heavier_one_in_one_request_keeps_the_lower_cost(
     harness: Harness,
 ) -> None:
     harness.lookup(key(), cost=100)
-    lookup = harness.fetcher.lookup([(key(), 50), (key(), 60)])
+    lookup = harness.fetcher.lookup([key(), key()], [50, 60])
     entry = harness.cache.get(key())
     assert entry is not None and entry.cost == 50
     assert [outcome.entry.cost for outcome in lookup.outcomes if outcome.entry] == [50, 50]

@@ -43,7 +43,7 @@ class Worker:
         self.fetcher = Fetcher(self.cache, upstream, settings, shared=self.tier, clock=clock)
 
     def statuses(self, *keys: RowKey, wait_s: float = WAIT_S) -> list[str]:
-        lookup = self.fetcher.lookup([(k, 100) for k in keys], wait_s)
+        lookup = self.fetcher.lookup(keys, [100] * len(keys), wait_s)
         return [outcome.status for outcome in lookup.outcomes]
 
 
@@ -159,8 +159,8 @@ def test_the_answer_is_the_same_as_without_the_tier(
     workers: list[Worker], upstream: FakeUpstream
 ) -> None:
     workers[0].statuses(key())
-    here = workers[0].fetcher.lookup([(key(), 100)]).outcomes[0].entry
-    there = workers[1].fetcher.lookup([(key(), 100)]).outcomes[0].entry
+    here = workers[0].fetcher.lookup([key()], [100]).outcomes[0].entry
+    there = workers[1].fetcher.lookup([key()], [100]).outcomes[0].entry
     assert here is not None and there is not None
     assert (here.total_emissions, here.inventory_coverage, here.error) == (
         there.total_emissions, there.inventory_coverage, there.error
