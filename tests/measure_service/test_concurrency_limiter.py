@@ -92,21 +92,24 @@ def test_a_waiting_caller_says_when_it_asked_for_its_slot(clock: FakeClock) -> N
     waiter.kill()
 
 
-def test_a_caller_handed_a_slot_is_no_longer_waiting(clock: FakeClock) -> None:
+def _one_waiter(clock: FakeClock) -> tuple[AdaptiveLimiter, gevent.Greenlet]:
+    """A one-slot limiter whose slot is held, and a greenlet waiting for it."""
     limiter = AdaptiveLimiter(1, clock=clock)
     limiter.acquire()
     waiter = gevent.spawn(limiter.acquire)
     gevent.sleep(0)
+    return limiter, waiter
+
+
+def test_a_caller_handed_a_slot_is_no_longer_waiting(clock: FakeClock) -> None:
+    limiter, waiter = _one_waiter(clock)
     limiter.release()
     assert limiter.waiting_since() == []
     waiter.join(timeout=2)
 
 
 def test_a_killed_waiter_is_no_longer_waiting(clock: FakeClock) -> None:
-    limiter = AdaptiveLimiter(1, clock=clock)
-    limiter.acquire()
-    waiter = gevent.spawn(limiter.acquire)
-    gevent.sleep(0)
+    limiter, waiter = _one_waiter(clock)
     waiter.kill()
     assert limiter.waiting_since() == []
 
