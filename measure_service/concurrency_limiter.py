@@ -67,9 +67,8 @@ class AdaptiveLimiter:
         self._in_flight = 0
         self._long_rtt_s: float | None = None
         self._last_backoff = -math.inf
-        self._waiters: list[tuple[float, int, Event]] = []
-        # When each caller waiting now asked for its slot, by its place in line.
-        self._asked_at: dict[int, float] = {}
+        # (deadline, place in line, when it asked, its event) for each caller waiting now.
+        self._waiters: list[tuple[float, int, float, Event]] = []
         self._order = itertools.count()
         prometheus_metrics.UPSTREAM_LIMIT.set(self.limit)
 
@@ -94,7 +93,7 @@ class AdaptiveLimiter:
         A request waiting here has had no answer either: the circuit breaker counts it with
         the calls out when every slot is held by calls upstream does not answer.
         """
-        return list(self._asked_at.values())
+        return [asked for _, _, asked, _ in self._waiters]
 
     @contextmanager
     def slot(self, deadline: float = math.inf) -> Iterator[None]:
@@ -111,10 +110,8 @@ class AdaptiveLimiter:
             self._in_flight += 1
             return
         event = Event()
-        order = next(self._order)
-        entry = (deadline, order, event)
+        entry = (deadline, next(self._order), self._clock(), event)
         heapq.heappush(self._waiters, entry)
-        self._asked_at[order] = self._clock()
         try:
             event.wait()
         except BaseException:
@@ -124,8 +121,6 @@ class AdaptiveLimiter:
                 self._waiters.remove(entry)
                 heapq.heapify(self._waiters)
             raise
-        finally:
-            self._asked_at.pop(order, None)
 
     def release(self) -> None:
         """Give back a slot; it goes to the waiter with the earliest deadline."""
@@ -158,8 +153,7 @@ class AdaptiveLimiter:
 
     def _wake(self) -> None:
         while self._waiters and self._in_flight < self.limit:
-            _, order, event = heapq.heappop(self._waiters)
-            self._asked_at.pop(order, None)
+            _, _, _, event = heapq.heappop(self._waiters)
             self._in_flight += 1
             event.set()
 
