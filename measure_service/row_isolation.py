@@ -278,23 +278,22 @@ class Isolation:
         self.send = send
         positions = list(range(len(self.owners)))
         first = self.first = self.attempt(positions)
-        if first.error is None:
-            pass
-        elif self.counted:
-            # Upstream answered no one: parts of the batch would fail as the whole did.
-            self.fail(first.failed, first.error)
-        elif isinstance(first.error, CutShort) or (
-            len(first.failed) > 1 and _splittable(first.error)
-        ):
-            return
-        else:
-            if (len(first.failed) == 1 and _splittable(first.error) and self.isolator._confirm
-                    and not _certain(first.error)):
-                # A lone row is judged on two failures, like a row found by splitting: one
-                # failure may be upstream's own passing trouble.
-                first = self.attempt(first.failed)
-            if first.error is not None:
-                self.give_up_or_judge(first.failed, first.error)
+        if first.error is not None:
+            if self.counted:
+                # Upstream answered no one: parts of the batch would fail as the whole did.
+                self.fail(first.failed, first.error)
+            elif isinstance(first.error, CutShort) or (
+                len(first.failed) > 1 and _splittable(first.error)
+            ):
+                return
+            else:
+                if (len(first.failed) == 1 and _splittable(first.error)
+                        and self.isolator._confirm and not _certain(first.error)):
+                    # A lone row is judged on two failures, like a row found by splitting:
+                    # one failure may be upstream's own passing trouble.
+                    first = self.attempt(first.failed)
+                if first.error is not None:
+                    self.give_up_or_judge(first.failed, first.error)
         self.finish()
 
     @property
