@@ -14,7 +14,6 @@ number of requests, and fall back to the baseline once upstream answers.
 from __future__ import annotations
 
 import gc
-import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -44,10 +43,6 @@ MAX_PENDING_ROWS = 40
 # Client connections, upstream pool, simulator control calls, and the worker's own files.
 FD_HEADROOM = CLIENTS + CONCURRENCY + 16
 HOT = [{"inventoryId": f"hot{n}.example.com", "utcDatetime": "2024-10-30"} for n in range(4)]
-IN_FLIGHT = re.compile(r"^measure_upstream_in_flight(?:\{[^}]*\})? (\S+)$", re.MULTILINE)
-LIMIT = re.compile(
-    r"^measure_upstream_concurrency_limit(?:\{[^}]*\})? (\S+)$", re.MULTILINE
-)
 
 
 def cold() -> dict[str, Any]:
@@ -55,11 +50,16 @@ def cold() -> dict[str, Any]:
 
 
 
+def gauge(service: Service, name: str) -> float:
+    """The sum of the gauge ``name`` over its series on /metrics, which must show it."""
+    samples = service.metrics()
+    assert any(sample == name for sample, _ in samples), f"/metrics has no {name}"
+    return probes.metric_total(samples, name)
+
+
 def limit(service: Service) -> int:
     """The worker's adaptive limit on upstream requests in flight, from /metrics."""
-    values = LIMIT.findall(service.get("/metrics").text)
-    assert values, "/metrics has no measure_upstream_concurrency_limit"
-    return int(sum(float(v) for v in values))
+    return int(gauge(service, "measure_upstream_concurrency_limit"))
 
 
 def open_fds(pid: int) -> int:
@@ -70,9 +70,7 @@ def open_fds(pid: int) -> int:
 
 def in_flight(service: Service) -> float:
     """Upstream requests in flight now, from /metrics."""
-    values = IN_FLIGHT.findall(service.get("/metrics").text)
-    assert values, "/metrics has no measure_upstream_in_flight"
-    return sum(float(v) for v in values)
+    return gauge(service, "measure_upstream_in_flight")
 
 
 @pytest.fixture(scope="module")

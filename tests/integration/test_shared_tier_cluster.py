@@ -5,7 +5,6 @@ Runs in CI (CI=true) or with RUN_CLUSTER_TESTS=1: making the cluster takes a whi
 
 from __future__ import annotations
 
-import re
 import shutil
 import socket
 import subprocess
@@ -17,6 +16,7 @@ from typing import Any
 import pytest
 
 from devtools.harness import free_port
+from devtools.probes import metric_total
 from tests.conftest import Processes, RedisServer, Service, Simulator, require_redis_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
@@ -91,9 +91,7 @@ def fresh(count: int) -> list[str]:
 
 
 def shared_errors(service: Service) -> float:
-    text = service.get("/metrics").text
-    return sum(float(v) for v in re.findall(r"^measure_shared_errors_total\{[^}]*\} (\S+)$",
-                                             text, re.MULTILINE))
+    return metric_total(service.metrics(), "measure_shared_errors_total")
 
 
 def test_rows_on_a_cluster_are_fetched_once_for_every_worker_of_both_instances(
@@ -132,8 +130,8 @@ def test_resharding_under_traffic_is_followed_by_the_client_not_turned_into_erro
     new_sites = fresh(30)
     assert set(statuses(first, new_sites)) == {"fetched"}
     later = [set(statuses(second, new_sites)) for _ in range(4)]
-    errors = [line for line in second.get("/metrics").text.splitlines()
-              if line.startswith("measure_shared_errors_total")]
+    errors = {labels: value for (name, labels), value in second.metrics().items()
+              if name == "measure_shared_errors_total"}
     logs = [line for line in second.log_lines() if "redis" in str(line).lower()]
     assert later == [{"hit"}] * 4, (errors, logs[-5:])
     assert shared_errors(second) == errors_before

@@ -7,7 +7,6 @@ while Redis is healthy a row is fetched from upstream once for all four workers.
 from __future__ import annotations
 
 import itertools
-import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from devtools.probes import Samples, metric_total
 from tests.conftest import (
     Processes,
     RedisServer,
@@ -101,21 +101,14 @@ def test_metrics_count_redis_hits_and_leases_per_tier(instances: list[Service]) 
     statuses(instances[0], [site])
     statuses(instances[1], [site])
     # Each worker writes its counts to the metrics files about once a second.
-    def counted_a_redis_hit() -> str | None:
-        page = instances[1].get("/metrics").text
-        return page if metric(page, "measure_shared_hits_total") >= 1 else None
+    def counted_a_redis_hit() -> Samples | None:
+        samples = instances[1].metrics()
+        return samples if metric_total(samples, "measure_shared_hits_total") >= 1 else None
 
-    text = eventually(counted_a_redis_hit)
-    assert "measure_shared_seconds_bucket" in text
-    won = 'measure_shared_leases_total{outcome="won"}'
-    eventually(lambda: metric(instances[0].get("/metrics").text, won) >= 1)
-
-
-def metric(text: str, name: str) -> float:
-    """Sum of the samples of ``name`` (a bare name matches every label set)."""
-    labels = "" if "{" in name else r"(?:\{[^}]*\})?"
-    pattern = re.compile(rf"^{re.escape(name)}{labels} (\S+)$", re.MULTILINE)
-    return sum(float(value) for value in pattern.findall(text))
+    samples = eventually(counted_a_redis_hit)
+    assert any(name == "measure_shared_seconds_bucket" for name, _ in samples)
+    eventually(lambda: metric_total(
+        instances[0].metrics(), "measure_shared_leases_total", outcome="won") >= 1)
 
 
 def test_a_cold_burst_over_both_instances_fetches_each_row_once(

@@ -9,7 +9,6 @@ a late holder never overwrites the newer row.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,6 +17,7 @@ from typing import Any
 import pytest
 import requests
 
+from devtools.probes import metric_total
 from measure_service.rows import RowKey
 from measure_service.shared_tier import key_name
 from tests.conftest import (
@@ -126,9 +126,7 @@ def busy_s(sim: Simulator, pid: int) -> float:
 
 
 def lost_leases(service: Service) -> float:
-    text = service.get("/metrics").text
-    found = re.findall(r'^measure_shared_leases_total\{outcome="lost"\} (\S+)$', text, re.M)
-    return sum(float(value) for value in found)
+    return metric_total(service.metrics(), "measure_shared_leases_total", outcome="lost")
 
 
 def test_a_lease_whose_holder_died_before_sending_is_fetched_once_after_it_lapses(

@@ -9,7 +9,6 @@ row whose inventoryId contains ``poison<kind>`` spoils the request it is in, in 
 
 from __future__ import annotations
 
-import re
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import pytest
 import requests
 
+from devtools.probes import metric_total
 from tests.conftest import Processes, Service, Simulator
 
 pytestmark = pytest.mark.integration
@@ -70,9 +70,8 @@ def together(service: Service, *requests_: tuple[str, list[dict[str, Any]]]) -> 
 
 
 def breaker_openings(service: Service) -> float:
-    text = service.get("/metrics").text
-    return sum(float(value) for value in re.findall(
-        r'measure_upstream_breaker_transitions_total\{to="open"\} (\S+)', text))
+    return metric_total(service.metrics(), "measure_upstream_breaker_transitions_total",
+                        to="open")
 
 
 @pytest.mark.parametrize("marker", ["poison5xx", "poison400"])
