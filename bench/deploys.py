@@ -54,10 +54,11 @@ SCENARIOS = ("term", "term-undrained", "hup", "kill")
 class Load:
     """A closed-loop load of one new key per request, running in a greenlet until stopped."""
 
-    def __init__(self, server: Server, connections: int, *, close: bool = False) -> None:
+    def __init__(self, server: Server, connections: int, *, close: bool = False,
+                 api_key: str = API_KEY) -> None:
         """Start ``connections`` keep-alive connections against ``server`` (with ``close``, a
         new connection for every request)."""
-        headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+        headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
         if close:
             headers["Connection"] = "close"
         template = ('{"rows": [{"inventoryId": "deploy-' + uuid.uuid4().hex[:8]
@@ -77,10 +78,11 @@ class Load:
         eventually(lambda: self.result.requests >= 2 * self.connections
                    and self.result.in_flight == self.connections)
 
-    def stop(self) -> None:
-        """Send nothing new; return once the requests in flight are done."""
+    def stop(self) -> bool:
+        """Send nothing new; wait until the requests in flight are done (False: not in time)."""
         self._stop.set()
         self._greenlet.join(timeout=DEADLINE_S)
+        return bool(self._greenlet.dead)
 
     def failed(self) -> int:
         """Errors, non-2xx answers and 2xx answers without the service's JSON."""

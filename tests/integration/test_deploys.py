@@ -1,7 +1,8 @@
 """Deploys under load: SIGTERM to the master, SIGHUP (reload), and SIGKILL of one worker.
 
 Real gunicorn (two gevent workers) in front of the simulator; a closed-loop load of
-``CONNECTIONS`` keep-alive connections runs in this process (``bench/loadgen.py``, gevent).
+``CONNECTIONS`` keep-alive connections runs in this process (``bench/deploys.py``'s ``Load``,
+the benchmark's own, on ``bench/loadgen.py`` and gevent).
 Every request carries one new key, so it waits about ``UPSTREAM_MS`` for the upstream
 answer: at any moment nearly every connection has a request in flight inside a worker.
 
@@ -21,20 +22,16 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import uuid
 from collections.abc import Callable
 
 import gevent
-import gevent.event
-import loadgen
 import pytest
+from deploys import Load
 
 from devtools.probes import client_connections, eventually
 from tests.conftest import API_KEY, Processes, Service
 
 pytestmark = pytest.mark.integration
-
-
 
 UPSTREAM_MS = 300
 CONNECTIONS = 16
@@ -48,46 +45,6 @@ DEPLOY_ENV = {
 }
 # Bounds on waiting for processes; generous, since the machine may be busy.
 PROCESS_DEADLINE_S = 30.0
-LOAD_SECONDS = 60.0  # upper bound only: every load here is stopped by its test
-
-
-class Load:
-    """A closed-loop load running in a greenlet until :meth:`stop`."""
-
-    def __init__(self, service: Service) -> None:
-        """Start ``CONNECTIONS`` connections sending one new key per request."""
-        template = (
-            '{"rows": [{"inventoryId": "deploy-' + uuid.uuid4().hex[:8]
-            + '-{seq}.example", "utcDatetime": "2024-10-30"}]}'
-        )
-        target = loadgen.Target.from_url(
-            service.url + "/v2/measure",
-            headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"},
-            body_template=template,
-        )
-        self.result = loadgen.Result(mode="closed", connections=CONNECTIONS, duration_s=0.0)
-        self._stop = gevent.event.Event()
-        self._greenlet = gevent.spawn(
-            loadgen.run_closed, target, connections=CONNECTIONS, duration_s=LOAD_SECONDS,
-            tally=r'"(requestId)"', stop=self._stop, result=self.result,
-        )
-
-    def wait_until_busy(self) -> None:
-        """Wait until every connection has been answered at least once and is busy again."""
-        _eventually(lambda: self.result.requests >= 2 * CONNECTIONS
-                    and self.result.in_flight == CONNECTIONS)
-
-    def stop(self) -> None:
-        """Send no new request; return when those in flight are answered or failed."""
-        self._stop.set()
-        self._greenlet.join(timeout=PROCESS_DEADLINE_S)
-        assert self._greenlet.dead, "the load did not end"
-
-    def failed(self) -> int:
-        """Requests that erred, were not 2xx, or whose body is not the service's JSON."""
-        result = self.result
-        not_json = result.requests - result.non_2xx - result.tallies["requestId"]
-        return int(sum(result.errors.values()) + result.non_2xx + not_json)
 
 
 def _eventually(check: Callable[[], bool]) -> None:
@@ -119,11 +76,11 @@ def test_sigterm_answers_every_request_in_flight_and_the_master_exits(
     processes: Processes,
 ) -> None:
     service = start(processes)
-    load = Load(service)
+    load = Load(service, CONNECTIONS, api_key=API_KEY)
     load.wait_until_busy()
     in_flight = load.result.in_flight
     service.process.send_signal(signal.SIGTERM)
-    load.stop()
+    assert load.stop(), "the load did not end"
 
     assert in_flight == CONNECTIONS
     assert load.failed() == 0, load.result.summary()
@@ -137,14 +94,14 @@ def test_sigterm_answers_every_request_in_flight_and_the_master_exits(
 def test_sighup_replaces_every_worker_without_a_failed_request(processes: Processes) -> None:
     service = start(processes)
     old_workers = workers(service)
-    load = Load(service)
+    load = Load(service, CONNECTIONS, api_key=API_KEY)
     load.wait_until_busy()
     service.process.send_signal(signal.SIGHUP)
     _eventually(lambda: not workers(service) & old_workers and len(workers(service)) == WORKERS)
     answered_by_old_and_new = load.result.requests
     # Proof that the new workers serve: more answers after every old worker has gone.
     _eventually(lambda: load.result.requests >= answered_by_old_and_new + 2 * CONNECTIONS)
-    load.stop()
+    assert load.stop(), "the load did not end"
 
     # A loss logged with "Bad file descriptor" is gunicorn's listener race (bench/RELIABILITY.md).
     races = service.log_path.read_text(errors="replace").count("Bad file descriptor")
@@ -157,7 +114,7 @@ def test_sigkill_of_a_worker_loses_at_most_its_requests_in_flight(
 ) -> None:
     service = start(processes)
     port = int(service.url.rsplit(":", 1)[1])
-    load = Load(service)
+    load = Load(service, CONNECTIONS, api_key=API_KEY)
     load.wait_until_busy()
     # The busiest worker: one that holds no connection could not show that anything is lost.
     victim = max(workers(service), key=lambda pid: client_connections(pid, port))
@@ -169,7 +126,7 @@ def test_sigkill_of_a_worker_loses_at_most_its_requests_in_flight(
     answered = load.result.requests
     # Service continues: more answers once the replacement worker is up.
     _eventually(lambda: load.result.requests >= answered + 2 * CONNECTIONS)
-    load.stop()
+    assert load.stop(), "the load did not end"
 
     assert on_victim > 0
     assert load.failed() <= on_victim, load.result.summary()
