@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from devtools import probes
 from devtools.harness import LOOPBACK, Processes, Server
 from measure_service.fetcher import CachedAnswer
 from measure_service.rows import (
@@ -91,18 +92,6 @@ def post_chunked(server: Server, body: bytes, chunk: int, timeout: float = 30.0)
             while chunk_in := sock.recv(65536):
                 answer += chunk_in
     return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/") else 0
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def service(procs: Processes, upstream_url: str, **env: str) -> tuple[Server, int]:
@@ -154,12 +143,14 @@ def padded_fields(procs: Processes, requests: int = 200, warmup: int = 30) -> di
 
     for i in range(warmup):
         send(i)
-    before = rss_kib(pid)
+    before = probes.rss_kib(pid)
     for i in range(warmup, warmup + requests):
         send(i)
     gc_pause = 0.5
     time.sleep(gc_pause)
-    after = rss_kib(pid)
+    after = probes.rss_kib(pid)
+    if before is None or after is None:
+        raise RuntimeError(f"worker {pid} is gone")
     growth_mib = (after - before) / 1024
     return {
         "figure": f"RSS {before / 1024:.1f} -> {after / 1024:.1f} MiB ({growth_mib:+.2f} MiB) "
@@ -583,7 +574,7 @@ def hostile_bodies(procs: Processes, repeats: int = 10) -> dict[str, Any]:
     for name, kind in kinds.items():
         post(server, body_of_kind(kind, 1))  # warm: first-use allocations are not the cost
         bodies = [body_of_kind(kind, 2 + n) for n in range(repeats)]
-        before = cpu_s(pid)
+        before = probes.cpu_seconds(pid)
         statuses: set[int] = set()
         for body in bodies:
             status, content_type, answer = post(server, body)
@@ -592,19 +583,19 @@ def hostile_bodies(procs: Processes, repeats: int = 10) -> dict[str, Any]:
                 content_type.startswith("application/json") and "error" in json.loads(answer)
             ):
                 non_json_4xx += 1
-        rows[name]["worker_ms"] = round((cpu_s(pid) - before) / repeats * 1000, 1)
+        rows[name]["worker_ms"] = round((probes.cpu_seconds(pid) - before) / repeats * 1000, 1)
         rows[name]["statuses"] = sorted(statuses)
     # The same body, framed in small chunks: the server's chunk reader is the cost.
     one_row = body_of(GOOD)
     padded = one_row[:-1] + b" " * (MIB - 100 - len(one_row)) + b"}"
     for chunk in (4, 64, 256, 4096):
         post_chunked(server, padded, chunk)
-        before = cpu_s(pid)
+        before = probes.cpu_seconds(pid)
         statuses = {post_chunked(server, padded, chunk) for _ in range(repeats)}
         rows[f"1 MB in {chunk}-byte chunks"] = {
             "bytes": len(padded), "in_process_ms": 0.0, "reference_parse_ms": 0.0,
             "outcome": "chunked", "statuses": sorted(statuses),
-            "worker_ms": round((cpu_s(pid) - before) / repeats * 1000, 1),
+            "worker_ms": round((probes.cpu_seconds(pid) - before) / repeats * 1000, 1),
         }
     hostile = {name: r for name, r in rows.items() if name not in FULL_REQUESTS}
     worst_name = max(hostile, key=lambda name: hostile[name]["worker_ms"])
