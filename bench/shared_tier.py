@@ -47,6 +47,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devtools, from a checkout
 from service_load import API_KEY, UPSTREAM_TOKEN, Generators
 
+from devtools import probes
 from devtools.harness import Processes, RedisServer, Server, Service, Simulator
 
 LEASE_MS = 2000
@@ -323,12 +324,12 @@ def _shared(instances: list[Service]) -> bool:
 
 
 def _until(check: Callable[[], bool], timeout_s: float) -> float:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return time.monotonic()
-        time.sleep(0.05)
-    return float("inf")
+    """When ``check`` first held (inf: not within ``timeout_s``)."""
+    try:
+        probes.eventually(check, timeout_s, interval_s=0.05)
+    except TimeoutError:
+        return float("inf")
+    return time.monotonic()
 
 
 def _summary(values: list[float]) -> dict[str, float]:
