@@ -11,11 +11,9 @@ import contextlib
 import http.client
 import json
 import os
-import re
 import signal
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devtools, from a
 from devtools import probes
 from devtools.harness import LOOPBACK, Processes, Server, Simulator, free_port, stop
 
-APP = "measure_service.wsgi:app"
 WORKERS = 2
 # Upstream slots per worker in scenario 4 (the service's default, set explicitly there).
 UPSTREAM_CONCURRENCY = 4
@@ -170,12 +167,13 @@ def call_once(port: int, method: str, path: str, document: Any = None, *,
 
 
 def measure(port: int, rows: list[dict[str, Any]], client: Client | None = None,
-            query: str = "") -> Reply:
-    """POST ``rows`` to the service's /v2/measure (on ``client``, else a new connection)."""
+            query: str = "", *, token: str = API_KEY) -> Reply:
+    """POST ``rows`` to the service's /v2/measure as client key ``token`` (on ``client``, else
+    a new connection)."""
     path = "/v2/measure" + query
     if client is None:
-        return call_once(port, "POST", path, {"rows": rows}, token=API_KEY)
-    return client.call("POST", path, {"rows": rows}, token=API_KEY)
+        return call_once(port, "POST", path, {"rows": rows}, token=token)
+    return client.call("POST", path, {"rows": rows}, token=token)
 
 
 def row(inventory_id: str, row_id: str) -> dict[str, Any]:
@@ -221,7 +219,7 @@ def burst(port: int, bodies: Sequence[list[dict[str, Any]]], query: str = "") ->
 
 
 def closed_loop(port: int, bodies: Iterable[list[dict[str, Any]]], connections: int,
-                *, fresh: bool = False) -> list[Reply]:
+                *, fresh: bool = False, token: str = API_KEY) -> list[Reply]:
     """Send ``bodies`` from ``connections`` clients, each sending when its last answer is in.
 
     ``fresh`` opens a new connection per request, so that both workers get a share.
@@ -233,7 +231,7 @@ def closed_loop(port: int, bodies: Iterable[list[dict[str, Any]]], connections: 
         client = Client(port)
         try:
             for rows in feed:
-                replies.append(measure(port, rows, None if fresh else client))
+                replies.append(measure(port, rows, None if fresh else client, token=token))
         finally:
             client.close()
 
@@ -424,9 +422,8 @@ class GaugePoller(_Poller):
         self, port: int, interval_s: float, max_seconds: float, name: str = NAME
     ) -> None:
         """Poll ``127.0.0.1:port/metrics`` every ``interval_s`` for the gauge ``name``."""
-        self.NAME = name
         self.readings: list[tuple[float, float]] = []
-        self._pattern = re.compile(rf"^{self.NAME}(?:{{[^}}]*}})? (\S+)$", re.MULTILINE)
+        self._name = name
         self._client = Client(port)
         super().__init__(interval_s, max_seconds)
 
@@ -440,11 +437,10 @@ class GaugePoller(_Poller):
         reply = self._client.call("GET", "/metrics")
         if reply.status == 404:
             return False
-        text = reply.document if isinstance(reply.document, str) else None
-        if text is not None:
-            values = [float(v) for v in self._pattern.findall(text)]
-            if values:
-                self.readings.append((at, sum(values)))
+        if isinstance(reply.document, str):
+            samples = probes.parse_metrics(reply.document, self._name)
+            if any(sample == self._name for sample, _ in samples):
+                self.readings.append((at, probes.metric_total(samples, self._name)))
         return None
 
     def first(self, since: float, test: Callable[[float], bool]) -> float | None:
@@ -519,14 +515,12 @@ class EconomyBench:
 
     def service(self, **env: str) -> Server:
         """A fresh service (cold cache) with 2 gevent workers and ``env`` on top of the base."""
-        port_dir = self.procs.log_dir / f"metrics-{uuid.uuid4().hex[:8]}"
-        port_dir.mkdir()
         full = {
             "ENV": "bench", "API_KEYS": API_KEY, "SCOPE3_API_TOKEN": UPSTREAM_TOKEN,
             "SCOPE3_API_URL": self.upstream.url, "LOG_LEVEL": "INFO",
-            "ACCESS_LOG": "sample:0.01", "PROMETHEUS_MULTIPROC_DIR": str(port_dir), **env,
+            "ACCESS_LOG": "sample:0.01", **env,
         }
-        return self.procs.gunicorn(APP, env=full, workers=WORKERS, name="service")
+        return self.procs.service(None, env=full, workers=WORKERS)
 
     def fresh_upstream(self, **changes: Any) -> None:
         """Reset the simulator, then apply ``changes``."""

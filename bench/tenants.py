@@ -44,67 +44,49 @@ monkey.patch_all()
 import argparse  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
-import re  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
 from collections import Counter  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from datetime import datetime, timezone  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import gevent  # noqa: E402
 from economy import (  # noqa: E402
+    ROWS_PER_REQUEST,
     UPSTREAM_TOKEN,
+    WORKERS,
     Client,
     Reply,
     Report,
     RestartableSimulator,
-    call_once,
     chosen_scenarios,
+    closed_loop,
+    cold_rows,
     finish,
+    measure,
     print_figures,
 )
 from loadgen import percentile  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devtools, from a checkout
-from devtools.harness import Processes, Server, free_port, stop  # noqa: E402
+from devtools.harness import MEASURE_APP, Processes, Server, free_port, stop  # noqa: E402
+from devtools.probes import metric_total  # noqa: E402
 from devtools.simulator import measure_row  # noqa: E402
 
-APP = "measure_service.wsgi:app"
-WORKERS = 2
 KEY_A = "bench-key-a"
 KEY_B = "bench-key-b"
 # The simulator's poison kinds, each with the inventoryId text that marks its rows.
 POISON_KINDS = ("5xx", "400", "hang", "slow", "reset", "malformed", "short", "identity",
                 "row_error")
-ROWS_PER_REQUEST = 5
 FLOOD_LATENCY_MS = 500
 # Upstream slots per worker (the ceiling of the adaptive limit): the service's default.
 CEILING = 4
 
 
-# --- clients -----------------------------------------------------------------------------------
-
-def rows(prefix: str, count: int) -> list[dict[str, Any]]:
-    """``count`` rows for keys nobody asked for before (``prefix`` is unique per call)."""
-    return [{"inventoryId": f"{prefix}-{i}.example", "utcDatetime": "2024-10-30",
-             "impressions": 1000, "rowIdentifier": f"r{i}"} for i in range(count)]
-
-
-def post(port: int, key: str, body: list[dict[str, Any]], client: Client | None = None) -> Reply:
-    """POST ``body`` to /v2/measure with ``key``; a new connection (either worker) by default."""
-    document = {"rows": body}
-    if client is not None:
-        return client.call("POST", "/v2/measure", document, token=key)
-    return call_once(port, "POST", "/v2/measure", document, token=key)
-
-
-def statuses(reply: Reply) -> list[str]:
-    """The rows' statuses (``no_answer`` for each row when the request failed)."""
-    return reply.statuses()
-
+# --- answers -----------------------------------------------------------------------------------
 
 def reasons(reply: Reply) -> list[str]:
     """The ``reason`` of each unavailable row."""
@@ -140,21 +122,6 @@ def every(interval_s: float, duration_s: float, action: Callable[[int], Any]) ->
     return [g.value for g in greenlets if g.successful()]
 
 
-def metric(port: int, name: str, **labels: str) -> float:
-    """The sum of a metric's samples on the service's /metrics that carry ``labels``."""
-    reply = call_once(port, "GET", "/metrics")
-    text = reply.document if isinstance(reply.document, str) else ""
-    total = 0.0
-    for line in text.splitlines():
-        match = re.match(rf"{re.escape(name)}(\{{[^}}]*\}})?\s+(\S+)$", line)
-        if match is None:
-            continue
-        sample_labels = match.group(1) or ""
-        if all(f'{k}="{v}"' in sample_labels for k, v in labels.items()):
-            total += float(match.group(2))
-    return total
-
-
 # --- the benchmark -----------------------------------------------------------------------------
 
 class TenantsBench:
@@ -180,22 +147,19 @@ class TenantsBench:
 
     def service(self, **env: str) -> Server:
         """A fresh service (cold cache) with 2 gevent workers, keys A and B, and ``env``."""
-        metrics_dir = self.procs.log_dir / f"metrics-{uuid.uuid4().hex[:8]}"
-        metrics_dir.mkdir()
         full = {
             "ENV": "bench", "API_KEYS": f"{KEY_A},{KEY_B}", "SCOPE3_API_TOKEN": UPSTREAM_TOKEN,
             "SCOPE3_API_URL": self.upstream.url, "LOG_LEVEL": "INFO",
-            "ACCESS_LOG": "sample:0.01", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
-            "WAIT_FOR_MISSING": "true", "UPSTREAM_CONCURRENCY": str(self.ceiling), **env,
+            "ACCESS_LOG": "sample:0.01", "WAIT_FOR_MISSING": "true",
+            "UPSTREAM_CONCURRENCY": str(self.ceiling), **env,
         }
         command = None
         if self.service_root is not None:
             root = self.service_root.resolve()
             full["PYTHONPATH"] = str(root)
             command = ["sh", "-c", f'cd "{root}" && exec "{sys.executable}" -m gunicorn '
-                       f'-c gunicorn.conf.py {APP}']
-        return self.procs.gunicorn(APP, env=full, workers=WORKERS, name="service",
-                                   command=command)
+                       f'-c gunicorn.conf.py {MEASURE_APP}']
+        return self.procs.service(None, env=full, workers=WORKERS, command=command)
 
     def fresh_upstream(self, **changes: Any) -> None:
         """Reset the simulator, then apply ``changes``."""
@@ -228,26 +192,26 @@ class TenantsBench:
         b_http: Counter[int] = Counter()
         try:
             def client_b(i: int) -> None:
-                reply = post(svc.port, KEY_B, [
+                reply = measure(svc.port, [
                     {"inventoryId": f"{marker}-{run}-{i}.example", "utcDatetime": "2024-10-30",
-                     "rowIdentifier": "p"}])
+                     "rowIdentifier": "p"}], token=KEY_B)
                 b_http[reply.status] += 1
-                b_first.append(statuses(reply))
+                b_first.append(reply.statuses())
 
             def client_a(i: int) -> None:
                 # One keep-alive connection: its worker's cache is the one asked next time.
-                body = rows(f"a{run}-{i}", ROWS_PER_REQUEST)
+                body = cold_rows(f"a{run}-{i}", 0, ROWS_PER_REQUEST)
                 client = Client(svc.port)
                 try:
-                    first = post(svc.port, KEY_A, body, client)
+                    first = measure(svc.port, body, client, token=KEY_A)
                     gevent.sleep(1.0)
-                    again = post(svc.port, KEY_A, body, client)
+                    again = measure(svc.port, body, client, token=KEY_A)
                     a_http.update((first.status, again.status))
-                    a_next.append(statuses(again))
+                    a_next.append(again.statuses())
                     a_wrong.extend(wrong_values(body, again))
-                    if statuses(again) != ["hit"] * ROWS_PER_REQUEST:
-                        a_missed.append({"first": statuses(first) + reasons(first),
-                                         "next": statuses(again) + reasons(again),
+                    if again.statuses() != ["hit"] * ROWS_PER_REQUEST:
+                        a_missed.append({"first": first.statuses() + reasons(first),
+                                         "next": again.statuses() + reasons(again),
                                          "trace": first.document.get("requestId")
                                          if isinstance(first.document, dict) else None})
                 finally:
@@ -259,12 +223,14 @@ class TenantsBench:
             a_done = self.upstream.stats(keys="0", recent="0")
             # B's rows may still be being judged (a hang costs a timeout or two each).
             self.upstream.wait_quiet(timeout_s=60)
-            b_again = Counter(s for i in range(0, 40, 4) for s in statuses(post(
-                svc.port, KEY_B, [{"inventoryId": f"{marker}-{run}-{i}.example",
-                                   "utcDatetime": "2024-10-30", "rowIdentifier": "p"}])))
-            opened = metric(svc.port, "measure_upstream_breaker_transitions_total", to="open")
-            isolated = metric(svc.port, "measure_upstream_isolated_rows_total")
-            cut = metric(svc.port, "measure_upstream_cut_sends_total")
+            b_again = Counter(s for i in range(0, 40, 4) for s in measure(
+                svc.port, [{"inventoryId": f"{marker}-{run}-{i}.example",
+                            "utcDatetime": "2024-10-30", "rowIdentifier": "p"}],
+                token=KEY_B).statuses())
+            samples = svc.metrics()
+            opened = metric_total(samples, "measure_upstream_breaker_transitions_total", to="open")
+            isolated = metric_total(samples, "measure_upstream_isolated_rows_total")
+            cut = metric_total(samples, "measure_upstream_cut_sends_total")
         finally:
             stop(svc)
         stats = self.upstream.stats(recent="0")
@@ -315,18 +281,18 @@ class TenantsBench:
         svc = self.service(**env)
         run = uuid.uuid4().hex[:8]
         try:
-            b = [gevent.spawn(post, svc.port, KEY_B, rows(f"b{run}-{i}", 1000))
-                 for i in range(11)]
+            b = [gevent.spawn(measure, svc.port, cold_rows(f"b{run}-{i}", 0, 1000),
+                              token=KEY_B) for i in range(11)]
             gevent.sleep(0.02)
-            a_replies = every(0.05, 1.0, lambda i: post(
-                svc.port, KEY_A, rows(f"a{run}-{i}", ROWS_PER_REQUEST)))
+            a_replies = every(0.05, 1.0, lambda i: measure(
+                svc.port, cold_rows(f"a{run}-{i}", 0, ROWS_PER_REQUEST), token=KEY_A))
             gevent.joinall(b, timeout=60)
             b_replies = [g.value for g in b if g.successful()]
             self.upstream.wait_quiet()
         finally:
             stop(svc)
-        a_statuses = Counter(s for r in a_replies for s in statuses(r))
-        b_statuses = Counter(s for r in b_replies for s in statuses(r))
+        a_statuses = Counter(s for r in a_replies for s in r.statuses())
+        b_statuses = Counter(s for r in b_replies for s in r.statuses())
         b_reasons = Counter(x for r in b_replies for x in reasons(r))
         a_rows = sum(a_statuses.values())
         self.report.add(name, f"A's new rows unavailable (of {a_rows})", "0",
@@ -349,19 +315,19 @@ class TenantsBench:
             self.fresh_upstream(latency_ms=20, jitter_ms=5)
             # A running service: workers that have served and fetched before (connections to
             # upstream open, code paths warm). Not measured.
-            closed_loop(svc.port, (rows(f"warm{run}-{i}", ROWS_PER_REQUEST)
-                                   for i in range(4 * clients)), clients)
+            closed_loop(svc.port, (cold_rows(f"warm{run}-{i}", 0, ROWS_PER_REQUEST)
+                                   for i in range(4 * clients)), clients, token=KEY_A)
             self.fresh_upstream(latency_ms=20, jitter_ms=5)
-            fast = closed_loop(svc.port, (rows(f"w{run}-{i}", ROWS_PER_REQUEST)
-                                          for i in range(requests)), clients)
+            fast = closed_loop(svc.port, (cold_rows(f"w{run}-{i}", 0, ROWS_PER_REQUEST)
+                                          for i in range(requests)), clients, token=KEY_A)
             healthy = self.upstream.stats(keys="0", recent="0", by_agent="1")
             # The same clients asking for cached rows: what the machine itself costs a request.
-            hot = rows(f"w{run}-0", ROWS_PER_REQUEST)
-            hits = closed_loop(svc.port, (hot for _ in range(requests)), clients)
+            hot = cold_rows(f"w{run}-0", 0, ROWS_PER_REQUEST)
+            hits = closed_loop(svc.port, (hot for _ in range(requests)), clients, token=KEY_A)
             self.upstream.wait_quiet()
         finally:
             stop(svc)
-        fast_statuses = Counter(s for r in fast for s in statuses(r))
+        fast_statuses = Counter(s for r in fast for s in r.statuses())
         share = fast_statuses["fetched"] / (requests * ROWS_PER_REQUEST)
         most = max(healthy["max_in_flight_by_agent"].values(), default=0)
         self.report.add(name, f"20 ms upstream: cold rows fetched ({requests * ROWS_PER_REQUEST})",
@@ -376,7 +342,7 @@ class TenantsBench:
         begun = min((r.sent_at for r in fast), default=0.0)
         by_second: dict[int, Counter[str]] = {}
         for reply in fast:
-            by_second.setdefault(int(reply.sent_at - begun), Counter()).update(statuses(reply))
+            by_second.setdefault(int(reply.sent_at - begun), Counter()).update(reply.statuses())
         self.report.details["window"] = {
             "fetched_share_by_second": {
                 second: round(counts["fetched"] / max(1, sum(counts.values())), 3)
@@ -401,12 +367,13 @@ class TenantsBench:
                                    ("429s", {"status_429_rate": 0.3, "retry_after": 0})):
                 self.fresh_upstream(latency_ms=200, jitter_ms=20, **changes)
                 started = time.monotonic()
-                every(1.0 / rate, phase_s, lambda i, phase=phase: post(
-                    svc.port, KEY_A, rows(f"{phase}{run}-{i}", ROWS_PER_REQUEST)))
+                every(1.0 / rate, phase_s, lambda i, phase=phase: measure(
+                    svc.port, cold_rows(f"{phase}{run}-{i}", 0, ROWS_PER_REQUEST),
+                    token=KEY_A))
                 elapsed = time.monotonic() - started
                 stats = self.upstream.stats(keys="0", recent="0", by_agent="1")
                 phases[phase] = {
-                    "limit": metric(svc.port, "measure_upstream_concurrency_limit"),
+                    "limit": metric_total(svc.metrics(), "measure_upstream_concurrency_limit"),
                     "requests_per_s": stats["requests"] / elapsed,
                     "mean_in_flight": sum(stats["busy_s_by_agent"].values()) / elapsed,
                     "most_in_flight": max(stats["max_in_flight_by_agent"].values(), default=0),
@@ -431,22 +398,6 @@ class TenantsBench:
         self.report.add(name, "upstream requests in flight per worker, most", f"<= {ceiling}",
                         most, most <= ceiling)
         self.report.details["limiter"] = phases
-
-
-def closed_loop(port: int, bodies: Iterator[list[dict[str, Any]]], clients: int) -> list[Reply]:
-    """Send ``bodies`` from ``clients`` keep-alive clients (key A), each when its answer is in."""
-    replies: list[Reply] = []
-
-    def client_loop() -> None:
-        client = Client(port)
-        try:
-            for body in bodies:
-                replies.append(post(port, KEY_A, body, client))
-        finally:
-            client.close()
-
-    gevent.joinall([gevent.spawn(client_loop) for _ in range(clients)])
-    return replies
 
 
 def _poison_scenario(kind: str) -> Callable[[TenantsBench], None]:
