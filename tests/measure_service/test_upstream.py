@@ -7,13 +7,10 @@ import logging
 import os
 import random
 import socket
-import subprocess
-import sys
 import traceback
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from email.utils import format_datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -32,12 +29,12 @@ from measure_service.upstream import (
     UpstreamError,
     parse_retry_after,
 )
+from tests.conftest import Processes, Simulator
 
 BASE = "http://scope3.test"
 URL = BASE + "/v2/measure"
 TOKEN = "tok-3f9a1c77-do-not-leak"
 WALL_NOW = 1_800_000_000.0
-ROOT = Path(__file__).resolve().parents[2]
 
 
 class _Clock:
@@ -628,19 +625,9 @@ def test_bad_settings_raise_a_value_error_naming_the_argument(
 # --- socket-level faults, against the real simulator ---------------------------------------------
 
 @pytest.fixture(scope="module")
-def simulator() -> Iterator[str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "devtools.simulator", "--port", "0", "--latency-ms", "0",
-         "--jitter-ms", "0", "--token", TOKEN],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        yield line.strip().rsplit(" ", 1)[-1]
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+def simulator(module_processes: Processes) -> Simulator:
+    """The simulator answering at once, with the client's token."""
+    return module_processes.simulator(latency_ms=0, token=TOKEN)
 
 
 def _live_client(url: str, read_timeout_s: float = 2.0) -> UpstreamClient:
@@ -648,37 +635,33 @@ def _live_client(url: str, read_timeout_s: float = 2.0) -> UpstreamClient:
                           pool_size=2, retries=0)
 
 
-def _set_mode(url: str, mode: str) -> None:
-    requests.post(url + "/_control", json={"mode": mode}, timeout=5).raise_for_status()
-
-
-def test_the_simulator_answers_the_client(simulator: str) -> None:
-    _set_mode(simulator, "ok")
-    results = _live_client(simulator).measure([_row("a"), _row("b", "nba")], {"framework": "x"})
+def test_the_simulator_answers_the_client(simulator: Simulator) -> None:
+    simulator.control(mode="ok")
+    results = _live_client(simulator.url).measure([_row("a"), _row("b", "nba")], {"framework": "x"})
     assert results["a"].total_emissions is not None and results["a"].error is None
     assert results["b"].error is not None
 
 
-def test_a_connection_reset_is_a_connection_error(simulator: str) -> None:
-    _set_mode(simulator, "reset")
+def test_a_connection_reset_is_a_connection_error(simulator: Simulator) -> None:
+    simulator.control(mode="reset")
     with pytest.raises(UpstreamError) as caught:
-        _live_client(simulator).measure([_row("a")], {})
+        _live_client(simulator.url).measure([_row("a")], {})
     assert caught.value.outcome == "connection_error"
 
 
-def test_a_trickling_body_is_cut_off_as_a_timeout(simulator: str) -> None:
-    _set_mode(simulator, "slow_body")
+def test_a_trickling_body_is_cut_off_as_a_timeout(simulator: Simulator) -> None:
+    simulator.control(mode="slow_body")
     with pytest.raises(UpstreamError) as caught:
-        _live_client(simulator, read_timeout_s=0.3).measure([_row("a")], {})
+        _live_client(simulator.url, read_timeout_s=0.3).measure([_row("a")], {})
     assert caught.value.outcome == "timeout"
 
 
-def test_a_hanging_upstream_is_a_timeout(simulator: str) -> None:
-    _set_mode(simulator, "hang")
+def test_a_hanging_upstream_is_a_timeout(simulator: Simulator) -> None:
+    simulator.control(mode="hang")
     with pytest.raises(UpstreamError) as caught:
-        _live_client(simulator, read_timeout_s=0.2).measure([_row("a")], {})
+        _live_client(simulator.url, read_timeout_s=0.2).measure([_row("a")], {})
     assert caught.value.outcome == "timeout"
-    _set_mode(simulator, "ok")
+    simulator.control(mode="ok")
 
 
 def test_an_answer_larger_than_the_limit_for_its_rows_is_malformed_and_not_retried(
