@@ -10,6 +10,8 @@ import loadgen
 import pytest
 from gevent.pywsgi import WSGIServer
 
+from devtools.harness import free_port
+
 HIT_BODY = b'{"rows":[{"status":"hit"},{"status":"hit"},{"status":"pending"}]}'
 
 
@@ -97,7 +99,7 @@ def test_open_loop_stops_at_max_requests(server: WSGIServer, app: TinyApp) -> No
 
 
 def test_refused_connections_count_as_connect_errors() -> None:
-    target = loadgen.Target(host="127.0.0.1", port=_closed_port(), path="/")
+    target = loadgen.Target(host="127.0.0.1", port=free_port(), path="/")
     result = loadgen.run_closed(target, connections=1, duration_s=30, max_requests=3)
     assert (result.requests, result.errors["connect"]) == (0, 3)
 
@@ -162,11 +164,3 @@ def test_zero_connections_are_refused() -> None:
 def test_url_without_http_scheme_is_refused() -> None:
     with pytest.raises(ValueError, match="url"):
         loadgen.Target.from_url("https://127.0.0.1/x")
-
-
-def _closed_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import random
-import socket
 import traceback
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
@@ -20,6 +19,7 @@ import requests
 import responses
 from prometheus_client import REGISTRY
 
+from devtools.harness import free_port
 from measure_service.backoff import Backoff
 from measure_service.breaker import CircuitBreaker
 from measure_service.upstream import (
@@ -717,11 +717,8 @@ def test_a_call_stopped_on_our_side_counts_neither_way_and_frees_the_half_open_p
 
 
 def test_a_refused_connection_is_upstreams_failure_never_left_to_be_judged(clock: _Clock) -> None:
-    with socket.socket() as probe:  # a loopback port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     client = UpstreamClient(
-        f"http://127.0.0.1:{port}", TOKEN, connect_timeout_s=1.0, read_timeout_s=1.0,
+        f"http://127.0.0.1:{free_port()}", TOKEN, connect_timeout_s=1.0, read_timeout_s=1.0,
         pool_size=1, retries=0, clock=clock, sleep=clock.sleep,
     )
     with pytest.raises(UpstreamError) as caught:
