@@ -29,7 +29,7 @@ from flask import Flask
 from devtools import probes
 from measure_service.app import close_app, create_app
 from measure_service.config import Config
-from tests.conftest import Processes, Service, Simulator
+from tests.conftest import Processes, Service, Simulator, eventually
 from tests.measure_service.conftest import FakeUpstream
 
 live = pytest.mark.integration
@@ -152,9 +152,7 @@ def test_while_upstream_hangs_the_adaptive_limit_is_in_flight_and_never_the_pool
     service: Service, fault: str
 ) -> None:
     burst(service)
-    deadline = time.monotonic() + 5
-    while in_flight(service) != limit(service) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    eventually(lambda: in_flight(service) == limit(service), timeout_s=5)
     assert 1 <= in_flight(service) == limit(service) <= CONCURRENCY
 
 
@@ -174,12 +172,7 @@ def test_after_the_faults_clear_new_rows_are_fetched_again(
     service: Service, simulator: Simulator
 ) -> None:
     simulator.reset()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if service.post([cold()]).json()["rows"][0]["status"] == "fetched":
-            return
-        time.sleep(0.1)
-    pytest.fail("no row was fetched within 10 s of the faults clearing")
+    eventually(lambda: service.post([cold()]).json()["rows"][0]["status"] == "fetched")
 
 
 # --- greenlets, counted in process -------------------------------------------------------------

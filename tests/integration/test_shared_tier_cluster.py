@@ -8,7 +8,6 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -17,7 +16,14 @@ import pytest
 
 from devtools.harness import free_port
 from devtools.probes import metric_total
-from tests.conftest import Processes, RedisServer, Service, Simulator, require_redis_server
+from tests.conftest import (
+    Processes,
+    RedisServer,
+    Service,
+    Simulator,
+    eventually,
+    require_redis_server,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
@@ -38,10 +44,7 @@ def cluster(module_processes: Processes) -> list[RedisServer]:
          "--cluster-replicas", "0", "--cluster-yes"],
         check=True, capture_output=True, timeout=120,
     )
-    deadline = time.monotonic() + 60
-    while not all(_state(node) == "ok" for node in nodes):
-        assert time.monotonic() < deadline, "the cluster never became ok"
-        time.sleep(0.1)
+    eventually(lambda: all(_state(node) == "ok" for node in nodes), timeout_s=60)
     return nodes
 
 
