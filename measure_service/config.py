@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 T = TypeVar("T")
-C = TypeVar("C")
 Parser = Callable[[str, str], T]  # (variable name, stripped non-empty text) -> value
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -209,11 +208,6 @@ def access_log_rate(name: str, raw: str) -> float:
         if 0.0 <= rate <= 1.0:
             return rate
     raise ConfigError(f"{name} must be off, on or sample:<rate in 0..1>, got {raw!r}")
-
-
-def parse_access_log(value: str) -> float:
-    """Turn ``ACCESS_LOG`` (``off``, ``on`` or ``sample:<rate>``) into a sampling rate in 0..1."""
-    return access_log_rate("ACCESS_LOG", value)
 
 
 def _check_range(name: str, value: float, low: float, high: float | None) -> None:

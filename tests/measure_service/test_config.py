@@ -12,7 +12,6 @@ from measure_service.config import (
     ConfigError,
     ServerConfig,
     markdown_table,
-    parse_access_log,
 )
 
 BASE = {"API_KEYS": "k1"}
@@ -93,7 +92,7 @@ def test_the_upstream_url_loses_its_trailing_slash() -> None:
     ("value", "rate"), [("off", 0.0), ("on", 1.0), ("sample:0.25", 0.25), ("SAMPLE:1", 1.0)]
 )
 def test_access_log_setting_becomes_a_sampling_rate(value: str, rate: float) -> None:
-    assert parse_access_log(value) == rate
+    assert Config.from_env({**BASE, "ACCESS_LOG": value}).access_log_rate == rate
 
 
 def test_repr_never_shows_the_upstream_token_or_keys() -> None:
