@@ -17,19 +17,6 @@ from measure_service.config import (
 BASE = {"API_KEYS": "k1"}
 
 
-def test_defaults_match_the_documented_values() -> None:
-    config = Config.from_env(BASE)
-    assert (config.port, config.wait_window_ms, config.cache_ttl_seconds) == (3000, 45, 86_400)
-    assert (config.error_ttl, config.max_rows, config.max_body_bytes) == (300, 1000, 1024 * 1024)
-    assert (config.upstream_batch_window_ms, config.upstream_batch_rows) == (2.0, 500)
-    assert (config.max_pending_rows, config.upstream_retries) == (10_000, 2)
-    assert config.upstream_concurrency == 4
-    assert (config.breaker_failures, config.breaker_cooldown_s) == (5, 10.0)
-    assert config.cache_stale_seconds == 86_400
-    assert config.scope3_api_url == "https://api.scope3.com"
-    assert config.wait_for_missing is False
-
-
 def test_api_keys_are_split_on_commas_and_trimmed() -> None:
     assert Config.from_env({"API_KEYS": " a, b ,,c"}).api_keys == ("a", "b", "c")
 
