@@ -10,14 +10,6 @@ import pytest
 from weighted_cache import Cache
 
 
-def _warm(cache: Cache[object, object], keys: range, rounds: int = 5) -> None:
-    for key in keys:
-        cache[key] = key
-    for _ in range(rounds):
-        for key in keys:
-            cache[key]
-
-
 def test_a_cache_is_a_mutable_mapping():
     assert isinstance(Cache(10), MutableMapping)
 
