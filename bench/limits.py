@@ -1,4 +1,5 @@
-"""Limits that hold whatever a client (or upstream) sends: figures 2, 3, 4, 7 and 8 of issue 10.
+"""Limits that hold whatever a client (or upstream) sends; figures 2, 3, 4, 7 and 8 of
+``bench/LIMITS.md`` come from here.
 
 One function per scenario; each returns a dict with its figure, target and verdict:
 
@@ -520,8 +521,8 @@ def _failing_rows(count: int) -> Iterator[dict[str, Any]]:
 
 
 def _reference_parse(body: bytes) -> Any:
-    """The decoder before issue 10, for a ratio in the same run: a Python hook per object and
-    per float, then the view parsed the body a second time on any error."""
+    """A plain stdlib decoder with a Python hook per object and per float, the reference the
+    service's parser is compared with in the same run."""
     def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         document = dict(pairs)
         if len(document) != len(pairs):
