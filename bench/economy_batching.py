@@ -5,11 +5,13 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 
-from economy import (
+from driver import (
     ROWS_PER_REQUEST,
-    EconomyBench,
     burst,
     cold_rows,
+)
+from economy import (
+    EconomyBench,
     spread_s,
 )
 

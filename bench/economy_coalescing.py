@@ -5,10 +5,12 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 
-from economy import (
-    EconomyBench,
+from driver import (
     burst,
     cold_rows,
+)
+from economy import (
+    EconomyBench,
 )
 
 from devtools.harness import stop

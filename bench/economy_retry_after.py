@@ -8,12 +8,14 @@ import time
 import uuid
 from collections import Counter
 
-from economy import (
+from driver import (
     ROWS_PER_REQUEST,
-    EconomyBench,
     closed_loop,
     cold_rows,
     measure,
+)
+from economy import (
+    EconomyBench,
     quiet_after_429,
 )
 

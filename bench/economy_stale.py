@@ -10,11 +10,13 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-from economy import (
+from driver import (
     ROWS_PER_REQUEST,
-    EconomyBench,
     closed_loop,
     cold_rows,
+)
+from economy import (
+    EconomyBench,
 )
 
 from devtools.harness import stop

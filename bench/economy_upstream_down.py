@@ -11,12 +11,15 @@ from collections import Counter
 from dataclasses import asdict
 from typing import Any
 
-from economy import (
+from driver import (
     API_KEY,
     ROWS_PER_REQUEST,
+    WORKERS,
+    row,
+)
+from economy import (
     STATUS_TALLY,
     UPSTREAM_CONCURRENCY,
-    WORKERS,
     EconomyBench,
     GaugePoller,
     MissStream,
@@ -25,7 +28,6 @@ from economy import (
     hang_arrivals,
     per_agent_close,
     refused,
-    row,
     seconds_between,
     start_of_run,
     workers_cpu_s,

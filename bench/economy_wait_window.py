@@ -7,13 +7,15 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 
-from economy import (
+from driver import (
     ROWS_PER_REQUEST,
     UPSTREAM_TOKEN,
     Client,
-    EconomyBench,
     closed_loop,
     cold_rows,
+)
+from economy import (
+    EconomyBench,
 )
 from loadgen import percentile
 

@@ -54,7 +54,7 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import gevent  # noqa: E402
-from economy import (  # noqa: E402
+from driver import (  # noqa: E402
     ROWS_PER_REQUEST,
     UPSTREAM_TOKEN,
     WORKERS,

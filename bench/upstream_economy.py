@@ -5,7 +5,7 @@ It starts the Scope3 simulator and the service (gunicorn, gevent, ``WEB_CONCURRE
 loopback ports and drives six scenarios, each against a freshly started service
 (cold cache) and a reset simulator, then prints one table (scenario, figure, target, got,
 pass/fail). Each scenario is a module, ``economy_<name>.py``, with one ``run(bench)``; what they
-share is in ``economy.py``:
+share is in ``economy.py`` and ``driver.py``:
 
 1. coalescing: 400 concurrent requests for the same 20 cold keys;
 2. batching: 400 concurrent 5-row requests over 2,000 distinct cold keys;
@@ -45,17 +45,19 @@ import economy_retry_after  # noqa: E402
 import economy_stale  # noqa: E402
 import economy_upstream_down  # noqa: E402
 import economy_wait_window  # noqa: E402
-from economy import (  # noqa: E402
-    FULL,
-    QUICK,
+from driver import (  # noqa: E402
     SIM_JITTER_MS,
     SIM_LATENCY_MS,
     WORKERS,
-    EconomyBench,
     Report,
     chosen_scenarios,
     finish,
     print_figures,
+)
+from economy import (  # noqa: E402
+    FULL,
+    QUICK,
+    EconomyBench,
 )
 
 from devtools.harness import Processes  # noqa: E402
