@@ -278,6 +278,12 @@ class RestartableSimulator:
         """Clear the counters and restore the start-up settings."""
         self._running().reset()
 
+    def fresh(self, **changes: Any) -> None:
+        """Reset it, then apply ``changes``."""
+        self.reset()
+        if changes:
+            self.control(**changes)
+
     def wait_quiet(self, quiet_s: float = 0.6, timeout_s: float = 30.0) -> dict[str, Any]:
         """Wait until no new upstream request arrived for ``quiet_s``; return the stats."""
         deadline = time.monotonic() + timeout_s

@@ -264,12 +264,6 @@ class EconomyBench:
         }
         return self.procs.service(None, env=full, workers=WORKERS)
 
-    def fresh_upstream(self, **changes: Any) -> None:
-        """Reset the simulator, then apply ``changes``."""
-        self.upstream.reset()
-        if changes:
-            self.upstream.control(**changes)
-
     def warm(self, port: int, rows: list[dict[str, Any]], timeout_s: float = 15.0) -> None:
         """Ask for ``rows`` on new connections until 20 answers in a row are all hits."""
         deadline = time.monotonic() + timeout_s

@@ -21,7 +21,7 @@ from devtools.harness import stop
 def run(bench: EconomyBench) -> None:
     """400 concurrent 5-row requests over 2,000 distinct cold keys."""
     name = "2 batching"
-    bench.fresh_upstream()
+    bench.upstream.fresh()
     svc = bench.service(WAIT_FOR_MISSING="true")
     prefix = f"b{uuid.uuid4().hex[:8]}"
     try:

@@ -19,7 +19,7 @@ from devtools.harness import stop
 def run(bench: EconomyBench) -> None:
     """400 concurrent requests for the same 20 cold keys."""
     name = "1 coalescing"
-    bench.fresh_upstream()
+    bench.upstream.fresh()
     svc = bench.service(WAIT_FOR_MISSING="true")
     try:
         rows = cold_rows(f"c{uuid.uuid4().hex[:8]}", 0, 20)

@@ -29,7 +29,7 @@ def run(bench: EconomyBench) -> None:
     svc = bench.service(WAIT_FOR_MISSING="true", UPSTREAM_RETRIES="2")
     prefix = f"r{uuid.uuid4().hex[:8]}"
     try:
-        bench.fresh_upstream(latency_ms=latency_s * 1000, jitter_ms=0, mode="429",
+        bench.upstream.fresh(latency_ms=latency_s * 1000, jitter_ms=0, mode="429",
                             retry_after=2)
         measure(svc.port, cold_rows(prefix, 0, ROWS_PER_REQUEST))
         deadline = time.monotonic() + 5

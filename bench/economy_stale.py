@@ -26,7 +26,7 @@ def run(bench: EconomyBench) -> None:
     """Short TTL, upstream down past it: hot keys are served stale, none lost."""
     name = "6 stale"
     ttl_s = 2
-    bench.fresh_upstream()
+    bench.upstream.fresh()
     svc = bench.service(WAIT_FOR_MISSING="true", CACHE_TTL_SECONDS=str(ttl_s),
                        CACHE_STALE_SECONDS="600",
                        BREAKER_COOLDOWN_S=str(bench.sizes.cooldown_s))

@@ -42,7 +42,7 @@ def run(bench: EconomyBench) -> None:
     name = "4 upstream down"
     sizes = bench.sizes
     read_timeout_s = sizes.upstream_timeout_s
-    bench.fresh_upstream()
+    bench.upstream.fresh()
     svc = bench.service(
         WAIT_FOR_MISSING="false", BREAKER_COOLDOWN_S=str(sizes.cooldown_s),
         UPSTREAM_TIMEOUT_MS=str(int(read_timeout_s * 1000)),

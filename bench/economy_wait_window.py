@@ -29,7 +29,7 @@ def run(bench: EconomyBench) -> None:
     svc = bench.service(WAIT_FOR_MISSING="true", WAIT_WINDOW_MS="45")
     try:
         prefix = f"w{uuid.uuid4().hex[:8]}"
-        bench.fresh_upstream(latency_ms=20, jitter_ms=5)
+        bench.upstream.fresh(latency_ms=20, jitter_ms=5)
         fast = closed_loop(svc.port, (cold_rows(prefix, i * ROWS_PER_REQUEST,
                                                 ROWS_PER_REQUEST)
                                       for i in range(count)), connections=8)
@@ -37,7 +37,7 @@ def run(bench: EconomyBench) -> None:
         hot = cold_rows(prefix, 0, ROWS_PER_REQUEST)
         bench.warm(svc.port, hot)
         hits = closed_loop(svc.port, (hot for _ in range(count)), connections=8)
-        bench.fresh_upstream(latency_ms=200, jitter_ms=5)
+        bench.upstream.fresh(latency_ms=200, jitter_ms=5)
         slow = closed_loop(svc.port, (cold_rows(prefix, (count + i) * ROWS_PER_REQUEST,
                                                 ROWS_PER_REQUEST)
                                       for i in range(count)), connections=8)
@@ -78,7 +78,7 @@ def upstream_round_trip_ms(bench: EconomyBench, latency_ms: float) -> float:
 
     Shows what the service's upstream calls cost beyond the configured latency.
     """
-    bench.fresh_upstream(latency_ms=latency_ms, jitter_ms=0)
+    bench.upstream.fresh(latency_ms=latency_ms, jitter_ms=0)
     client = Client(bench.upstream.port)
     body = {"rows": [{**r, "rowIdentifier": str(i)}
                      for i, r in enumerate(cold_rows("rt", 0, ROWS_PER_REQUEST))]}

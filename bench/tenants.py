@@ -161,12 +161,6 @@ class TenantsBench:
                        f'-c gunicorn.conf.py {MEASURE_APP}']
         return self.procs.service(None, env=full, workers=WORKERS, command=command)
 
-    def fresh_upstream(self, **changes: Any) -> None:
-        """Reset the simulator, then apply ``changes``."""
-        self.upstream.reset()
-        if changes:
-            self.upstream.control(**changes)
-
     # poison -------------------------------------------------------------------------------------
     def poison(self) -> None:
         """B sends a poisoned row every 100 ms (each kind in turn) while A sends new rows."""
@@ -181,7 +175,7 @@ class TenantsBench:
         """B sends a row poisoned with ``kind`` every 100 ms while A sends new rows."""
         name = f"1 poison ({kind})"
         marker = f"poison{kind.replace('_', '')}"
-        self.fresh_upstream(**{f"poison_{kind}": marker}, **self.poison_upstream)
+        self.upstream.fresh(**{f"poison_{kind}": marker}, **self.poison_upstream)
         svc = self.service()
         run = uuid.uuid4().hex[:8]
         a_next: list[list[str]] = []
@@ -277,7 +271,7 @@ class TenantsBench:
     def _flood_run(self, label: str, env: dict[str, str]) -> None:
         name = f"5 flood ({label})"
         # A slow upstream keeps B's rows pending for a while, as Scope3 at its slowest does.
-        self.fresh_upstream(latency_ms=FLOOD_LATENCY_MS, jitter_ms=50)
+        self.upstream.fresh(latency_ms=FLOOD_LATENCY_MS, jitter_ms=50)
         svc = self.service(**env)
         run = uuid.uuid4().hex[:8]
         try:
@@ -312,12 +306,12 @@ class TenantsBench:
         svc = self.service(WAIT_WINDOW_MS="45")
         run = uuid.uuid4().hex[:8]
         try:
-            self.fresh_upstream(latency_ms=20, jitter_ms=5)
+            self.upstream.fresh(latency_ms=20, jitter_ms=5)
             # A running service: workers that have served and fetched before (connections to
             # upstream open, code paths warm). Not measured.
             closed_loop(svc.port, (cold_rows(f"warm{run}-{i}", 0, ROWS_PER_REQUEST)
                                    for i in range(4 * clients)), clients, token=KEY_A)
-            self.fresh_upstream(latency_ms=20, jitter_ms=5)
+            self.upstream.fresh(latency_ms=20, jitter_ms=5)
             fast = closed_loop(svc.port, (cold_rows(f"w{run}-{i}", 0, ROWS_PER_REQUEST)
                                           for i in range(requests)), clients, token=KEY_A)
             healthy = self.upstream.stats(keys="0", recent="0", by_agent="1")
@@ -365,7 +359,7 @@ class TenantsBench:
         try:
             for phase, changes in (("healthy", {}),
                                    ("429s", {"status_429_rate": 0.3, "retry_after": 0})):
-                self.fresh_upstream(latency_ms=200, jitter_ms=20, **changes)
+                self.upstream.fresh(latency_ms=200, jitter_ms=20, **changes)
                 started = time.monotonic()
                 every(1.0 / rate, phase_s, lambda i, phase=phase: measure(
                     svc.port, cold_rows(f"{phase}{run}-{i}", 0, ROWS_PER_REQUEST),
