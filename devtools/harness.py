@@ -160,6 +160,13 @@ class Service(Server):
             timeout=timeout,
         )
 
+    def statuses(self, rows: Sequence[Mapping[str, Any]], *, query: str = "") -> list[str]:
+        """The row statuses of one POST of ``rows``; any answer but 200 raises, with its body."""
+        response = self.post(rows, query=query)
+        if response.status_code != 200:
+            raise RuntimeError(f"/v2/measure answered {response.status_code}: {response.text}")
+        return [row["status"] for row in response.json()["rows"]]
+
 
 @dataclass
 class RedisServer(Server):

@@ -83,9 +83,7 @@ def rows(sites: list[str]) -> list[dict[str, Any]]:
 
 
 def statuses(service: Service, sites: list[str]) -> list[str]:
-    response = service.post(rows(sites))
-    assert response.status_code == 200, response.text
-    return [row["status"] for row in response.json()["rows"]]
+    return service.statuses(rows(sites))
 
 
 def fresh(count: int) -> list[str]:

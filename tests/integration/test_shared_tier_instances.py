@@ -75,9 +75,7 @@ def fresh_sites(count: int) -> list[str]:
 
 
 def statuses(service: Service, sites: list[str]) -> list[str]:
-    response = service.post(rows(*sites))
-    assert response.status_code == 200, response.text
-    return [row["status"] for row in response.json()["rows"]]
+    return service.statuses(rows(*sites))
 
 
 def upstream_rows(sim: Simulator) -> int:

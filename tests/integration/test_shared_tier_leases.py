@@ -73,11 +73,9 @@ def row_name(site: str) -> str:
 
 
 def statuses(service: Service, site: str) -> list[str]:
-    response = service.post(
+    return service.statuses(
         [{"rowIdentifier": "0", "inventoryId": site, "utcDatetime": "2024-10-30"}]
     )
-    assert response.status_code == 200, response.text
-    return [row["status"] for row in response.json()["rows"]]
 
 
 def answered(service: Service, site: str) -> bool:

@@ -22,15 +22,9 @@ def cold() -> dict[str, Any]:
     return {"inventoryId": f"{uuid.uuid4().hex[:12]}.com", "utcDatetime": "2024-10-30"}
 
 
-def statuses(service: Service, rows: list[dict[str, Any]]) -> list[str]:
-    response = service.post(rows)
-    assert response.status_code == 200, response.text
-    return [row["status"] for row in response.json()["rows"]]
-
-
 def post_concurrently(service: Service, bodies: list[list[dict[str, Any]]]) -> list[list[str]]:
     with ThreadPoolExecutor(len(bodies)) as pool:
-        return list(pool.map(lambda rows: statuses(service, rows), bodies))
+        return list(pool.map(lambda rows: service.statuses(rows), bodies))
 
 
 @pytest.fixture
@@ -71,7 +65,7 @@ def test_past_the_pending_limit_misses_are_unavailable(
 ) -> None:
     service = processes.service(sim, env={"MAX_PENDING_ROWS": "2", "WAIT_WINDOW_MS": "50"})
     sim.control(mode="hang")
-    assert statuses(service, [cold(), cold(), cold()]) == ["pending", "pending", "unavailable"]
+    assert service.statuses([cold(), cold(), cold()]) == ["pending", "pending", "unavailable"]
 
 
 def test_an_open_breaker_answers_misses_unavailable_until_upstream_recovers(
@@ -81,13 +75,13 @@ def test_an_open_breaker_answers_misses_unavailable_until_upstream_recovers(
         sim, env={"BREAKER_FAILURES": "1", "BREAKER_COOLDOWN_S": "1", "WAIT_WINDOW_MS": "1000"}
     )
     sim.control(mode="500")
-    assert statuses(service, [cold()]) == ["unavailable"]  # the fetch failed: the breaker opens
+    assert service.statuses([cold()]) == ["unavailable"]  # the fetch failed: the breaker opens
     requests_seen = sim.stats()["requests"]
-    assert statuses(service, [cold()]) == ["unavailable"]
+    assert service.statuses([cold()]) == ["unavailable"]
     assert sim.stats()["requests"] == requests_seen  # refused without calling upstream
     sim.control(mode="ok")
     time.sleep(1.1)  # the cool-down; real processes cannot take a fake clock
-    assert statuses(service, [cold()]) == ["fetched"]
+    assert service.statuses([cold()]) == ["fetched"]
 
 
 @pytest.fixture
@@ -97,7 +91,7 @@ def aged_rows(processes: Processes, sim: Simulator) -> tuple[Service, list[dict[
         sim, env={"CACHE_TTL_SECONDS": "1", "CACHE_STALE_SECONDS": "600", "WAIT_WINDOW_MS": "1000"}
     )
     rows = [cold(), cold()]
-    assert statuses(service, rows) == ["fetched", "fetched"]
+    assert service.statuses(rows) == ["fetched", "fetched"]
     time.sleep(1.1)  # past the TTL; real processes cannot take a fake clock
     sim.reset()
     return service, rows
@@ -111,7 +105,7 @@ def test_stale_rows_are_served_while_one_refresh_runs(
     results = post_concurrently(service, [[rows[0]]] * CONCURRENT_REQUESTS)
     assert all(result in (["stale"], ["hit"]) for result in results)
     assert ["stale"] in results
-    eventually(lambda: statuses(service, [rows[0]]) == ["hit"], timeout_s=5)
+    eventually(lambda: service.statuses([rows[0]]) == ["hit"], timeout_s=5)
     assert sim.stats()["rows"] == 1
 
 
@@ -121,14 +115,14 @@ def test_a_failed_refresh_keeps_serving_the_stale_value(
     service, rows = aged_rows
     sim.control(mode="500")
     for _ in range(5):
-        assert statuses(service, [rows[1]]) == ["stale"]
+        assert service.statuses([rows[1]]) == ["stale"]
         time.sleep(0.05)
     # Refreshes were tried, and failed: a failed one is judged only after a short wait for
     # evidence of upstream's health, so the next refresh may start a little later.
     for _ in range(100):
         if sim.stats()["requests"] >= 2:
             break
-        assert statuses(service, [rows[1]]) == ["stale"]
+        assert service.statuses([rows[1]]) == ["stale"]
         time.sleep(0.05)
     assert sim.stats()["requests"] >= 2
 
@@ -148,17 +142,9 @@ def fresh_rows(count: int) -> list[dict[str, Any]]:
     ]
 
 
-def row_statuses(service: Service, rows: list[dict[str, Any]], query: str = "") -> list[str]:
-    """The per-row statuses for ``rows`` sent with ``query``."""
-    response = service.post(rows, query=query)
-    assert response.status_code == 200, response.text
-    return [row["status"] for row in response.json()["rows"]]
-
-
-
 def all_hits(service: Service, rows: list[dict[str, Any]], query: str = "") -> bool:
     """True when every row is answered from the cache."""
-    return set(row_statuses(service, rows, query)) == {"hit"}
+    return set(service.statuses(rows, query=query)) == {"hit"}
 
 
 def sends_per_key(simulator: Simulator, rows: list[dict[str, Any]]) -> list[int]:
@@ -180,7 +166,7 @@ def single_slot_service(processes: Processes, simulator: Simulator) -> Service:
 def block_the_only_slot(service: Service, simulator: Simulator) -> None:
     """Leave one upstream request hanging, so that new misses queue behind it."""
     simulator.control(mode="hang")
-    assert row_statuses(service, fresh_rows(1)) == ["pending"]
+    assert service.statuses(fresh_rows(1)) == ["pending"]
     eventually(lambda: simulator.stats()["requests"] == 1)
 
 
@@ -196,7 +182,7 @@ def test_misses_queued_behind_a_busy_upstream_leave_as_one_batch(
     block_the_only_slot(service, sim)
     bodies = [fresh_rows(5) for _ in range(10)]
     with ThreadPoolExecutor(len(bodies)) as pool:
-        answers = list(pool.map(lambda rows: row_statuses(service, rows), bodies))
+        answers = list(pool.map(lambda rows: service.statuses(rows), bodies))
     assert answers == [["pending"] * 5] * 10
 
     sim.control(mode="ok")
@@ -214,7 +200,7 @@ def test_rows_with_different_latest_or_framework_go_in_separate_batches(
     queries = ("", "?latest=true", "?framework=ghg-v1")
     bodies = {query: fresh_rows(2) for query in queries}
     for query, rows in bodies.items():
-        assert row_statuses(service, rows, query) == ["pending", "pending"]
+        assert service.statuses(rows, query=query) == ["pending", "pending"]
 
     sim.control(mode="ok")
     for query, rows in bodies.items():
@@ -233,11 +219,11 @@ def test_after_a_429_no_request_leaves_the_worker_before_retry_after(
     service = processes.service(sim, env={"UPSTREAM_RETRIES": "2", "WAIT_FOR_MISSING": "false"})
     sim.control(mode="429", retry_after=1)
     rate_limited = fresh_rows(3)
-    assert row_statuses(service, rate_limited) == ["pending"] * 3
+    assert service.statuses(rate_limited) == ["pending"] * 3
     eventually(lambda: sim.stats()["by_status"].get("429"))
     sim.control(mode="ok")
     asked_during_the_wait = fresh_rows(3)
-    row_statuses(service, asked_during_the_wait)
+    service.statuses(asked_during_the_wait)
 
     eventually(lambda: all_hits(service, rate_limited + asked_during_the_wait))
     recent = sim.stats()["recent"]
@@ -259,7 +245,7 @@ def test_with_upstream_hanging_every_stale_read_shares_one_refresh(
     values = [row["totalEmissions"] for row in first]
 
     sim.control(mode="hang")
-    eventually(lambda: row_statuses(service, rows) == ["stale", "stale"])
+    eventually(lambda: service.statuses(rows) == ["stale", "stale"])
     for _ in range(5):
         answer = service.post(rows).json()["rows"]
         assert [(r["status"], r["totalEmissions"]) for r in answer] == [
