@@ -1,4 +1,5 @@
-"""Shared test set-up, and integration fixtures that run the simulator and gunicorn for real.
+"""Shared test set-up: the fakes unit tests share (:class:`FakeClock`, :class:`TopRandom`), and
+integration fixtures that run the simulator and gunicorn for real.
 
 Integration fixtures (any test under tests/ can use them; mark such tests ``integration``) are
 built on ``devtools.harness``, the one process harness of tests, benchmarks and the demo:
@@ -19,6 +20,7 @@ built on ``devtools.harness``, the one process harness of tests, benchmarks and 
 from __future__ import annotations
 
 import os
+import random
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -43,8 +45,8 @@ from devtools.harness import (  # noqa: E402
 )
 
 __all__ = [
-    "ROOT", "Processes", "RedisServer", "Service", "Simulator", "StartError", "eventually",
-    "require_redis_server",
+    "ROOT", "FakeClock", "Processes", "RedisServer", "Service", "Simulator", "StartError",
+    "TopRandom", "eventually", "require_redis_server",
 ]
 
 API_KEY = "test-key"
@@ -73,6 +75,30 @@ def eventually(check: Callable[[], T | None], timeout_s: float = 10.0) -> T:
     except TimeoutError as exc:
         pytest.fail(str(exc))
 
+
+# --- fakes for unit tests ------------------------------------------------------------------------
+
+class FakeClock:
+    """A clock that only moves when told to."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class TopRandom(random.Random):
+    """Always draws the upper end of a range."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+# --- processes ---------------------------------------------------------------------------------
 
 @pytest.fixture
 def processes(tmp_path: Path) -> Iterator[Processes]:

@@ -1,4 +1,4 @@
-"""Fakes for measure_service unit tests: a settable clock and an in-process upstream.
+"""Fakes for measure_service unit tests: an in-process upstream, and a settable clock fixture.
 
 The integration fixtures (real simulator and gunicorn) live in ``tests/conftest.py``.
 """
@@ -12,21 +12,9 @@ import pytest
 from gevent.event import Event
 
 from measure_service.upstream import RowResult, UpstreamError
+from tests.conftest import FakeClock
 
 GRAMS_PER_IMPRESSION = 0.066
-
-
-class FakeClock:
-    """A clock that only moves when told to."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class FakeUpstream:

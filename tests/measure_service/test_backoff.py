@@ -7,13 +7,7 @@ import random
 import pytest
 
 from measure_service.backoff import Backoff
-
-
-class _TopRandom(random.Random):
-    """Always draws the upper end of the range."""
-
-    def uniform(self, a: float, b: float) -> float:
-        return b
+from tests.conftest import TopRandom
 
 
 def test_ceiling_doubles_per_attempt_until_the_cap() -> None:
@@ -22,7 +16,7 @@ def test_ceiling_doubles_per_attempt_until_the_cap() -> None:
 
 
 def test_delay_is_drawn_up_to_the_ceiling() -> None:
-    backoff = Backoff(0.25, 2.0, rng=_TopRandom())
+    backoff = Backoff(0.25, 2.0, rng=TopRandom())
     assert [backoff.delay(n) for n in range(5)] == pytest.approx([0.25, 0.5, 1.0, 2.0, 2.0])
 
 

@@ -12,18 +12,11 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from measure_service.breaker import CircuitBreaker
 from measure_service.concurrency_limiter import OVERLOAD, AdaptiveLimiter
 from measure_service.config import METRICS_DIR_VARIABLE
+from tests.conftest import FakeClock
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _breaker(threshold: int = 3, cooldown_s: float = 10.0) -> tuple[CircuitBreaker, _Clock]:
-    clock = _Clock()
+def _breaker(threshold: int = 3, cooldown_s: float = 10.0) -> tuple[CircuitBreaker, FakeClock]:
+    clock = FakeClock()
     return CircuitBreaker(threshold, cooldown_s, clock), clock
 
 
@@ -184,8 +177,8 @@ def test_a_bad_overdue_limit_raises_a_value_error_naming_it(overdue_after_s: flo
 OVERDUE_S = 0.5
 
 
-def _timed_breaker(threshold: int = 3) -> tuple[CircuitBreaker, _Clock]:
-    clock = _Clock()
+def _timed_breaker(threshold: int = 3) -> tuple[CircuitBreaker, FakeClock]:
+    clock = FakeClock()
     return CircuitBreaker(threshold, 10.0, clock, overdue_after_s=OVERDUE_S), clock
 
 
@@ -245,8 +238,8 @@ def test_without_an_overdue_limit_only_reported_failures_count() -> None:
 
 def _waiting_breaker(
     waiting: list[float], threshold: int = 3
-) -> tuple[CircuitBreaker, _Clock]:
-    clock = _Clock()
+) -> tuple[CircuitBreaker, FakeClock]:
+    clock = FakeClock()
     breaker = CircuitBreaker(
         threshold, 10.0, clock, overdue_after_s=OVERDUE_S, waiting_since=lambda: waiting
     )
@@ -295,7 +288,7 @@ def test_waiting_requests_without_a_failure_never_open_the_breaker() -> None:
 def test_a_hang_opens_the_breaker_within_half_a_timeout_when_the_limit_is_cut_below_it() -> None:
     # Five failures needed, four slots, and the limit cut to one by the first timeout: the
     # request waiting behind the hung calls counts, so no sixth call has to be sent first.
-    clock = _Clock()
+    clock = FakeClock()
     limiter = AdaptiveLimiter(4, clock=clock)
     breaker = CircuitBreaker(5, 10.0, clock, overdue_after_s=OVERDUE_S,
                              waiting_since=limiter.waiting_since)

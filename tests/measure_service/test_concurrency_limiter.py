@@ -6,7 +6,7 @@ import gevent
 import pytest
 
 from measure_service.concurrency_limiter import OK, OVERLOAD, AdaptiveLimiter, Share
-from tests.measure_service.conftest import FakeClock
+from tests.conftest import FakeClock
 
 
 def test_it_starts_at_the_ceiling_and_never_exceeds_it(clock: FakeClock) -> None:

@@ -12,7 +12,8 @@ from prometheus_client import REGISTRY
 from measure_service.fetcher import CachedAnswer, Fetcher, FetcherSettings, Lookup
 from measure_service.rows import RowKey
 from measure_service.upstream import UpstreamError
-from tests.measure_service.conftest import FakeClock, FakeUpstream
+from tests.conftest import FakeClock
+from tests.measure_service.conftest import FakeUpstream
 from weighted_cache import Cache
 
 TTL_S = 100.0

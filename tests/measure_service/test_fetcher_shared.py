@@ -12,8 +12,8 @@ from measure_service.config import Config
 from measure_service.fetcher import CachedAnswer, Fetcher, FetcherSettings
 from measure_service.rows import RowKey
 from measure_service.shared_tier import SharedTier, connect
-from tests.conftest import RedisServer
-from tests.measure_service.conftest import FakeClock, FakeUpstream
+from tests.conftest import FakeClock, RedisServer
+from tests.measure_service.conftest import FakeUpstream
 from weighted_cache import Cache
 
 TTL_S = 100.0

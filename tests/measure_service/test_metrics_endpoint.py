@@ -18,7 +18,8 @@ from devtools.probes import Samples, parse_metrics
 from measure_service import metrics_endpoint, prometheus_metrics, request_telemetry
 from measure_service.app import close_app, create_app
 from measure_service.config import Config
-from tests.measure_service.conftest import FakeClock, FakeUpstream
+from tests.conftest import FakeClock
+from tests.measure_service.conftest import FakeUpstream
 from weighted_cache import Cache
 
 KEY = "metrics-key"

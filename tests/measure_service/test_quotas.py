@@ -12,7 +12,7 @@ from measure_service.quotas import (
     OVER_ROWS_SHARE,
     TenantQuotas,
 )
-from tests.measure_service.conftest import FakeClock
+from tests.conftest import FakeClock
 
 
 def quotas(clock: FakeClock, *, pending: int = 100, rows: float = 0.0, requests: float = 0.0,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import traceback
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
@@ -29,7 +28,7 @@ from measure_service.upstream import (
     UpstreamError,
     parse_retry_after,
 )
-from tests.conftest import Processes, Simulator
+from tests.conftest import FakeClock, Processes, Simulator, TopRandom
 
 BASE = "http://scope3.test"
 URL = BASE + "/v2/measure"
@@ -37,24 +36,16 @@ TOKEN = "tok-3f9a1c77-do-not-leak"
 WALL_NOW = 1_800_000_000.0
 
 
-class _Clock:
+class _Clock(FakeClock):
     """A monotonic clock that only moves when the client sleeps."""
 
     def __init__(self) -> None:
-        self.now = 100.0
+        super().__init__(100.0)
         self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
 
     def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
-        self.now += seconds
-
-
-class _TopRandom(random.Random):
-    def uniform(self, a: float, b: float) -> float:
-        return b
+        self.advance(seconds)
 
 
 def _client(
@@ -62,7 +53,7 @@ def _client(
 ) -> UpstreamClient:
     return UpstreamClient(
         BASE, TOKEN, connect_timeout_s=1.0, read_timeout_s=2.0, pool_size=4, retries=retries,
-        breaker=breaker, backoff=Backoff(0.1, 1.0, rng=_TopRandom()), clock=clock,
+        breaker=breaker, backoff=Backoff(0.1, 1.0, rng=TopRandom()), clock=clock,
         sleep=clock.sleep, wall_clock=lambda: WALL_NOW,
     )
 
