@@ -104,13 +104,13 @@ def start(procs: Processes, upstream_ms: float, worker_class: str | None = None)
     sim = procs.simulator(latency_ms=upstream_ms, jitter_ms=0)
     env = {
         "API_KEYS": API_KEY, "SCOPE3_API_TOKEN": "deploy-upstream-token",
-        "SCOPE3_API_URL": sim.url, "WAIT_FOR_MISSING": "true", "WAIT_WINDOW_MS": "3000",
+        "WAIT_FOR_MISSING": "true", "WAIT_WINDOW_MS": "3000",
         "GUNICORN_GRACEFUL_TIMEOUT": str(GRACEFUL_TIMEOUT_S), "ACCESS_LOG": "off",
     }
     if worker_class:
         # gunicorn reads this after gunicorn.conf.py, so it overrides worker_class there.
         env["GUNICORN_CMD_ARGS"] = f"--worker-class {worker_class}"
-    return procs.gunicorn("measure_service.wsgi:app", workers=WORKERS, env=env)
+    return procs.service(sim, env=env, workers=WORKERS)
 
 
 def _graceful_timeouts(server: Server) -> int:

@@ -99,7 +99,7 @@ def service(procs: Processes, upstream_url: str, **env: str) -> tuple[Server, in
     """One gunicorn worker in front of ``upstream_url``; (server, worker pid)."""
     full = {"API_KEYS": API_KEY, "SCOPE3_API_TOKEN": "limits-token", "SCOPE3_API_URL":
             upstream_url, "ACCESS_LOG": "off", "LOG_LEVEL": "WARNING", **env}
-    server = procs.gunicorn("measure_service.wsgi:app", env=full, workers=1)
+    server = procs.service(None, env=full, workers=1)
     (pid,) = server.child_pids()
     return server, pid
 
@@ -369,7 +369,7 @@ def token_echo(procs: Processes) -> dict[str, Any]:
                 "ACCESS_LOG": "on", "LOG_LEVEL": "DEBUG", "UPSTREAM_RETRIES": "0",
                 "BREAKER_FAILURES": "1000000", "WAIT_FOR_MISSING": "true",
                 "WAIT_WINDOW_MS": "2000"}
-        server = procs.gunicorn("measure_service.wsgi:app", env=full, workers=1)
+        server = procs.service(None, env=full, workers=1)
         for kind in kinds:
             for offset in offsets:
                 row = {**GOOD, "inventoryId": f"{kind}-{offset}-{uuid.uuid4().hex[:8]}.com"}
