@@ -26,7 +26,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -148,16 +148,31 @@ class Service(Server):
         rows: Sequence[Mapping[str, Any]],
         *,
         query: str = "",
-        headers: Mapping[str, str] | None = None,
+        headers: Mapping[str, str | None] | None = None,
         timeout: float = 10.0,
     ) -> requests.Response:
-        """POST ``{"rows": rows}`` to /v2/measure with the API key."""
-        sent = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        sent.update(_CLOSE)
+        """POST ``{"rows": rows}`` to /v2/measure with the API key; ``headers`` as in
+        :meth:`post_body`."""
+        body = json.dumps({"rows": list(rows)}, allow_nan=False).encode()
+        return self.post_body(body, query=query, headers=headers, timeout=timeout)
+
+    def post_body(
+        self,
+        body: bytes | Iterable[bytes],
+        content_type: str = "application/json",
+        *,
+        query: str = "",
+        headers: Mapping[str, str | None] | None = None,
+        timeout: float = 10.0,
+    ) -> requests.Response:
+        """POST ``body`` as given (chunked when an iterable) to /v2/measure``query`` with the API
+        key; ``headers`` add to or replace the defaults, and one set to None is not sent."""
+        sent: dict[str, str | None] = {"Content-Type": content_type, **_CLOSE}
+        if self.api_key:
+            sent["Authorization"] = f"Bearer {self.api_key}"
         sent.update(headers or {})
         return requests.post(
-            f"{self.url}/v2/measure{query}", json={"rows": list(rows)}, headers=sent,
-            timeout=timeout,
+            f"{self.url}/v2/measure{query}", data=body, headers=sent, timeout=timeout
         )
 
     def statuses(self, rows: Sequence[Mapping[str, Any]], *, query: str = "") -> list[str]:

@@ -54,13 +54,6 @@ def worker_stays_healthy(service: Service, workers: set[int]) -> Iterator[None]:
     assert service.worker_pids() == workers
 
 
-def post(service: Service, body: bytes, content_type: str = "application/json",
-         **headers: str) -> requests.Response:
-    sent = {"Authorization": f"Bearer {service.api_key}", "Content-Type": content_type,
-            "Connection": "close", **headers}
-    return requests.post(f"{service.url}/v2/measure", data=body, headers=sent, timeout=10)
-
-
 def assert_json_error(response: requests.Response, status: int, *words: str) -> str:
     """``response`` is ``status`` with a JSON ``error`` mentioning each of ``words``."""
     assert response.status_code == status, response.text[:300]
@@ -87,11 +80,11 @@ def padded_to(size: int) -> bytes:
 def test_a_body_of_exactly_max_body_bytes_is_served(service: Service) -> None:
     body = padded_to(MAX_BODY)
     assert len(body) == MAX_BODY
-    assert post(service, body).status_code == 200
+    assert service.post_body(body).status_code == 200
 
 
 def test_a_body_one_byte_over_max_body_bytes_gets_413(service: Service) -> None:
-    assert_json_error(post(service, padded_to(MAX_BODY + 1)), 413, str(MAX_BODY))
+    assert_json_error(service.post_body(padded_to(MAX_BODY + 1)), 413, str(MAX_BODY))
 
 
 def test_a_declared_length_far_over_the_limit_gets_413_without_sending_the_body(
@@ -142,12 +135,12 @@ def test_a_body_cut_short_of_its_content_length_does_not_hurt_the_worker(
 def test_ten_thousand_rows_get_400_naming_the_limit(service: Service) -> None:
     body = json.dumps({"rows": [row() for _ in range(10_000)]}).encode()
     assert len(body) < MAX_BODY
-    assert_json_error(post(service, body), 400, "rows", str(MAX_ROWS))
+    assert_json_error(service.post_body(body), 400, "rows", str(MAX_ROWS))
 
 
 def test_exactly_max_rows_rows_are_all_answered(service: Service) -> None:
     body = json.dumps({"rows": [row() for _ in range(MAX_ROWS)]}).encode()
-    document = post(service, body).json()
+    document = service.post_body(body).json()
     assert document["coverage"]["rows"] == MAX_ROWS
 
 
@@ -161,7 +154,7 @@ def test_exactly_max_rows_rows_are_all_answered(service: Service) -> None:
     ids=["arrays", "arrays-in-rows", "objects-in-rows"],
 )
 def test_deeply_nested_json_gets_400(service: Service, body: bytes) -> None:
-    assert_json_error(post(service, body), 400, "JSON")
+    assert_json_error(service.post_body(body), 400, "JSON")
 
 
 @pytest.mark.parametrize(
@@ -172,18 +165,18 @@ def test_deeply_nested_json_gets_400(service: Service, body: bytes) -> None:
     ids=["top-level", "in-a-row"],
 )
 def test_duplicate_keys_get_400_naming_the_key(service: Service, body: bytes, key: str) -> None:
-    assert_json_error(post(service, body), 400, "duplicate", key)
+    assert_json_error(service.post_body(body), 400, "duplicate", key)
 
 
 @pytest.mark.parametrize("token", [b"NaN", b"Infinity", b"-Infinity", b"1e400", b"-1E999"])
 def test_nan_infinity_and_overflowing_numbers_get_400(service: Service, token: bytes) -> None:
     body = b'{"rows": [{"inventoryId": "a.com", "utcDatetime": "20241030", "impressions": %s}]}'
-    assert_json_error(post(service, body % token), 400, "JSON")
+    assert_json_error(service.post_body(body % token), 400, "JSON")
 
 
 def test_an_integer_of_thousands_of_digits_gets_400(service: Service) -> None:
     body = b'{"rows": [{"inventoryId": "a.com", "utcDatetime": "20241030", "impressions": %s}]}'
-    assert_json_error(post(service, body % (b"9" * 5000)), 400, "JSON")
+    assert_json_error(service.post_body(body % (b"9" * 5000)), 400, "JSON")
 
 
 @pytest.mark.parametrize("field", ["impressions", "weight"])
@@ -191,7 +184,7 @@ def test_a_huge_but_valid_json_integer_makes_the_row_invalid_naming_the_field(
     service: Service, field: str
 ) -> None:
     body = json.dumps({"rows": [row(**{field: 10**40})]}).encode()
-    answered = post(service, body).json()["rows"][0]
+    answered = service.post_body(body).json()["rows"][0]
     assert answered["status"] == "invalid"
     assert field in answered["error"]["message"]
 
@@ -204,7 +197,7 @@ def test_a_huge_but_valid_json_integer_makes_the_row_invalid_naming_the_field(
     ids=["invalid-bytes", "latin-1", "overlong", "surrogate"],
 )
 def test_non_utf8_bytes_get_400(service: Service, body: bytes) -> None:
-    assert_json_error(post(service, body), 400, "JSON")
+    assert_json_error(service.post_body(body), 400, "JSON")
 
 
 @pytest.mark.parametrize(
@@ -214,7 +207,7 @@ def test_non_utf8_bytes_get_400(service: Service, body: bytes) -> None:
 )
 def test_a_content_type_that_is_not_json_gets_415(service: Service, content_type: str) -> None:
     body = json.dumps({"rows": [row()]}).encode()
-    assert_json_error(post(service, body, content_type), 415, "Content-Type")
+    assert_json_error(service.post_body(body, content_type), 415, "Content-Type")
 
 
 def test_a_missing_content_type_gets_415(service: Service) -> None:
@@ -231,7 +224,7 @@ def test_a_missing_content_type_gets_415(service: Service) -> None:
 
 def test_a_well_formed_trace_id_is_kept(service: Service) -> None:
     trace_id = "A" * 100 + "._-0123456789"
-    response = post(service, json.dumps({"rows": [row()]}).encode(), **{"X-Trace-Id": trace_id})
+    response = service.post([row()], headers={"X-Trace-Id": trace_id})
     assert response.headers["X-Trace-Id"] == trace_id
     assert response.json()["requestId"] == trace_id
 
@@ -242,7 +235,7 @@ def test_a_well_formed_trace_id_is_kept(service: Service) -> None:
     ids=["129-chars", "space", "semicolon", "quote", "braces", "encoded-crlf", "empty"],
 )
 def test_a_malformed_trace_id_is_replaced_by_a_new_one(service: Service, trace_id: str) -> None:
-    response = post(service, json.dumps({"rows": [row()]}).encode(), **{"X-Trace-Id": trace_id})
+    response = service.post([row()], headers={"X-Trace-Id": trace_id})
     replaced = response.headers["X-Trace-Id"]
     assert replaced != trace_id and TRACE_ID.fullmatch(replaced)
     assert response.json()["requestId"] == replaced

@@ -38,6 +38,7 @@ from tests.measure_service.conftest import FakeUpstream
 
 TOKEN = f"upstream-secret-{uuid.uuid4().hex}"
 KEYS = ("client-one", "client-two", "client-three")
+AS_THIRD_KEY = {"Authorization": f"Bearer {KEYS[2]}"}
 # Everything that makes every log call site live, and keeps each failure a single attempt.
 ENV = {
     "SCOPE3_API_TOKEN": TOKEN, "API_KEYS": ",".join(KEYS), "LOG_LEVEL": "DEBUG",
@@ -115,17 +116,7 @@ def echo_upstream() -> Iterator[str]:
 
 
 def post(service: Service, rows: list[Any], key: str | None = KEYS[0]) -> requests.Response:
-    headers = {"Connection": "close"}
-    if key is not None:
-        headers["Authorization"] = f"Bearer {key}"
-    return requests.post(f"{service.url}/v2/measure", json={"rows": rows}, headers=headers,
-                         timeout=10)
-
-
-def post_bytes(service: Service, body: bytes, content_type: str) -> requests.Response:
-    headers = {"Authorization": f"Bearer {KEYS[2]}", "Content-Type": content_type,
-               "Connection": "close"}
-    return requests.post(f"{service.url}/v2/measure", data=body, headers=headers, timeout=10)
+    return service.post(rows, headers={"Authorization": f"Bearer {key}" if key else None})
 
 
 def run_client_paths(service: Service, out: list[requests.Response]) -> None:
@@ -137,9 +128,9 @@ def run_client_paths(service: Service, out: list[requests.Response]) -> None:
     out += [post(service, [{"inventoryId": 5}]), post(service, [], key=KEYS[1])]
     for key in (None, "wrong", TOKEN, f"{TOKEN} "):
         out.append(post(service, [cold()], key=key))
-    out.append(post_bytes(service, b"{bad", "application/json"))
-    out.append(post_bytes(service, b"x" * (1024 * 1024 + 1), "application/json"))
-    out.append(post_bytes(service, b"rows", "text/plain"))
+    out.append(service.post_body(b"{bad", headers=AS_THIRD_KEY))
+    out.append(service.post_body(b"x" * (1024 * 1024 + 1), headers=AS_THIRD_KEY))
+    out.append(service.post_body(b"rows", "text/plain", headers=AS_THIRD_KEY))
     out += probes(service)
 
 

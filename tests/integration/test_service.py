@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import requests
 
 from tests.conftest import Processes, Service, Simulator, StartError, eventually
 
@@ -66,30 +65,20 @@ def test_rows_keep_request_order_whatever_their_status(service: Service) -> None
     assert [r["status"] for r in body["rows"]] == ["fetched", "hit", "invalid", "error", "fetched"]
 
 
-def post_raw(
-    service: Service, data: Any, content_type: str = "application/json", *, auth: bool = True
-) -> requests.Response:
-    """POST an arbitrary body to /v2/measure."""
-    headers = {"Content-Type": content_type, "Connection": "close"}
-    if auth:
-        headers["Authorization"] = f"Bearer {service.api_key}"
-    return requests.post(f"{service.url}/v2/measure", data=data, headers=headers, timeout=5)
-
-
 def test_a_request_without_the_api_key_gets_401(service: Service) -> None:
-    response = post_raw(service, b'{"rows": []}', auth=False)
+    response = service.post_body(b'{"rows": []}', headers={"Authorization": None})
     assert response.status_code == 401
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
 
 
 def test_malformed_json_gets_400(service: Service) -> None:
-    response = post_raw(service, b"{nope")
+    response = service.post_body(b"{nope")
     assert response.status_code == 400
     assert "JSON" in response.json()["error"]
 
 
 def test_a_body_over_one_mebibyte_gets_413(service: Service) -> None:
-    assert post_raw(service, b"x" * (1024 * 1024 + 1)).status_code == 413
+    assert service.post_body(b"x" * (1024 * 1024 + 1)).status_code == 413
 
 
 def test_a_chunked_body_over_the_limit_gets_413(service: Service) -> None:
@@ -97,18 +86,18 @@ def test_a_chunked_body_over_the_limit_gets_413(service: Service) -> None:
         for _ in range(20):
             yield b"x" * 65536
 
-    assert post_raw(service, chunks()).status_code == 413
+    assert service.post_body(chunks()).status_code == 413
 
 
 def test_a_chunked_body_within_the_limit_is_served(service: Service) -> None:
     body = json.dumps({"rows": [cold()]}).encode()
-    response = post_raw(service, iter([body[:10], body[10:]]))
+    response = service.post_body(iter([body[:10], body[10:]]))
     assert response.status_code == 200
     assert response.json()["rows"][0]["status"] == "fetched"
 
 
 def test_a_non_json_content_type_gets_415(service: Service) -> None:
-    assert post_raw(service, b"rows=1", "text/plain").status_code == 415
+    assert service.post_body(b"rows=1", "text/plain").status_code == 415
 
 
 def test_the_trace_id_is_on_the_log_line_of_the_background_fetch(
