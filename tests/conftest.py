@@ -9,8 +9,8 @@ built on ``devtools.harness``, the one process harness of tests, benchmarks and 
   :class:`Simulator` (``url``, ``stats()``, ``reset()``, ``control(**changes)``);
   ``processes.service(simulator, env={...}, workers=1)`` starts gunicorn with
   ``gunicorn.conf.py`` against it, waits for ``/readyz`` and returns a :class:`Service`
-  (``url``, ``post(rows, ...)``, ``statuses(rows)``, ``get(path)``, ``metrics()``,
-  ``log_lines()``, ``log_path``). ``env`` adds to or overrides :data:`SERVICE_ENV`.
+  (``url``, ``post(rows, ...)``, ``post_body(bytes, ...)``, ``statuses(rows)``, ``get(path)``,
+  ``metrics()``, ``log_lines()``, ``log_path``). ``env`` adds to or overrides :data:`SERVICE_ENV`.
 - ``module_processes``: the same, shared by one test module (start once, reuse).
 - ``simulator`` / ``service``: a module-wide pair with defaults (5 ms simulator, 1 worker,
   ``WAIT_FOR_MISSING=true`` with a 250 ms window); use fresh inventory ids per test, the cache
