@@ -285,14 +285,5 @@ class RestartableSimulator:
             self.control(**changes)
 
     def wait_quiet(self, quiet_s: float = 0.6, timeout_s: float = 30.0) -> dict[str, Any]:
-        """Wait until no new upstream request arrived for ``quiet_s``; return the stats."""
-        deadline = time.monotonic() + timeout_s
-        last, since = -1, time.monotonic()
-        while time.monotonic() < deadline:
-            stats = self.stats(keys="0", recent="0")
-            if stats["requests"] != last:
-                last, since = stats["requests"], time.monotonic()
-            elif time.monotonic() - since >= quiet_s:
-                return stats
-            time.sleep(0.1)
-        return self.stats(keys="0", recent="0")
+        """:meth:`Simulator.wait_quiet` of the running simulator."""
+        return self._running().wait_quiet(quiet_s, timeout_s)

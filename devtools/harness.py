@@ -132,6 +132,20 @@ class Simulator(Server):
             f"{self.url}/_control", json=changes, headers=_CLOSE, timeout=5
         ).raise_for_status()
 
+    def wait_quiet(self, quiet_s: float = 0.6, timeout_s: float = 30.0) -> dict[str, Any]:
+        """Wait until no new request arrived for ``quiet_s`` (at most ``timeout_s``); return
+        the stats (``?keys=0&recent=0``) seen last."""
+        deadline = time.monotonic() + timeout_s
+        last, since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            stats = self.stats("?keys=0&recent=0")
+            if stats["requests"] != last:
+                last, since = stats["requests"], time.monotonic()
+            elif time.monotonic() - since >= quiet_s:
+                return stats
+            time.sleep(0.1)
+        return self.stats("?keys=0&recent=0")
+
 
 @dataclass
 class Service(Server):
