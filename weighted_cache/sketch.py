@@ -25,24 +25,21 @@ def _next_pow2(n: int) -> int:
     return 1 << max(n - 1, 1).bit_length()
 
 
-def spread(key: Hashable) -> int:
-    """Return 64 well-mixed bits for ``key`` (possibly negative).
-
-    Python hashes small ints to themselves, so the raw hash would put
-    neighbouring keys in neighbouring counters; hashing a 1-tuple runs the
-    key's hash through CPython's xxHash round, in C, for the price of one
-    tuple (far cheaper than mixing a 64-bit int in Python).
-    """
-    return hash((key,))
-
-
 class FrequencySketch:
     """Estimates how often each key was seen recently.
 
     Once the recorded sightings reach ``sample_size``, every counter is
     halved and the doorkeeper cleared, so old popularity fades (TinyLFU's
-    reset).  Each row reads its own 15-bit slice of the key's spread hash and
-    each doorkeeper probe its own 21-bit slice.
+    reset).  Each row reads its own 15-bit slice of the key's hash and each
+    doorkeeper probe its own 21-bit slice.
+
+    The hash is that of the 1-tuple ``(key,)``: Python hashes small ints to
+    themselves, so the raw hash would put neighbouring keys in neighbouring
+    counters and leave the high slices empty, while a tuple runs the key's
+    hash through CPython's xxHash round in C, far cheaper than mixing bits
+    in Python.  ``sight`` counts a miss and ``add`` a batch of later uses;
+    each computes its slots itself, as a shared helper would cost a call on
+    every miss.
     """
 
     __slots__ = ("_door", "_door_mask", "_door_sightings", "_mask", "_table", "_width",
@@ -195,11 +192,6 @@ class FrequencySketch:
         self.version += 1
         if self.additions >= self.sample_size:
             self.age()
-
-    def increment(self, key: Hashable, times: int = 1) -> None:
-        """Record ``times`` sightings of ``key``."""
-        self.sight(key)
-        self.add(((key, times - 1),) if times > 1 else ())
 
     def age(self) -> None:
         """Halve every counter and clear the doorkeeper.

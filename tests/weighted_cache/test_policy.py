@@ -1,3 +1,4 @@
+from tests.weighted_cache.conftest import see
 from weighted_cache.policy import PROBATION, PROTECTED, REMOVED, Policy
 from weighted_cache.sketch import FrequencySketch
 from weighted_cache.store import Entry
@@ -57,7 +58,7 @@ def test_an_unpopular_candidate_is_rejected_when_full():
 def test_a_popular_candidate_displaces_a_cold_victim():
     policy = make(10)
     fill(policy, range(10))
-    policy.sketch.increment("hot", 10)
+    see(policy.sketch, "hot", 10)
     hot = Entry("hot", 0, 1, 0.0)
     out = policy.add(hot)
     assert hot not in out and hot.where != REMOVED
@@ -68,7 +69,7 @@ def test_a_costly_candidate_must_beat_the_sum_of_its_victims():
     policy = make(10)
     entries = fill(policy, range(10))
     policy.record_hits(entries * 2)  # each resident now has frequency 3
-    policy.sketch.increment("big", 8)
+    see(policy.sketch, "big", 8)
     big = Entry("big", 0, 5, 0.0)  # needs five victims, worth 15 together
     assert big in policy.add(big)
 
@@ -76,7 +77,7 @@ def test_a_costly_candidate_must_beat_the_sum_of_its_victims():
 def test_a_costly_candidate_worth_more_than_its_victims_is_admitted():
     policy = make(10)
     fill(policy, range(10))
-    policy.sketch.increment("big", 14)
+    see(policy.sketch, "big", 14)
     big = Entry("big", 0, 3, 0.0)
     out = policy.add(big)
     assert big.where != REMOVED

@@ -1,4 +1,5 @@
-from weighted_cache.sketch import FrequencySketch, spread
+from tests.weighted_cache.conftest import see
+from weighted_cache.sketch import FrequencySketch
 
 
 def test_unseen_key_has_zero_frequency():
@@ -7,7 +8,7 @@ def test_unseen_key_has_zero_frequency():
 
 def test_first_sighting_is_held_by_the_doorkeeper():
     sketch = FrequencySketch(1024)
-    sketch.increment("a")
+    see(sketch, "a")
     assert sketch.estimate("a") == 1
     assert sketch.additions == 1
 
@@ -15,38 +16,48 @@ def test_first_sighting_is_held_by_the_doorkeeper():
 def test_repeated_sightings_raise_the_estimate():
     sketch = FrequencySketch(1024)
     for _ in range(5):
-        sketch.increment("a")
+        see(sketch, "a")
     assert sketch.estimate("a") == 5
 
 
 def test_counters_saturate_at_fifteen_plus_doorkeeper():
     sketch = FrequencySketch(1 << 16)
-    sketch.increment("hot", 100)
+    see(sketch, "hot", 100)
     assert sketch.estimate("hot") == 16
 
 
 def test_batched_additions_match_single_increments():
     one, many = FrequencySketch(4096), FrequencySketch(4096)
     for key in range(50):
-        one.increment(key)
+        see(one, key)
         many.sight(key)
-        one.increment(key, 3)
+        see(one, key, 3)
     many.add([(key, 3) for key in range(50)])
     assert [one.estimate(k) for k in range(50)] == [many.estimate(k) for k in range(50)]
 
 
-def test_aging_halves_counters_after_the_sample_size():
+def test_aging_halves_counters_once_a_batch_finds_the_sample_full():
     sketch = FrequencySketch(64)
-    sketch.increment("a", 9)  # 1 in the doorkeeper, 8 in the counters
+    see(sketch, "a", 9)  # 1 in the doorkeeper, 8 in the counters
     before = sketch.estimate("a")
     for key in range(1000, 1000 + sketch.sample_size):
-        sketch.increment(key)
+        see(sketch, key, 2)
     assert sketch.estimate("a") <= before // 2
+
+
+def test_sighting_alone_never_ages_the_sketch():
+    sketch = FrequencySketch(64)
+    see(sketch, "a", 9)
+    before = sketch.estimate("a")
+    for key in range(1000, 1000 + 2 * sketch.sample_size):
+        sketch.sight(key)
+    assert sketch.additions >= sketch.sample_size
+    assert sketch.estimate("a") >= before  # not halved; collisions may only add
 
 
 def test_aging_clears_the_doorkeeper():
     sketch = FrequencySketch(64)
-    sketch.increment("a")
+    see(sketch, "a")
     sketch.age()
     assert sketch.estimate("a") == 0
 
@@ -54,13 +65,13 @@ def test_aging_clears_the_doorkeeper():
 def test_estimates_never_undercount_without_aging():
     sketch = FrequencySketch(1 << 14)
     for key in range(500):
-        sketch.increment(key, key % 7 + 1)
+        see(sketch, key, key % 7 + 1)
     assert all(sketch.estimate(k) >= min(k % 7 + 1, 16) for k in range(500))
 
 
 def test_clear_forgets_everything():
     sketch = FrequencySketch(256)
-    sketch.increment("a", 4)
+    see(sketch, "a", 4)
     sketch.clear()
     assert sketch.estimate("a") == 0
 
@@ -72,8 +83,12 @@ def test_the_doorkeeper_holds_only_keys_sighted():
     assert sketch.estimate("y") == 0
 
 
-def test_spread_separates_neighbouring_integers():
-    assert len({spread(i) & 1023 for i in range(100)}) > 90
+def test_neighbouring_integers_do_not_share_counters():
+    sketch = FrequencySketch(1024)
+    for key in range(100):
+        see(sketch, key, 8)
+    # A raw integer hash would map key + width onto key's counters in every row.
+    assert sum(sketch.estimate(key) for key in range(256, 356)) < 20
 
 
 def test_non_positive_width_is_refused():
@@ -107,7 +122,7 @@ def test_ageing_forgets_first_sightings_held_by_the_doorkeeper():
 def test_ageing_subtracts_the_halves_that_odd_counters_lose():
     sketch = FrequencySketch(1 << 12)
     for key in range(100):
-        sketch.increment(key, 4)  # 1 in the doorkeeper, 3 (odd) in the counters
+        see(sketch, key, 4)  # 1 in the doorkeeper, 3 (odd) in the counters
     sketch.age()
     # Each key keeps 1 of its 3 counted sightings, and none in the cleared doorkeeper;
     # without the subtractions the count would be (100 + 300) / 2.
