@@ -101,9 +101,8 @@ logconfig_dict: dict[str, Any] = {
 
 def on_starting(server: Any) -> None:
     """Start each master run with an empty metrics directory: old files would add stale counts."""
-    directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
-    shutil.rmtree(directory, ignore_errors=True)
-    os.makedirs(directory, exist_ok=True)
+    shutil.rmtree(_server.metrics_dir, ignore_errors=True)
+    os.makedirs(_server.metrics_dir, exist_ok=True)
 
 
 def child_exit(server: Any, worker: Any) -> None:
