@@ -195,7 +195,7 @@ class Prometheus:
         return sorted({item[label] for item in series if label in item})
 
 
-class Load:
+class DashboardTraffic:
     """Clients sending measure requests from threads until stopped; counts what they got."""
 
     def __init__(self, url: str) -> None:
@@ -280,7 +280,7 @@ class Load:
             thread.join(timeout=20)
 
 
-def run_phases(load: Load, simulator: str, phase_s: float,
+def run_phases(load: DashboardTraffic, simulator: str, phase_s: float,
                on_breaker_open: Callable[[], None]) -> list[tuple[str, float]]:
     """Drive the service through its situations; return (phase, start time) pairs."""
 
@@ -429,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
             breaker_alert.extend(a["state"] for a in alerts
                                  if a["labels"].get("alertname") == "MeasureUpstreamBreakerOpen")
 
-        load = Load(url)
+        load = DashboardTraffic(url)
         marks = run_phases(load, simulator.url, args.phase_seconds, on_breaker_open)
         time.sleep(2 * SCRAPE_INTERVAL_S + 0.5)
         start, end = marks[0][1], time.time()
