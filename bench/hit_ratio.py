@@ -49,7 +49,8 @@ TheineCache = _theine_cache_class()
 
 _MISS = object()
 
-# Issue 2's reference hit ratios in %: (LRU, theine W-TinyLFU, optimal) per trace and size.
+# Reference hit ratios in % (LRU, theine W-TinyLFU, optimal) per trace and size: the figures
+# earlier runs were held to (bench/README.md says where they come from).
 REFERENCE: dict[str, dict[int, tuple[float, float, float]]] = {
     "gli": {
         250: (0.9, 14.8, 17.7),
@@ -378,12 +379,12 @@ def dips(rows: Sequence[UnitRow]) -> list[str]:
 
 
 def print_unit_table(rows: Sequence[UnitRow]) -> None:
-    """Hit ratios beside LRU, theine, the optimum and issue 2's figures, with verdicts."""
+    """Hit ratios beside LRU, theine, the optimum and the reference figures, with verdicts."""
     header = (
         f"{'trace':<10} {'size':>7} | {'ours':>5} {'2x':>5} {'LRU':>5} {'theine':>6} {'OPT':>5} | "
         f"{'refLRU':>6} {'refTh':>5} | {'target':>6}  result"
     )
-    print("\nHit ratio %, unit costs (2x = ours at twice the size; ref = issue 2's figures;")
+    print("\nHit ratio %, unit costs (2x = ours at twice the size; ref = reference figures;")
     print(f"target = max(LRU, theine) - {TOLERANCE:.0f}; synthetic traces also within "
           f"{OPT_GAP:.0f} of OPT where LRU or theine are)")
     print(header)
