@@ -14,12 +14,14 @@ body is all hits, then measures, for each target in turn:
    how much CPU other processes on the machine leave to the apps;
 4. the miss path: cold rows per second the service absorbs (distinct cold keys,
    ``WAIT_FOR_MISSING=false``), with upstream in-flight requests sampled against the bound;
-5. with ``--profile DIR``, after all of that: py-spy samples of one saturated service worker.
+5. with ``--profile DIR``, after all of that: py-spy samples of one saturated service worker;
+6. with ``--split``, every app runs under ``bench/cpu_split.py``, and the saturated worker CPU
+   per request is also given in parts: the app call, and gunicorn's own parts around it.
 
 Every process it starts is stopped at the end. Run from the project root::
 
     .venv/bin/python bench/service_load.py [--duration 10] [--connections 64] [--rounds 3]
-        [--json out.json] [--profile DIR]
+        [--json out.json] [--profile DIR] [--split]
 """
 
 from __future__ import annotations
