@@ -56,6 +56,7 @@ def post_worker_init(worker: Any) -> None:
         return timed_app(environ, start_response)
 
     worker.wsgi = counted_app
+    worker.unsplit_wsgi = app
     worker.handle_request = timed("handle_request", worker.handle_request)
     base_async.wsgi.create = timed("environ", gunicorn_wsgi.create)
     gunicorn_wsgi.Response.write = timed("write", gunicorn_wsgi.Response.write)
@@ -71,3 +72,11 @@ def post_worker_init(worker: Any) -> None:
 
     gevent.spawn(write_sums)
 
+
+_project_worker_exit = worker_exit  # noqa: F821 (defined by the project's config above)
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """Close the app as the project's config does: give it back its own app first."""
+    worker.wsgi = getattr(worker, "unsplit_wsgi", worker.wsgi)
+    _project_worker_exit(server, worker)
