@@ -14,12 +14,14 @@ body is all hits, then measures, for each target in turn:
    how much CPU other processes on the machine leave to the apps;
 4. the miss path: cold rows per second the service absorbs (distinct cold keys,
    ``WAIT_FOR_MISSING=false``), with upstream in-flight requests sampled against the bound;
-5. with ``--profile DIR``, after all of that: py-spy samples of one saturated service worker.
+5. with ``--profile DIR``, after all of that: py-spy samples of one saturated service worker;
+6. with ``--split``, every app runs under ``bench/cpu_split.py``, and the saturated worker CPU
+   per request is also given in parts: the app call, and gunicorn's own parts around it.
 
 Every process it starts is stopped at the end. Run from the project root::
 
     .venv/bin/python bench/service_load.py [--duration 10] [--connections 64] [--rounds 3]
-        [--json out.json] [--profile DIR]
+        [--json out.json] [--profile DIR] [--split]
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ BARE_CPU_TARGET = 1.5
 TARGETS = ("bare", "floor", "service")
 # Each worker writes its metrics to the shared files at least this often.
 METRICS_FLUSH_S = 1.5
+# bench/cpu_split.py, and how long its workers take to write their sums (every 0.25 s).
+SPLIT_CONFIG = ROOT / "bench" / "cpu_split.py"
+SPLIT_WRITE_S = 0.6
 LOADGEN = ROOT / "bench" / "loadgen.py"
 WRK_SCRIPT = ROOT / "bench" / "wrk" / "measure.lua"
 WRK_INSTALL_HINT = "wrk not found; using bench/loadgen.py. For wrk: apt-get install -y wrk"
@@ -210,17 +215,43 @@ def paired_ratios(runs: list[dict[str, Any]], base: list[dict[str, Any]],
     return [pick(run) / max(pick(other), 1e-9) for run, other in zip(runs, base, strict=True)]
 
 
-def with_cpu(server: Server, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def with_cpu(server: Server, measure: Callable[[], dict[str, Any]],
+             split_dir: Path | None = None) -> dict[str, Any]:
     """Run ``measure`` and add the server's CPU microseconds per answered request to its summary.
 
     CPU per request does not depend on how much CPU other processes left to the server, so it
-    compares the two apps fairly on a busy machine, where req/s alone would not.
+    compares the two apps fairly on a busy machine, where req/s alone would not. With
+    ``split_dir`` (the server runs under ``bench/cpu_split.py``), the summary's ``split_us``
+    gives the parts of that CPU per request.
     """
+    parts_before = split_sums(split_dir, server) if split_dir else {}
     before = server.cpu_seconds()
     summary = measure()
     used = server.cpu_seconds() - before
     summary["cpu_us_per_request"] = round(used * 1e6 / max(1, summary["requests"]), 1)
+    if split_dir:
+        time.sleep(SPLIT_WRITE_S)
+        parts = split_sums(split_dir, server)
+        requests = max(1, parts.get("requests", 0) - parts_before.get("requests", 0))
+        split = {name: (total - parts_before.get(name, 0)) / 1e3 / requests
+                 for name, total in parts.items() if name != "requests"}
+        split["outside handle_request"] = summary["cpu_us_per_request"] - split["handle_request"]
+        summary["split_us"] = {name: round(us, 1) for name, us in split.items()}
     return summary
+
+
+def split_sums(directory: Path, server: Server) -> dict[str, int]:
+    """The CPU nanoseconds per part (and requests) that ``server``'s workers last wrote."""
+    total: dict[str, int] = {}
+    for pid in server.child_pids():
+        try:
+            text = (directory / str(pid)).read_text()
+        except OSError:
+            continue
+        for pair in text.split():
+            name, _, value = pair.partition("=")
+            total[name] = total.get(name, 0) + int(value)
+    return total
 
 
 def median_of(runs: list[dict[str, Any]], pick: Callable[[dict[str, Any]], float]) -> float:
@@ -419,32 +450,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         sim = procs.simulator(latency_ms=args.upstream_latency_ms, jitter_ms=30,
                               token=UPSTREAM_TOKEN)
         env = service_env(sim)
+        split_dir = work_dir / "cpu-split" if args.split else None
+
+        def gunicorn(app: str, name: str, app_env: dict[str, str]) -> Server:
+            if split_dir is None:
+                return procs.gunicorn(app, env=app_env, workers=args.workers, name=name)
+            split_dir.mkdir(exist_ok=True)
+            command = [sys.executable, "-m", "gunicorn", "-c", str(SPLIT_CONFIG), app]
+            return procs.gunicorn(app, env={**app_env, "CPU_SPLIT_DIR": str(split_dir)},
+                                  workers=args.workers, name=name, command=command)
+
         targets = {
-            "bare": procs.gunicorn("bench.floor_app:bare", env=env, workers=args.workers,
-                                   name="bare"),
-            "floor": procs.gunicorn("bench.floor_app:app", env=env, workers=args.workers,
-                                    name="floor"),
-            "service": procs.gunicorn("measure_service.wsgi:app", env=env,
-                                      workers=args.workers, name="service"),
+            "bare": gunicorn("bench.floor_app:bare", "bare", env),
+            "floor": gunicorn("bench.floor_app:app", "floor", env),
+            "service": gunicorn("measure_service.wsgi:app", "service", env),
         }
         if args.with_redis:
             # The same build with the shared tier on: its hit path must cost what it did.
             redis = procs.redis("--maxmemory", "256mb")
-            targets["service_redis"] = procs.gunicorn(
-                "measure_service.wsgi:app", env={**env, "REDIS_URL": redis.url},
-                workers=args.workers, name="service-redis")
+            targets["service_redis"] = gunicorn(
+                "measure_service.wsgi:app", "service-redis", {**env, "REDIS_URL": redis.url})
             warm(targets["service_redis"], hot_body())
         service = targets["service"]
         warm(service, hot_body())
-        time.sleep(METRICS_FLUSH_S)  # every worker's warm-up misses are in /metrics by then
-        misses_before = metric_total(service, "measure_cache_misses_total")
         for name, server in targets.items():  # first-request costs: lazy imports, connection set-up
             _progress(f"warm-up load on {name}")
             gens.saturate(server, connections=args.connections, duration_s=2)
+        # After the warm-up load: a run of hits in warm() may all have come from one worker, and
+        # the other's first misses then fall in that load. By now every worker's are in /metrics.
+        time.sleep(METRICS_FLUSH_S)
+        misses_before = metric_total(service, "measure_cache_misses_total")
 
         _progress(f"saturation, {args.rounds} round(s) of {args.duration:g} s per target")
         saturation = alternate(args.rounds, targets, lambda s: with_cpu(s, lambda: gens.saturate(
-            s, connections=args.connections, duration_s=args.duration)))
+            s, connections=args.connections, duration_s=args.duration), split_dir))
         floor_rps = median_of(saturation["floor"], lambda r: r["rps"])
         rate = args.rate or floor_rps / 2
         _progress(f"fixed rate {rate:.0f} req/s, {args.rounds} round(s) per target")
@@ -490,6 +529,7 @@ def _hit_path_report(saturation: dict[str, list[dict[str, Any]]],
             "saturation_cpu_us_per_request": median_of(
                 saturation[name], lambda r: r["cpu_us_per_request"]),
             "fixed_cpu_us_per_request": median_of(fixed[name], lambda r: r["cpu_us_per_request"]),
+            "saturation_split_us": _split_medians(saturation[name]),
             "late_sends": sum(r["late_sends"] for r in fixed[name]),
             "non_2xx": sum(r["non_2xx"] for r in saturation[name] + fixed[name]),
             "non_2xx_by_status": _non_2xx_statuses(saturation[name] + fixed[name]),
@@ -520,6 +560,13 @@ def _hit_path_report(saturation: dict[str, list[dict[str, Any]]],
     figures["throughput_ok"] = figures["throughput_ratio"] >= THROUGHPUT_TARGET
     figures["p99_ok"] = figures["p99_ratio"] <= P99_TARGET
     return figures
+
+
+def _split_medians(runs: list[dict[str, Any]]) -> dict[str, float] | None:
+    if "split_us" not in runs[0]:
+        return None
+    return {part: median_of(runs, lambda r, part=part: r["split_us"][part])
+            for part in runs[0]["split_us"]}
 
 
 def _redis_report(saturation: dict[str, list[dict[str, Any]]],
@@ -599,6 +646,11 @@ def print_table(report: dict[str, Any]) -> None:
                   f"{', '.join(f'{cpu:.1f}' for cpu in cpus)}")
         print(f"service/bare worker CPU per request, each round: "
               f"{', '.join(f'{ratio:.2f}x' for ratio in hit['bare_cpu_ratio_rounds'])}")
+    if bare["saturation_split_us"]:
+        print("\nworker CPU us/request saturated, by part (bench/cpu_split.py; medians of rounds)")
+        for part in bare["saturation_split_us"]:
+            figures = [hit[name]["saturation_split_us"][part] for name in TARGETS]
+            print(f"  {part:<38}" + "".join(f"{us:>12,.1f}" for us in figures))
     for name in TARGETS:
         if hit[name]["non_2xx"]:
             print(f"{name} non-2xx answers by status (loadgen runs only): "
@@ -680,6 +732,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="after measuring, py-spy one service worker under saturation")
     parser.add_argument("--with-redis", action="store_true",
                         help="also measure the same build with REDIS_URL set (shared tier on)")
+    parser.add_argument("--split", action="store_true",
+                        help="run every app under bench/cpu_split.py and print the parts of "
+                             "their CPU per request (the timing adds a little to each)")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the report here")
     args = parser.parse_args(argv)
     for name in ("duration", "connections", "workers", "rounds"):
