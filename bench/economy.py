@@ -32,7 +32,7 @@ from driver import (
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devtools, from a checkout
 from devtools import probes
-from devtools.harness import Processes, Server, free_port
+from devtools.harness import Processes, Service, free_port
 
 # Upstream slots per worker in scenario 4 (the service's default, set explicitly there).
 UPSTREAM_CONCURRENCY = 4
@@ -255,7 +255,7 @@ class EconomyBench:
         self.upstream = RestartableSimulator(procs, free_port())
         self.upstream.start()
 
-    def service(self, **env: str) -> Server:
+    def service(self, **env: str) -> Service:
         """A fresh service (cold cache) with 2 gevent workers and ``env`` on top of the base."""
         full = {
             "ENV": "bench", "API_KEYS": API_KEY, "SCOPE3_API_TOKEN": UPSTREAM_TOKEN,
@@ -263,19 +263,6 @@ class EconomyBench:
             "ACCESS_LOG": "sample:0.01", **env,
         }
         return self.procs.service(None, env=full, workers=WORKERS)
-
-    def warm(self, port: int, rows: list[dict[str, Any]], timeout_s: float = 15.0) -> None:
-        """Ask for ``rows`` on new connections until 20 answers in a row are all hits."""
-        deadline = time.monotonic() + timeout_s
-        streak = 0
-        while streak < 20:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"warm-up: not all hits after {timeout_s:.0f} s")
-            if set(measure(port, rows).statuses()) == {"hit"}:
-                streak += 1
-            else:
-                streak = 0
-                time.sleep(0.05)
 
     def wait_closed(self, misses: MissStream, gauge: GaugePoller,
                      since: float) -> float | None:

@@ -61,7 +61,7 @@ def run(bench: EconomyBench) -> None:
     gauge = GaugePoller(svc.port, 0.1, phase_budget)
     greenlets = GaugePoller(svc.port, 0.25, phase_budget, name="measure_background_greenlets")
     try:
-        bench.warm(svc.port, hot)
+        svc.warm(hot)
         misses.start()
 
         def hit_load() -> dict[str, Any]:

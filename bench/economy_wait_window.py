@@ -35,7 +35,7 @@ def run(bench: EconomyBench) -> None:
                                       for i in range(count)), connections=8)
         # The same 8 clients asking for rows that are now cached: the machine's own tail.
         hot = cold_rows(prefix, 0, ROWS_PER_REQUEST)
-        bench.warm(svc.port, hot)
+        svc.warm(hot)
         hits = closed_loop(svc.port, (hot for _ in range(count)), connections=8)
         bench.upstream.fresh(latency_ms=200, jitter_ms=5)
         slow = closed_loop(svc.port, (cold_rows(prefix, (count + i) * ROWS_PER_REQUEST,

@@ -38,8 +38,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
@@ -50,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devtools, from a
 import requests
 
 from devtools import probes
-from devtools.harness import ROOT, Processes, Server, Simulator
+from devtools.harness import ROOT, Processes, Server, Service, Simulator
 
 API_KEY = "bench-key"
 UPSTREAM_TOKEN = "bench-upstream-token"
@@ -89,39 +87,7 @@ def _row(inventory_id: str, row_id: str) -> dict[str, Any]:
             "country": "US", "channel": "web", "deviceType": "pc", "rowIdentifier": row_id}
 
 
-# --- HTTP helpers for set-up and checks (not on the measured path) --------------------------------
-
-def http_json(url: str, body: Any = None, *, auth: bool = False) -> Any:
-    """GET (or POST ``body`` as JSON) and decode the JSON answer; raise on non-2xx."""
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method="GET" if data is None else "POST")
-    request.add_header("Content-Type", "application/json")
-    if auth:
-        request.add_header("Authorization", f"Bearer {API_KEY}")
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read() or b"null")
-
-
-def row_statuses(service: Server, body: dict[str, Any]) -> list[str]:
-    """The per-row statuses the service answers for ``body``."""
-    answer = http_json(service.url + "/v2/measure", body, auth=True)
-    return [row["status"] for row in answer["rows"]]
-
-
-def warm(service: Server, body: dict[str, Any], timeout_s: float = 15.0) -> None:
-    """Send ``body`` to every worker until it is all hits several times in a row."""
-    deadline = time.monotonic() + timeout_s
-    streak = 0
-    # Requests land on either worker, so ask until a run of answers is all hits.
-    while streak < 20:
-        if time.monotonic() > deadline:
-            raise SystemExit(f"warm-up: the hot body is not all hits after {timeout_s:.0f} s")
-        if set(row_statuses(service, body)) == {"hit"}:
-            streak += 1
-        else:
-            streak = 0
-            time.sleep(0.05)
-
+# --- set-up and checks (not on the measured path) -----------------------------------------------
 
 def metric_total(server: Server, name: str) -> float | None:
     """Sum of every sample of ``name`` on ``/metrics`` (None when it cannot be read)."""
@@ -280,42 +246,20 @@ def sampling(interval_s: float, sample: Callable[[], float | None]) -> Iterator[
         thread.join()
 
 
-def upstream_totals(sim: Simulator) -> dict[str, int]:
-    """Requests and rows the simulator has received so far."""
-    stats = sim.stats("?keys=0&recent=0")
-    return {"requests": int(stats["requests"]), "rows": int(stats["rows"]),
-            "rows_answered": int(stats["rows_answered"])}
-
-
-def wait_for_drain(sim: Simulator, quiet_s: float = 1.0, timeout_s: float = 30.0) -> dict[str, int]:
-    """Wait until the simulator has answered every row it got and no new ones arrive."""
-    deadline = time.monotonic() + timeout_s
-    last = upstream_totals(sim)
-    quiet_since = time.monotonic()
-    while time.monotonic() < deadline:
-        time.sleep(0.2)
-        now = upstream_totals(sim)
-        if now != last or now["rows"] != now["rows_answered"]:
-            last, quiet_since = now, time.monotonic()
-        elif time.monotonic() - quiet_since >= quiet_s:
-            break
-    return last
-
-
 def miss_path(gens: Generators, service: Server, sim: Simulator, *, workers: int,
               connections: int, duration_s: float, upstream_latency_s: float,
               work_dir: Path) -> dict[str, Any]:
     """Drive cold keys only; report what the service accepted and what reached upstream."""
     template_file = work_dir / "cold.json"
     template_file.write_text(cold_body_template(uuid.uuid4().hex[:8]))
-    http_json(sim.url + "/_reset", {})
+    sim.reset()
     started = time.monotonic()
     with sampling(0.05, lambda: metric_total(service, "measure_upstream_in_flight")) as in_flight:
         load = gens.cold(service, template_file, connections=connections, duration_s=duration_s)
-        during = upstream_totals(sim)
-    drained = wait_for_drain(sim)
+        during = sim.stats("?keys=0&recent=0")
+    drained = sim.wait_quiet(1.0, drained=True)
     drain_s = time.monotonic() - started
-    per_key = http_json(sim.url + "/_stats?recent=0").get("rows_per_key", {})
+    per_key = sim.stats("?recent=0").get("rows_per_key", {})
     seconds = load["duration_s"]
     statuses = load["tallies"]
     rows_offered = load["requests"] * ROWS_PER_REQUEST
@@ -416,6 +360,11 @@ def _function_of(frame: str) -> str:
     return f"{name} ({path})"
 
 
+def as_service(server: Server) -> Service:
+    """``server`` (gunicorn serving measure_service) with the benchmark's API key."""
+    return Service(server.name, server.port, server.process, server.log_path, API_KEY)
+
+
 def service_env(sim: Server) -> dict[str, str]:
     """The environment both the service and the floor run with."""
     return {
@@ -432,6 +381,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(WRK_INSTALL_HINT, file=sys.stderr)
     work_dir = Path(tempfile.mkdtemp(prefix="service-load-"))
     body_file = work_dir / "hot.json"
+    hot_rows = hot_body()["rows"]
     body_file.write_text(json.dumps(hot_body()))
     gens = Generators(body_file, bool(use_wrk))
     report: dict[str, Any] = {
@@ -470,13 +420,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             redis = procs.redis("--maxmemory", "256mb")
             targets["service_redis"] = gunicorn(
                 "measure_service.wsgi:app", "service-redis", {**env, "REDIS_URL": redis.url})
-            warm(targets["service_redis"], hot_body())
-        service = targets["service"]
-        warm(service, hot_body())
+            as_service(targets["service_redis"]).warm(hot_rows)
+        service = as_service(targets["service"])
+        service.warm(hot_rows)
         for name, server in targets.items():  # first-request costs: lazy imports, connection set-up
             _progress(f"warm-up load on {name}")
             gens.saturate(server, connections=args.connections, duration_s=2)
-        # After the warm-up load: a run of hits in warm() may all have come from one worker, and
+        # After the warm-up load: a run of hits in Service.warm may all have come from one worker, and
         # the other's first misses then fall in that load. By now every worker's are in /metrics.
         time.sleep(METRICS_FLUSH_S)
         misses_before = metric_total(service, "measure_cache_misses_total")
@@ -491,7 +441,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             s, rate=rate, connections=args.connections, duration_s=args.duration)))
         time.sleep(METRICS_FLUSH_S)
         misses_after = metric_total(service, "measure_cache_misses_total")
-        still_hits = set(row_statuses(service, hot_body())) == {"hit"}
+        still_hits = set(service.statuses(hot_rows)) == {"hit"}
 
         report["hit_path"] = _hit_path_report(saturation, fixed, rate)
         if args.with_redis:

@@ -132,15 +132,20 @@ class Simulator(Server):
             f"{self.url}/_control", json=changes, headers=_CLOSE, timeout=5
         ).raise_for_status()
 
-    def wait_quiet(self, quiet_s: float = 0.6, timeout_s: float = 30.0) -> dict[str, Any]:
-        """Wait until no new request arrived for ``quiet_s`` (at most ``timeout_s``); return
-        the stats (``?keys=0&recent=0``) seen last."""
+    def wait_quiet(
+        self, quiet_s: float = 0.6, timeout_s: float = 30.0, *, drained: bool = False
+    ) -> dict[str, Any]:
+        """Wait until no new request arrived for ``quiet_s`` (at most ``timeout_s``), and with
+        ``drained`` until every row received was answered too; return the stats
+        (``?keys=0&recent=0``) seen last."""
         deadline = time.monotonic() + timeout_s
-        last, since = -1, time.monotonic()
+        last: tuple[int, bool] = (-1, False)
+        since = time.monotonic()
         while time.monotonic() < deadline:
             stats = self.stats("?keys=0&recent=0")
-            if stats["requests"] != last:
-                last, since = stats["requests"], time.monotonic()
+            now = (stats["requests"], not drained or stats["rows"] == stats["rows_answered"])
+            if now != last or not now[1]:
+                last, since = now, time.monotonic()
             elif time.monotonic() - since >= quiet_s:
                 return stats
             time.sleep(0.1)
@@ -195,6 +200,20 @@ class Service(Server):
         if response.status_code != 200:
             raise RuntimeError(f"/v2/measure answered {response.status_code}: {response.text}")
         return [row["status"] for row in response.json()["rows"]]
+
+    def warm(self, rows: Sequence[Mapping[str, Any]], timeout_s: float = 15.0) -> None:
+        """Ask for ``rows`` until 20 answers in a row are all hits: each on a new connection,
+        so every worker's cache holds them."""
+        deadline = time.monotonic() + timeout_s
+        streak = 0
+        while streak < 20:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"warm-up: not all hits after {timeout_s:.0f} s")
+            if set(self.statuses(rows)) == {"hit"}:
+                streak += 1
+            else:
+                streak = 0
+                time.sleep(0.05)
 
 
 @dataclass
