@@ -16,7 +16,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from weighted_cache import Cache
-from weighted_cache.policy import PROBATION, PROTECTED, PROTECTED_HOT, WINDOW, WINDOW_NEW, Policy
+from weighted_cache.policy import (
+    PROBATION,
+    PROTECTED,
+    PROTECTED_HOT,
+    SAMPLED,
+    WINDOW,
+    WINDOW_NEW,
+    Policy,
+)
 from weighted_cache.sketch import FrequencySketch
 from weighted_cache.store import Entry
 
@@ -110,6 +118,8 @@ EVENTS = st.lists(
 )
 _SEGMENT_OF = {WINDOW: "window", WINDOW_NEW: "window", PROBATION: "probation",
                PROTECTED: "protected", PROTECTED_HOT: "protected"}
+_SEGMENT_OF.update({where | SAMPLED: name for where, name in _SEGMENT_OF.items()
+                    if where != PROTECTED_HOT})
 
 
 def check(policy: Policy, live: dict[int, Entry]) -> None:
