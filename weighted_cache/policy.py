@@ -40,9 +40,14 @@ PROBATION = 2
 PROTECTED = 3
 PROTECTED_HOT = 4  # protected, and read since the CLOCK hand last passed it
 WINDOW_NEW = 5  # in the window; the sketch has not yet seen this insertion
-# Added to the codes above for an entry whose key the shadows replay (see _Shadows): its reads
-# then miss record_hits' protected branches and take _reorder, which replays them.
+# Marks added to the codes above.  TRACKED: the ghosts follow the key when it leaves (window
+# and probation entries only, whose reads take _reorder anyway).  SAMPLED (always with TRACKED):
+# the shadows replay the key (see _Shadows); its reads miss record_hits' protected branches and
+# take _reorder too.  An unmarked entry leaving protected is marked again by its hash.
 SAMPLED = 8
+TRACKED = 16
+_MARKS = SAMPLED | TRACKED
+_PLAIN = 7  # where & _PLAIN: the code without marks
 
 _WINDOW_MIN = 0.01  # the window's share of the budget: where it starts, and its floor
 _WEIGHTED_WINDOW = 0.2  # the starting share when entry costs vary (see _on_first_fill)
@@ -58,7 +63,7 @@ _PROTECTED_SHARE = 0.8  # share of the main space kept for protected
 _STEP_PERCENT = 0.0625
 _STEPS = 5  # ghost depths: step * 2**level, up to the whole budget
 _MAX_STEPS = 2  # a move is at most this many steps while the window catches reuse
-_GHOST_SAMPLE = 4096  # caches beyond this many entries track only the sampled keys' departures
+_GHOST_SAMPLE = 4096  # caches beyond this many entries track a sample of departed keys
 _SAMPLE_MULT = 0.5
 _MIN_SAMPLE = 64
 _MAX_SAMPLE = 1024
@@ -389,9 +394,9 @@ class Policy:
         self.probation = Segment(PROBATION)
         self.protected = Segment(PROTECTED)
         window, probation, protected = self.window, self.probation, self.protected
-        # Indexed by ``where``: the plain codes, then (from SAMPLED) the sampled ones.
-        self._segments = (None, window, probation, protected, protected, window, None, None,
-                          None, window, probation, protected, protected, window)
+        # Indexed by ``where``, marks included.
+        plain = (None, window, probation, protected, protected, window, None, None)
+        self._segments = plain * 4
         self.max_cost = max_cost
         self.total_cost: float = 0  # cost of every entry tracked, candidates included
         self.window_max = self._window_floor()
@@ -424,8 +429,9 @@ class Policy:
         self._pass = 0  # requests for one pass over the cache: its entry count
         self._shadows = _Shadows()
         self._sample_mask = -1  # no key is sampled before the cache first fills
-        self._ghost_all = True  # the ghosts track every key, not only the sampled ones
-        self._shadow_bits = 0  # the sample rate is 2**-bits
+        self._ghost_mask = 0
+        self._shadow_bits = 0  # the shadows' sample rate is 2**-bits
+        self._ghost_bits = 0  # the ghosts', at least as high
 
     # -- bookkeeping -------------------------------------------------------
 
@@ -542,17 +548,17 @@ class Policy:
         are rarer and relink as usual.
         """
         where = entry.where
-        sampled = where & SAMPLED
-        if sampled:
+        marks = where & _MARKS
+        if marks & SAMPLED:
             self._shadows.access(entry.key, entry.cost)
-            where ^= sampled
+        where ^= marks
         if where in (WINDOW, WINDOW_NEW):
             self.window.move_to_end(entry)
             self._window_hits += 1
         elif where == PROBATION:
             self._probation_hits += 1
             self.probation.unlink(entry)
-            self.protected.append(entry, PROTECTED | sampled)
+            self.protected.append(entry, PROTECTED | (marks if marks & SAMPLED else 0))
             if self.protected.cost > self.protected_max:
                 self._demote_protected()
         elif where == PROTECTED:
@@ -572,18 +578,20 @@ class Policy:
         self._sample_misses += 1
         key = entry.key
         tag = WINDOW_NEW
-        # In large caches the ghosts follow the shadows' sample of keys, so a key outside it
-        # costs one hash here and nothing when it leaves.
-        sampled = not hash((key,)) & self._sample_mask
-        if sampled or self._ghost_all:
+        # One hash picks the keys the ghosts track and, among them, those the shadows replay;
+        # the mark it leaves on the entry spares a hash when the entry leaves.
+        spread = hash((key,))
+        if not spread & self._ghost_mask:
             ghost = self._window_ghost
             if key in ghost.recent or key in ghost.older:
                 ghost.returned(key)
             ghost = self._main_ghost
             if key in ghost.recent or key in ghost.older:
                 ghost.returned(key)
-            if sampled:
-                tag = WINDOW_NEW | SAMPLED
+            if spread & self._sample_mask:
+                tag = WINDOW_NEW | TRACKED
+            else:
+                tag = WINDOW_NEW | _MARKS
                 self._shadows.access(key, entry.cost)
         window = self.window
         window.append(entry, tag)
@@ -601,7 +609,7 @@ class Policy:
         The updated entry itself is never chosen to leave.
         """
         where = entry.where
-        if where == WINDOW_NEW or where == WINDOW_NEW | SAMPLED:
+        if where & _PLAIN == WINDOW_NEW:
             self.sketch.sight(entry.key)  # its insertion, before the update's own use
         if not entry.uses:
             self._pending.append(entry)
@@ -616,7 +624,10 @@ class Policy:
         entry.cost = new_cost
         self.total_cost += new_cost - old_cost
         target = self.protected if segment is self.probation else segment
-        target.append(entry, target.tag | where & SAMPLED)
+        marks = where & _MARKS
+        if target is self.protected and not marks & SAMPLED:
+            marks = 0  # protected holds no other marks
+        target.append(entry, target.tag | marks)
         self._demote_protected()
         out: list[Entry] = []
         self._evict(entry, True, out)
@@ -644,7 +655,7 @@ class Policy:
             where = cand.where
             window.unlink(cand)
             if cand is keep and keep_is_update:
-                self.probation.append(cand, PROBATION | where & SAMPLED)
+                self.probation.append(cand, PROBATION | where & _MARKS)
             else:
                 self._admit(cand, keep if keep_is_update else None, out, where)
         # Still over budget (a grown update, a smaller max_cost): plain eviction.
@@ -658,19 +669,18 @@ class Policy:
     def _admit(self, cand: Entry, keep: Entry | None, out: list[Entry], where: int) -> None:
         """Judge ``cand``, just out of the window, where it was tagged ``where``."""
         # ``cand`` has left the window but still counts in total_cost.
-        ghost_all = self._ghost_all
-        if ghost_all or where & SAMPLED:
+        if where & TRACKED:
             self._window_ghost.clock += cand.cost
         sketch = self.sketch
         # WINDOW_NEW: the sketch has not yet seen its insertion.
-        fresh = where == WINDOW_NEW or where == WINDOW_NEW | SAMPLED
+        fresh = where & _PLAIN == WINDOW_NEW
         seen = sketch.sight(cand.key) if fresh else -1
         excess = self.total_cost - self.max_cost
         if excess <= 0:
             self._first_cost = self._first_cost or cand.cost
             if cand.cost != self._first_cost:
                 self._varied_costs = True
-            self.probation.append(cand, PROBATION | where & SAMPLED)
+            self.probation.append(cand, PROBATION | where & _MARKS)
             return
         if not self._filled:
             self._on_first_fill()
@@ -704,16 +714,14 @@ class Policy:
                     victims_freq if victims_freq < _MAX_FREQ else _MAX_FREQ):
                 ghost = self._main_ghost
                 for victim in victims:
-                    # Main's own victims only.
-                    if ((ghost_all or victim.where & SAMPLED)
-                            and victim.where & ~SAMPLED != WINDOW):
+                    if victim.where & TRACKED and victim.where & _PLAIN != WINDOW:  # main's own
                         ghost.clock += victim.cost
                         ghost.add(victim.key)
                     self.remove(victim)
                     out.append(victim)
-                self.probation.append(cand, PROBATION | where & SAMPLED)
+                self.probation.append(cand, PROBATION | where & _MARKS)
                 return
-        if ghost_all or where & SAMPLED:
+        if where & TRACKED:
             self._window_ghost.add(cand.key)
         self.total_cost -= cand.cost  # cand is in no segment: remove() would miss it
         if cand.uses:
@@ -735,14 +743,15 @@ class Policy:
         entries = self.window.count + self.probation.count + self.protected.count
         bits = max((entries // _SHADOW_ENTRIES).bit_length() - 1, 0)
         self._shadow_bits = bits
+        # Large caches track a sample of departed keys, so the ghosts stay small.
+        self._ghost_bits = min((entries // _GHOST_SAMPLE).bit_length(), bits)
+        self._ghost_mask = (1 << self._ghost_bits) - 1
         self._sample_mask = (1 << bits) - 1
-        self._ghost_all = entries < _GHOST_SAMPLE
         self._shadows.age_at = max(self.sketch.sample_size >> bits, 1)
         for segment in (self.window, self.probation, self.protected):
             for entry in segment:
-                if not hash((entry.key,)) & self._sample_mask:
-                    where = entry.where
-                    entry.where = (PROTECTED if where == PROTECTED_HOT else where) | SAMPLED
+                where = entry.where & _PLAIN
+                entry.where = self._marked(entry, PROTECTED if where == PROTECTED_HOT else where)
         self._place_shadows()
         if self._varied_costs:
             self._adjust_window(int(self.max_cost * _WEIGHTED_WINDOW) - self.window_max)
@@ -811,16 +820,21 @@ class Policy:
                 protected.move_to_end(entry)
                 continue
             protected.unlink(entry)
-            probation.append(entry, PROBATION | where & SAMPLED)
+            if where & SAMPLED:
+                tag = PROBATION | _MARKS
+            elif not self._ghost_mask or not hash((entry.key,)) & self._ghost_mask:
+                tag = PROBATION | TRACKED
+            else:
+                tag = PROBATION
+            probation.append(entry, tag)
 
     # -- adaptive window -------------------------------------------------------
 
     def _next_period(self) -> int:
         """Start a sample: set the ghost depths, the looks and the cap; return the first look."""
         entries = self.window.count + self.probation.count + self.protected.count
-        depth = self._step_cost() << (_STEPS - 1)
-        if not self._ghost_all:
-            depth >>= self._shadow_bits  # their clocks run on the sampled departures only
+        # The ghosts' clocks run on the departures of the keys they track.
+        depth = (self._step_cost() << (_STEPS - 1)) >> self._ghost_bits
         self._window_ghost.depth = self._main_ghost.depth = depth
         self._look = max(int(_SAMPLE_MULT * entries), _MIN_SAMPLE)
         self._sample_cap = max(self._look, min(_MAX_SAMPLE, _MAX_PASSES * entries))
@@ -861,7 +875,7 @@ class Policy:
         # still to come, as the running maximum of a random walk does.
         bar = _BAR * math.sqrt(1 + math.log(cap / max(requests, 1))) if requests < cap else _BAR
         best, move = _MIN_GAIN * requests, 0
-        scale = 1 if self._ghost_all else 1 << self._shadow_bits
+        scale = 1 << self._ghost_bits
         room = self.max_cost - self.window_max
         # Depths beyond _MAX_STEPS are weighed only while the window catches
         # no reuse at all, and once the sample has lasted a pass over the
@@ -922,6 +936,15 @@ class Policy:
         if move:
             self._adjust_window(move)
 
+    def _marked(self, entry: Entry, where: int) -> int:
+        """``where`` (a plain code) with the marks ``entry``'s key earns there."""
+        spread = hash((entry.key,))
+        if spread & self._ghost_mask:
+            return where
+        if spread & self._sample_mask:
+            return where if where in (PROTECTED, PROTECTED_HOT) else where | TRACKED
+        return where | _MARKS
+
     def _place_shadows(self) -> None:
         """Scale the budget to the sample and put the shadows' windows a step either side."""
         rate = 1 / (1 << self._shadow_bits)
@@ -943,9 +966,8 @@ class Policy:
                     entry = segment.head.next
                     if entry.cost > quota:
                         break
-                    where = entry.where
                     segment.unlink(entry)
-                    self.window.append(entry, WINDOW | where & SAMPLED)
+                    self.window.append(entry, self._marked(entry, WINDOW))
                     quota -= entry.cost
         elif amount < 0:
             self.window_max -= max(min(-amount, self.window_max - self._window_floor()), 0)
@@ -955,8 +977,8 @@ class Policy:
             while window.cost > self.window_max and window.count:
                 entry = window.head.next
                 where = entry.where
-                if where == WINDOW_NEW or where == WINDOW_NEW | SAMPLED:
+                if where & _PLAIN == WINDOW_NEW:
                     self.sketch.sight(entry.key)
                 window.unlink(entry)
-                self.probation.append(entry, PROBATION | where & SAMPLED)
+                self.probation.append(entry, PROBATION | where & _MARKS)
         self._place_shadows()

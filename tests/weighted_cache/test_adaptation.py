@@ -21,6 +21,7 @@ from weighted_cache.policy import (
     PROTECTED,
     PROTECTED_HOT,
     SAMPLED,
+    TRACKED,
     WINDOW,
     WINDOW_NEW,
     Policy,
@@ -118,8 +119,8 @@ EVENTS = st.lists(
 )
 _SEGMENT_OF = {WINDOW: "window", WINDOW_NEW: "window", PROBATION: "probation",
                PROTECTED: "protected", PROTECTED_HOT: "protected"}
-_SEGMENT_OF.update({where | SAMPLED: name for where, name in _SEGMENT_OF.items()
-                    if where != PROTECTED_HOT})
+_SEGMENT_OF.update({where | marks: name for where, name in _SEGMENT_OF.items()
+                    for marks in (TRACKED, SAMPLED | TRACKED)})
 
 
 def check(policy: Policy, live: dict[int, Entry]) -> None:
