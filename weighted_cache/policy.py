@@ -48,6 +48,18 @@ SAMPLED = 8
 TRACKED = 16
 _MARKS = SAMPLED | TRACKED
 _PLAIN = 7  # where & _PLAIN: the code without marks
+# What the miss path asks of a code, as tables: a tuple index is one specialised instruction,
+# while ``&`` on an int is a generic call that allocates its result.
+_CODES = range(32)
+_TRACKED_AT = tuple(bool(code & TRACKED) for code in _CODES)
+_SAMPLED_AT = tuple(bool(code & SAMPLED) for code in _CODES)
+_FRESH_AT = tuple(code & _PLAIN == WINDOW_NEW for code in _CODES)
+_MAIN_TRACKED_AT = tuple(bool(code & TRACKED) and code & _PLAIN != WINDOW for code in _CODES)
+_TO_PROBATION = tuple(PROBATION | code & _MARKS for code in _CODES)
+_PLAIN_AT = tuple(code & _PLAIN for code in _CODES)
+_NEW_TRACKED = WINDOW_NEW | TRACKED
+_PROTECTED_SAMPLED = PROTECTED | _MARKS
+_NEW_SAMPLED = WINDOW_NEW | _MARKS
 
 _WINDOW_MIN = 0.01  # the window's share of the budget: where it starts, and its floor
 _WEIGHTED_WINDOW = 0.2  # the starting share when entry costs vary (see _on_first_fill)
@@ -427,11 +439,13 @@ class Policy:
         self._look = _MIN_SAMPLE  # requests between looks at the current sample
         self._sample_cap = _MIN_SAMPLE  # requests after which the sample ends unmoved
         self._pass = 0  # requests for one pass over the cache: its entry count
+        # Samples are sized for unit costs until the cache fills (see _on_first_fill).
         self._shadows = _Shadows()
-        self._sample_mask = -1  # no key is sampled before the cache first fills
-        self._ghost_mask = 0
         self._shadow_bits = 0  # the shadows' sample rate is 2**-bits
         self._ghost_bits = 0  # the ghosts', at least as high
+        self._ghost_mask = self._sample_mask = 0
+        self._set_samples(max_cost)
+        self._place_shadows()
 
     # -- bookkeeping -------------------------------------------------------
 
@@ -548,17 +562,17 @@ class Policy:
         are rarer and relink as usual.
         """
         where = entry.where
-        marks = where & _MARKS
-        if marks & SAMPLED:
+        sampled = _SAMPLED_AT[where]
+        if sampled:
             self._shadows.access(entry.key, entry.cost)
-        where ^= marks
+        where = _PLAIN_AT[where]
         if where in (WINDOW, WINDOW_NEW):
             self.window.move_to_end(entry)
             self._window_hits += 1
         elif where == PROBATION:
             self._probation_hits += 1
             self.probation.unlink(entry)
-            self.protected.append(entry, PROTECTED | (marks if marks & SAMPLED else 0))
+            self.protected.append(entry, _PROTECTED_SAMPLED if sampled else PROTECTED)
             if self.protected.cost > self.protected_max:
                 self._demote_protected()
         elif where == PROTECTED:
@@ -589,9 +603,9 @@ class Policy:
             if key in ghost.recent or key in ghost.older:
                 ghost.returned(key)
             if spread & self._sample_mask:
-                tag = WINDOW_NEW | TRACKED
+                tag = _NEW_TRACKED
             else:
-                tag = WINDOW_NEW | _MARKS
+                tag = _NEW_SAMPLED
                 self._shadows.access(key, entry.cost)
         window = self.window
         window.append(entry, tag)
@@ -609,7 +623,7 @@ class Policy:
         The updated entry itself is never chosen to leave.
         """
         where = entry.where
-        if where & _PLAIN == WINDOW_NEW:
+        if _FRESH_AT[where]:
             self.sketch.sight(entry.key)  # its insertion, before the update's own use
         if not entry.uses:
             self._pending.append(entry)
@@ -655,7 +669,7 @@ class Policy:
             where = cand.where
             window.unlink(cand)
             if cand is keep and keep_is_update:
-                self.probation.append(cand, PROBATION | where & _MARKS)
+                self.probation.append(cand, _TO_PROBATION[where])
             else:
                 self._admit(cand, keep if keep_is_update else None, out, where)
         # Still over budget (a grown update, a smaller max_cost): plain eviction.
@@ -669,18 +683,18 @@ class Policy:
     def _admit(self, cand: Entry, keep: Entry | None, out: list[Entry], where: int) -> None:
         """Judge ``cand``, just out of the window, where it was tagged ``where``."""
         # ``cand`` has left the window but still counts in total_cost.
-        if where & TRACKED:
+        if _TRACKED_AT[where]:
             self._window_ghost.clock += cand.cost
         sketch = self.sketch
         # WINDOW_NEW: the sketch has not yet seen its insertion.
-        fresh = where & _PLAIN == WINDOW_NEW
+        fresh = _FRESH_AT[where]
         seen = sketch.sight(cand.key) if fresh else -1
         excess = self.total_cost - self.max_cost
         if excess <= 0:
             self._first_cost = self._first_cost or cand.cost
             if cand.cost != self._first_cost:
                 self._varied_costs = True
-            self.probation.append(cand, PROBATION | where & _MARKS)
+            self.probation.append(cand, _TO_PROBATION[where])
             return
         if not self._filled:
             self._on_first_fill()
@@ -714,14 +728,14 @@ class Policy:
                     victims_freq if victims_freq < _MAX_FREQ else _MAX_FREQ):
                 ghost = self._main_ghost
                 for victim in victims:
-                    if victim.where & TRACKED and victim.where & _PLAIN != WINDOW:  # main's own
+                    if _MAIN_TRACKED_AT[victim.where]:  # main's own victims only
                         ghost.clock += victim.cost
                         ghost.add(victim.key)
                     self.remove(victim)
                     out.append(victim)
-                self.probation.append(cand, PROBATION | where & _MARKS)
+                self.probation.append(cand, _TO_PROBATION[where])
                 return
-        if where & TRACKED:
+        if _TRACKED_AT[where]:
             self._window_ghost.add(cand.key)
         self.total_cost -= cand.cost  # cand is in no segment: remove() would miss it
         if cand.uses:
@@ -739,20 +753,16 @@ class Policy:
         rates say nothing about the window.
         """
         self._filled = True
-        # Sample enough keys for shadows of _SHADOW_ENTRIES to twice that many entries.
         entries = self.window.count + self.probation.count + self.protected.count
-        bits = max((entries // _SHADOW_ENTRIES).bit_length() - 1, 0)
-        self._shadow_bits = bits
-        # Large caches track a sample of departed keys, so the ghosts stay small.
-        self._ghost_bits = min((entries // _GHOST_SAMPLE).bit_length(), bits)
-        self._ghost_mask = (1 << self._ghost_bits) - 1
-        self._sample_mask = (1 << bits) - 1
-        self._shadows.age_at = max(self.sketch.sample_size >> bits, 1)
-        for segment in (self.window, self.probation, self.protected):
-            for entry in segment:
-                where = entry.where & _PLAIN
-                entry.where = self._marked(entry, PROTECTED if where == PROTECTED_HOT else where)
-        self._place_shadows()
+        if self._set_samples(entries):
+            # Costs vary: the entries that fit are not the budget's guess.
+            self._shadows.clear()
+            for segment in (self.window, self.probation, self.protected):
+                for entry in segment:
+                    where = entry.where & _PLAIN
+                    where = PROTECTED if where == PROTECTED_HOT else where
+                    entry.where = self._marked(entry, where)
+            self._place_shadows()
         if self._varied_costs:
             self._adjust_window(int(self.max_cost * _WEIGHTED_WINDOW) - self.window_max)
         self._sample_hits = self._sample_misses = 0
@@ -761,6 +771,23 @@ class Policy:
         # Frequent looks at the first sample: a window too small for the
         # workload costs hits on every request until it moves.
         self._sample_period = self._look = _MIN_SAMPLE
+
+    def _set_samples(self, entries: int) -> bool:
+        """Size the ghosts' and the shadows' samples for ``entries``; return whether they changed.
+
+        The shadows get _SHADOW_ENTRIES to twice that many entries' worth of keys; the ghosts
+        track every key up to _GHOST_SAMPLE entries, and beyond a sample (at least the
+        shadows') so they stay small.
+        """
+        bits = max((entries // _SHADOW_ENTRIES).bit_length() - 1, 0)
+        ghost_bits = min((entries // _GHOST_SAMPLE).bit_length(), bits)
+        changed = (bits, ghost_bits) != (self._shadow_bits, self._ghost_bits)
+        self._shadow_bits = bits
+        self._ghost_bits = ghost_bits
+        self._ghost_mask = (1 << ghost_bits) - 1
+        self._sample_mask = (1 << bits) - 1
+        self._shadows.age_at = max(self.sketch.sample_size >> bits, 1)
+        return changed
 
     def _sample_victims(self, need: float, keep: Entry | None) -> list[Entry] | None:
         """Choose entries freeing at least ``need``, or None if impossible.
@@ -820,7 +847,7 @@ class Policy:
                 protected.move_to_end(entry)
                 continue
             protected.unlink(entry)
-            if where & SAMPLED:
+            if _SAMPLED_AT[where]:
                 tag = PROBATION | _MARKS
             elif not self._ghost_mask or not hash((entry.key,)) & self._ghost_mask:
                 tag = PROBATION | TRACKED
@@ -977,8 +1004,8 @@ class Policy:
             while window.cost > self.window_max and window.count:
                 entry = window.head.next
                 where = entry.where
-                if where & _PLAIN == WINDOW_NEW:
+                if _FRESH_AT[where]:
                     self.sketch.sight(entry.key)
                 window.unlink(entry)
-                self.probation.append(entry, PROBATION | where & _MARKS)
+                self.probation.append(entry, _TO_PROBATION[where])
         self._place_shadows()
