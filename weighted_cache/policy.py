@@ -84,12 +84,11 @@ _BAR = 2.0
 _MIN_GAIN = 0.002
 # Shadows (see _Shadows): their sample holds this many to twice as many entries' worth of keys.
 # Their lean moves the window a step once it passes _SHADOW_BAR times its noise; a ghost's near
-# move waits while they lean against it by _SHADOW_VETO requests or a sigma, whichever is more.
-# Counts halve past _SHADOW_SPAN disagreements.
+# move waits while they lean against it by _SHADOW_VETO requests or _BAR sigmas, whichever is
+# more.  The lean halves whenever their counts age.
 _SHADOW_ENTRIES = 64
 _SHADOW_BAR = 2.5
 _SHADOW_VETO = 2
-_SHADOW_SPAN = 256
 _VICTIM_SAMPLE = 4  # probation-tail entries compared when costs differ
 _MAX_FREQ = 16  # a saturated counter plus the doorkeeper bit
 # Entries whose unwritten uses are held at once; bounds that table's memory.
@@ -372,9 +371,12 @@ class _Shadows:
             counts[key] = count + 1
         self.seen += 1
         if self.seen >= self.age_at:
-            # Halve every count, as the sketch ages; keys left at 0 are forgotten.
+            # Halve every count, as the sketch ages; keys left at 0 are forgotten.  The
+            # lean fades at the same pace, so it weighs the current phase most.
             counts = self.counts = {k: c >> 1 for k, c in counts.items() if c > 1}
             self.seen = 0
+            self.up >>= 1
+            self.down >>= 1
         low = self.low.access(key, cost, counts)
         if low != self.high.access(key, cost, counts):
             if low:
@@ -916,11 +918,12 @@ class Policy:
         levels = _STEPS if far else _MAX_STEPS
         reach = max(self.max_cost >> 1, step * _MAX_STEPS)
         # The shadows' lean: what a step up rather than down would have gained on the sampled
-        # keys.  A near move the ghosts propose waits while the shadows lean against it.
+        # keys lately.  A near move the ghosts propose waits while the shadows lean against
+        # it by the ghosts' own bar, as they would against noise.
         shadows = self._shadows
         lean = shadows.up - shadows.down
         spread = math.sqrt(shadows.up + shadows.down)
-        against = max(_SHADOW_VETO, spread)
+        against = max(_SHADOW_VETO, _BAR * spread)
         grow_ok = lean > -against
         shrink_ok = lean < against
         for level in range(levels):
@@ -952,9 +955,6 @@ class Policy:
         if not move and requests < cap:
             self._sample_period = requests + self._look
             return
-        if shadows.up + shadows.down > _SHADOW_SPAN:
-            shadows.up >>= 1  # an exponential memory: old phases fade
-            shadows.down >>= 1
         self._sample_hits = self._sample_misses = 0
         self._window_hits = self._probation_hits = 0
         self._window_ghost.gains = [0] * _STEPS
