@@ -7,7 +7,10 @@ sketch says it is used more often than what it would push out.  A
 climber moves budget between window and main space so that recency-heavy
 workloads get a large window and frequency-heavy ones a small one; it
 weighs, within each sample, the hits that ghost entries (keys refused or
-evicted lately) show a move would gain against those it would give up.
+evicted lately) show a move would gain against those it would give up, and
+checks that model against two shadow miniatures of the policy, run on a
+hash-sampled subset of the keys with the window a step smaller and a step
+larger, whose hit counts measure which way a step pays.
 
 Every size here is in cost units.  A candidate whose cost needs several
 victims must out-score their *summed* frequency, so one big object cannot
@@ -180,8 +183,9 @@ class _Ghost:
     Keys live in two generations, each spanning ``depth`` of departures, so
     forgetting is one dict swap rather than a queue; a key found beyond the
     depth counts for nothing.  Large caches track only the keys whose spread
-    hash falls under the policy's ghost mask (the caller tests it when a key
-    leaves), which bounds the memory; the counts are then a sample.
+    hash falls under the policy's ghost mask (the policy marks their entries
+    TRACKED), which bounds the memory; the clock then counts only their
+    departures and the gains are a sample.
     """
 
     __slots__ = ("clock", "depth", "gains", "older", "recent", "since")
@@ -882,6 +886,12 @@ class Policy:
         would have gained main's victims that came back within d evictions,
         and cost the window's density times d.  Both are measured over the
         same requests, so a change of phase moves both sides alike.
+
+        That estimate of what main gives up is a model, and wrong on some
+        workloads; the shadows measure instead.  A near move the ghosts
+        propose waits while the shadows lean against it, and a decisive lean
+        moves the window a step by itself.  The ghosts still propose the far
+        moves, which the shadows, a step either side, cannot see.
 
         A sample is a sequential test: it ends at the first look where a
         move's net gain clears the bar, else it keeps gathering up to its
