@@ -8,7 +8,11 @@ each would measure the layout as well; the two copies of one tree give that spre
 time per copy is summed over a round; the report gives B/A (both copies pooled) per round and its
 median and range.
 
-    .venv/bin/python bench/ab_library.py A_TREE B_TREE [--ops 300000] [--chunk 5000] [--rounds 9]
+``--workload get-hit`` replays throughput.py's get-hit instead: every key of a 10k cache preloaded,
+then ``get`` on a Zipf(1.0) stream over those keys.
+
+    .venv/bin/python bench/ab_library.py A_TREE B_TREE [--workload mixed|get-hit] [--ops 300000]
+        [--chunk 5000] [--rounds 9]
 """
 
 from __future__ import annotations
@@ -56,10 +60,28 @@ def mixed(cache: Any, keys: Sequence[Hashable]) -> int:
     return misses
 
 
+def get_hit(cache: Any, keys: Sequence[Hashable]) -> int:
+    """The get-hit loop; returns its misses."""
+    get = cache.get
+    misses = 0
+    for key in keys:
+        if get(key, _MISS) is _MISS:
+            misses += 1
+    return misses
+
+
+LOOPS = {"mixed": mixed, "get-hit": get_hit}
+
+
 def one_round(libraries: list[ModuleType], stream: list[Hashable], chunk: int,
-              first: int) -> tuple[list[float], list[int]]:
+              first: int, workload: str = "mixed") -> tuple[list[float], list[int]]:
     """CPU seconds and misses per library over the stream, chunks alternating from ``first``."""
     caches = [lib.Cache(max_cost=CAPACITY) for lib in libraries]
+    loop = LOOPS[workload]
+    if workload == "get-hit":
+        for cache in caches:
+            for key in range(CAPACITY):
+                cache.set(key, key)
     spent = [0.0] * len(libraries)
     misses = [0] * len(libraries)
     order = list(range(len(libraries)))
@@ -71,7 +93,7 @@ def one_round(libraries: list[ModuleType], stream: list[Hashable], chunk: int,
             part = stream[start:start + chunk]
             for i in order:
                 t0 = time.process_time()
-                misses[i] += mixed(caches[i], part)
+                misses[i] += loop(caches[i], part)
                 spent[i] += time.process_time() - t0
             order.reverse()
     finally:
@@ -83,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("a", help="tree holding weighted_cache/ (the reference)")
     parser.add_argument("b", help="tree holding weighted_cache/ (the candidate)")
+    parser.add_argument("--workload", choices=sorted(LOOPS), default="mixed")
     parser.add_argument("--ops", type=int, default=300_000)
     parser.add_argument("--chunk", type=int, default=5_000)
     parser.add_argument("--rounds", type=int, default=9)
@@ -90,13 +113,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     libraries = [load(args.a, "wc_a1"), load(args.b, "wc_b1"), load(args.b, "wc_b2"),
                  load(args.a, "wc_a2")]
-    stream: list[Hashable] = list(traces.zipf_keys(KEYS, args.ops, seed=args.seed))
-    print(f"A = {args.a}\nB = {args.b}\nmixed: Zipf(1.0) over {KEYS} keys, {CAPACITY}-entry cache, "
-          f"{args.ops} requests in {args.chunk}-request chunks, load {os.getloadavg()[0]:.1f}")
+    keys = KEYS if args.workload == "mixed" else CAPACITY
+    stream: list[Hashable] = list(traces.zipf_keys(keys, args.ops, seed=args.seed))
+    print(f"A = {args.a}\nB = {args.b}\n{args.workload}: Zipf(1.0) over {keys} keys, "
+          f"{CAPACITY}-entry cache, {args.ops} requests in {args.chunk}-request chunks, "
+          f"load {os.getloadavg()[0]:.1f}")
     ratios = []
     controls = []
     for r in range(args.rounds):
-        spent, misses = one_round(libraries, stream, args.chunk, r % len(libraries))
+        spent, misses = one_round(libraries, stream, args.chunk, r % len(libraries),
+                                  args.workload)
         a, b = spent[0] + spent[3], spent[1] + spent[2]
         ratios.append(b / a)
         controls.append(spent[3] / spent[0])
