@@ -248,13 +248,13 @@ class _Shadow:
 
     def access(self, key: Hashable, cost: float, counts: dict[Hashable, int]) -> int:
         """Replay one request; return 1 on a hit, else 0."""
+        protected = self.protected
+        if key in protected:  # where most hits land
+            protected.move_to_end(key)
+            return 1
         window = self.window
         if key in window:
             window.move_to_end(key)
-            return 1
-        protected = self.protected
-        if key in protected:
-            protected.move_to_end(key)
             return 1
         probation = self.probation
         held = probation.pop(key, None)
