@@ -426,8 +426,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for name, server in targets.items():  # first-request costs: lazy imports, connection set-up
             _progress(f"warm-up load on {name}")
             gens.saturate(server, connections=args.connections, duration_s=2)
-        # After the warm-up load: a run of hits in Service.warm may all have come from one worker, and
-        # the other's first misses then fall in that load. By now every worker's are in /metrics.
+        # After the warm-up load: the run of hits that ended the warm-up may all have come from one
+        # worker, and the other's first misses then fall in that load. By now every worker's are
+        # in /metrics.
         time.sleep(METRICS_FLUSH_S)
         misses_before = metric_total(service, "measure_cache_misses_total")
 

@@ -7,7 +7,10 @@ sketch says it is used more often than what it would push out.  A
 climber moves budget between window and main space so that recency-heavy
 workloads get a large window and frequency-heavy ones a small one; it
 weighs, within each sample, the hits that ghost entries (keys refused or
-evicted lately) show a move would gain against those it would give up.
+evicted lately) show a move would gain against those it would give up, and
+checks that model against two shadow miniatures of the policy, run on a
+hash-sampled subset of the keys with the window a step smaller and a step
+larger, whose hit counts measure which way a step pays.
 
 Every size here is in cost units.  A candidate whose cost needs several
 victims must out-score their *summed* frequency, so one big object cannot
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections import OrderedDict
 from collections.abc import Hashable, Iterator
 
 from .sketch import FrequencySketch
@@ -39,6 +43,26 @@ PROBATION = 2
 PROTECTED = 3
 PROTECTED_HOT = 4  # protected, and read since the CLOCK hand last passed it
 WINDOW_NEW = 5  # in the window; the sketch has not yet seen this insertion
+# Marks added to the codes above.  TRACKED: the ghosts follow the key when it leaves (window
+# and probation entries only, whose reads take _reorder anyway).  SAMPLED (always with TRACKED):
+# the shadows replay the key (see _Shadows); its reads miss record_hits' protected branches and
+# take _reorder too.  An unmarked entry leaving protected is marked again by its hash.
+SAMPLED = 8
+TRACKED = 16
+_MARKS = SAMPLED | TRACKED
+_PLAIN = 7  # where & _PLAIN: the code without marks
+# What the miss path asks of a code, as tables: a tuple index is one specialised instruction,
+# while ``&`` on an int is a generic call that allocates its result.
+_CODES = range(32)
+_TRACKED_AT = tuple(bool(code & TRACKED) for code in _CODES)
+_SAMPLED_AT = tuple(bool(code & SAMPLED) for code in _CODES)
+_FRESH_AT = tuple(code & _PLAIN == WINDOW_NEW for code in _CODES)
+_MAIN_TRACKED_AT = tuple(bool(code & TRACKED) and code & _PLAIN != WINDOW for code in _CODES)
+_TO_PROBATION = tuple(PROBATION | code & _MARKS for code in _CODES)
+_PLAIN_AT = tuple(code & _PLAIN for code in _CODES)
+_NEW_TRACKED = WINDOW_NEW | TRACKED
+_PROTECTED_SAMPLED = PROTECTED | _MARKS
+_NEW_SAMPLED = WINDOW_NEW | _MARKS
 
 _WINDOW_MIN = 0.01  # the window's share of the budget: where it starts, and its floor
 _WEIGHTED_WINDOW = 0.2  # the starting share when entry costs vary (see _on_first_fill)
@@ -61,6 +85,13 @@ _MAX_SAMPLE = 1024
 _MAX_PASSES = 4  # nor more than this many passes over the cache
 _BAR = 2.0
 _MIN_GAIN = 0.002
+# Shadows (see _Shadows): their sample holds this many to twice as many entries' worth of keys.
+# Their lean moves the window a step once it passes _SHADOW_BAR times its noise; a ghost's near
+# move waits while they lean against it by _SHADOW_VETO requests or _BAR sigmas, whichever is
+# more.  The lean halves whenever their counts age.
+_SHADOW_ENTRIES = 64
+_SHADOW_BAR = 2.5
+_SHADOW_VETO = 2
 _VICTIM_SAMPLE = 4  # probation-tail entries compared when costs differ
 _MAX_FREQ = 16  # a saturated counter plus the doorkeeper bit
 # Entries whose unwritten uses are held at once; bounds that table's memory.
@@ -152,8 +183,9 @@ class _Ghost:
     Keys live in two generations, each spanning ``depth`` of departures, so
     forgetting is one dict swap rather than a queue; a key found beyond the
     depth counts for nothing.  Large caches track only the keys whose spread
-    hash falls under the policy's ghost mask (the caller tests it when a key
-    leaves), which bounds the memory; the counts are then a sample.
+    hash falls under the policy's ghost mask (the policy marks their entries
+    TRACKED), which bounds the memory; the clock then counts only their
+    departures and the gains are a sample.
     """
 
     __slots__ = ("clock", "depth", "gains", "older", "recent", "since")
@@ -192,6 +224,185 @@ class _Ghost:
         self.older.clear()
 
 
+class _Shadow:
+    """A miniature of this policy over the sampled keys, with a window of its own size.
+
+    Keys map to their cost in three LRU-ordered dicts (window, probation,
+    protected); admission compares the sampled keys' own counts, so a
+    replayed request costs a few dict operations and no sketch hash.
+    """
+
+    __slots__ = ("max_cost", "probation", "probation_cost", "protected", "protected_cost",
+                 "protected_max", "window", "window_cost", "window_max")
+
+    def __init__(self) -> None:
+        self.window: OrderedDict[Hashable, float] = OrderedDict()
+        self.probation: OrderedDict[Hashable, float] = OrderedDict()
+        self.protected: OrderedDict[Hashable, float] = OrderedDict()
+        self.window_cost: float = 0
+        self.probation_cost: float = 0
+        self.protected_cost: float = 0
+        self.max_cost: float = 0
+        self.window_max: float = 0
+        self.protected_max: float = 0
+
+    def access(self, key: Hashable, cost: float, counts: dict[Hashable, int]) -> int:
+        """Replay one request; return 1 on a hit, else 0."""
+        protected = self.protected
+        if key in protected:  # where most hits land
+            protected.move_to_end(key)
+            return 1
+        window = self.window
+        if key in window:
+            window.move_to_end(key)
+            return 1
+        probation = self.probation
+        held = probation.pop(key, None)
+        if held is not None:
+            self.probation_cost -= held
+            protected[key] = held
+            self.protected_cost += held
+            if self.protected_cost > self.protected_max:
+                self._demote()
+            return 1
+        window[key] = cost
+        self.window_cost += cost
+        while self.window_cost > self.window_max and window:
+            cand, cand_cost = window.popitem(last=False)
+            self.window_cost -= cand_cost
+            self._admit(cand, cand_cost, counts)
+        return 0
+
+    def _demote(self) -> None:
+        protected, probation = self.protected, self.probation
+        while self.protected_cost > self.protected_max and protected:
+            key, cost = protected.popitem(last=False)
+            self.protected_cost -= cost
+            probation[key] = cost
+            self.probation_cost += cost
+
+    def _admit(self, cand: Hashable, cost: float, counts: dict[Hashable, int]) -> None:
+        excess = self.window_cost + self.probation_cost + self.protected_cost + cost - self.max_cost
+        probation = self.probation
+        if excess > 0:
+            victims: list[Hashable] = []
+            freq = 0
+            for segment in (probation, self.protected):
+                for victim in segment:
+                    if excess <= 0:
+                        break
+                    victims.append(victim)
+                    freq += counts.get(victim, 0)
+                    excess -= segment[victim]
+            if excess > 0 or counts.get(cand, 0) <= (freq if freq < _MAX_FREQ else _MAX_FREQ):
+                return
+            for victim in victims:
+                held = probation.pop(victim, None)
+                if held is None:
+                    self.protected_cost -= self.protected.pop(victim)
+                else:
+                    self.probation_cost -= held
+        probation[cand] = cost
+        self.probation_cost += cost
+
+    def resize(self, max_cost: float, window_max: float) -> None:
+        """Take a new budget and window, moving entries as the policy's _adjust_window does."""
+        self.max_cost = max_cost
+        self.window_max = window_max
+        self.protected_max = (max_cost - window_max) * _PROTECTED_SHARE
+        self._demote()
+        window, probation, protected = self.window, self.probation, self.protected
+        # A larger window takes main's coldest entries; a smaller one hands its oldest to probation.
+        for segment in (probation, protected):
+            while segment and self.window_cost + next(iter(segment.values())) <= window_max:
+                key, cost = segment.popitem(last=False)
+                if segment is probation:
+                    self.probation_cost -= cost
+                else:
+                    self.protected_cost -= cost
+                window[key] = cost
+                self.window_cost += cost
+        while self.window_cost > window_max and window:
+            key, cost = window.popitem(last=False)
+            self.window_cost -= cost
+            probation[key] = cost
+            self.probation_cost += cost
+        while self.window_cost + self.probation_cost + self.protected_cost > max_cost:
+            segment = probation or protected or window
+            if not segment:
+                break
+            key, cost = segment.popitem(last=False)
+            if segment is probation:
+                self.probation_cost -= cost
+            elif segment is protected:
+                self.protected_cost -= cost
+            else:
+                self.window_cost -= cost
+
+    def clear(self) -> None:
+        """Forget every key."""
+        for segment in (self.window, self.probation, self.protected):
+            segment.clear()
+        self.window_cost = self.probation_cost = self.protected_cost = 0
+
+
+class _Shadows:
+    """Two miniatures whose windows sit one climber step below and above the cache's.
+
+    SHARDS-style: they replay only the keys whose spread hash falls under the
+    policy's sample mask, on a budget scaled by the same rate, so the hit
+    counts they disagree on measure, rather than model, what a step either
+    way would have gained.  ``up`` counts requests only the larger window
+    hit, ``down`` those only the smaller one hit.
+    """
+
+    __slots__ = ("age_at", "counts", "down", "high", "low", "seen", "up")
+
+    def __init__(self) -> None:
+        self.low = _Shadow()
+        self.high = _Shadow()
+        self.counts: dict[Hashable, int] = {}
+        self.seen = 0
+        self.age_at = _NEVER
+        self.up = 0
+        self.down = 0
+
+    def access(self, key: Hashable, cost: float) -> None:
+        """Replay one request for a sampled key in both miniatures."""
+        counts = self.counts
+        count = counts.get(key, 0)
+        if count < _MAX_FREQ:
+            counts[key] = count + 1
+        self.seen += 1
+        if self.seen >= self.age_at:
+            # Halve every count, as the sketch ages; keys left at 0 are forgotten.  The
+            # lean fades at the same pace, so it weighs the current phase most.
+            counts = self.counts = {k: c >> 1 for k, c in counts.items() if c > 1}
+            self.seen = 0
+            self.up >>= 1
+            self.down >>= 1
+        low = self.low.access(key, cost, counts)
+        if low != self.high.access(key, cost, counts):
+            if low:
+                self.down += 1
+            else:
+                self.up += 1
+
+    def place(self, max_cost: float, low: float, high: float) -> None:
+        """Give the miniatures a budget and their windows; start a new count."""
+        self.low.resize(max_cost, low)
+        self.high.resize(max_cost, high)
+        self.up = self.down = 0
+
+    def clear(self) -> None:
+        """Forget every key and count."""
+        self.low.clear()
+        self.high.clear()
+        self.counts.clear()
+        self.seen = 0
+        self.up = self.down = 0
+
+
 class Policy:
     """Decides which entries stay, for a budget of ``max_cost``."""
 
@@ -200,8 +411,10 @@ class Policy:
         self.window = Segment(WINDOW)
         self.probation = Segment(PROBATION)
         self.protected = Segment(PROTECTED)
-        self._segments = (None, self.window, self.probation, self.protected, self.protected,
-                          self.window)
+        window, probation, protected = self.window, self.probation, self.protected
+        # Indexed by ``where``, marks included.
+        plain = (None, window, probation, protected, protected, window, None, None)
+        self._segments = plain * 4
         self.max_cost = max_cost
         self.total_cost: float = 0  # cost of every entry tracked, candidates included
         self.window_max = self._window_floor()
@@ -229,10 +442,16 @@ class Policy:
         self._probation_hits = 0
         self._window_ghost = _Ghost()  # refused candidates, by window departures
         self._main_ghost = _Ghost()  # main's victims, by main evictions
-        self._ghost_mask = 0
         self._look = _MIN_SAMPLE  # requests between looks at the current sample
         self._sample_cap = _MIN_SAMPLE  # requests after which the sample ends unmoved
         self._pass = 0  # requests for one pass over the cache: its entry count
+        # Samples are sized for unit costs until the cache fills (see _on_first_fill).
+        self._shadows = _Shadows()
+        self._shadow_bits = 0  # the shadows' sample rate is 2**-bits
+        self._ghost_bits = 0  # the ghosts', at least as high
+        self._ghost_mask = self._sample_mask = 0
+        self._set_samples(max_cost)
+        self._place_shadows()
 
     # -- bookkeeping -------------------------------------------------------
 
@@ -265,6 +484,7 @@ class Policy:
         self.sketch.clear()
         self._window_ghost.clear()
         self._main_ghost.clear()
+        self._shadows.clear()
 
     # -- frequency -----------------------------------------------------------
 
@@ -348,15 +568,22 @@ class Policy:
         are rarer and relink as usual.
         """
         where = entry.where
+        sampled = _SAMPLED_AT[where]
+        if sampled:
+            self._shadows.access(entry.key, entry.cost)
+        where = _PLAIN_AT[where]
         if where in (WINDOW, WINDOW_NEW):
             self.window.move_to_end(entry)
             self._window_hits += 1
         elif where == PROBATION:
             self._probation_hits += 1
             self.probation.unlink(entry)
-            self.protected.append(entry)
+            self.protected.append(entry, _PROTECTED_SAMPLED if sampled else PROTECTED)
             if self.protected.cost > self.protected_max:
                 self._demote_protected()
+        elif where == PROTECTED:
+            # Sampled entries only (the others never get here): strict LRU, never flagged.
+            self.protected.move_to_end(entry)
         else:
             # Read, then removed before the reads were applied.
             self._depart(entry)
@@ -370,14 +597,24 @@ class Policy:
         # (see _admit): one hash then serves the sighting and the estimate.
         self._sample_misses += 1
         key = entry.key
-        ghost = self._window_ghost
-        if key in ghost.recent or key in ghost.older:
-            ghost.returned(key)
-        ghost = self._main_ghost
-        if key in ghost.recent or key in ghost.older:
-            ghost.returned(key)
+        tag = WINDOW_NEW
+        # One hash picks the keys the ghosts track and, among them, those the shadows replay;
+        # the mark it leaves on the entry spares a hash when the entry leaves.
+        spread = hash((key,))
+        if not spread & self._ghost_mask:
+            ghost = self._window_ghost
+            if key in ghost.recent or key in ghost.older:
+                ghost.returned(key)
+            ghost = self._main_ghost
+            if key in ghost.recent or key in ghost.older:
+                ghost.returned(key)
+            if spread & self._sample_mask:
+                tag = _NEW_TRACKED
+            else:
+                tag = _NEW_SAMPLED
+                self._shadows.access(key, entry.cost)
         window = self.window
-        window.append(entry, WINDOW_NEW)
+        window.append(entry, tag)
         self.total_cost += entry.cost
         out: list[Entry] = []
         if window.cost > self.window_max or self.total_cost > self.max_cost:
@@ -391,7 +628,8 @@ class Policy:
 
         The updated entry itself is never chosen to leave.
         """
-        if entry.where == WINDOW_NEW:
+        where = entry.where
+        if _FRESH_AT[where]:
             self.sketch.sight(entry.key)  # its insertion, before the update's own use
         if not entry.uses:
             self._pending.append(entry)
@@ -405,7 +643,11 @@ class Policy:
         segment.unlink(entry)
         entry.cost = new_cost
         self.total_cost += new_cost - old_cost
-        (self.protected if segment is self.probation else segment).append(entry)
+        target = self.protected if segment is self.probation else segment
+        marks = where & _MARKS
+        if target is self.protected and not marks & SAMPLED:
+            marks = 0  # protected holds no other marks
+        target.append(entry, target.tag | marks)
         self._demote_protected()
         out: list[Entry] = []
         self._evict(entry, True, out)
@@ -417,6 +659,7 @@ class Policy:
         self.max_cost = max_cost
         self.window_max = max(int(max_cost * share), self._window_floor())
         self._set_main()
+        self._place_shadows()
         self._demote_protected()
         out: list[Entry] = []
         self._evict(None, True, out)
@@ -429,12 +672,12 @@ class Policy:
         # Window overflow: its oldest entries become admission candidates.
         while window.cost > self.window_max and window.count:
             cand: Entry = window.head.next
-            fresh = cand.where == WINDOW_NEW
+            where = cand.where
             window.unlink(cand)
             if cand is keep and keep_is_update:
-                self.probation.append(cand)
+                self.probation.append(cand, _TO_PROBATION[where])
             else:
-                self._admit(cand, keep if keep_is_update else None, out, fresh)
+                self._admit(cand, keep if keep_is_update else None, out, where)
         # Still over budget (a grown update, a smaller max_cost): plain eviction.
         while self.total_cost > self.max_cost:
             victim = self._any_victim(keep)
@@ -443,19 +686,21 @@ class Policy:
             self.remove(victim)
             out.append(victim)
 
-    def _admit(self, cand: Entry, keep: Entry | None, out: list[Entry], fresh: bool) -> None:
-        """Judge ``cand``, just out of the window; ``fresh`` if the sketch
-        has not yet seen its insertion."""
+    def _admit(self, cand: Entry, keep: Entry | None, out: list[Entry], where: int) -> None:
+        """Judge ``cand``, just out of the window, where it was tagged ``where``."""
         # ``cand`` has left the window but still counts in total_cost.
-        self._window_ghost.clock += cand.cost
+        if _TRACKED_AT[where]:
+            self._window_ghost.clock += cand.cost
         sketch = self.sketch
+        # WINDOW_NEW: the sketch has not yet seen its insertion.
+        fresh = _FRESH_AT[where]
         seen = sketch.sight(cand.key) if fresh else -1
         excess = self.total_cost - self.max_cost
         if excess <= 0:
             self._first_cost = self._first_cost or cand.cost
             if cand.cost != self._first_cost:
                 self._varied_costs = True
-            self.probation.append(cand)
+            self.probation.append(cand, _TO_PROBATION[where])
             return
         if not self._filled:
             self._on_first_fill()
@@ -488,17 +733,15 @@ class Policy:
             if (cand_freq if cand_freq < _MAX_FREQ else _MAX_FREQ) > (
                     victims_freq if victims_freq < _MAX_FREQ else _MAX_FREQ):
                 ghost = self._main_ghost
-                mask = self._ghost_mask
                 for victim in victims:
-                    if victim.where != WINDOW:  # main's own victims only
+                    if _MAIN_TRACKED_AT[victim.where]:  # main's own victims only
                         ghost.clock += victim.cost
-                        if not hash((victim.key,)) & mask:
-                            ghost.add(victim.key)
+                        ghost.add(victim.key)
                     self.remove(victim)
                     out.append(victim)
-                self.probation.append(cand)
+                self.probation.append(cand, _TO_PROBATION[where])
                 return
-        if not hash((cand.key,)) & self._ghost_mask:
+        if _TRACKED_AT[where]:
             self._window_ghost.add(cand.key)
         self.total_cost -= cand.cost  # cand is in no segment: remove() would miss it
         if cand.uses:
@@ -516,6 +759,16 @@ class Policy:
         rates say nothing about the window.
         """
         self._filled = True
+        entries = self.window.count + self.probation.count + self.protected.count
+        if self._set_samples(entries):
+            # Costs vary: the entries that fit are not the budget's guess.
+            self._shadows.clear()
+            for segment in (self.window, self.probation, self.protected):
+                for entry in segment:
+                    where = entry.where & _PLAIN
+                    where = PROTECTED if where == PROTECTED_HOT else where
+                    entry.where = self._marked(entry, where)
+            self._place_shadows()
         if self._varied_costs:
             self._adjust_window(int(self.max_cost * _WEIGHTED_WINDOW) - self.window_max)
         self._sample_hits = self._sample_misses = 0
@@ -524,6 +777,23 @@ class Policy:
         # Frequent looks at the first sample: a window too small for the
         # workload costs hits on every request until it moves.
         self._sample_period = self._look = _MIN_SAMPLE
+
+    def _set_samples(self, entries: int) -> bool:
+        """Size the ghosts' and the shadows' samples for ``entries``; return whether they changed.
+
+        The shadows get _SHADOW_ENTRIES to twice that many entries' worth of keys; the ghosts
+        track every key up to _GHOST_SAMPLE entries, and beyond a sample (at least the
+        shadows') so they stay small.
+        """
+        bits = max((entries // _SHADOW_ENTRIES).bit_length() - 1, 0)
+        ghost_bits = min((entries // _GHOST_SAMPLE).bit_length(), bits)
+        changed = (bits, ghost_bits) != (self._shadow_bits, self._ghost_bits)
+        self._shadow_bits = bits
+        self._ghost_bits = ghost_bits
+        self._ghost_mask = (1 << ghost_bits) - 1
+        self._sample_mask = (1 << bits) - 1
+        self._shadows.age_at = max(self.sketch.sample_size >> bits, 1)
+        return changed
 
     def _sample_victims(self, need: float, keep: Entry | None) -> list[Entry] | None:
         """Choose entries freeing at least ``need``, or None if impossible.
@@ -577,21 +847,28 @@ class Policy:
         protected, probation = self.protected, self.probation
         while protected.cost > self.protected_max and protected.count:
             entry = protected.head.next
-            if entry.where == PROTECTED_HOT:
+            where = entry.where
+            if where == PROTECTED_HOT:
                 entry.where = PROTECTED  # read since it was last passed: keep it
                 protected.move_to_end(entry)
                 continue
             protected.unlink(entry)
-            probation.append(entry)
+            if _SAMPLED_AT[where]:
+                tag = PROBATION | _MARKS
+            elif not self._ghost_mask or not hash((entry.key,)) & self._ghost_mask:
+                tag = PROBATION | TRACKED
+            else:
+                tag = PROBATION
+            probation.append(entry, tag)
 
     # -- adaptive window -------------------------------------------------------
 
     def _next_period(self) -> int:
         """Start a sample: set the ghost depths, the looks and the cap; return the first look."""
         entries = self.window.count + self.probation.count + self.protected.count
-        depth = self._step_cost() << (_STEPS - 1)
+        # The ghosts' clocks run on the departures of the keys they track.
+        depth = (self._step_cost() << (_STEPS - 1)) >> self._ghost_bits
         self._window_ghost.depth = self._main_ghost.depth = depth
-        self._ghost_mask = (1 << (entries // _GHOST_SAMPLE).bit_length()) - 1
         self._look = max(int(_SAMPLE_MULT * entries), _MIN_SAMPLE)
         self._sample_cap = max(self._look, min(_MAX_SAMPLE, _MAX_PASSES * entries))
         self._pass = entries
@@ -609,6 +886,12 @@ class Policy:
         would have gained main's victims that came back within d evictions,
         and cost the window's density times d.  Both are measured over the
         same requests, so a change of phase moves both sides alike.
+
+        That estimate of what main gives up is a model, and wrong on some
+        workloads; the shadows measure instead.  A near move the ghosts
+        propose waits while the shadows lean against it, and a decisive lean
+        moves the window a step by itself.  The ghosts still propose the far
+        moves, which the shadows, a step either side, cannot see.
 
         A sample is a sequential test: it ends at the first look where a
         move's net gain clears the bar, else it keeps gathering up to its
@@ -631,7 +914,7 @@ class Policy:
         # still to come, as the running maximum of a random walk does.
         bar = _BAR * math.sqrt(1 + math.log(cap / max(requests, 1))) if requests < cap else _BAR
         best, move = _MIN_GAIN * requests, 0
-        scale = self._ghost_mask + 1
+        scale = 1 << self._ghost_bits
         room = self.max_cost - self.window_max
         # Depths beyond _MAX_STEPS are weighed only while the window catches
         # no reuse at all, and once the sample has lasted a pass over the
@@ -644,11 +927,21 @@ class Policy:
         far = self._window_hits == 0 and requests >= self._pass
         levels = _STEPS if far else _MAX_STEPS
         reach = max(self.max_cost >> 1, step * _MAX_STEPS)
+        # The shadows' lean: what a step up rather than down would have gained on the sampled
+        # keys lately.  A near move the ghosts propose waits while the shadows lean against
+        # it by the ghosts' own bar, as they would against noise.
+        shadows = self._shadows
+        lean = shadows.up - shadows.down
+        spread = math.sqrt(shadows.up + shadows.down)
+        against = max(_SHADOW_VETO, _BAR * spread)
+        grow_ok = lean > -against
+        shrink_ok = lean < against
         for level in range(levels):
             d = step << level
             if d > reach:
                 break
-            if d <= room or (d >> 1) < room:
+            near = level < _MAX_STEPS
+            if (d <= room or (d >> 1) < room) and (grow_ok or not near):
                 d = min(d, room)  # the last move may be a part step, up to the whole budget
                 gain = scale * self._window_ghost.gains[level]
                 # Main gives up probation first, then protected.
@@ -658,11 +951,17 @@ class Policy:
                     loss = main_density * d
                 if gain - loss > best and gain - loss > bar * math.sqrt(scale * gain + loss):
                     best, move = gain - loss, d
-            if d <= self.window_max - self._window_floor():
+            if d <= self.window_max - self._window_floor() and (shrink_ok or not near):
                 gain = scale * self._main_ghost.gains[level]
                 loss = window_density * d
                 if gain - loss > best and gain - loss > bar * math.sqrt(scale * gain + loss):
                     best, move = gain - loss, -d
+        if abs(lean) > _SHADOW_BAR * spread and abs(move) <= step << (_MAX_STEPS - 1):
+            # A decisive lean moves the window a step its way, unless the ghosts see farther.
+            if lean > 0 and room > 0 and move <= 0:
+                move = min(step, room)
+            elif lean < 0 and self.window_max > self._window_floor() and move >= 0:
+                move = -step
         if not move and requests < cap:
             self._sample_period = requests + self._look
             return
@@ -673,6 +972,23 @@ class Policy:
         self._sample_period = self._next_period()
         if move:
             self._adjust_window(move)
+
+    def _marked(self, entry: Entry, where: int) -> int:
+        """``where`` (a plain code) with the marks ``entry``'s key earns there."""
+        spread = hash((entry.key,))
+        if spread & self._ghost_mask:
+            return where
+        if spread & self._sample_mask:
+            return where if where in (PROTECTED, PROTECTED_HOT) else where | TRACKED
+        return where | _MARKS
+
+    def _place_shadows(self) -> None:
+        """Scale the budget to the sample and put the shadows' windows a step either side."""
+        rate = 1 / (1 << self._shadow_bits)
+        step = self._step_cost()
+        low = max(self.window_max - step, self._window_floor())
+        high = min(self.window_max + step, self.max_cost)
+        self._shadows.place(self.max_cost * rate, low * rate, high * rate)
 
     def _adjust_window(self, amount: int) -> None:
         if amount > 0:
@@ -688,7 +1004,7 @@ class Policy:
                     if entry.cost > quota:
                         break
                     segment.unlink(entry)
-                    self.window.append(entry)
+                    self.window.append(entry, self._marked(entry, WINDOW))
                     quota -= entry.cost
         elif amount < 0:
             self.window_max -= max(min(-amount, self.window_max - self._window_floor()), 0)
@@ -697,7 +1013,9 @@ class Policy:
             window = self.window
             while window.cost > self.window_max and window.count:
                 entry = window.head.next
-                if entry.where == WINDOW_NEW:
+                where = entry.where
+                if _FRESH_AT[where]:
                     self.sketch.sight(entry.key)
                 window.unlink(entry)
-                self.probation.append(entry)
+                self.probation.append(entry, _TO_PROBATION[where])
+        self._place_shadows()

@@ -16,7 +16,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from weighted_cache import Cache
-from weighted_cache.policy import PROBATION, PROTECTED, PROTECTED_HOT, WINDOW, WINDOW_NEW, Policy
+from weighted_cache.policy import (
+    PROBATION,
+    PROTECTED,
+    PROTECTED_HOT,
+    SAMPLED,
+    TRACKED,
+    WINDOW,
+    WINDOW_NEW,
+    Policy,
+)
 from weighted_cache.sketch import FrequencySketch
 from weighted_cache.store import Entry
 
@@ -110,6 +119,8 @@ EVENTS = st.lists(
 )
 _SEGMENT_OF = {WINDOW: "window", WINDOW_NEW: "window", PROBATION: "probation",
                PROTECTED: "protected", PROTECTED_HOT: "protected"}
+_SEGMENT_OF.update({where | marks: name for where, name in _SEGMENT_OF.items()
+                    for marks in (TRACKED, SAMPLED | TRACKED)})
 
 
 def check(policy: Policy, live: dict[int, Entry]) -> None:

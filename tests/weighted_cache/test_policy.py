@@ -1,11 +1,15 @@
 from tests.weighted_cache.conftest import see
-from weighted_cache.policy import PROBATION, PROTECTED, REMOVED, Policy
+from weighted_cache.policy import REMOVED, Policy
 from weighted_cache.sketch import FrequencySketch
 from weighted_cache.store import Entry
 
 
 def make(max_cost: int = 100) -> Policy:
     return Policy(max_cost, FrequencySketch(10 * max_cost))
+
+
+def in_probation(policy: Policy, entry: Entry) -> bool:
+    return policy._segments[entry.where] is policy.probation
 
 
 def fill(policy: Policy, keys, cost: int = 1) -> list[Entry]:
@@ -27,7 +31,7 @@ def test_new_entries_start_in_the_window():
 def test_window_overflow_moves_entries_to_probation_while_there_is_room():
     policy = make()
     entries = fill(policy, range(10))
-    assert entries[0].where == PROBATION
+    assert in_probation(policy, entries[0])
     assert policy.total_cost == 10
 
 
@@ -35,7 +39,7 @@ def test_a_read_promotes_a_probation_entry_to_protected():
     policy = make()
     entries = fill(policy, range(10))
     policy.record_hits([entries[0]])
-    assert entries[0].where == PROTECTED
+    assert policy._segments[entries[0].where] is policy.protected
 
 
 def test_total_cost_never_exceeds_the_budget():
@@ -221,8 +225,8 @@ def test_a_protected_entry_read_again_gets_a_second_chance_before_demotion():
     policy.record_hits(entries[:8])  # protected is now full (8 of 10)
     policy.record_hits([entries[0]])  # the oldest protected entry is read again
     policy.record_hits([entries[8]])  # one more promotion forces a demotion
-    assert entries[0].where != PROBATION
-    assert entries[1].where == PROBATION
+    assert not in_probation(policy, entries[0])
+    assert in_probation(policy, entries[1])
 
 
 def test_the_sketch_sees_a_new_entry_when_it_leaves_the_window():
