@@ -90,7 +90,7 @@ def parts() -> dict[str, Callable[[], Any]]:
     checked = [rows.validate_row(raw, api._NO_QUERY) for raw in raw_rows]
     keys, costs = [row.key for row in checked], [row.cost for row in checked]
     outcomes = services.fetcher.lookup(keys, costs, 0.0, "key-1").outcomes
-    document = api._document(checked, iter(outcomes))
+    document = api._document(checked, iter(outcomes), "bench-trace-id")
     return {
         "empty call (the floor of the measure)": lambda: None,
         "bare floor app": call(floor_app.bare),
@@ -105,7 +105,7 @@ def parts() -> dict[str, Callable[[], Any]]:
                                              for raw in raw_rows],
         "lookup (Fetcher.lookup)": lambda: services.fetcher.lookup(keys, costs, 0.0, "key-1"),
         "  of which the cache's get_many": lambda: services.fetcher._cache.get_many(keys),
-        "document (_document)": lambda: api._document(checked, iter(outcomes)),
+        "document (_document)": lambda: api._document(checked, iter(outcomes), "bench-trace-id"),
         "encoding (orjson.dumps)": lambda: api._encode(document),
     }
 

@@ -173,7 +173,7 @@ def _answer(
     environ[logs.ENVIRON_ROWS] = len(rows)
     environ[logs.ENVIRON_HITS] = lookup.hits
     environ[logs.ENVIRON_MISSES] = lookup.misses
-    return _encode(_document(rows, iter(lookup.outcomes)))
+    return _encode(_document(rows, iter(lookup.outcomes), environ.get(logs.ENVIRON_TRACE_ID)))
 
 
 class HttpError(Exception):
@@ -361,7 +361,9 @@ def _read_at_most(stream: IO[bytes], size: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def _document(rows: list[Row], outcomes: Iterator[RowOutcome]) -> dict[str, Any]:
+def _document(
+    rows: list[Row], outcomes: Iterator[RowOutcome], request_id: str | None
+) -> dict[str, Any]:
     coverage: dict[str, int] = {"rows": len(rows), **_NO_STATUSES}
     out_rows = []
     total = 0.0
@@ -390,7 +392,7 @@ def _document(rows: list[Row], outcomes: Iterator[RowOutcome]) -> dict[str, Any]
                     total += entry.total_emissions
         out_rows.append(item)
     return {
-        "requestId": logs.current_trace_id(),
+        "requestId": request_id,
         "totalEmissions": total,
         "rows": out_rows,
         "coverage": coverage,

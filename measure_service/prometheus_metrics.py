@@ -110,7 +110,12 @@ def _file(prefix: str) -> MmapedDict:
 
 
 def flush() -> None:
-    """Write every value changed since the last flush to this process's files."""
+    """Write every value changed since the last flush to this process's files.
+
+    Requests recorded with :func:`record_http` are added to their series first: call this
+    before reading the HTTP series from the registry.
+    """
+    _add_http_requests()
     while _DIRTY:
         value = _DIRTY.pop()
         value._file.write_value(  # type: ignore[no-untyped-call]
@@ -124,6 +129,7 @@ def _start_afresh_in_child() -> None:
         opened.close()  # type: ignore[no-untyped-call]
     _FILES.clear()
     _DIRTY.clear()
+    _HTTP_PENDING.clear()
     for value in _VALUES:
         value._open()
 
@@ -152,25 +158,39 @@ HTTP_REQUESTS = Counter(
 
 
 
-def http_recorder(method: str, route: str, status: str) -> Callable[[float], None]:
-    """What records one request of (method, route, status) that took ``seconds``.
+# Requests served since the last flush, as (method, route, status, seconds): a request only
+# appends, and :func:`flush` adds them to the histogram and counter, one series at a time.
+_HTTP_PENDING: list[tuple[str, str, str, float]] = []
+record_http: Callable[[tuple[str, str, str, float]], None] = _HTTP_PENDING.append
+"""Record one request (method, route, status, seconds); it reaches the series at :func:`flush`."""
+# Per (method, route, status): the histogram's bounds, buckets and sum, and the counter's value.
+_HTTP_SERIES: dict[
+    tuple[str, str, str], tuple[list[float], list[BufferedValue], BufferedValue, BufferedValue]
+] = {}
+
+
+def _add_http_requests() -> None:
+    """Add the pending requests to their series.
 
     The same changes as ``HTTP_LATENCY.labels(...).observe(seconds)`` and
-    ``HTTP_REQUESTS.labels(...).inc()``, made on the children's values directly: the wrappers'
-    checks (labels given, amount not negative) hold by construction here, and cost more than the
-    additions on every request.
+    ``HTTP_REQUESTS.labels(...).inc()``, made on the children's values directly.
     """
-    latency = HTTP_LATENCY.labels(method, route, status)
-    bounds, buckets, total = latency._upper_bounds, latency._buckets, latency._sum
-    count = HTTP_REQUESTS.labels(method, status)._value
-
-    def record(seconds: float) -> None:
+    pending = _HTTP_PENDING[:]
+    del _HTTP_PENDING[: len(pending)]
+    for method, route, status, seconds in pending:
+        key = (method, route, status)
+        series = _HTTP_SERIES.get(key)
+        if series is None:
+            latency = HTTP_LATENCY.labels(method, route, status)
+            series = _HTTP_SERIES[key] = (
+                latency._upper_bounds, latency._buckets, latency._sum,
+                HTTP_REQUESTS.labels(method, status)._value,
+            )
+        bounds, buckets, total, count = series
         total.inc(seconds)
         # The first bucket whose upper bound holds it (the last bound is +Inf).
         buckets[bisect_left(bounds, seconds)].inc(1)
         count.inc(1)
-
-    return record
 
 
 def adder(counter: Counter) -> Callable[[float], None]:

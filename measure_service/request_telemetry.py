@@ -7,7 +7,8 @@
   and leaves it in the environ for gunicorn's access line;
 - times the request and records ``flask_http_request_duration_seconds`` (by method, path and
   status) and ``flask_http_request_total`` (by method and status), except for ``/metrics``,
-  ``/healthcheck`` and ``/readyz``: probes and scrapes are not traffic;
+  ``/healthcheck`` and ``/readyz``: probes and scrapes are not traffic. A request only appends
+  its figures; ``prometheus_metrics.flush`` adds them to the series, before any scrape;
 - at DEBUG, logs one "request handled" line with the fields the access log has.
 
 Flask's before/after/teardown hooks would cost more (each hook is a coroutine check and proxy
@@ -29,6 +30,7 @@ from measure_service import logs, prometheus_metrics
 UNTRACKED_PATHS = ("/metrics", "/healthcheck", "/readyz")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _LOG = logging.getLogger(__name__)
+_record_http = prometheus_metrics.record_http
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -42,8 +44,6 @@ class RequestTelemetry:
         self._app = app
         self._untracked = frozenset(UNTRACKED_PATHS)
         self._routes = frozenset(routes) - self._untracked
-        # Recorders by (method, path, status): labels() costs more than the increment.
-        self._recorders: dict[tuple[str, str, str], Callable[[float], None]] = {}
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         """Serve the request through the wrapped app under its trace id, then record it."""
@@ -73,11 +73,7 @@ class RequestTelemetry:
         method = environ.get("REQUEST_METHOD", "")
         if path not in self._untracked:
             route = path if path in self._routes else "unmatched"
-            key = (method if method in _METHODS else "other", route, status[:3])
-            record = self._recorders.get(key)
-            if record is None:
-                record = self._recorders[key] = prometheus_metrics.http_recorder(*key)
-            record(elapsed_s)
+            _record_http((method if method in _METHODS else "other", route, status[:3], elapsed_s))
         if _LOG.isEnabledFor(logging.DEBUG):
             _LOG.debug(
                 "request handled",

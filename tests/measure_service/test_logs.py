@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 
 import pytest
 from pythonjsonlogger.json import JsonFormatter
@@ -21,6 +22,27 @@ def test_an_absent_or_unsafe_trace_id_is_replaced_by_a_uuid_hex(value: str | Non
     new = logs.trace_id_from_header(value)
     assert new != value
     assert len(new) == 32 and int(new, 16) >= 0
+
+
+def test_new_trace_ids_are_distinct_hex_across_batches() -> None:
+    new = [logs.trace_id_from_header(None) for _ in range(1000)]
+    assert len(set(new)) == len(new)
+    assert all(len(one) == 32 and int(one, 16) >= 0 for one in new)
+
+
+def test_a_forked_worker_makes_trace_ids_its_parent_does_not() -> None:
+    logs.trace_id_from_header(None)  # the parent holds ids drawn before the fork
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.write(write, " ".join(logs.trace_id_from_header(None) for _ in range(3)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        in_child = set(pipe.read().split())
+    os.waitpid(child, 0)
+    in_parent = {logs.trace_id_from_header(None) for _ in range(3)}
+    assert len(in_child) == 3 and not in_child & in_parent
 
 
 def test_set_and_reset_restore_the_previous_trace_id() -> None:

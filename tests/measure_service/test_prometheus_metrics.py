@@ -1,9 +1,11 @@
-"""The metrics the service defines are the ones the README's tables document."""
+"""The metrics the service defines: the ones the README documents, recorded as they should be."""
 
 from __future__ import annotations
 
 import re
 
+import pytest
+from prometheus_client import REGISTRY
 from prometheus_client.metrics import MetricWrapperBase
 
 from measure_service import prometheus_metrics
@@ -34,3 +36,28 @@ def defined() -> dict[str, tuple[str, tuple[str, ...]]]:
 
 def test_the_readme_documents_every_metric_with_its_type_and_labels() -> None:
     assert documented() == defined()
+
+
+def test_a_recorded_request_reaches_its_bucket_sum_and_count_at_the_flush() -> None:
+    labels = {"method": "PATCH", "path": "recorded", "status": "201"}
+
+    def sample(name: str, **extra: str) -> float:
+        return REGISTRY.get_sample_value(name, {**labels, **extra}) or 0.0
+
+    prometheus_metrics.flush()
+    before = (sample("flask_http_request_duration_seconds_bucket", le="0.001"),
+              sample("flask_http_request_duration_seconds_bucket", le="0.002"),
+              sample("flask_http_request_duration_seconds_sum"),
+              REGISTRY.get_sample_value("flask_http_request_total",
+                                        {"method": "PATCH", "status": "201"}) or 0.0)
+    prometheus_metrics.record_http(("PATCH", "recorded", "201", 0.0015))
+    prometheus_metrics.flush()
+    after = (sample("flask_http_request_duration_seconds_bucket", le="0.001"),
+             sample("flask_http_request_duration_seconds_bucket", le="0.002"),
+             sample("flask_http_request_duration_seconds_sum"),
+             REGISTRY.get_sample_value("flask_http_request_total",
+                                       {"method": "PATCH", "status": "201"}) or 0.0)
+    assert after[0] == before[0]
+    assert after[1] == before[1] + 1
+    assert after[2] == pytest.approx(before[2] + 0.0015)
+    assert after[3] == before[3] + 1

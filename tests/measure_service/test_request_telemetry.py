@@ -12,7 +12,7 @@ import pytest
 from flask import Flask
 from prometheus_client import REGISTRY
 
-from measure_service import logs
+from measure_service import logs, prometheus_metrics
 from measure_service.request_telemetry import RequestTelemetry
 
 
@@ -28,6 +28,7 @@ def make_app() -> Flask:
 
 
 def count(**labels: str) -> float:
+    prometheus_metrics.flush()
     return REGISTRY.get_sample_value("flask_http_request_duration_seconds_count", labels) or 0.0
 
 
