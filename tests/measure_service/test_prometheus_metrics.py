@@ -44,19 +44,18 @@ def test_a_recorded_request_reaches_its_bucket_sum_and_count_at_the_flush() -> N
     def sample(name: str, **extra: str) -> float:
         return REGISTRY.get_sample_value(name, {**labels, **extra}) or 0.0
 
+    def read() -> tuple[float, float, float, float]:
+        return (sample("flask_http_request_duration_seconds_bucket", le="0.001"),
+                sample("flask_http_request_duration_seconds_bucket", le="0.002"),
+                sample("flask_http_request_duration_seconds_sum"),
+                REGISTRY.get_sample_value("flask_http_request_total",
+                                          {"method": "PATCH", "status": "201"}) or 0.0)
+
     prometheus_metrics.flush()
-    before = (sample("flask_http_request_duration_seconds_bucket", le="0.001"),
-              sample("flask_http_request_duration_seconds_bucket", le="0.002"),
-              sample("flask_http_request_duration_seconds_sum"),
-              REGISTRY.get_sample_value("flask_http_request_total",
-                                        {"method": "PATCH", "status": "201"}) or 0.0)
+    before = read()
     prometheus_metrics.record_http(("PATCH", "recorded", "201", 0.0015))
     prometheus_metrics.flush()
-    after = (sample("flask_http_request_duration_seconds_bucket", le="0.001"),
-             sample("flask_http_request_duration_seconds_bucket", le="0.002"),
-             sample("flask_http_request_duration_seconds_sum"),
-             REGISTRY.get_sample_value("flask_http_request_total",
-                                       {"method": "PATCH", "status": "201"}) or 0.0)
+    after = read()
     assert after[0] == before[0]
     assert after[1] == before[1] + 1
     assert after[2] == pytest.approx(before[2] + 0.0015)
