@@ -139,17 +139,17 @@ class Simulator(Server):
         ``drained`` until every row received was answered too; return the stats
         (``?keys=0&recent=0``) seen last."""
         deadline = time.monotonic() + timeout_s
-        last: tuple[int, bool] = (-1, False)
-        since = time.monotonic()
-        while time.monotonic() < deadline:
+        last, since = -1, time.monotonic()
+        while True:
             stats = self.stats("?keys=0&recent=0")
-            now = (stats["requests"], not drained or stats["rows"] == stats["rows_answered"])
-            if now != last or not now[1]:
-                last, since = now, time.monotonic()
+            busy = drained and stats["rows"] != stats["rows_answered"]
+            if stats["requests"] != last or busy:
+                last, since = stats["requests"], time.monotonic()
             elif time.monotonic() - since >= quiet_s:
                 return stats
+            if time.monotonic() >= deadline:
+                return stats
             time.sleep(0.1)
-        return self.stats("?keys=0&recent=0")
 
 
 @dataclass
