@@ -138,8 +138,21 @@ def test_with_redis_killed_there_is_no_5xx_and_readyz_says_degraded(
     instances: list[Service], module_redis: RedisServer, upstream_sim: Simulator
 ) -> None:
     warm = fresh_sites(5)
-    for service, _ in zip(itertools.cycle(instances), range(24), strict=False):
-        statuses(service, warm)  # every worker's memory holds them (connections spread)
+
+    def shared_hits() -> float:
+        return sum(metric_total(service.metrics(), "measure_shared_hits_total")
+                   for service in instances)
+
+    before = shared_hits()
+
+    def every_worker_holds_them() -> bool:
+        # One worker fetches each row; each of the others finds it in Redis once, which puts it
+        # in that worker's memory, whichever worker the connections happen to reach.
+        for service in instances:
+            statuses(service, warm)
+        return shared_hits() - before >= len(warm) * (2 * len(instances) - 1)
+
+    eventually(every_worker_holds_them, timeout_s=20.0)
     module_redis.kill()
     for service, _ in zip(itertools.cycle(instances), range(40), strict=False):
         assert set(statuses(service, warm)) == {"hit"}
