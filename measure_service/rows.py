@@ -75,8 +75,11 @@ _COUNTRY = re.compile(r"[A-Za-z]{2}")
 # C0 and C1 controls, DEL, and lone surrogates (valid in JSON escapes, not encodable as UTF-8).
 _BAD_TEXT = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _QUERY_NAMES = ("latest", "framework")
-# One object per enum value, shared by every key that holds it.
-_SHARED = {value: value for value in (*CHANNELS, *DEVICE_TYPES, *NETWORKS)}
+# Each enum's canonical values, each mapped to itself: one object per value, shared by every
+# key that holds it.
+_CHANNELS = {value: value for value in CHANNELS}
+_DEVICE_TYPES = {value: value for value in DEVICE_TYPES}
+_NETWORKS = {value: value for value in NETWORKS}
 # Country codes seen in their canonical spelling (at most 26 * 26): the usual row skips checks.
 _COUNTRIES: dict[str, str] = {}
 
@@ -153,22 +156,6 @@ class Row(NamedTuple):
     error: str | None
     # The cache cost of the row's entry: its weight's cost times its size (0 for invalid rows).
     cost: float = 0.0
-
-
-def entry_cost(key: RowKey, weight: int) -> float:
-    """The cache cost of ``key``'s entry: ``weight_to_cost(weight)`` times its size in units.
-
-    ``weight`` is a validated one, 0 to MAX_WEIGHT (KeyError otherwise).
-    """
-    inventory_id, _, _, _, region, _, _, _, framework, _ = key
-    # str.__sizeof__ is sys.getsizeof for text (the collector does not track it), without the
-    # generic lookup getsizeof makes.
-    size = ENTRY_OVERHEAD_BYTES + inventory_id.__sizeof__()
-    if region is not None:
-        size += region.__sizeof__()
-    if framework is not None:
-        size += framework.__sizeof__()
-    return _STEP_COST[weight] * -(-size // _SIZE_STEP)
 
 
 def weight_to_cost(weight: int) -> int:
@@ -428,8 +415,10 @@ def _decode_strict(body: bytes) -> Any:
 def validate_row(raw: Any, params: QueryParams) -> Row:
     """Validate one raw row; never raises, an invalid row carries ``error`` naming the field.
 
-    An absent or null optional field takes its default here, without a call to its check:
-    most rows leave several fields out, and the checks run for every row of every request.
+    One function, run for every row of every request: each field's usual value (short clean
+    text, an integer in range, a canonical spelling) is accepted where it is read, and only any
+    other value goes to the field's own function, which normalises it or says what is wrong.
+    Each distinct function a request runs costs it more than the work inside.
     """
     if not isinstance(raw, dict):
         return Row(None, None, None, 0, None, "row must be a JSON object")
@@ -444,7 +433,9 @@ def validate_row(raw: Any, params: QueryParams) -> Row:
     get = fields.get
     row_identifier = get("rowIdentifier")
     if isinstance(row_identifier, str):
-        if len(row_identifier) > MAX_ROW_IDENTIFIER or not _is_clean(row_identifier):
+        if len(row_identifier) > MAX_ROW_IDENTIFIER or not (
+            row_identifier.isprintable() or _is_clean(row_identifier)
+        ):
             return Row(
                 None, None, None, 0, None,
                 f"rowIdentifier must be at most {MAX_ROW_IDENTIFIER} characters, "
@@ -454,38 +445,73 @@ def validate_row(raw: Any, params: QueryParams) -> Row:
         isinstance(row_identifier, bool) or not isinstance(row_identifier, int)
     ):
         return Row(None, None, None, 0, None, "rowIdentifier must be a string or an integer")
+    inventory_id, date = get("inventoryId"), get("utcDatetime")
     weight, impressions = get("weight"), get("impressions")
     country, region = get("country"), get("region")
     channel, device_type, network = get("channel"), get("deviceType"), get("network")
+    # Fields are checked in a fixed order: a row's error names the first bad one.
     try:
-        weight = 0 if weight is None else _whole_number("weight", weight, MAX_WEIGHT)
-        property_name = _inventory_id(get("inventoryId"))
-        date = _date(get("utcDatetime"))
+        if weight is None:
+            weight = 0
+        elif weight.__class__ is not int or not 0 <= weight <= MAX_WEIGHT:
+            weight = _whole_number("weight", weight, MAX_WEIGHT)
+        if (
+            inventory_id.__class__ is str
+            and len(inventory_id) <= MAX_INVENTORY_ID
+            and inventory_id.isprintable()
+        ):
+            property_name = inventory_id.strip()
+        else:
+            property_name = _inventory_id(inventory_id)
+        if not property_name:
+            raise _RowError("inventoryId must not be empty")
+        if date.__class__ is str and len(date) <= MAX_DATE_TEXT:
+            date = _normalise_date(date)
+        else:
+            date = _date(date)
         if impressions is None:
             impressions = DEFAULT_IMPRESSIONS
-        else:
+        elif impressions.__class__ is not int or not 0 <= impressions <= MAX_IMPRESSIONS:
             impressions = _whole_number("impressions", impressions, MAX_IMPRESSIONS)
+        # Absent or null optional fields keep None; a canonical spelling is found in its map.
         if country is not None:
-            country = _country(country)
+            country = (
+                _COUNTRIES.get(country) if country.__class__ is str else None
+            ) or _country(country)
         if region is not None:
             region = _region(region)
         if channel is not None:
-            channel = _choice("channel", channel, CHANNELS)
+            channel = (
+                _CHANNELS.get(channel) if channel.__class__ is str else None
+            ) or _choice("channel", channel, _CHANNELS)
         if device_type is not None:
-            device_type = _choice("deviceType", device_type, DEVICE_TYPES)
+            device_type = (
+                _DEVICE_TYPES.get(device_type) if device_type.__class__ is str else None
+            ) or _choice("deviceType", device_type, _DEVICE_TYPES)
         if network is not None:
-            network = _choice("network", network, NETWORKS)
+            network = (
+                _NETWORKS.get(network) if network.__class__ is str else None
+            ) or _choice("network", network, _NETWORKS)
     except _RowError as exc:
         # Echo the name only when it is valid text: an invalid one may be a megabyte long.
-        return Row(row_identifier, _echoable(get("inventoryId")), None, 0, None, str(exc))
+        return Row(row_identifier, _echoable(inventory_id), None, 0, None, str(exc))
+    key_id = property_name.lower()
+    framework = params.framework
+    # The entry's cost: its weight's cost times its size in units (see BYTES_PER_COST_UNIT).
+    # str.__sizeof__ is sys.getsizeof for text (the collector does not track it), without the
+    # generic lookup getsizeof makes.
+    size = ENTRY_OVERHEAD_BYTES + key_id.__sizeof__()
+    if region is not None:
+        size += region.__sizeof__()
+    if framework is not None:
+        size += framework.__sizeof__()
     # Built by tuple.__new__: a NamedTuple's own __new__ is a Python call, paid per row.
     key: RowKey = _new_tuple(RowKey, (
-        property_name.lower(), date, impressions, country, region, channel, device_type, network,
-        params.framework, params.latest,
+        key_id, date, impressions, country, region, channel, device_type, network, framework,
+        params.latest,
     ))
-    return _new_tuple(
-        Row, (row_identifier, property_name, date, weight, key, None, entry_cost(key, weight))
-    )
+    cost = _STEP_COST[weight] * -(-size // _SIZE_STEP)
+    return _new_tuple(Row, (row_identifier, property_name, date, weight, key, None, cost))
 
 
 _new_tuple = tuple.__new__
@@ -595,15 +621,12 @@ def _text(field: str, value: str, limit: int) -> str:
 
 
 def _inventory_id(value: Any) -> str:
-    """The inventoryId as given, trimmed (the key holds it lower-cased)."""
+    """The inventoryId as given, trimmed (the key holds it lower-cased); may be empty."""
     if value is None:
         raise _RowError("inventoryId is required")
     if not isinstance(value, str):
         raise _RowError("inventoryId must be a string")
-    text = _text("inventoryId", value, MAX_INVENTORY_ID)
-    if not text:
-        raise _RowError("inventoryId must not be empty")
-    return text
+    return _text("inventoryId", value, MAX_INVENTORY_ID)
 
 
 def _date(value: Any) -> str:
@@ -660,9 +683,7 @@ def _optional_string(field: str, value: Any) -> str | None:
 
 
 def _country(value: Any) -> str | None:
-    shared = _COUNTRIES.get(value) if value.__class__ is str else None
-    if shared is not None:
-        return shared  # the usual spelling: already checked and upper-cased
+    """A country code upper-cased, or None for an empty one (``_COUNTRIES`` holds those seen)."""
     text = _optional_string("country", value)
     if text is None:
         return None
@@ -685,17 +706,15 @@ def _region(value: Any) -> str | None:
     return _text("region", text, MAX_REGION) or None
 
 
-def _choice(field: str, value: Any, allowed: frozenset[str]) -> str | None:
-    shared = _SHARED.get(value) if value.__class__ is str else None
-    if shared is not None and shared in allowed:
-        return shared  # the usual spelling: exactly a canonical value
+def _choice(field: str, value: Any, values: Mapping[str, str]) -> str | None:
+    """``value`` in any case and with spaces around, as one of ``values``; None when empty."""
     text = _optional_string(field, value)
     if text is None:
         return None
     canonical = _text(field, text, MAX_REGION).lower()
     if not canonical:
         return None
-    shared = _SHARED.get(canonical)
-    if shared is None or shared not in allowed:
-        raise _RowError(f"{field} must be one of {', '.join(sorted(allowed))}")
+    shared = values.get(canonical)
+    if shared is None:
+        raise _RowError(f"{field} must be one of {', '.join(sorted(values))}")
     return shared
