@@ -288,7 +288,8 @@ class MeasureEndpoint:
             raise HttpError(
                 401, "missing or invalid API key", {"WWW-Authenticate": 'Bearer realm="measure"'}
             )
-        if not _is_json(environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()):
+        content_type = environ.get("CONTENT_TYPE", "")
+        if content_type != _JSON and not _is_json(content_type):
             raise HttpError(415, "Content-Type must be application/json")
         config = services.config
         try:
@@ -326,9 +327,19 @@ def _read_body(environ: dict[str, Any], limit: int, timeout_s: float) -> bytes:
         if length > limit:
             raise HttpError(413, f"body is larger than {limit} bytes")
     stream: IO[bytes] = environ["wsgi.input"]
+    size = limit + 1 if length is None else length
     _READS.start(timeout_s)
     try:
-        body = _read_at_most(stream, limit + 1 if length is None else length)
+        # Until ``size`` bytes or the end of the stream, whichever comes first.
+        chunks: list[bytes] = []
+        got = 0
+        while got < size:
+            chunk = stream.read(size - got)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     except _BodyTimeout:
         raise
     except TooManyChunks as exc:
@@ -346,19 +357,6 @@ def _read_body(environ: dict[str, Any], limit: int, timeout_s: float) -> bytes:
     if length is not None and len(body) < length:
         raise HttpError(400, _UNREADABLE)
     return body
-
-
-def _read_at_most(stream: IO[bytes], size: int) -> bytes:
-    """Read until ``size`` bytes or the end of the stream, whichever comes first."""
-    chunks: list[bytes] = []
-    got = 0
-    while got < size:
-        chunk = stream.read(size - got)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        got += len(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _document(
@@ -419,7 +417,9 @@ def _tenant(keys: tuple[bytes, ...], header: str) -> str | None:
     return f"key-{matched}" if matched else None
 
 
-def _is_json(mimetype: str) -> bool:
+def _is_json(content_type: str) -> bool:
+    """Whether a Content-Type header names JSON (any case, parameters and spaces allowed)."""
+    mimetype = content_type.partition(";")[0].strip().lower()
     return mimetype == _JSON or (mimetype.startswith("application/") and mimetype.endswith("+json"))
 
 

@@ -217,10 +217,12 @@ def parse_body(body: bytes, max_rows: int) -> list[Any]:
     would make a large body costly. Bodies whose reading by orjson is surely the same (the usual
     request) are read by orjson instead.
     """
-    data = _utf8(body)
+    # ASCII first and no NUL: UTF-8 (json.detect_encoding's rule, cheaper).
+    data = body if body[:1] < b"\x80" and b"\x00" not in body[:4] else _utf8(body)
     plain = _decode_plain(data, _Shape(data, max_rows), max_rows)
     if plain is not None:
-        rows = _rows_of(plain.items())
+        # The usual body names only ``rows``.
+        rows = plain["rows"] if len(plain) == 1 and "rows" in plain else _rows_of(plain.items())
     else:
         document = _decode_strict(data)
         if not isinstance(document, tuple):
@@ -239,6 +241,7 @@ def parse_body(body: bytes, max_rows: int) -> list[Any]:
     return rows if plain is not None else [_row_object(row) for row in rows]
 
 
+@functools.cache
 def token_budget(max_rows: int) -> int:
     """The most JSON names and values (strings, numbers, literals, lists and objects) a body of
     at most ``max_rows`` rows may hold: every row with one pair more than a row may carry, and
@@ -255,8 +258,6 @@ def _check_names(count: int) -> None:
 
 def _utf8(body: bytes) -> bytes:
     """The body as UTF-8 without a byte order mark (JSON may also come as UTF-16 or UTF-32)."""
-    if body[:1] < b"\x80" and b"\x00" not in body[:4]:
-        return body  # ASCII first, no NUL: UTF-8 (json.detect_encoding's rule, cheaper)
     encoding = json.detect_encoding(body)
     if encoding == "utf-8":
         return body
@@ -359,7 +360,8 @@ def _decode_plain(data: bytes, shape: _Shape, max_rows: int) -> dict[str, Any] |
         return None
     if not isinstance(document, dict):
         return None
-    _check_names(len(document))
+    if len(document) > MAX_TOP_LEVEL_NAMES:
+        _check_names(len(document))
     # The objects read (the root and those in its lists) and their names, to hold against the
     # text's braces and colons.
     braces, colons = 1, len(document)
