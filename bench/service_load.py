@@ -45,7 +45,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devtools, from a checkout
 import requests
-from driver import API_KEY, UPSTREAM_TOKEN
+from driver import API_KEY, UPSTREAM_TOKEN, progress
 from load_generators import WRK_INSTALL_HINT, Generators
 from service_load_profile import profile_hit_path
 from service_load_report import hit_path_report, median_of, print_table, redis_report
@@ -244,7 +244,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "rounds": args.rounds,
     }
     with Processes(work_dir / "logs") as procs:
-        _progress("starting the simulator, the service and the floor app")
+        progress("starting the simulator, the service and the floor app")
         sim = procs.simulator(latency_ms=args.upstream_latency_ms, jitter_ms=30,
                               token=UPSTREAM_TOKEN)
         env = service_env(sim)
@@ -272,7 +272,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         service = as_service(targets["service"])
         service.warm(hot_rows)
         for name, server in targets.items():  # first-request costs: lazy imports, connection set-up
-            _progress(f"warm-up load on {name}")
+            progress(f"warm-up load on {name}")
             gens.saturate(server, connections=args.connections, duration_s=2)
         # After the warm-up load: the run of hits that ended the warm-up may all have come from one
         # worker, and the other's first misses then fall in that load. By now every worker's are
@@ -280,12 +280,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         time.sleep(METRICS_FLUSH_S)
         misses_before = metric_total(service, "measure_cache_misses_total")
 
-        _progress(f"saturation, {args.rounds} round(s) of {args.duration:g} s per target")
+        progress(f"saturation, {args.rounds} round(s) of {args.duration:g} s per target")
         saturation = alternate(args.rounds, targets, lambda s: with_cpu(s, lambda: gens.saturate(
             s, connections=args.connections, duration_s=args.duration), split_dir))
         floor_rps = median_of(saturation["floor"], lambda r: r["rps"])
         rate = args.rate or floor_rps / 2
-        _progress(f"fixed rate {rate:.0f} req/s, {args.rounds} round(s) per target")
+        progress(f"fixed rate {rate:.0f} req/s, {args.rounds} round(s) per target")
         fixed = alternate(args.rounds, targets, lambda s: with_cpu(s, lambda: gens.fixed_rate(
             s, rate=rate, connections=args.connections, duration_s=args.duration)))
         time.sleep(METRICS_FLUSH_S)
@@ -300,13 +300,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             None if misses_before is None or misses_after is None
             else misses_after - misses_before)
         if not args.skip_miss:
-            _progress(f"miss path: {args.duration:g} s of cold keys")
+            progress(f"miss path: {args.duration:g} s of cold keys")
             report["miss_path"] = miss_path(
                 gens, service, sim, workers=args.workers, connections=args.connections,
                 duration_s=args.duration, upstream_latency_s=args.upstream_latency_ms / 1000,
                 work_dir=work_dir)
         if args.profile:
-            _progress(f"profiling one service worker with py-spy for {args.duration:g} s")
+            progress(f"profiling one service worker with py-spy for {args.duration:g} s")
             report["profile"] = profile_hit_path(
                 gens, service, connections=args.connections, duration_s=args.duration,
                 out_dir=args.profile)
@@ -322,10 +322,6 @@ def _git_state() -> dict[str, Any]:
 
     return {"commit": git("rev-parse", "--short", "HEAD"),
             "modified": git("diff", "--name-only", "HEAD").split()}
-
-
-def _progress(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
