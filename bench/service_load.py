@@ -18,6 +18,8 @@ body is all hits, then measures, for each target in turn:
 6. with ``--split``, every app runs under ``bench/cpu_split.py``, and the saturated worker CPU
    per request is also given in parts: the app call, and gunicorn's own parts around it.
 
+Its parts: ``load_generators.py`` (wrk or loadgen as a child process), ``service_load_report.py``
+(the figures, their verdicts and the printed table) and ``service_load_profile.py`` (py-spy).
 Every process it starts is stopped at the end. Run from the project root::
 
     .venv/bin/python bench/service_load.py [--duration 10] [--connections 64] [--rounds 3]
