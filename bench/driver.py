@@ -62,6 +62,11 @@ class Report:
         self.figures.append(Figure(scenario, figure, target, text, passed))
 
 
+def progress(message: str) -> None:
+    """Print ``message`` on stderr after the time of day: how far a long run has got."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def chosen_scenarios(parser: argparse.ArgumentParser, raw: str, known: Iterable[str]) -> list[str]:
     """The comma-separated scenario names of ``raw``; a parser error for an unknown one."""
     known = list(known)

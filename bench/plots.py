@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from matplotlib.figure import Figure
 
 if TYPE_CHECKING:
-    from hit_ratio import UnitRow, WeightedRow
+    from hit_ratio_tables import UnitRow, WeightedRow
 
 # Each policy keeps one colour and marker in every chart.
 STYLE: dict[str, dict[str, Any]] = {

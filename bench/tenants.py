@@ -68,6 +68,7 @@ from driver import (  # noqa: E402
     finish,
     measure,
     print_figures,
+    progress,
 )
 from loadgen import percentile  # noqa: E402
 
@@ -426,8 +427,7 @@ def run(args: argparse.Namespace) -> Report:
         report.details["meta"]["poison_upstream"] = poison_upstream
         bench = TenantsBench(procs, report, args.ceiling, args.service_root, poison_upstream)
         for key in args.scenarios:
-            print(f"[{time.strftime('%H:%M:%S')}] {key}: {SCENARIOS[key].__doc__}",
-                  file=sys.stderr, flush=True)
+            progress(f"{key}: {SCENARIOS[key].__doc__}")
             try:
                 SCENARIOS[key](bench)
             except Exception as exc:  # one broken scenario must not hide the others' figures

@@ -33,7 +33,6 @@ import dataclasses  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from datetime import datetime, timezone  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -53,6 +52,7 @@ from driver import (  # noqa: E402
     chosen_scenarios,
     finish,
     print_figures,
+    progress,
 )
 from economy import (  # noqa: E402
     FULL,
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> Report:
                                     upstream_timeout_s=args.upstream_timeout_ms / 1000)
         bench = EconomyBench(procs, sizes, report)
         for key in args.scenarios:
-            _progress(f"scenario {key}: {SCENARIOS[key].__doc__}")
+            progress(f"scenario {key}: {SCENARIOS[key].__doc__}")
             try:
                 SCENARIOS[key](bench)
             except Exception as exc:  # one broken scenario must not hide the others' figures
@@ -101,10 +101,6 @@ def print_table(report: Report) -> None:
     meta = report.details["meta"]
     print_figures(report, f"upstream economy, {meta['date']}, {meta['workers']} gevent workers, "
                   f"simulator {meta['simulator']}, {meta['cpus']} CPUs", (16, 62, 14, 22))
-
-
-def _progress(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
