@@ -47,7 +47,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devtools, from a checkout
 import requests
-from driver import API_KEY, UPSTREAM_TOKEN, progress
+from driver import API_KEY, ROWS_PER_REQUEST, UPSTREAM_TOKEN, progress
 from load_generators import WRK_INSTALL_HINT, Generators
 from service_load_profile import profile_hit_path
 from service_load_report import hit_path_report, median_of, print_table, redis_report
@@ -55,7 +55,6 @@ from service_load_report import hit_path_report, median_of, print_table, redis_r
 from devtools import probes
 from devtools.harness import ROOT, Processes, Server, Service, Simulator
 
-ROWS_PER_REQUEST = 5
 UPSTREAM_CONCURRENCY = 4
 # Each worker writes its metrics to the shared files at least this often.
 METRICS_FLUSH_S = 1.5
