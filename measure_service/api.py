@@ -51,7 +51,6 @@ _NO_STATUSES: dict[str, int] = dict.fromkeys(ROW_STATUSES, 0)
 _NO_QUERY = QueryParams(None, None)
 _ALLOW = "OPTIONS, POST"
 _UNREADABLE = "body could not be read (broken chunked encoding or cut short)"
-_compare_digest = hmac.compare_digest
 _STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -405,7 +404,7 @@ def _tenant(keys: tuple[bytes, ...], header: str) -> str | None:
     # Compare against every key, without stopping early, so timing says nothing about which.
     matched = 0
     for position, key in enumerate(keys, 1):
-        if _compare_digest(presented, key):
+        if hmac.compare_digest(presented, key):
             matched = matched or position
     return f"key-{matched}" if matched else None
 
