@@ -23,18 +23,21 @@ rather than strict LRU (hits set a flag instead of relinking), which keeps
 reads cheap.
 
 This module only decides; the cache owns the entries and calls it under
-its lock.  Nothing here blocks.
+its lock.  Nothing here blocks.  Its pieces live beside it: the queues in
+segment.py, the climber's evidence in ghosts.py and shadows.py; the
+climber's decision is made here.
 """
 
 from __future__ import annotations
 
 import math
-import sys
-from collections import OrderedDict
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable
 
+from .ghosts import STEPS, Ghost
+from .segment import Segment
+from .shadows import MAX_FREQ, NEVER, PROTECTED_SHARE, Shadows
 from .sketch import FrequencySketch
-from .store import REMOVED, Entry
+from .store import Entry
 
 # Where an entry is, kept on the entry so no queue needs a lookup; REMOVED (0) is what a new
 # Entry holds: in no queue.
@@ -45,7 +48,7 @@ PROTECTED_HOT = 4  # protected, and read since the CLOCK hand last passed it
 WINDOW_NEW = 5  # in the window; the sketch has not yet seen this insertion
 # Marks added to the codes above.  TRACKED: the ghosts follow the key when it leaves (window
 # and probation entries only, whose reads take _reorder anyway).  SAMPLED (always with TRACKED):
-# the shadows replay the key (see _Shadows); its reads miss record_hits' protected branches and
+# the shadows replay the key (see Shadows); its reads miss record_hits' protected branches and
 # take _reorder too.  An unmarked entry leaving protected is marked again by its hash.
 SAMPLED = 8
 TRACKED = 16
@@ -66,7 +69,6 @@ _NEW_SAMPLED = WINDOW_NEW | _MARKS
 
 _WINDOW_MIN = 0.01  # the window's share of the budget: where it starts, and its floor
 _WEIGHTED_WINDOW = 0.2  # the starting share when entry costs vary (see _on_first_fill)
-_PROTECTED_SHARE = 0.8  # share of the main space kept for protected
 # Climber (see _climb): a sample is looked at every half request per resident
 # entry (at least _MIN_SAMPLE requests, and every _MIN_SAMPLE in the first
 # sample after the fill).  It ends at its first decisive look, or unmoved at
@@ -76,7 +78,6 @@ _PROTECTED_SHARE = 0.8  # share of the main space kept for protected
 # earlier looks).  Moves are _STEP_PERCENT of the budget, at most _MAX_STEPS
 # of them, unless the window catches no reuse at all (see _climb).
 _STEP_PERCENT = 0.0625
-_STEPS = 5  # ghost depths: step * 2**level, up to the whole budget
 _MAX_STEPS = 2  # a move is at most this many steps while the window catches reuse
 _GHOST_SAMPLE = 4096  # caches beyond this many entries track a sample of departed keys
 _SAMPLE_MULT = 0.5
@@ -85,7 +86,7 @@ _MAX_SAMPLE = 1024
 _MAX_PASSES = 4  # nor more than this many passes over the cache
 _BAR = 2.0
 _MIN_GAIN = 0.002
-# Shadows (see _Shadows): their sample holds this many to twice as many entries' worth of keys.
+# Shadows (see shadows.py): their sample holds this many to twice as many entries' worth of keys.
 # Their lean moves the window a step once it passes _SHADOW_BAR times its noise; a ghost's near
 # move waits while they lean against it by _SHADOW_VETO requests or _BAR sigmas, whichever is
 # more.  The lean halves whenever their counts age.
@@ -93,314 +94,9 @@ _SHADOW_ENTRIES = 64
 _SHADOW_BAR = 2.5
 _SHADOW_VETO = 2
 _VICTIM_SAMPLE = 4  # probation-tail entries compared when costs differ
-_MAX_FREQ = 16  # a saturated counter plus the doorkeeper bit
 # Entries whose unwritten uses are held at once; bounds that table's memory.
 _PENDING_LIMIT = 16384
 _DEPARTED_BATCH = 32
-_NEVER = sys.maxsize
-
-
-class Segment:
-    """An LRU queue of entries linked through their ``prev``/``next`` slots.
-
-    A sentinel closes the ring, so linking never tests for an empty queue.
-    ``cost`` is the summed cost of the entries queued.
-    """
-
-    __slots__ = ("cost", "count", "head", "tag")
-
-    def __init__(self, tag: int) -> None:
-        head = Entry(None, None, 0, 0.0)
-        head.prev = head.next = head
-        self.head = head
-        self.tag = tag
-        self.cost: float = 0
-        self.count = 0
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __iter__(self) -> Iterator[Entry]:
-        """Entries from least to most recently used."""
-        head = self.head
-        entry = head.next
-        while entry is not head:
-            following = entry.next
-            yield entry
-            entry = following
-
-    def append(self, entry: Entry, tag: int = 0) -> None:
-        """Queue ``entry`` as the most recently used, tagged ``tag`` or the queue's own."""
-        head = self.head
-        last = head.prev
-        entry.prev = last
-        entry.next = head
-        last.next = entry
-        head.prev = entry
-        entry.where = tag or self.tag
-        self.cost += entry.cost
-        self.count += 1
-
-    def unlink(self, entry: Entry) -> None:
-        """Take ``entry`` out of the queue."""
-        before, after = entry.prev, entry.next
-        before.next = after
-        after.prev = before
-        entry.prev = entry.next = None
-        entry.where = REMOVED
-        self.cost -= entry.cost
-        self.count -= 1
-
-    def move_to_end(self, entry: Entry) -> None:
-        """Mark ``entry`` as the most recently used."""
-        head = self.head
-        last = head.prev
-        if last is entry:
-            return
-        before, after = entry.prev, entry.next
-        before.next = after
-        after.prev = before
-        entry.prev = last
-        entry.next = head
-        last.next = entry
-        head.prev = entry
-
-    def clear(self) -> None:
-        """Unlink every entry."""
-        for entry in self:
-            entry.prev = entry.next = None
-            entry.where = REMOVED
-        self.head.prev = self.head.next = self.head
-        self.cost = 0
-        self.count = 0
-
-
-class _Ghost:
-    """Keys that recently left, each stamped with a departure clock in cost units.
-
-    A key that comes back within d of departures would have been hit by a
-    segment larger by d: ``gains[level]`` counts those for d = step * 2**level.
-    Keys live in two generations, each spanning ``depth`` of departures, so
-    forgetting is one dict swap rather than a queue; a key found beyond the
-    depth counts for nothing.  Large caches track only the keys whose spread
-    hash falls under the policy's ghost mask (the policy marks their entries
-    TRACKED), which bounds the memory; the clock then counts only their
-    departures and the gains are a sample.
-    """
-
-    __slots__ = ("clock", "depth", "gains", "older", "recent", "since")
-
-    def __init__(self) -> None:
-        self.clock: float = 0
-        self.depth = 0
-        self.recent: dict[Hashable, float] = {}
-        self.older: dict[Hashable, float] = {}
-        self.since: float = 0  # the clock when ``recent`` was started
-        self.gains = [0] * _STEPS
-
-    def add(self, key: Hashable) -> None:
-        """Remember ``key`` as departed now."""
-        clock = self.clock
-        if clock - self.since > self.depth:
-            self.older, self.recent, self.since = self.recent, {}, clock
-        self.recent[key] = clock
-
-    def returned(self, key: Hashable) -> None:
-        """Credit the return of a departed ``key`` to every depth it is within."""
-        stamp = self.recent.pop(key, None)
-        older = self.older.pop(key, 0.0)
-        distance = self.clock - (older if stamp is None else stamp)
-        gains = self.gains
-        d = self.depth
-        for level in range(_STEPS - 1, -1, -1):
-            if distance > d:
-                break
-            gains[level] += 1
-            d >>= 1
-
-    def clear(self) -> None:
-        """Forget every key."""
-        self.recent.clear()
-        self.older.clear()
-
-
-class _Shadow:
-    """A miniature of this policy over the sampled keys, with a window of its own size.
-
-    Keys map to their cost in three LRU-ordered dicts (window, probation,
-    protected); admission compares the sampled keys' own counts, so a
-    replayed request costs a few dict operations and no sketch hash.
-    """
-
-    __slots__ = ("max_cost", "probation", "probation_cost", "protected", "protected_cost",
-                 "protected_max", "window", "window_cost", "window_max")
-
-    def __init__(self) -> None:
-        self.window: OrderedDict[Hashable, float] = OrderedDict()
-        self.probation: OrderedDict[Hashable, float] = OrderedDict()
-        self.protected: OrderedDict[Hashable, float] = OrderedDict()
-        self.window_cost: float = 0
-        self.probation_cost: float = 0
-        self.protected_cost: float = 0
-        self.max_cost: float = 0
-        self.window_max: float = 0
-        self.protected_max: float = 0
-
-    def access(self, key: Hashable, cost: float, counts: dict[Hashable, int]) -> int:
-        """Replay one request; return 1 on a hit, else 0."""
-        protected = self.protected
-        if key in protected:  # where most hits land
-            protected.move_to_end(key)
-            return 1
-        window = self.window
-        if key in window:
-            window.move_to_end(key)
-            return 1
-        probation = self.probation
-        held = probation.pop(key, None)
-        if held is not None:
-            self.probation_cost -= held
-            protected[key] = held
-            self.protected_cost += held
-            if self.protected_cost > self.protected_max:
-                self._demote()
-            return 1
-        window[key] = cost
-        self.window_cost += cost
-        while self.window_cost > self.window_max and window:
-            cand, cand_cost = window.popitem(last=False)
-            self.window_cost -= cand_cost
-            self._admit(cand, cand_cost, counts)
-        return 0
-
-    def _demote(self) -> None:
-        protected, probation = self.protected, self.probation
-        while self.protected_cost > self.protected_max and protected:
-            key, cost = protected.popitem(last=False)
-            self.protected_cost -= cost
-            probation[key] = cost
-            self.probation_cost += cost
-
-    def _admit(self, cand: Hashable, cost: float, counts: dict[Hashable, int]) -> None:
-        excess = self.window_cost + self.probation_cost + self.protected_cost + cost - self.max_cost
-        probation = self.probation
-        if excess > 0:
-            victims: list[Hashable] = []
-            freq = 0
-            for segment in (probation, self.protected):
-                for victim in segment:
-                    if excess <= 0:
-                        break
-                    victims.append(victim)
-                    freq += counts.get(victim, 0)
-                    excess -= segment[victim]
-            if excess > 0 or counts.get(cand, 0) <= (freq if freq < _MAX_FREQ else _MAX_FREQ):
-                return
-            for victim in victims:
-                held = probation.pop(victim, None)
-                if held is None:
-                    self.protected_cost -= self.protected.pop(victim)
-                else:
-                    self.probation_cost -= held
-        probation[cand] = cost
-        self.probation_cost += cost
-
-    def resize(self, max_cost: float, window_max: float) -> None:
-        """Take a new budget and window, moving entries as the policy's _adjust_window does."""
-        self.max_cost = max_cost
-        self.window_max = window_max
-        self.protected_max = (max_cost - window_max) * _PROTECTED_SHARE
-        self._demote()
-        window, probation, protected = self.window, self.probation, self.protected
-        # A larger window takes main's coldest entries; a smaller one hands its oldest to probation.
-        for segment in (probation, protected):
-            while segment and self.window_cost + next(iter(segment.values())) <= window_max:
-                key, cost = segment.popitem(last=False)
-                if segment is probation:
-                    self.probation_cost -= cost
-                else:
-                    self.protected_cost -= cost
-                window[key] = cost
-                self.window_cost += cost
-        while self.window_cost > window_max and window:
-            key, cost = window.popitem(last=False)
-            self.window_cost -= cost
-            probation[key] = cost
-            self.probation_cost += cost
-        while self.window_cost + self.probation_cost + self.protected_cost > max_cost:
-            segment = probation or protected or window
-            if not segment:
-                break
-            key, cost = segment.popitem(last=False)
-            if segment is probation:
-                self.probation_cost -= cost
-            elif segment is protected:
-                self.protected_cost -= cost
-            else:
-                self.window_cost -= cost
-
-    def clear(self) -> None:
-        """Forget every key."""
-        for segment in (self.window, self.probation, self.protected):
-            segment.clear()
-        self.window_cost = self.probation_cost = self.protected_cost = 0
-
-
-class _Shadows:
-    """Two miniatures whose windows sit one climber step below and above the cache's.
-
-    SHARDS-style: they replay only the keys whose spread hash falls under the
-    policy's sample mask, on a budget scaled by the same rate, so the hit
-    counts they disagree on measure, rather than model, what a step either
-    way would have gained.  ``up`` counts requests only the larger window
-    hit, ``down`` those only the smaller one hit.
-    """
-
-    __slots__ = ("age_at", "counts", "down", "high", "low", "seen", "up")
-
-    def __init__(self) -> None:
-        self.low = _Shadow()
-        self.high = _Shadow()
-        self.counts: dict[Hashable, int] = {}
-        self.seen = 0
-        self.age_at = _NEVER
-        self.up = 0
-        self.down = 0
-
-    def access(self, key: Hashable, cost: float) -> None:
-        """Replay one request for a sampled key in both miniatures."""
-        counts = self.counts
-        count = counts.get(key, 0)
-        if count < _MAX_FREQ:
-            counts[key] = count + 1
-        self.seen += 1
-        if self.seen >= self.age_at:
-            # Halve every count, as the sketch ages; keys left at 0 are forgotten.  The
-            # lean fades at the same pace, so it weighs the current phase most.
-            counts = self.counts = {k: c >> 1 for k, c in counts.items() if c > 1}
-            self.seen = 0
-            self.up >>= 1
-            self.down >>= 1
-        low = self.low.access(key, cost, counts)
-        if low != self.high.access(key, cost, counts):
-            if low:
-                self.down += 1
-            else:
-                self.up += 1
-
-    def place(self, max_cost: float, low: float, high: float) -> None:
-        """Give the miniatures a budget and their windows; start a new count."""
-        self.low.resize(max_cost, low)
-        self.high.resize(max_cost, high)
-        self.up = self.down = 0
-
-    def clear(self) -> None:
-        """Forget every key and count."""
-        self.low.clear()
-        self.high.clear()
-        self.counts.clear()
-        self.seen = 0
-        self.up = self.down = 0
 
 
 class Policy:
@@ -437,16 +133,16 @@ class Policy:
         # Climber: no samples are taken before the cache first fills.
         self._sample_hits = 0
         self._sample_misses = 0
-        self._sample_period = _NEVER
+        self._sample_period = NEVER
         self._window_hits = 0
         self._probation_hits = 0
-        self._window_ghost = _Ghost()  # refused candidates, by window departures
-        self._main_ghost = _Ghost()  # main's victims, by main evictions
+        self._window_ghost = Ghost()  # refused candidates, by window departures
+        self._main_ghost = Ghost()  # main's victims, by main evictions
         self._look = _MIN_SAMPLE  # requests between looks at the current sample
         self._sample_cap = _MIN_SAMPLE  # requests after which the sample ends unmoved
         self._pass = 0  # requests for one pass over the cache: its entry count
         # Samples are sized for unit costs until the cache fills (see _on_first_fill).
-        self._shadows = _Shadows()
+        self._shadows = Shadows()
         self._shadow_bits = 0  # the shadows' sample rate is 2**-bits
         self._ghost_bits = 0  # the ghosts', at least as high
         self._ghost_mask = self._sample_mask = 0
@@ -459,7 +155,7 @@ class Policy:
         return max(int(self.max_cost * _WINDOW_MIN), 1)
 
     def _set_main(self) -> None:
-        self.protected_max = int((self.max_cost - self.window_max) * _PROTECTED_SHARE)
+        self.protected_max = int((self.max_cost - self.window_max) * PROTECTED_SHARE)
 
     def remove(self, entry: Entry) -> None:
         """Forget ``entry`` (deleted, expired or replaced by the cache)."""
@@ -518,7 +214,7 @@ class Policy:
     def frequency(self, entry: Entry) -> int:
         """Estimated recent uses of a resident entry, unwritten uses included."""
         freq = self.sketch.estimate(entry.key) + entry.uses
-        return freq if freq < _MAX_FREQ else _MAX_FREQ
+        return freq if freq < MAX_FREQ else MAX_FREQ
 
     # -- events from the cache ----------------------------------------------
 
@@ -730,8 +426,8 @@ class Policy:
             victims_freq = 0 if victims is None else sum(self.frequency(v) for v in victims)
         if victims is not None:
             cand_freq = (seen if fresh else sketch.estimate(cand.key)) + cand.uses
-            if (cand_freq if cand_freq < _MAX_FREQ else _MAX_FREQ) > (
-                    victims_freq if victims_freq < _MAX_FREQ else _MAX_FREQ):
+            if (cand_freq if cand_freq < MAX_FREQ else MAX_FREQ) > (
+                    victims_freq if victims_freq < MAX_FREQ else MAX_FREQ):
                 ghost = self._main_ghost
                 for victim in victims:
                     if _MAIN_TRACKED_AT[victim.where]:  # main's own victims only
@@ -867,7 +563,7 @@ class Policy:
         """Start a sample: set the ghost depths, the looks and the cap; return the first look."""
         entries = self.window.count + self.probation.count + self.protected.count
         # The ghosts' clocks run on the departures of the keys they track.
-        depth = (self._step_cost() << (_STEPS - 1)) >> self._ghost_bits
+        depth = (self._step_cost() << (STEPS - 1)) >> self._ghost_bits
         self._window_ghost.depth = self._main_ghost.depth = depth
         self._look = max(int(_SAMPLE_MULT * entries), _MIN_SAMPLE)
         self._sample_cap = max(self._look, min(_MAX_SAMPLE, _MAX_PASSES * entries))
@@ -925,7 +621,7 @@ class Policy:
         # gives up is trusted only near its edge; farther in, a move is also
         # charged main's average density, since main shrinks as a whole.
         far = self._window_hits == 0 and requests >= self._pass
-        levels = _STEPS if far else _MAX_STEPS
+        levels = STEPS if far else _MAX_STEPS
         reach = max(self.max_cost >> 1, step * _MAX_STEPS)
         # The shadows' lean: what a step up rather than down would have gained on the sampled
         # keys lately.  A near move the ghosts propose waits while the shadows lean against
@@ -967,8 +663,8 @@ class Policy:
             return
         self._sample_hits = self._sample_misses = 0
         self._window_hits = self._probation_hits = 0
-        self._window_ghost.gains = [0] * _STEPS
-        self._main_ghost.gains = [0] * _STEPS
+        self._window_ghost.gains = [0] * STEPS
+        self._main_ghost.gains = [0] * STEPS
         self._sample_period = self._next_period()
         if move:
             self._adjust_window(move)

@@ -1,7 +1,7 @@
 from tests.weighted_cache.conftest import see
-from weighted_cache.policy import REMOVED, Policy
+from weighted_cache.policy import Policy
 from weighted_cache.sketch import FrequencySketch
-from weighted_cache.store import Entry
+from weighted_cache.store import REMOVED, Entry
 
 
 def make(max_cost: int = 100) -> Policy:

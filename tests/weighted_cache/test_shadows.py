@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from weighted_cache.policy import Policy, _Shadows
+from weighted_cache.policy import Policy
+from weighted_cache.shadows import Shadows
 from weighted_cache.sketch import FrequencySketch
 from weighted_cache.store import Entry
 
 
-def shadows(max_cost: int = 100, low: int = 1, high: int = 40) -> _Shadows:
-    pair = _Shadows()
+def shadows(max_cost: int = 100, low: int = 1, high: int = 40) -> Shadows:
+    pair = Shadows()
     pair.age_at = 10 * max_cost
     pair.place(max_cost, low, high)
     for key in range(max_cost):  # fill both with keys seen once
