@@ -108,17 +108,27 @@ def replay_weighted_cache(trace: Trace, capacity: int) -> Tally:
 
 def replay_lru(trace: Trace, capacity: int) -> Tally:
     """Replay against cachetools.LRUCache; size-aware (getsizeof) on a weighted trace."""
+    return _replay_cachetools(LRUCache, trace, capacity)
+
+
+def replay_lfu(trace: Trace, capacity: int) -> Tally:
+    """Replay against cachetools.LFUCache; size-aware (getsizeof) on a weighted trace."""
+    return _replay_cachetools(LFUCache, trace, capacity)
+
+
+def _replay_cachetools(
+    kind: type[LRUCache[Hashable, int]] | type[LFUCache[Hashable, int]], trace: Trace,
+    capacity: int,
+) -> Tally:
     # cachetools reads an item's size from its value, so the value carries the cost.
-    lru: LRUCache[Hashable, int] = LRUCache(
-        maxsize=capacity, getsizeof=(lambda cost: cost) if trace.weighted else None
-    )
+    cache = kind(maxsize=capacity, getsizeof=(lambda cost: cost) if trace.weighted else None)
 
     def admit(key: Hashable, cost: int) -> None:
         # cachetools refuses an item larger than the whole cache: a miss that is not cached.
         with contextlib.suppress(ValueError):
-            lru[key] = cost
+            cache[key] = cost
 
-    return _replay(trace, lambda key: lru.get(key, _MISS) is not _MISS, admit)
+    return _replay(trace, lambda key: cache.get(key, _MISS) is not _MISS, admit)
 
 
 def replay_theine(trace: Trace, capacity: int) -> Tally | None:
@@ -175,19 +185,6 @@ def replay_belady(trace: Trace, capacity: int) -> Tally:
     return Tally(len(trace.keys), hits, len(trace.keys), hits)
 
 
-def replay_lfu(trace: Trace, capacity: int) -> Tally:
-    """Replay against cachetools.LFUCache; size-aware (getsizeof) on a weighted trace."""
-    lfu: LFUCache[Hashable, int] = LFUCache(
-        maxsize=capacity, getsizeof=(lambda cost: cost) if trace.weighted else None
-    )
-
-    def admit(key: Hashable, cost: int) -> None:
-        with contextlib.suppress(ValueError):
-            lfu[key] = cost
-
-    return _replay(trace, lambda key: lfu.get(key, _MISS) is not _MISS, admit)
-
-
 REPLAYS: dict[str, Callable[[Trace, int], Tally | None]] = {
     "ours": replay_weighted_cache,
     "lru": replay_lru,
@@ -195,4 +192,3 @@ REPLAYS: dict[str, Callable[[Trace, int], Tally | None]] = {
     "theine": replay_theine,
     "opt": replay_belady,
 }
-
