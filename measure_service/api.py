@@ -150,6 +150,32 @@ def readyz() -> Response:
     return _json(body)
 
 
+def _answer(
+    services: Services,
+    params: QueryParams,
+    raw_rows: list[Any],
+    environ: dict[str, Any],
+    tenant: str,
+) -> bytes:
+    """The encoded 200 answer to a valid request from ``tenant``; records the access log's
+    counts."""
+    rows: list[Row] = []
+    keys: list[RowKey] = []
+    costs: list[float] = []
+    for raw in raw_rows:
+        row = validate_row(raw, params)
+        rows.append(row)
+        if row.key is not None:
+            keys.append(row.key)
+            costs.append(row.cost)
+    lookup = services.fetcher.lookup(keys, costs, services.config.wait_s, tenant)
+
+    environ[logs.ENVIRON_ROWS] = len(rows)
+    environ[logs.ENVIRON_HITS] = lookup.hits
+    environ[logs.ENVIRON_MISSES] = lookup.misses
+    return _encode(_document(rows, iter(lookup.outcomes), environ.get(logs.ENVIRON_TRACE_ID)))
+
+
 class HttpError(Exception):
     """A request refused with ``status`` and a JSON ``{"error": message}`` body."""
 
@@ -251,10 +277,7 @@ class MeasureEndpoint:
         return [] if method == "HEAD" else [body]
 
     def _serve(self, method: str | None, environ: dict[str, Any]) -> bytes:
-        """The 200 answer's body; raises HttpError for a request refused at one of the gates.
-
-        Records the access log's counts (rows, hits, misses) in ``environ``.
-        """
+        """The 200 answer's body; raises HttpError for a request refused at one of the gates."""
         if method != "POST":
             raise HttpError(405, "method not allowed: use POST", {"Allow": _ALLOW})
         services: Services | None = self._extensions.get(EXTENSION)
@@ -287,22 +310,7 @@ class MeasureEndpoint:
             raw_rows = parse_body(body, config.max_rows)
         except BodyError as exc:
             raise HttpError(400, str(exc)) from None
-        # The rows, looked up and answered here rather than in functions of their own: this is
-        # every request's path, and each distinct function it runs costs it more than the work.
-        rows: list[Row] = []
-        keys: list[RowKey] = []
-        costs: list[float] = []
-        for raw in raw_rows:
-            row = validate_row(raw, params)
-            rows.append(row)
-            if row.key is not None:
-                keys.append(row.key)
-                costs.append(row.cost)
-        lookup = services.fetcher.lookup(keys, costs, config.wait_s, tenant)
-        environ[logs.ENVIRON_ROWS] = len(rows)
-        environ[logs.ENVIRON_HITS] = lookup.hits
-        environ[logs.ENVIRON_MISSES] = lookup.misses
-        return _encode(_document(rows, iter(lookup.outcomes), environ.get(logs.ENVIRON_TRACE_ID)))
+        return _answer(services, params, raw_rows, environ, tenant)
 
 
 def _read_body(environ: dict[str, Any], limit: int, timeout_s: float) -> bytes:

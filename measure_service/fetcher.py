@@ -354,17 +354,7 @@ class Fetcher:
                 reason = _failure_reason(result.exception)
                 outcomes[index] = RowOutcome("unavailable", None, reason)
                 refused[reason] = refused.get(reason, 0) + 1
-        # One increment per metric, never one per row; written here, as it runs per request.
-        if hits:
-            _ADD_HITS(hits)
-        if stale:
-            _ADD_STALE(stale)
-        if misses:
-            _ADD_MISSES(misses)
-        if coalesced:
-            _ADD_COALESCED(coalesced)
-        for reason, count in refused.items():
-            prometheus_metrics.UPSTREAM_UNAVAILABLE.labels(reason).inc(count)
+        _count(hits, stale, misses, coalesced, refused)
         return _new_tuple(Lookup, (outcomes, hits + stale + shared, misses - shared))
 
     def close(self) -> None:
@@ -809,3 +799,17 @@ _ADD_HITS = prometheus_metrics.adder(prometheus_metrics.CACHE_HITS)
 _ADD_STALE = prometheus_metrics.adder(prometheus_metrics.CACHE_STALE)
 _ADD_MISSES = prometheus_metrics.adder(prometheus_metrics.CACHE_MISSES)
 _ADD_COALESCED = prometheus_metrics.adder(prometheus_metrics.UPSTREAM_COALESCED)
+
+
+def _count(hits: int, stale: int, misses: int, coalesced: int, refused: dict[str, int]) -> None:
+    """Record one request's counts: one increment per metric, never one per row."""
+    if hits:
+        _ADD_HITS(hits)
+    if stale:
+        _ADD_STALE(stale)
+    if misses:
+        _ADD_MISSES(misses)
+    if coalesced:
+        _ADD_COALESCED(coalesced)
+    for reason, count in refused.items():
+        prometheus_metrics.UPSTREAM_UNAVAILABLE.labels(reason).inc(count)
