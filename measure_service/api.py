@@ -327,19 +327,9 @@ def _read_body(environ: dict[str, Any], limit: int, timeout_s: float) -> bytes:
         if length > limit:
             raise HttpError(413, f"body is larger than {limit} bytes")
     stream: IO[bytes] = environ["wsgi.input"]
-    size = limit + 1 if length is None else length
     _READS.start(timeout_s)
     try:
-        # Until ``size`` bytes or the end of the stream, whichever comes first.
-        chunks: list[bytes] = []
-        got = 0
-        while got < size:
-            chunk = stream.read(size - got)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            got += len(chunk)
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        body = _read_at_most(stream, limit + 1 if length is None else length)
     except _BodyTimeout:
         raise
     except TooManyChunks as exc:
@@ -357,6 +347,19 @@ def _read_body(environ: dict[str, Any], limit: int, timeout_s: float) -> bytes:
     if length is not None and len(body) < length:
         raise HttpError(400, _UNREADABLE)
     return body
+
+
+def _read_at_most(stream: IO[bytes], size: int) -> bytes:
+    """Read until ``size`` bytes or the end of the stream, whichever comes first."""
+    chunks: list[bytes] = []
+    got = 0
+    while got < size:
+        chunk = stream.read(size - got)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _document(

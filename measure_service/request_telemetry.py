@@ -62,11 +62,13 @@ class RequestTelemetry:
             body = self._app(environ, start)
         finally:
             logs.reset_trace_id(token)
-        if not statuses:
-            return body
-        # Recorded here rather than in a method of its own: this runs for every request.
-        elapsed_s = time.perf_counter() - started
-        status = statuses[-1]
+        if statuses:
+            self._record(environ, statuses[-1], time.perf_counter() - started, trace_id)
+        return body
+
+    def _record(
+        self, environ: dict[str, Any], status: str, elapsed_s: float, trace_id: str
+    ) -> None:
         path = environ.get("PATH_INFO", "")
         method = environ.get("REQUEST_METHOD", "")
         if path not in self._untracked:
@@ -86,4 +88,4 @@ class RequestTelemetry:
                     "misses": environ.get(logs.ENVIRON_MISSES),
                 },
             )
-        return body
+
