@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 
 from flask import Flask
+from gevent import monkey
 
 from measure_service import api, logs, metrics_endpoint, openapi, shared_tier
 from measure_service.breaker import CircuitBreaker
@@ -96,13 +97,18 @@ def close_app(app: Flask) -> None:
 
 
 CACHE_EXTENSION = "measure_service.cache"
+# The lock type gevent's patching replaces (the same one when nothing is patched).
+_os_lock = monkey.get_original("_thread", "allocate_lock")
 _CLOSERS = "measure_service.closers"
 
 
 def _default_cache(
     config: Config, clock: Callable[[], float]
 ) -> WeightedCache[RowKey, CachedAnswer]:
-    return WeightedCache(config.cache_max_cost, clock=clock)
+    # An OS lock rather than gevent's cooperative one, which costs every request more: nothing
+    # the cache runs under it can switch greenlets (keys are tuples of text and numbers, the
+    # clock is a plain function, callbacks run after it is released).
+    return WeightedCache(config.cache_max_cost, clock=clock, lock=_os_lock())
 
 
 def _build_services(

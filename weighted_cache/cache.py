@@ -15,7 +15,7 @@ from collections.abc import (
     MutableMapping,
     ValuesView,
 )
-from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast, overload
 
 from .metrics import Metrics
 from .policy import Policy
@@ -25,6 +25,7 @@ from .ttl import ExpiryBuckets, Sweeper
 
 if TYPE_CHECKING:
     import asyncio
+    from types import TracebackType
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -36,6 +37,23 @@ _SWEEP_PER_OP = 16  # expired entries reclaimed per write, bounding its work
 _MAX_DEFAULT_COUNTERS = 1 << 20
 
 _Callback = tuple[Callable[..., Any], tuple[Any, ...]]
+
+
+class Lock(Protocol):
+    """What a cache needs of its lock: ``threading.Lock``'s acquire, release and ``with``."""
+
+    def acquire(self, blocking: bool = ..., timeout: float = ...) -> bool: ...
+
+    def release(self) -> None: ...
+
+    def __enter__(self) -> bool: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None: ...
 
 
 def _check_cost(cost: Any, name: str = "cost") -> float:
@@ -89,8 +107,9 @@ class Cache(MutableMapping[K, V]):
     own (capacity or expiry), ``on_reject(key, value, cost)`` when a set is
     refused, ``on_exit(key, value)`` whenever any value leaves or is refused,
     ``cost_fn(value)`` gives the cost when ``set`` gets none, ``clock``
-    returns seconds (monotonic by default), and ``sweep_interval`` starts a
-    background sweeper that reclaims expired entries every that many seconds.
+    returns seconds (monotonic by default), ``sweep_interval`` starts a
+    background sweeper that reclaims expired entries every that many seconds,
+    and ``lock`` replaces the cache's own ``threading.Lock``.
 
     It is a ``MutableMapping``: ``cache[k] = v`` is ``set(k, v)`` with the
     default cost and TTL, iteration and the views walk a snapshot of the live
@@ -109,6 +128,7 @@ class Cache(MutableMapping[K, V]):
         cost_fn: Callable[[V], float] | None = None,
         clock: Callable[[], float] = time.monotonic,
         sweep_interval: float | None = None,
+        lock: Lock | None = None,
     ) -> None:
         max_cost = self._check_max_cost(max_cost)
         if num_counters is None:
@@ -127,9 +147,13 @@ class Cache(MutableMapping[K, V]):
         self._on_exit = on_exit
         self._cost_fn = cost_fn
         self._clock = clock
+        if lock is not None and not (
+            callable(getattr(lock, "acquire", None)) and callable(getattr(lock, "release", None))
+        ):
+            raise TypeError(f"lock must have acquire and release, got {type(lock).__name__}")
         # Looked up at construction so gevent's monkey-patching, if applied
         # first, gives a cooperative lock.
-        self._lock = threading.Lock()
+        self._lock: Lock = threading.Lock() if lock is None else lock
         self._store = Store()
         self._data = self._store.data  # read-only here: writes go through the store
         self._policy = Policy(max_cost, FrequencySketch(num_counters))

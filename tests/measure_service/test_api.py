@@ -299,3 +299,20 @@ def test_the_services_repr_shows_no_client_key(app: Flask) -> None:
     assert services.auth_keys and all(
         key.decode() not in repr(services) for key in services.auth_keys
     )
+
+
+def test_the_apps_cache_is_guarded_by_an_os_lock_not_gevents_cooperative_one(
+    monkeypatch: pytest.MonkeyPatch, upstream: FakeUpstream
+) -> None:
+    import _thread
+    import threading
+
+    import gevent.thread
+
+    from measure_service.app import CACHE_EXTENSION
+
+    # What gevent's patching does to the lock a cache would make for itself.
+    monkeypatch.setattr(threading, "Lock", gevent.thread.LockType)
+    app = make_app(upstream)
+    assert type(app.extensions[CACHE_EXTENSION]._lock) is _thread.LockType
+    close_app(app)

@@ -5,6 +5,8 @@ import sys
 import textwrap
 import threading
 
+import pytest
+
 from weighted_cache import Cache
 
 
@@ -150,3 +152,41 @@ def test_greenlets_share_one_loader_call_and_respect_the_budget():
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+class _CountingLock:
+    """A lock that counts how often it is taken."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.taken = 0
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        self.taken += 1
+        return self._lock.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def test_a_cache_given_a_lock_takes_it_for_every_read_and_write():
+    lock = _CountingLock()
+    cache: Cache[str, int] = Cache(10, lock=lock)
+    cache.set("a", 1)
+    assert lock.taken == 1
+    cache.get("a")
+    assert lock.taken == 2
+    cache.get_many(["a", "b"])
+    assert lock.taken == 3
+    assert lock._lock.acquire(blocking=False)  # every taking was released
+
+
+def test_a_lock_without_acquire_and_release_is_refused_naming_the_argument():
+    with pytest.raises(TypeError, match="lock must have acquire and release"):
+        Cache(10, lock=object())  # type: ignore[arg-type]
