@@ -420,7 +420,7 @@ def validate_row(raw: Any, params: QueryParams) -> Row:
     One function, run for every row of every request: each field's usual value (short clean
     text, an integer in range, a canonical spelling) is accepted where it is read, and only any
     other value goes to the field's own function, which normalises it or says what is wrong.
-    Each distinct function a request runs costs it more than the work inside.
+    Rows are nearly all usual values, and a call per field would cost a row more than its checks.
     """
     if not isinstance(raw, dict):
         return Row(None, None, None, 0, None, "row must be a JSON object")
