@@ -42,7 +42,7 @@ def measure_row(row: Mapping[str, Any], params: Mapping[str, str]) -> dict[str, 
     assert isinstance(inventory, str)
     domain = inventory.strip().lower()
     per_1000 = _KNOWN_GRAMS_PER_1000.get(domain, 20.0 + 100.0 * unit(domain))
-    # The other fields nudge the rate by up to 5% either way, so distinct keys get distinct values.
+    # The other fields nudge the rate a little either way, so distinct keys get distinct values.
     context = "|".join(
         str(row.get(name) or "")
         for name in ("utcDatetime", "country", "region", "channel", "deviceType", "network")
@@ -54,7 +54,6 @@ def measure_row(row: Mapping[str, Any], params: Mapping[str, str]) -> dict[str, 
         inventoryCoverage="modeled" if modeled else "default",
     )
     return answer
-
 
 
 def unit(text: str) -> float:
